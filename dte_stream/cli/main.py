@@ -1,0 +1,40 @@
+"""Entry point of the ``dte-stream`` command: one subcommand per module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dte_stream import __version__
+from dte_stream.errors import DteStreamError
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dte-stream",
+        description="Stream-processing core of a Digital Twin Engine.",
+    )
+    parser.add_argument("--version", action="version", version=f"dte-stream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except DteStreamError as exc:
+        print(f"dte-stream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
