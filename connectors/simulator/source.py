@@ -1,0 +1,149 @@
+"""The built-in sensor simulator as a Bytewax source (the embedded default input)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
+from dte_stream.readings import ReadingBatch
+from dte_stream.sources import SourceBatch
+from dte_stream.spec.model import SimulatorSourceSpec
+from dte_stream.times import NS_PER_S, now_ns
+
+__all__ = ["CHUNK_TWINS", "SimulatorSource", "twin_ids"]
+
+#: Twins per chunk: the unit of generation (one batch = one chunk at one tick).
+CHUNK_TWINS = 500
+
+
+def twin_ids(prefix: str, count: int) -> list[str]:
+    """The simulated twins' ids: ``prefix-0000`` ... (width grows with the count)."""
+    width = max(4, len(str(count - 1)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    spec: SimulatorSourceSpec
+    channels: list[str]
+    start_ns: int
+    chunks: int
+
+
+class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
+    def __init__(self, plan: _Plan, part: int, parts: int, resume: dict[str, int] | None) -> None:
+        spec = plan.spec
+        self.spec = spec
+        self.plan = plan
+        self.chunks = list(range(part, plan.chunks, parts))
+        ids = twin_ids(spec.twin_type, spec.twins)
+        profiles = [profile_for(c, spec.channels) for c in plan.channels]
+        start_ns = resume["start_ns"] if resume else plan.start_ns
+        self.signals = [
+            ChunkSignals(
+                seed=spec.seed,
+                chunk=c,
+                twin_ids=ids[c * CHUNK_TWINS : (c + 1) * CHUNK_TWINS],
+                channels=plan.channels,
+                profiles=profiles,
+                start_ns=start_ns,
+                interval_ns=round(spec.interval * NS_PER_S),
+                faults_per_twin_hour=spec.faults_per_twin_hour,
+            )
+            for c in self.chunks
+        ]
+        self.start_ns = start_ns
+        self.tick = resume["tick"] if resume else 0
+        self.pos = resume["pos"] if resume else 0
+        n_twins = sum(s.twin_ids.shape[0] for s in self.signals)
+        self.readings_per_tick = n_twins * len(plan.channels)
+        share = n_twins / spec.twins
+        self.rate = None if spec.rate is None else spec.rate * share
+        self.deadline = None if spec.duration is None else time.monotonic() + spec.duration
+        self.next_at = time.monotonic()
+        self.tick_wall = time.monotonic()
+
+    def _finished(self) -> bool:
+        if not self.signals:
+            return True
+        if self.spec.ticks is not None and self.tick >= self.spec.ticks:
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def next_batch(self) -> list[SourceBatch]:
+        if self._finished():
+            raise StopIteration
+        now = time.monotonic()
+        if now < self.next_at:
+            return []
+        sig = self.signals[self.pos]
+        t, values = sig.values(self.tick)
+        n, c = values.shape
+        batch = ReadingBatch.from_columns(
+            np.repeat(sig.twin_ids, c),
+            np.tile(sig.channels, n),
+            np.full(n * c, t, dtype=np.int64),
+            values.reshape(-1),
+        )
+        faults = sig.new_faults(self.tick)
+        if faults and self.spec.ground_truth is not None:
+            self._record(faults)
+        self.pos += 1
+        if self.pos == len(self.signals):
+            self.pos = 0
+            self.tick += 1
+        if self.rate is None:  # real time: every twin reports once per interval
+            if self.pos == 0:
+                self.next_at = self.tick_wall + self.spec.interval
+                self.tick_wall = self.next_at
+        elif self.rate > 0:
+            self.next_at = max(self.next_at, now - 1.0) + len(batch) / self.rate
+        return [SourceBatch(self.spec.name, batch, self.spec.twin_type)]
+
+    def _record(self, faults: list[Any]) -> None:
+        path = Path(str(self.spec.ground_truth))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as fh:
+            fh.write(b"".join(orjson.dumps(f.to_json_dict()) + b"\n" for f in faults))
+
+    def next_awake(self) -> datetime | None:
+        delay = self.next_at - time.monotonic()
+        if delay <= 0:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=delay)
+
+    def snapshot(self) -> dict[str, int]:
+        return {"tick": self.tick, "pos": self.pos, "start_ns": self.start_ns}
+
+
+class SimulatorSource(FixedPartitionedSource[SourceBatch, dict[str, int]]):
+    """Simulated twins of one type: realistic signals, injected faults, deterministic for a seed.
+
+    Twins are generated in chunks of :data:`CHUNK_TWINS`; chunks are spread over the
+    partitions and partitions over workers. Resume state per partition is the next tick, so a
+    restart through Bytewax recovery continues the same sequence of readings. Stops after
+    ``duration`` seconds of wall time or ``ticks`` readings per twin and channel, if set.
+    """
+
+    def __init__(self, spec: SimulatorSourceSpec, channels: list[str]) -> None:
+        self.spec = spec
+        chunks = math.ceil(spec.twins / CHUNK_TWINS)
+        start = spec.start if spec.start is not None else now_ns() // NS_PER_S * NS_PER_S
+        self.plan = _Plan(spec, channels, start, chunks)
+        self.parts = min(spec.partitions, chunks)
+
+    def list_parts(self) -> list[str]:
+        return [f"{self.spec.name}-{i}" for i in range(self.parts)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict[str, int] | None) -> _SimulatorPartition:
+        index = int(for_part.rsplit("-", 1)[1])
+        return _SimulatorPartition(self.plan, index, self.parts, resume_state)

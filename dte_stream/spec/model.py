@@ -1,0 +1,248 @@
+"""The dataflow spec: sources, twin types and sinks, validated by pydantic.
+
+Every model forbids unknown fields and names the allowed ones, so a typo in a spec is an
+error that says what was meant, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from dte_stream.times import NS_PER_S, parse_duration_ns, parse_time
+
+__all__ = [
+    "ChannelSpec",
+    "DataflowSpec",
+    "DeadLetterSpec",
+    "EngineSpec",
+    "FileSourceSpec",
+    "KalmanSpec",
+    "LocalStoreSinkSpec",
+    "SimulatedChannelSpec",
+    "SimulatorSourceSpec",
+    "SinkSpec",
+    "SourceSpec",
+    "TwinTypeSpec",
+]
+
+CODEC_CHOICES = ("json", "senml", "line_protocol", "csv")
+_IDENT = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+def _to_seconds(value: object) -> object:
+    """Accept a duration as seconds (number) or text such as "250ms", "10s", "5m", "2h"."""
+    if isinstance(value, str):
+        try:
+            return parse_duration_ns(value) / NS_PER_S
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _to_time_ns(value: object) -> object:
+    if isinstance(value, str):
+        return parse_time(value)
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_to_seconds), Field(ge=0)]
+PositiveSeconds = Annotated[float, BeforeValidator(_to_seconds), Field(gt=0)]
+Identifier = Annotated[str, Field(pattern=_IDENT, description="lower_snake_case name")]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: frozen, unknown fields refused with the allowed names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = set(cls.model_fields)
+            for name, field in cls.model_fields.items():
+                if field.alias:
+                    allowed.add(field.alias)
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                names = ", ".join(repr(k) for k in unknown)
+                raise ValueError(f"unknown field {names}; allowed: {', '.join(sorted(allowed))}")
+        return data
+
+
+class KalmanSpec(SpecModel):
+    """A random-walk level filter for one channel (the scalar Kalman filter).
+
+    ``process_noise`` is the variance the level gains per second; ``measurement_noise`` the
+    variance of one reading. Their ratio sets how fast the estimate follows the readings.
+    """
+
+    model: Literal["random_walk"] = "random_walk"
+    process_noise: float = Field(0.01, gt=0, description="level variance added per second")
+    measurement_noise: float = Field(1.0, gt=0, description="variance of one reading")
+
+
+class ChannelSpec(SpecModel):
+    """One sensor channel of a twin type."""
+
+    unit: str = ""
+    aliases: list[str] = Field(default_factory=list, description="other names readings may use")
+    filter: KalmanSpec = Field(default_factory=KalmanSpec)
+
+
+class TwinTypeSpec(SpecModel):
+    """A kind of twin: its channels and how readings are mapped to it."""
+
+    name: Identifier
+    description: str = ""
+    match: str | None = Field(
+        None, description="regular expression a twin id must fully match to be of this type"
+    )
+    channels: dict[str, ChannelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TwinTypeSpec:
+        if self.match is not None:
+            try:
+                re.compile(self.match)
+            except re.error as exc:
+                raise ValueError(f"match: {self.match!r} is not a regular expression: {exc}") from None
+        seen: dict[str, str] = {}
+        for name, channel in self.channels.items():
+            for alias in [name, *channel.aliases]:
+                if alias in seen and seen[alias] != name:
+                    raise ValueError(f"channels: name {alias!r} is used by both {seen[alias]!r} and {name!r}")
+                seen[alias] = name
+        return self
+
+    def channel_names(self) -> list[str]:
+        return list(self.channels)
+
+
+class SimulatedChannelSpec(SpecModel):
+    """The signal the simulator generates for one channel."""
+
+    mean: float = 0.0
+    spread: float = Field(0.0, ge=0, description="standard deviation of the mean across twins")
+    daily_amplitude: float = Field(1.0, ge=0)
+    noise: float = Field(0.1, ge=0, description="standard deviation of the measurement noise")
+    drift_per_day: float = 0.0
+
+
+class SimulatorSourceSpec(SpecModel):
+    """The built-in sensor simulator: N twins of one type with realistic signals and faults."""
+
+    kind: Literal["simulator"]
+    name: Identifier = "simulator"
+    twin_type: Identifier
+    twins: int = Field(100, ge=1, le=10_000_000)
+    rate: float | None = Field(
+        None, ge=0, description="readings per second; 0 = as fast as possible; unset = real time"
+    )
+    interval: PositiveSeconds = Field(1.0, description="event time between two readings of a twin")
+    duration: Seconds | None = Field(None, description="wall-clock run time; unset = forever")
+    ticks: int | None = Field(None, ge=1, description="readings per twin and channel, then stop")
+    seed: int = 0
+    start: Annotated[int | None, BeforeValidator(_to_time_ns)] = Field(
+        None, description="event time of the first reading (ISO 8601); unset = now"
+    )
+    faults_per_twin_hour: float = Field(0.5, ge=0, description="mean injected faults per twin per hour of event time")
+    partitions: int = Field(4, ge=1, le=1024)
+    channels: dict[str, SimulatedChannelSpec] = Field(
+        default_factory=dict, description="signal per channel; defaults per well-known channel name"
+    )
+    ground_truth: Path | None = Field(None, description="JSON lines file for the injected faults")
+
+
+class FileSourceSpec(SpecModel):
+    """Readings from a file: JSON lines, SenML, line protocol or CSV."""
+
+    kind: Literal["file"]
+    name: Identifier = "file"
+    path: Path
+    codec: Literal["json", "senml", "line_protocol", "csv"] = "json"
+    twin_type: Identifier | None = None
+    batch_lines: int = Field(2000, ge=1, description="lines per batch (not for csv, read whole)")
+
+
+SourceSpec = Annotated[SimulatorSourceSpec | FileSourceSpec, Field(discriminator="kind")]
+
+
+class LocalStoreSinkSpec(SpecModel):
+    """The embedded default storage: partitioned Parquet files in ``data_dir``."""
+
+    kind: Literal["local_store"]
+    data_dir: Path = Path("dte-data")
+    flush_rows: int = Field(100_000, ge=1)
+    flush_seconds: PositiveSeconds = 2.0
+
+
+SinkSpec = Annotated[LocalStoreSinkSpec, Field(discriminator="kind")]
+
+
+class DeadLetterSpec(SpecModel):
+    """Where readings that cannot be decoded or validated go, with their reason."""
+
+    path: Path | None = Field(None, description="JSON lines file; default <data_dir>/dead_letters.jsonl")
+
+
+class EngineSpec(SpecModel):
+    """How the dataflow runs: shards of the twin banks, workers, epoch length."""
+
+    shards: int = Field(16, ge=1, le=4096, description="twin bank shards (keys of Bytewax state)")
+    workers: int = Field(1, ge=1, le=64, description="Bytewax worker threads in this process")
+    epoch_seconds: PositiveSeconds = Field(10.0, description="how often state is snapshotted")
+
+
+class DataflowSpec(SpecModel):
+    """A whole dataflow: where readings come from, which twins they feed, where results go."""
+
+    SUPPORTED_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
+
+    version: Literal[1] = 1
+    name: Identifier
+    description: str = ""
+    sources: list[SourceSpec] = Field(min_length=1)
+    twin_types: list[TwinTypeSpec] = Field(min_length=1)
+    sinks: list[SinkSpec] = Field(min_length=1)
+    dead_letters: DeadLetterSpec = Field(default_factory=DeadLetterSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> DataflowSpec:
+        types = {t.name for t in self.twin_types}
+        if len(types) != len(self.twin_types):
+            raise ValueError("twin_types: names must be unique")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources: names must be unique, got {names}")
+        for i, source in enumerate(self.sources):
+            if source.twin_type is not None and source.twin_type not in types:
+                raise ValueError(
+                    f"sources[{i}].twin_type: {source.twin_type!r} is not a twin type; "
+                    f"declared: {', '.join(sorted(types))}"
+                )
+        return self
+
+    def twin_type(self, name: str) -> TwinTypeSpec:
+        for t in self.twin_types:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def data_dir(self) -> Path | None:
+        """The local store's folder, when the spec has a local store sink."""
+        for sink in self.sinks:
+            if isinstance(sink, LocalStoreSinkSpec):
+                return sink.data_dir
+        return None
+
+    def dead_letter_path(self) -> Path:
+        if self.dead_letters.path is not None:
+            return self.dead_letters.path
+        data_dir = self.data_dir()
+        return (data_dir if data_dir is not None else Path(".")) / "dead_letters.jsonl"
