@@ -27,8 +27,8 @@ import numpy as np
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.model import TwinTypeSpec
 from dte_stream.twins.bank import TwinBank
-from dte_stream.twins.kalman import RandomWalkState
 from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.kalman import RandomWalkState
 from dte_stream.twins.reference import PerReadingFilter
 
 SPEC = TwinTypeSpec(
@@ -80,7 +80,13 @@ def run_numpy_per_reading(batches: list[TypedBatch], limit: int) -> tuple[float,
         r = b.readings
         for i in range(len(r)):
             row = row_of.setdefault(str(r.twin_id[i]), len(row_of))
-            kernel.step(state, np.array([row]), b.channel_index[i : i + 1], r.time_ns[i : i + 1], r.value[i : i + 1])
+            kernel.step(
+                state,
+                np.array([row]),
+                b.channel_index[i : i + 1],
+                r.time_ns[i : i + 1],
+                r.value[i : i + 1],
+            )
         done += len(r)
         if done >= limit:
             break
@@ -113,10 +119,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    print(f"# twin bank vs per-reading filter, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
-          f"{platform.processor() or platform.platform()}, Python {platform.python_version()}, numpy {np.__version__}")
-    print("| twins | bank readings/s | per-reading numpy readings/s | bank / numpy | "
-          "per-reading scalar readings/s | bank / scalar |")
+    print(
+        f"# twin bank vs per-reading filter, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
+        f"{platform.processor() or platform.platform()}, Python {platform.python_version()}, numpy {np.__version__}"
+    )
+    print(
+        "| twins | bank readings/s | per-reading numpy readings/s | bank / numpy | "
+        "per-reading scalar readings/s | bank / scalar |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for twins in args.twins:
         readings = max(args.readings, 3 * twins * 2)  # at least two readings per cell
@@ -128,8 +138,11 @@ def main() -> int:
             np_rates.append(done / secs)
             secs, done = run_reference(batches, args.baseline_readings * 5)
             ref_rates.append(done / secs)
-            print(f"  run {rep + 1}/{args.repeat} at {twins} twins: bank {bank_rates[-1]:,.0f}/s, "
-                  f"per-reading numpy {np_rates[-1]:,.0f}/s, scalar {ref_rates[-1]:,.0f}/s", file=sys.stderr)
+            print(
+                f"  run {rep + 1}/{args.repeat} at {twins} twins: bank {bank_rates[-1]:,.0f}/s, "
+                f"per-reading numpy {np_rates[-1]:,.0f}/s, scalar {ref_rates[-1]:,.0f}/s",
+                file=sys.stderr,
+            )
         b, p, r = (statistics.median(x) for x in (bank_rates, np_rates, ref_rates))
         print(f"| {twins:,} | {b:,.0f} | {p:,.0f} | {b / p:.0f}x | {r:,.0f} | {b / r:.1f}x |")
     return 0

@@ -162,7 +162,13 @@ class ReadingBatch:
         val = np.asarray(value, dtype=np.float64).reshape(-1)
         u = np.full(n, "", dtype="<U1") if unit is None else _str_array(unit)
         q = np.full(n, np.nan) if quality is None else np.asarray(quality, dtype=np.float64)
-        for name, arr in (("twin_id", twin), ("channel", chan), ("value", val), ("unit", u), ("quality", q)):
+        for name, arr in (
+            ("twin_id", twin),
+            ("channel", chan),
+            ("value", val),
+            ("unit", u),
+            ("quality", q),
+        ):
             if arr.shape[0] != n:
                 raise ValueError(f"column {name} has {arr.shape[0]} rows, time_ns has {n}")
         return cls(twin, chan, t, val, u, q)

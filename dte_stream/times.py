@@ -88,10 +88,7 @@ def epoch_seconds_to_ns(seconds: float) -> int:
     """Convert epoch seconds (int or float) to nanoseconds, refusing NaN and out-of-range."""
     if isinstance(seconds, bool) or not math.isfinite(seconds):
         raise ValueError(f"timestamp {seconds!r} is not a finite number")
-    if isinstance(seconds, int):
-        ns = seconds * NS_PER_S
-    else:
-        ns = round(seconds * NS_PER_S)
+    ns = seconds * NS_PER_S if isinstance(seconds, int) else round(seconds * NS_PER_S)
     if not MIN_TIME_NS <= ns < MAX_TIME_NS:
         raise ValueError(f"timestamp {seconds!r} s is outside 1970..2262")
     return int(ns)

@@ -9,6 +9,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.codecs.base import DecodeContext
 from dte_stream.errors import ConfigError
+from dte_stream.lifecycle import stop_requested
 from dte_stream.sources import RawBatch
 from dte_stream.spec.model import FileSourceSpec
 
@@ -41,7 +42,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
                 yield self.line_no, line.rstrip(b"\r\n")
 
     def next_batch(self) -> list[RawBatch]:
-        lines = list(self._lines())
+        lines = [] if stop_requested() else list(self._lines())
         if not lines:
             raise StopIteration
         where = f"file:{self.spec.path}"

@@ -32,11 +32,19 @@ FAULT_KINDS = ("spike", "step", "stuck", "drift")
 FAULT_WINDOW_S = 600.0
 
 DEFAULT_PROFILES: dict[str, SimulatedChannelSpec] = {
-    "temperature": SimulatedChannelSpec(mean=60.0, spread=5.0, daily_amplitude=4.0, noise=0.5, drift_per_day=0.5),
-    "pressure": SimulatedChannelSpec(mean=4.0, spread=0.3, daily_amplitude=0.15, noise=0.05, drift_per_day=-0.01),
+    "temperature": SimulatedChannelSpec(
+        mean=60.0, spread=5.0, daily_amplitude=4.0, noise=0.5, drift_per_day=0.5
+    ),
+    "pressure": SimulatedChannelSpec(
+        mean=4.0, spread=0.3, daily_amplitude=0.15, noise=0.05, drift_per_day=-0.01
+    ),
     "flow": SimulatedChannelSpec(mean=120.0, spread=10.0, daily_amplitude=15.0, noise=2.0, drift_per_day=0.0),
-    "vibration": SimulatedChannelSpec(mean=2.0, spread=0.3, daily_amplitude=0.2, noise=0.1, drift_per_day=0.05),
-    "humidity": SimulatedChannelSpec(mean=45.0, spread=5.0, daily_amplitude=8.0, noise=1.0, drift_per_day=0.0),
+    "vibration": SimulatedChannelSpec(
+        mean=2.0, spread=0.3, daily_amplitude=0.2, noise=0.1, drift_per_day=0.05
+    ),
+    "humidity": SimulatedChannelSpec(
+        mean=45.0, spread=5.0, daily_amplitude=8.0, noise=1.0, drift_per_day=0.0
+    ),
     "level": SimulatedChannelSpec(mean=1.5, spread=0.5, daily_amplitude=0.1, noise=0.01, drift_per_day=0.0),
 }
 
@@ -96,7 +104,9 @@ class ChunkSignals:
         mean = np.array([p.mean for p in profiles])
         spread = np.array([p.spread for p in profiles])
         self.mean = mean + rng.standard_normal((n, c)) * spread
-        self.amplitude = np.array([p.daily_amplitude for p in profiles])[None, :] * rng.uniform(0.7, 1.3, (n, c))
+        self.amplitude = np.array([p.daily_amplitude for p in profiles])[None, :] * rng.uniform(
+            0.7, 1.3, (n, c)
+        )
         self.phase = rng.uniform(0, 2 * np.pi, (n, 1))
         self.drift = np.array([p.drift_per_day for p in profiles])[None, :] * rng.uniform(0.5, 1.5, (n, c))
         self.noise = np.array([p.noise for p in profiles])[None, :] * np.ones((n, 1))
@@ -108,8 +118,20 @@ class ChunkSignals:
         """The noiseless signal of every (twin, channel) at event time ``t_ns``: shape (n, c)."""
         elapsed_s = (t_ns - self.start_ns) / NS_PER_S
         day_phase = 2 * np.pi * ((t_ns / NS_PER_S) % DAY_S) / DAY_S
-        result: F64 = self.mean + self.amplitude * np.sin(day_phase + self.phase) + self.drift * (elapsed_s / DAY_S)
+        result: F64 = (
+            self.mean + self.amplitude * np.sin(day_phase + self.phase) + self.drift * (elapsed_s / DAY_S)
+        )
         return result
+
+    def clean_one(self, t_ns: int, twin: int, channel: int) -> float:
+        """The noiseless signal of one (twin, channel) at ``t_ns``."""
+        elapsed_s = (t_ns - self.start_ns) / NS_PER_S
+        day_phase = 2 * np.pi * ((t_ns / NS_PER_S) % DAY_S) / DAY_S
+        return float(
+            self.mean[twin, channel]
+            + self.amplitude[twin, channel] * np.sin(day_phase + self.phase[twin, 0])
+            + self.drift[twin, channel] * (elapsed_s / DAY_S)
+        )
 
     def faults_in_window(self, window: int) -> list[tuple[int, int, int, int, int, float]]:
         """Faults starting in a window: (twin, channel, kind index, start_ns, end_ns, magnitude)."""
@@ -151,7 +173,16 @@ class ChunkSignals:
         found = []
         for tw, ch, kind, start, end, mag in self.faults_in_window(window):
             if t <= start < t + self.interval_ns:
-                found.append(Fault(str(self.twin_ids[tw]), str(self.channels[ch]), FAULT_KINDS[kind], start, end, mag))
+                found.append(
+                    Fault(
+                        str(self.twin_ids[tw]),
+                        str(self.channels[ch]),
+                        FAULT_KINDS[kind],
+                        start,
+                        end,
+                        mag,
+                    )
+                )
         return found
 
     def values(self, tick: int) -> tuple[int, F64]:
@@ -172,5 +203,5 @@ class ChunkSignals:
                 elif name == "drift":
                     values[tw, ch] += mag * (t - start) / (end - start)
                 else:  # stuck: repeat the clean value at the fault's start
-                    values[tw, ch] = self.clean(start)[tw, ch]
+                    values[tw, ch] = self.clean_one(start, tw, ch)
         return t, values

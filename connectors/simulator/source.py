@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
 from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
+
+from dte_stream.lifecycle import stop_requested
 from dte_stream.readings import ReadingBatch
 from dte_stream.sources import SourceBatch
 from dte_stream.spec.model import SimulatorSourceSpec
@@ -21,8 +22,10 @@ from dte_stream.times import NS_PER_S, now_ns
 
 __all__ = ["CHUNK_TWINS", "SimulatorSource", "twin_ids"]
 
-#: Twins per chunk: the unit of generation (one batch = one chunk at one tick).
+#: Twins per chunk: the unit of generation (one chunk at one tick).
 CHUNK_TWINS = 500
+#: Readings per batch when generating as fast as possible.
+MAX_BATCH = 4096
 
 
 def twin_ids(prefix: str, count: int) -> list[str]:
@@ -73,7 +76,7 @@ class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
         self.tick_wall = time.monotonic()
 
     def _finished(self) -> bool:
-        if not self.signals:
+        if not self.signals or stop_requested():
             return True
         if self.spec.ticks is not None and self.tick >= self.spec.ticks:
             return True
@@ -85,6 +88,26 @@ class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
         now = time.monotonic()
         if now < self.next_at:
             return []
+        parts: list[ReadingBatch] = []
+        size = 0
+        # As fast as possible: fill a batch of about MAX_BATCH readings (fewer Bytewax items,
+        # fewer bank updates); otherwise one chunk-tick per call keeps the pacing smooth.
+        while True:
+            parts.append(self._generate())
+            size += len(parts[-1])
+            if self.rate != 0 or size >= MAX_BATCH or self._finished():
+                break
+        batch = ReadingBatch.concat(parts)
+        if self.rate is None:  # real time: every twin reports once per interval
+            if self.pos == 0:
+                self.next_at = self.tick_wall + self.spec.interval
+                self.tick_wall = self.next_at
+        elif self.rate > 0:
+            self.next_at = max(self.next_at, now - 1.0) + len(batch) / self.rate
+        return [SourceBatch(self.spec.name, batch, self.spec.twin_type)]
+
+    def _generate(self) -> ReadingBatch:
+        """The readings of the current chunk at the current tick; advances to the next."""
         sig = self.signals[self.pos]
         t, values = sig.values(self.tick)
         n, c = values.shape
@@ -101,13 +124,7 @@ class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
         if self.pos == len(self.signals):
             self.pos = 0
             self.tick += 1
-        if self.rate is None:  # real time: every twin reports once per interval
-            if self.pos == 0:
-                self.next_at = self.tick_wall + self.spec.interval
-                self.tick_wall = self.next_at
-        elif self.rate > 0:
-            self.next_at = max(self.next_at, now - 1.0) + len(batch) / self.rate
-        return [SourceBatch(self.spec.name, batch, self.spec.twin_type)]
+        return batch
 
     def _record(self, faults: list[Any]) -> None:
         path = Path(str(self.spec.ground_truth))
@@ -144,6 +161,8 @@ class SimulatorSource(FixedPartitionedSource[SourceBatch, dict[str, int]]):
     def list_parts(self) -> list[str]:
         return [f"{self.spec.name}-{i}" for i in range(self.parts)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: dict[str, int] | None) -> _SimulatorPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+    ) -> _SimulatorPartition:
         index = int(for_part.rsplit("-", 1)[1])
         return _SimulatorPartition(self.plan, index, self.parts, resume_state)

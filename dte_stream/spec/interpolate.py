@@ -25,13 +25,17 @@ def _substitute(text: str, env: Mapping[str, str], path: str, problems: list[str
         body = m.group(1)
         name, sep, default = body.partition(":-")
         if not _NAME.match(name):
-            problems.append(f"{path}: '${{{body}}}' is not a valid reference; use ${{NAME}} or ${{NAME:-default}}")
+            problems.append(
+                f"{path}: '${{{body}}}' is not a valid reference; use ${{NAME}} or ${{NAME:-default}}"
+            )
             return m.group(0)
         value = env.get(name)
         if value is None or (sep and value == ""):
             if sep:
                 return default
-            problems.append(f"{path}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
+            problems.append(
+                f"{path}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+            )
             return m.group(0)
         return value
 

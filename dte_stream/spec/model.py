@@ -64,7 +64,7 @@ class SpecModel(BaseModel):
     def _known_fields_only(cls, data: Any) -> Any:
         if isinstance(data, dict):
             allowed = set(cls.model_fields)
-            for name, field in cls.model_fields.items():
+            for _name, field in cls.model_fields.items():
                 if field.alias:
                     allowed.add(field.alias)
             unknown = [k for k in data if k not in allowed]
@@ -150,7 +150,9 @@ class SimulatorSourceSpec(SpecModel):
     start: Annotated[int | None, BeforeValidator(_to_time_ns)] = Field(
         None, description="event time of the first reading (ISO 8601); unset = now"
     )
-    faults_per_twin_hour: float = Field(0.5, ge=0, description="mean injected faults per twin per hour of event time")
+    faults_per_twin_hour: float = Field(
+        0.5, ge=0, description="mean injected faults per twin per hour of event time"
+    )
     partitions: int = Field(4, ge=1, le=1024)
     channels: dict[str, SimulatedChannelSpec] = Field(
         default_factory=dict, description="signal per channel; defaults per well-known channel name"
@@ -193,7 +195,7 @@ class DeadLetterSpec(SpecModel):
 class EngineSpec(SpecModel):
     """How the dataflow runs: shards of the twin banks, workers, epoch length."""
 
-    shards: int = Field(16, ge=1, le=4096, description="twin bank shards (keys of Bytewax state)")
+    shards: int = Field(8, ge=1, le=4096, description="twin bank shards (keys of Bytewax state)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax worker threads in this process")
     epoch_seconds: PositiveSeconds = Field(10.0, description="how often state is snapshotted")
 

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from dte_stream.spec.model import TwinTypeSpec
 from dte_stream.twins.batches import EstimateBatch, TypedBatch
+from dte_stream.twins.idindex import IdIndex
 from dte_stream.twins.kalman import RandomWalkKernel, RandomWalkState
 
 __all__ = ["SNAPSHOT_FORMAT", "TwinBank"]
@@ -73,30 +74,17 @@ class TwinBank:
         self.state = RandomWalkState.allocate(capacity, len(self.channels))
         self.twin_ids: list[str] = []
         self.row_of: dict[str, int] = {}
-        self._sorted_ids: npt.NDArray[np.str_] = np.empty(0, dtype=np.str_)
-        self._sorted_rows: IntP = np.empty(0, dtype=np.intp)
+        self._index = IdIndex()
         self.late_readings = 0
 
     def __len__(self) -> int:
         return len(self.twin_ids)
 
     def rows_for(self, twin_id: npt.NDArray[np.str_]) -> IntP:
-        """Row of each twin id, adding unseen twins.
-
-        Known ids are kept as a sorted numpy array beside their rows, so a batch is looked up
-        with one ``searchsorted`` (no per-reading Python work); only new ids take a slow path.
-        """
-        known = self._sorted_ids
-        n = twin_id.shape[0]
-        if known.shape[0]:
-            pos = np.minimum(np.searchsorted(known, twin_id), known.shape[0] - 1)
-            hit = known[pos] == twin_id
-            rows = self._sorted_rows[pos]
-        else:
-            hit = np.zeros(n, dtype=bool)
-            rows = np.empty(n, dtype=np.intp)
-        if not hit.all():
-            missing = ~hit
+        """Row of each twin id, adding unseen twins (vectorised; see :class:`IdIndex`)."""
+        rows, known = self._index.lookup(twin_id)
+        if not known.all():
+            missing = ~known
             new_ids = np.unique(twin_id[missing])
             first = len(self.twin_ids)
             new_rows = np.arange(first, first + new_ids.shape[0], dtype=np.intp)
@@ -104,10 +92,7 @@ class TwinBank:
                 self.row_of[tid] = row
                 self.twin_ids.append(tid)
             rows[missing] = new_rows[np.searchsorted(new_ids, twin_id[missing])]
-            merged = np.concatenate([known, new_ids])
-            order = np.argsort(merged, kind="stable")
-            self._sorted_ids = merged[order]
-            self._sorted_rows = np.concatenate([self._sorted_rows, new_rows])[order]
+            self._index.add(new_ids, new_rows)
             if len(self.twin_ids) > self.state.x.shape[0]:
                 self.state = self.state.grow(max(len(self.twin_ids), 2 * self.state.x.shape[0]))
         return rows
@@ -176,9 +161,7 @@ class TwinBank:
         bank.state.last_ns[:n] = snap["last_ns"]
         bank.twin_ids = list(ids)
         bank.row_of = {tid: i for i, tid in enumerate(ids)}
-        id_array = np.asarray(ids, dtype=np.str_)
-        order = np.argsort(id_array, kind="stable").astype(np.intp)
-        bank._sorted_ids = id_array[order]
-        bank._sorted_rows = order
+        if ids:
+            bank._index.add(np.asarray(ids, dtype=np.str_), np.arange(n, dtype=np.intp))
         bank.late_readings = int(snap.get("late_readings", 0))
         return bank

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,22 +56,38 @@ class EstimateBatch:
 
     def to_frame(self) -> pl.DataFrame:
         """The rows as a polars frame in the local store's ``readings`` schema."""
-        n = len(self)
+        return EstimateBatch.frame_of([self])
+
+    @staticmethod
+    def frame_of(batches: list[EstimateBatch]) -> pl.DataFrame:
+        """Many batches as one polars frame: numpy concatenation first, one conversion after.
+
+        Building a frame costs about a millisecond whatever its size, so sinks convert their
+        whole buffer at once rather than each small batch. String columns go through
+        ``tolist()``: polars builds a String column from Python strings about five times faster
+        than from a numpy ``<U`` array.
+        """
+
+        def cat(name: str) -> npt.NDArray[Any]:
+            arrays = [getattr(b, name) for b in batches]
+            return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+        types = [b.twin_type for b in batches]
+        counts = [len(b) for b in batches]
+        type_names = sorted(set(types))
+        type_codes = np.repeat(np.array([type_names.index(t) for t in types], dtype=np.uint32), counts)
+        twin_type_col = pl.Series("twin_type", type_names, dtype=pl.String).gather(type_codes)
         return pl.DataFrame(
-            {
-                "time": pl.Series("time", self.time_ns, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")),
-                "twin_id": pl.Series("twin_id", self.twin_id, dtype=pl.String),
-                "twin_type": pl.Series("twin_type", [self.twin_type], dtype=pl.String).extend_constant(
-                    self.twin_type, n - 1
-                )
-                if n
-                else pl.Series("twin_type", [], dtype=pl.String),
-                "channel": pl.Series("channel", self.channel, dtype=pl.String),
-                "value": pl.Series("value", self.value, dtype=pl.Float64),
-                "unit": pl.Series("unit", self.unit, dtype=pl.String),
-                "estimate": pl.Series("estimate", self.estimate, dtype=pl.Float64),
-                "std": pl.Series("std", self.std, dtype=pl.Float64),
-                "innovation": pl.Series("innovation", self.innovation, dtype=pl.Float64),
-                "nis": pl.Series("nis", self.nis, dtype=pl.Float64),
-            }
+            [
+                pl.Series("time", cat("time_ns"), dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")),
+                pl.Series("twin_id", cat("twin_id").tolist(), dtype=pl.String),
+                twin_type_col,
+                pl.Series("channel", cat("channel").tolist(), dtype=pl.String),
+                pl.Series("value", cat("value"), dtype=pl.Float64),
+                pl.Series("unit", cat("unit").tolist(), dtype=pl.String),
+                pl.Series("estimate", cat("estimate"), dtype=pl.Float64),
+                pl.Series("std", cat("std"), dtype=pl.Float64),
+                pl.Series("innovation", cat("innovation"), dtype=pl.Float64),
+                pl.Series("nis", cat("nis"), dtype=pl.Float64),
+            ]
         )

@@ -87,7 +87,9 @@ class RandomWalkKernel:
         self.q = np.asarray(process_noise, dtype=np.float64)
         self.r = np.asarray(measurement_noise, dtype=np.float64)
 
-    def step(self, state: RandomWalkState, rows: IntP, channels: IntP, time_ns: I64, value: F64) -> KernelOutput:
+    def step(
+        self, state: RandomWalkState, rows: IntP, channels: IntP, time_ns: I64, value: F64
+    ) -> KernelOutput:
         """Apply one reading to each given cell; each (row, channel) pair appears at most once.
 
         Readings older than a cell's last reading are applied with a zero time gap and flagged

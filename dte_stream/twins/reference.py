@@ -34,7 +34,9 @@ class PerReadingFilter:
         self.cells: dict[tuple[str, int], np.ndarray] = {}
         self.last_ns: dict[tuple[str, int], int] = {}
 
-    def update(self, twin_id: str, channel: int, time_ns: int, value: float) -> tuple[float, float, float, float]:
+    def update(
+        self, twin_id: str, channel: int, time_ns: int, value: float
+    ) -> tuple[float, float, float, float]:
         """Apply one reading; return (estimate, std, innovation, nis)."""
         key = (twin_id, channel)
         r = self.r[channel]
@@ -52,4 +54,9 @@ class PerReadingFilter:
         cell[0] = cell[0] + gain * innovation
         cell[1] = (1.0 - gain) * p_pred
         self.last_ns[key] = max(last, time_ns)
-        return float(cell[0]), math.sqrt(cell[1]), float(innovation), float(innovation * innovation / s)
+        return (
+            float(cell[0]),
+            math.sqrt(cell[1]),
+            float(innovation),
+            float(innovation * innovation / s),
+        )

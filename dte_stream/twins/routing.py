@@ -21,6 +21,7 @@ import orjson
 from dte_stream.readings import DeadLetter, ReadingBatch
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.idindex import IdIndex
 
 __all__ = ["RouteResult", "Router", "shard_key", "shard_of"]
 
@@ -87,30 +88,30 @@ class Router:
                     names[alias] = i
             self._channel_index.append(names)
             self._channel_list.append(", ".join(t.channels))
-        self._type_of: dict[str, int] = {}
-        self._shard_of: dict[str, int] = {}
+        # Per twin id: type index * shards + shard, or -1 - shard when no type matches.
+        self._placement = IdIndex()
 
-    def _type_index(self, twin_id: str) -> int:
-        cached = self._type_of.get(twin_id)
-        if cached is not None:
-            return cached
-        found = -1
+    def _place(self, twin_id: str) -> int:
+        shard = shard_of(twin_id, self.shards)
         for name, pattern in self._patterns:
             if pattern.fullmatch(twin_id):
-                found = self.types.index(name)
-                break
-        if len(self._type_of) >= _CACHE_LIMIT:
-            self._type_of.clear()
-        self._type_of[twin_id] = found
-        return found
+                return self.types.index(name) * self.shards + shard
+        return -1 - shard
 
-    def _shard(self, twin_id: str) -> int:
-        cached = self._shard_of.get(twin_id)
-        if cached is None:
-            if len(self._shard_of) >= _CACHE_LIMIT:
-                self._shard_of.clear()
-            cached = self._shard_of[twin_id] = shard_of(twin_id, self.shards)
-        return cached
+    def placement(self, twin_id: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Twin type index (-1 when no pattern matches) and shard of each twin id."""
+        code, known = self._placement.lookup(twin_id)
+        if not known.all():
+            new_ids = np.unique(twin_id[~known])
+            new_codes = np.array([self._place(t) for t in new_ids.tolist()], dtype=np.intp)
+            code[~known] = new_codes[np.searchsorted(new_ids, twin_id[~known])]
+            if len(self._placement) + new_ids.shape[0] > _CACHE_LIMIT:
+                self._placement.clear()
+            self._placement.add(new_ids, new_codes)
+        matched = code >= 0
+        type_idx = np.where(matched, code // self.shards, -1)
+        shard = np.where(matched, code % self.shards, -1 - code)
+        return type_idx, shard
 
     def route(self, batch: ReadingBatch, source: str, twin_type: str | None = None) -> RouteResult:
         """Split ``batch`` by (twin type, shard); ``twin_type`` forces the type of every reading."""
@@ -118,21 +119,17 @@ class Router:
         if n == 0:
             return RouteResult([], [])
         errors: list[DeadLetter] = []
-        unique_ids, id_inverse = np.unique(batch.twin_id, return_inverse=True)
-        id_inverse = id_inverse.reshape(-1)
-        ids = unique_ids.tolist()
+        type_idx, shard = self.placement(batch.twin_id)
         if twin_type is not None:
             type_idx = np.full(n, self.types.index(twin_type), dtype=np.intp)
-        else:
-            per_id = np.fromiter((self._type_index(t) for t in ids), dtype=np.intp, count=len(ids))
-            type_idx = per_id[id_inverse]
-            unmatched = np.flatnonzero(per_id < 0)
+        elif (type_idx < 0).any():
             patterns = "; ".join(f"{name}: {p.pattern}" for name, p in self._patterns) or "none declared"
-            for u in unmatched.tolist():
-                positions = np.flatnonzero(id_inverse == u)
-                errors += _dead(batch, positions, source, f"twin id {ids[u]!r} matches no twin type ({patterns})")
-        shard_per_id = np.fromiter((self._shard(t) for t in ids), dtype=np.intp, count=len(ids))
-        shard = shard_per_id[id_inverse]
+            unmatched = np.flatnonzero(type_idx < 0)
+            for tid in np.unique(batch.twin_id[unmatched]).tolist():
+                positions = unmatched[batch.twin_id[unmatched] == tid]
+                errors += _dead(
+                    batch, positions, source, f"twin id {tid!r} matches no twin type ({patterns})"
+                )
 
         channel_idx = np.full(n, -1, dtype=np.intp)
         unique_ch, ch_inverse = np.unique(batch.channel, return_inverse=True)
@@ -162,6 +159,9 @@ class Router:
             for key, idx in zip(keys.tolist(), np.split(order, starts[1:]), strict=True):
                 t, s = divmod(key, self.shards)
                 routed.append(
-                    (shard_key(self.types[t], s), TypedBatch(self.types[t], batch.take(idx), channel_idx[idx]))
+                    (
+                        shard_key(self.types[t], s),
+                        TypedBatch(self.types[t], batch.take(idx), channel_idx[idx]),
+                    )
                 )
         return RouteResult(routed, errors)

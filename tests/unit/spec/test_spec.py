@@ -50,7 +50,8 @@ def test_env_references_with_defaults_and_values() -> None:
     assert spec.sources[0].seed == 3
     assert str(spec.data_dir()) == "/tmp/a/b"
     spec = parse_spec(doc, env={"SEED": "3", "N": "11", "DIR": "/d"})
-    assert spec.sources[0].twins == 11 and str(spec.data_dir()) == "/d/b"
+    assert spec.sources[0].twins == 11
+    assert str(spec.data_dir()) == "/d/b"
 
 
 def test_missing_env_variable_is_named_with_its_path() -> None:
@@ -66,7 +67,8 @@ def test_unknown_field_names_the_allowed_ones() -> None:
     doc["sources"] = [{**doc["sources"][0], "twinz": 5}]
     (problem,) = _problems(doc)
     assert problem.startswith("sources[0]: unknown field 'twinz'; allowed: ")
-    assert "twins" in problem and "rate" in problem
+    assert "twins" in problem
+    assert "rate" in problem
 
 
 def test_bad_value_names_the_path_and_the_limit() -> None:
@@ -79,7 +81,8 @@ def test_bad_kind_lists_the_allowed_kinds() -> None:
     doc = _doc()
     doc["sinks"] = [{"kind": "influx"}]
     (problem,) = _problems(doc)
-    assert problem.startswith("sinks[0]: kind 'influx' is not known; allowed:") and "local_store" in problem
+    assert problem.startswith("sinks[0]: kind 'influx' is not known; allowed:")
+    assert "local_store" in problem
 
 
 def test_bad_duration_and_unknown_twin_type() -> None:

@@ -1,0 +1,56 @@
+# dte-stream developer targets. `make` alone prints this help.
+# CI runs `make ci` (through .ci/run), exactly what the README's test command runs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+DATA   ?= dte-data
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo services test test-unit test-integration lint typecheck check ci bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/dte-stream: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/dte-stream ## create .venv and install dte-stream with its dev tools
+
+demo: install ## run the demo for 30 s (simulator -> twin bank -> local store), then query it
+	$(BIN)/dte-stream demo --twins 100 --duration 30 --data-dir $(DATA)
+	$(BIN)/dte-stream query --data-dir $(DATA) --twin pump-0000 --limit 10
+
+services: ## install the real services for integration tests (Debian packages, Kafka jars)
+	deploy/services/install.sh
+
+test-unit: install ## unit tests (no services)
+	$(PY) -m pytest tests/unit -q
+
+test-integration: install services ## integration tests against real services
+	$(PY) -m pytest tests/integration -q
+
+test: install services ## the whole suite: unit and integration tests
+	$(PY) -m pytest tests -q
+
+lint: install ## ruff on the code and tests
+	$(BIN)/ruff check dte_stream connectors tests benchmarks deploy
+	$(BIN)/ruff format --check dte_stream connectors
+
+typecheck: install ## mypy --strict on the package
+	$(BIN)/mypy --strict dte_stream connectors
+
+check: lint typecheck ## lint and typecheck
+
+ci: install services lint typecheck ## what CI runs: install everything, lint, typecheck, whole suite
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+bench: install ## the benchmarks recorded in docs/benchmarks.md
+	$(PY) benchmarks/bench_twin_bank.py
+
+clean: ## remove the venv, caches and demo data
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache $(DATA)
