@@ -61,12 +61,16 @@ def make_batches(twins: int, readings: int, seed: int = 7) -> list[TypedBatch]:
     return out
 
 
-def run_bank(batches: list[TypedBatch]) -> float:
+def run_bank(batches: list[TypedBatch], warm: int) -> tuple[float, float]:
+    """Seconds for the first ``warm`` batches (every twin new) and for the rest (steady state)."""
     bank = TwinBank(SPEC)
     t0 = time.perf_counter()
-    for b in batches:
+    for b in batches[:warm]:
         bank.update(b)
-    return time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for b in batches[warm:]:
+        bank.update(b)
+    return t1 - t0, time.perf_counter() - t1
 
 
 def run_numpy_per_reading(batches: list[TypedBatch], limit: int) -> tuple[float, int]:
@@ -114,26 +118,32 @@ def run_reference(batches: list[TypedBatch], limit: int) -> tuple[float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--twins", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--readings", type=int, default=600_000, help="readings per run of the bank")
+    ap.add_argument("--readings", type=int, default=600_000, help="steady-state readings per run of the bank")
     ap.add_argument("--baseline-readings", type=int, default=20_000, help="readings per run of a baseline")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
     print(
         f"# twin bank vs per-reading filter, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
-        f"{platform.processor() or platform.platform()}, Python {platform.python_version()}, numpy {np.__version__}"
+        f"{platform.processor() or platform.platform()}, "
+        f"Python {platform.python_version()}, numpy {np.__version__}"
     )
     print(
-        "| twins | bank readings/s | per-reading numpy readings/s | bank / numpy | "
-        "per-reading scalar readings/s | bank / scalar |"
+        "| twins | bank, first contact readings/s | bank, steady readings/s | per-reading numpy readings/s "
+        "| steady bank / numpy | per-reading scalar readings/s | steady bank / scalar |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for twins in args.twins:
-        readings = max(args.readings, 3 * twins * 2)  # at least two readings per cell
+        first = 3 * twins  # the first reading of every cell creates the twin
+        readings = first + max(args.readings, first)
         batches = make_batches(twins, readings)
-        bank_rates, np_rates, ref_rates = [], [], []
+        warm = -(-first // BATCH)
+        warm_readings = sum(len(b) for b in batches[:warm])
+        bank_rates, new_rates, np_rates, ref_rates = [], [], [], []
         for rep in range(args.repeat):
-            bank_rates.append(readings / run_bank(batches))
+            t_new, t_steady = run_bank(batches, warm)
+            new_rates.append(warm_readings / t_new)
+            bank_rates.append((readings - warm_readings) / t_steady)
             secs, done = run_numpy_per_reading(batches, args.baseline_readings)
             np_rates.append(done / secs)
             secs, done = run_reference(batches, args.baseline_readings * 5)
@@ -143,8 +153,8 @@ def main() -> int:
                 f"per-reading numpy {np_rates[-1]:,.0f}/s, scalar {ref_rates[-1]:,.0f}/s",
                 file=sys.stderr,
             )
-        b, p, r = (statistics.median(x) for x in (bank_rates, np_rates, ref_rates))
-        print(f"| {twins:,} | {b:,.0f} | {p:,.0f} | {b / p:.0f}x | {r:,.0f} | {b / r:.1f}x |")
+        n, b, p, r = (statistics.median(x) for x in (new_rates, bank_rates, np_rates, ref_rates))
+        print(f"| {twins:,} | {n:,.0f} | {b:,.0f} | {p:,.0f} | {b / p:.0f}x | {r:,.0f} | {b / r:.1f}x |")
     return 0
 
 

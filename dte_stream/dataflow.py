@@ -4,8 +4,8 @@ This is the one module that knows Bytewax operators (sources and sinks implement
 contracts in their own modules). The graph, with stable step ids (they are recovery keys)::
 
     source_<name> ─▶ [decode_<name>] ─▶ merge_sources ─▶ route ─▶ split_by_shard
-        ─▶ twin_bank (stateful_batch, key = twin type/shard) ─▶ store_rows ─▶ local_store
-    decode errors + route errors ─▶ dead_letters
+        ─▶ twin_bank (stateful_batch, key = twin type/shard) ─▶ estimate_batches ─▶ sink_<name>
+    source, decode and route errors ─▶ dead_letters (file) / dead_letters_<kind>_<i>
 
 Readings travel as columnar batches; each twin bank shard applies a micro-batch with one
 vectorised step per round (see :mod:`dte_stream.twins.bank`).
@@ -19,15 +19,19 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
 
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.file.source import FileSource
+from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import SpecError
 from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter, ReadingBatch
 from dte_stream.sources import RawBatch, SourceBatch
+from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import (
     DataflowSpec,
     FileSourceSpec,
@@ -45,7 +49,7 @@ __all__ = ["build_flow", "run_flow"]
 def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
     codec = get_codec(raw.codec)
     batches: list[ReadingBatch] = []
-    errors: list[DeadLetter] = []
+    errors: list[DeadLetter] = list(raw.errors)
     for payload, context in raw.payloads:
         result = codec.decode(payload, context)
         if len(result.readings):
@@ -103,8 +107,8 @@ def build_flow(spec: DataflowSpec) -> Dataflow:
         if isinstance(source, SimulatorSourceSpec):
             channels = spec.twin_type(source.twin_type).channel_names()
             readings.append(op.input(f"source_{source.name}", flow, SimulatorSource(source, channels)))
-        elif isinstance(source, FileSourceSpec):
-            raw = op.input(f"source_{source.name}", flow, FileSource(source))
+        else:
+            raw = op.input(f"source_{source.name}", flow, _raw_source(source))
             decoded = op.map(f"decode_{source.name}", raw, _decode)
             readings.append(op.map(f"decoded_{source.name}", decoded, lambda d: d[0]))
             dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, lambda d: _count_errors(d[1])))
@@ -123,17 +127,38 @@ def build_flow(spec: DataflowSpec) -> Dataflow:
     dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     estimates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume))
-    rows = op.map("store_rows", estimates, lambda kv: ("readings", kv[1]))
+    batches = op.map("estimate_batches", estimates, lambda kv: kv[1])
     for sink in spec.sinks:
         if isinstance(sink, LocalStoreSinkSpec):
-            op.output(
-                "local_store",
-                rows,
-                LocalStoreSink(sink.data_dir, flush_rows=sink.flush_rows, flush_seconds=sink.flush_seconds),
+            rows = op.map(f"store_rows_{sink.name}", batches, lambda b: ("readings", b))
+            store = LocalStoreSink(
+                sink.data_dir, flush_rows=sink.flush_rows, flush_seconds=sink.flush_seconds
             )
+            op.output(f"sink_{sink.name}", rows, store)
+        else:
+            op.output(f"sink_{sink.name}", batches, _estimate_sink(sink))
     letters = op.merge("merge_dead_letters", *dead) if len(dead) > 1 else dead[0]
-    op.output("dead_letters", letters, DeadLetterSink(spec.dead_letter_path()))
+    if spec.dead_letters.writes_file():
+        op.output("dead_letters", letters, DeadLetterSink(spec.dead_letter_path()))
+    for i, target in enumerate(spec.dead_letters.sinks):
+        op.output(f"dead_letters_{target.kind}_{i}", letters, _dead_letter_sink(target))
     return flow
+
+
+def _raw_source(spec: FileSourceSpec | KafkaSourceSpec) -> Source[RawBatch]:
+    """The Bytewax source of a spec source that delivers payloads to decode."""
+    if isinstance(spec, KafkaSourceSpec):
+        return KafkaSource(spec)
+    return FileSource(spec)
+
+
+def _estimate_sink(spec: KafkaSinkSpec) -> Sink[EstimateBatch]:
+    """The Bytewax sink of a spec sink that takes estimate batches."""
+    return KafkaSink(spec)
+
+
+def _dead_letter_sink(spec: KafkaDeadLetterSinkSpec) -> Sink[DeadLetter]:
+    return KafkaDeadLetterSink(spec)
 
 
 def run_flow(spec: DataflowSpec, flow: Dataflow | None = None) -> None:

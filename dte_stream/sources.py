@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dte_stream.codecs.base import DecodeContext
-from dte_stream.readings import ReadingBatch
+from dte_stream.readings import DeadLetter, ReadingBatch
 
 __all__ = ["RawBatch", "SourceBatch"]
 
@@ -27,9 +27,13 @@ class RawBatch:
     """Payloads to decode with one codec: MQTT messages, Kafka records, chunks of a file.
 
     Each payload has its own :class:`DecodeContext` (its topic, its receive time).
+    ``errors`` carries what the source itself refused before decoding (a topic that does not
+    fit its template, a Kafka record without a value, an oversize message): the dataflow
+    sends them to the dead-letter output with the decoder's own dead letters.
     """
 
     source: str
     codec: str
     payloads: list[tuple[bytes, DecodeContext]] = field(default_factory=list)
     twin_type: str | None = None
+    errors: list[DeadLetter] = field(default_factory=list)

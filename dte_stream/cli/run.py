@@ -15,7 +15,7 @@ from dte_stream.lifecycle import STOP, install_signal_handlers
 from dte_stream.metrics import METRICS
 from dte_stream.spec import DataflowSpec, load_spec
 
-__all__ = ["add_parsers", "execute"]
+__all__ = ["add_parsers", "execute", "non_negative_float", "positive_int"]
 
 
 def execute(spec: DataflowSpec, *, quiet: bool = False) -> int:
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     return execute(spec, quiet=args.quiet)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -78,7 +78,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -105,7 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run a dataflow spec", description="Run the dataflow of a spec.")
     p.add_argument("spec", help="path of the YAML spec")
-    p.add_argument("--workers", type=_positive_int, help="worker threads (overrides engine.workers)")
+    p.add_argument("--workers", type=positive_int, help="worker threads (overrides engine.workers)")
     p.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     p.set_defaults(handler=_run)
 
@@ -117,20 +117,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "to the local Parquet store. Same graph as dataflows/demo.yaml."
         ),
     )
-    d.add_argument("--twins", type=_positive_int, default=100, help="simulated twins (default 100)")
+    d.add_argument("--twins", type=positive_int, default=100, help="simulated twins (default 100)")
     d.add_argument(
         "--rate",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         help="readings per second; 0 = as fast as possible (default: real time, 1 reading/s per sensor)",
     )
     d.add_argument(
         "--duration",
-        type=_non_negative_float,
+        type=non_negative_float,
         help="stop after this many seconds (default: Ctrl-C)",
     )
     d.add_argument("--data-dir", default="dte-data", help="local store folder (default ./dte-data)")
     d.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
-    d.add_argument("--workers", type=_positive_int, default=1, help="worker threads (default 1)")
+    d.add_argument("--workers", type=positive_int, default=1, help="worker threads (default 1)")
     d.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     d.set_defaults(handler=_demo)

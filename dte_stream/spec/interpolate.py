@@ -34,7 +34,8 @@ def _substitute(text: str, env: Mapping[str, str], path: str, problems: list[str
             if sep:
                 return default
             problems.append(
-                f"{path}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                f"{path}: environment variable {name} is not set "
+                f"(write ${{{name}:-default}} to give a default)"
             )
             return m.group(0)
         return value

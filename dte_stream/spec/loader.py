@@ -18,6 +18,8 @@ from dte_stream.spec.model import DataflowSpec
 __all__ = ["format_validation_error", "load_spec", "parse_spec"]
 
 _MAX_SPEC_BYTES = 1 << 20
+#: The ``kind`` tags pydantic inserts in error locations of tagged unions (left out of paths).
+_KIND_TAGS = {"simulator", "file", "local_store", "kafka", "mqtt", "influxdb"}
 _PATH_FIRST = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+)*: ")
 
 
@@ -26,7 +28,7 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in {"simulator", "file", "local_store"} and parts and parts[-1].startswith("["):
+        elif item in _KIND_TAGS and parts and parts[-1].startswith("["):
             continue  # the discriminator tag pydantic inserts for tagged unions
         elif item.startswith(("function-", "json-or-python")):
             continue

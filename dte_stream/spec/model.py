@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from dte_stream.times import NS_PER_S, parse_duration_ns, parse_time
+from dte_stream.spec.base import CODEC_CHOICES, Identifier, PositiveSeconds, Seconds, SpecModel, TimeNs
+from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 
 __all__ = [
+    "CODEC_CHOICES",
     "ChannelSpec",
     "DataflowSpec",
+    "DeadLetterSinkSpec",
     "DeadLetterSpec",
     "EngineSpec",
     "FileSourceSpec",
@@ -28,50 +31,6 @@ __all__ = [
     "SourceSpec",
     "TwinTypeSpec",
 ]
-
-CODEC_CHOICES = ("json", "senml", "line_protocol", "csv")
-_IDENT = r"^[a-z][a-z0-9_]{0,62}$"
-
-
-def _to_seconds(value: object) -> object:
-    """Accept a duration as seconds (number) or text such as "250ms", "10s", "5m", "2h"."""
-    if isinstance(value, str):
-        try:
-            return parse_duration_ns(value) / NS_PER_S
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-def _to_time_ns(value: object) -> object:
-    if isinstance(value, str):
-        return parse_time(value)
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_to_seconds), Field(ge=0)]
-PositiveSeconds = Annotated[float, BeforeValidator(_to_seconds), Field(gt=0)]
-Identifier = Annotated[str, Field(pattern=_IDENT, description="lower_snake_case name")]
-
-
-class SpecModel(BaseModel):
-    """Base of every spec model: frozen, unknown fields refused with the allowed names."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = set(cls.model_fields)
-            for _name, field in cls.model_fields.items():
-                if field.alias:
-                    allowed.add(field.alias)
-            unknown = [k for k in data if k not in allowed]
-            if unknown:
-                names = ", ".join(repr(k) for k in unknown)
-                raise ValueError(f"unknown field {names}; allowed: {', '.join(sorted(allowed))}")
-        return data
 
 
 class KalmanSpec(SpecModel):
@@ -147,9 +106,7 @@ class SimulatorSourceSpec(SpecModel):
     duration: Seconds | None = Field(None, description="wall-clock run time; unset = forever")
     ticks: int | None = Field(None, ge=1, description="readings per twin and channel, then stop")
     seed: int = 0
-    start: Annotated[int | None, BeforeValidator(_to_time_ns)] = Field(
-        None, description="event time of the first reading (ISO 8601); unset = now"
-    )
+    start: TimeNs | None = Field(None, description="event time of the first reading (ISO 8601); unset = now")
     faults_per_twin_hour: float = Field(
         0.5, ge=0, description="mean injected faults per twin per hour of event time"
     )
@@ -171,25 +128,35 @@ class FileSourceSpec(SpecModel):
     batch_lines: int = Field(2000, ge=1, description="lines per batch (not for csv, read whole)")
 
 
-SourceSpec = Annotated[SimulatorSourceSpec | FileSourceSpec, Field(discriminator="kind")]
+SourceSpec = Annotated[SimulatorSourceSpec | FileSourceSpec | KafkaSourceSpec, Field(discriminator="kind")]
 
 
 class LocalStoreSinkSpec(SpecModel):
     """The embedded default storage: partitioned Parquet files in ``data_dir``."""
 
     kind: Literal["local_store"]
+    name: Identifier = "local_store"
     data_dir: Path = Path("dte-data")
     flush_rows: int = Field(100_000, ge=1)
     flush_seconds: PositiveSeconds = 2.0
 
 
-SinkSpec = Annotated[LocalStoreSinkSpec, Field(discriminator="kind")]
+SinkSpec = Annotated[LocalStoreSinkSpec | KafkaSinkSpec, Field(discriminator="kind")]
+DeadLetterSinkSpec = Annotated[KafkaDeadLetterSinkSpec, Field(discriminator="kind")]
 
 
 class DeadLetterSpec(SpecModel):
-    """Where readings that cannot be decoded or validated go, with their reason."""
+    """Where input that cannot be decoded or validated goes, with its reason.
+
+    By default a JSON lines file in the local store's folder; with ``sinks`` (Kafka, MQTT) the
+    dead letters go there instead, and also to ``path`` if it is given.
+    """
 
     path: Path | None = Field(None, description="JSON lines file; default <data_dir>/dead_letters.jsonl")
+    sinks: list[DeadLetterSinkSpec] = Field(default_factory=list, description="Kafka or MQTT outputs")
+
+    def writes_file(self) -> bool:
+        return self.path is not None or not self.sinks
 
 
 class EngineSpec(SpecModel):
@@ -222,6 +189,9 @@ class DataflowSpec(SpecModel):
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"sources: names must be unique, got {names}")
+        sink_names = [s.name for s in self.sinks]
+        if len(set(sink_names)) != len(sink_names):
+            raise ValueError(f"sinks: names must be unique (set `name` on each), got {sink_names}")
         for i, source in enumerate(self.sources):
             if source.twin_type is not None and source.twin_type not in types:
                 raise ValueError(

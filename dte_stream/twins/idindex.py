@@ -40,11 +40,14 @@ class IdIndex:
         return self.values[pos], self.ids[pos] == ids
 
     def add(self, ids: npt.NDArray[np.str_], values: IntP) -> None:
-        """Add ids (distinct and not yet known) with their values."""
-        merged = np.concatenate([self.ids, ids])
-        order = np.argsort(merged, kind="stable")
-        self.ids = merged[order]
-        self.values = np.concatenate([self.values, values.astype(np.intp, copy=False)])[order]
+        """Add ids (distinct and not yet known) with their values: a sorted insertion, no re-sort."""
+        order = np.argsort(ids, kind="stable")
+        new_ids = ids[order]
+        at = np.searchsorted(self.ids, new_ids)
+        if new_ids.dtype.itemsize > self.ids.dtype.itemsize:
+            self.ids = self.ids.astype(new_ids.dtype)
+        self.ids = np.insert(self.ids, at, new_ids)
+        self.values = np.insert(self.values, at, values.astype(np.intp, copy=False)[order])
 
     def clear(self) -> None:
         self.ids = np.empty(0, dtype=np.str_)
