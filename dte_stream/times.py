@@ -67,9 +67,11 @@ def parse_time(text: str) -> int:
     if not s:
         raise ValueError("empty timestamp")
     frac_ns = 0
-    m = re.match(r"^(.*T\d{2}:\d{2}:\d{2})\.(\d{1,9})(.*)$", s)
+    m = re.match(r"^(.*T\d{2}:\d{2}:\d{2})\.(\d+)(.*)$", s)
     if m:
         digits = m.group(2)
+        if len(digits) > 9:
+            raise ValueError(f"{text!r} has more than 9 fractional digits (nanoseconds are the limit)")
         frac_ns = int(digits.ljust(9, "0"))
         s = m.group(1) + m.group(3)
     if s.endswith(("Z", "z")):
@@ -88,6 +90,8 @@ def epoch_seconds_to_ns(seconds: float) -> int:
     """Convert epoch seconds (int or float) to nanoseconds, refusing NaN and out-of-range."""
     if isinstance(seconds, bool) or not math.isfinite(seconds):
         raise ValueError(f"timestamp {seconds!r} is not a finite number")
+    if not -1e12 < seconds < 1e12:  # far outside int64 nanoseconds; keeps round() from overflowing
+        raise ValueError(f"timestamp {seconds!r} s is outside 1970..2262")
     ns = seconds * NS_PER_S if isinstance(seconds, int) else round(seconds * NS_PER_S)
     if not MIN_TIME_NS <= ns < MAX_TIME_NS:
         raise ValueError(f"timestamp {seconds!r} s is outside 1970..2262")
