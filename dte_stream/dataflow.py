@@ -29,7 +29,7 @@ from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSou
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import SpecError
 from dte_stream.metrics import METRICS
-from dte_stream.readings import DeadLetter, ReadingBatch
+from dte_stream.readings import DeadLetter
 from dte_stream.sources import RawBatch, SourceBatch
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import (
@@ -47,16 +47,9 @@ __all__ = ["build_flow", "run_flow"]
 
 
 def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
-    codec = get_codec(raw.codec)
-    batches: list[ReadingBatch] = []
-    errors: list[DeadLetter] = list(raw.errors)
-    for payload, context in raw.payloads:
-        result = codec.decode(payload, context)
-        if len(result.readings):
-            batches.append(result.readings)
-        errors.extend(result.errors)
+    result = get_codec(raw.codec).decode_many(raw.payloads)
     METRICS.add("payloads_in", len(raw.payloads))
-    return SourceBatch(raw.source, ReadingBatch.concat(batches), raw.twin_type), errors
+    return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
 
 
 class _BankLogic(StatefulBatchLogic[TypedBatch, EstimateBatch, dict[str, Any]]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, cast
 
 import numpy as np
@@ -200,6 +201,12 @@ class ReadingColumns:
         self.unit.append(unit)
         self.quality.append(quality)
 
+    def truncate(self, rows: int, errors: int) -> None:
+        """Drop what was added after the first ``rows`` readings and ``errors`` dead letters."""
+        for column in (self.twin_id, self.channel, self.time_ns, self.value, self.unit, self.quality):
+            del column[rows:]
+        del self.errors[errors:]
+
     def reject(self, reason: str, raw: bytes) -> None:
         """Dead-letter ``raw`` with ``reason``, stamped with the context's source and time."""
         self.errors.append(DeadLetter(self.context.source, reason, raw, self.context.received_ns))
@@ -270,6 +277,36 @@ class CodecBase(ABC):
             reason = f"{DECODER_BUG}: the {self.name} decoder raised {type(exc).__name__}: {exc}"
             dead = DeadLetter(context.source, reason[:500], data, context.received_ns)
             return DecodeResult(ReadingBatch.empty(), [dead])
+
+    def decode_many(self, payloads: Sequence[tuple[bytes, DecodeContext]]) -> DecodeResult:
+        """Decode many payloads into one batch; never raises.
+
+        The same as concatenating :meth:`decode` of each, but the readings of all payloads
+        share one set of column lists, so a message carrying one reading does not pay for
+        building a batch of its own (about 20 us each). A payload whose decoder fails adds
+        only its dead letter, none of its partial readings.
+        """
+        if not payloads:
+            return DecodeResult(ReadingBatch.empty(), [])
+        columns = ReadingColumns(payloads[0][1])
+        for payload, context in payloads:
+            raw: object = payload
+            if isinstance(raw, bytearray | memoryview):
+                raw = bytes(raw)
+            refused = refuse_payload(raw, context)
+            if refused is not None:
+                columns.errors.append(refused)
+                continue
+            data = cast(bytes, raw)
+            columns.context = context
+            rows, errors = len(columns.time_ns), len(columns.errors)
+            try:
+                self._decode_into(data, context, columns)
+            except Exception as exc:  # a bug, not bad input: see decode()
+                columns.truncate(rows, errors)
+                reason = f"{DECODER_BUG}: the {self.name} decoder raised {type(exc).__name__}: {exc}"
+                columns.errors.append(DeadLetter(context.source, reason[:500], data, context.received_ns))
+        return columns.result()
 
     @abstractmethod
     def _decode_into(self, payload: bytes, context: DecodeContext, out: ReadingColumns) -> None:

@@ -9,6 +9,7 @@ with its index and reason. ``encode`` is the inverse, used by the simulator and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -56,5 +57,9 @@ class Codec(Protocol):
     name: ClassVar[str]
 
     def decode(self, payload: bytes, context: DecodeContext) -> DecodeResult: ...
+
+    def decode_many(self, payloads: Sequence[tuple[bytes, DecodeContext]]) -> DecodeResult:
+        """Decode many payloads into one batch (what the dataflow calls); never raises."""
+        ...
 
     def encode(self, readings: ReadingBatch) -> bytes: ...
