@@ -38,8 +38,8 @@ test: install services ## the whole suite: unit and integration tests
 	$(PY) -m pytest tests -q
 
 lint: install ## ruff on the code and tests
-	$(BIN)/ruff check dte_stream connectors tests benchmarks deploy
-	$(BIN)/ruff format --check dte_stream connectors
+	$(BIN)/ruff check --no-cache dte_stream connectors tests benchmarks deploy
+	$(BIN)/ruff format --no-cache --check dte_stream connectors
 
 typecheck: install ## mypy --strict on the package
 	$(BIN)/mypy --strict dte_stream connectors

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
 
+from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
 from dte_stream.lifecycle import stop_requested
 from dte_stream.readings import ReadingBatch
 from dte_stream.sources import SourceBatch

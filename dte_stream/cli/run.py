@@ -18,7 +18,7 @@ from dte_stream.spec import DataflowSpec, load_spec
 __all__ = ["add_parsers", "execute", "non_negative_float", "positive_int"]
 
 
-def execute(spec: DataflowSpec, *, quiet: bool = False) -> int:
+def execute(spec: DataflowSpec, *, quiet: bool = False, recovery_dir: Path | None = None) -> int:
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end."""
     from dte_stream.dataflow import build_flow, run_flow
 
@@ -35,9 +35,9 @@ def execute(spec: DataflowSpec, *, quiet: bool = False) -> int:
     try:
         if progress is not None:
             with progress:
-                run_flow(spec, flow)
+                run_flow(spec, flow, recovery_dir)
         else:
-            run_flow(spec, flow)
+            run_flow(spec, flow, recovery_dir)
     except KeyboardInterrupt:
         interrupted = True
     except Exception as exc:  # Bytewax wraps a second signal as a runtime error
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
-    return execute(spec, quiet=args.quiet)
+    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir)
 
 
 def positive_int(text: str) -> int:
@@ -107,6 +107,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("spec", help="path of the YAML spec")
     p.add_argument("--workers", type=positive_int, help="worker threads (overrides engine.workers)")
     p.add_argument("--quiet", action="store_true", help="no progress, only the summary")
+    p.add_argument(
+        "--recovery-dir",
+        type=Path,
+        help="snapshot state and source positions here; a restart with it resumes where it stopped",
+    )
     p.set_defaults(handler=_run)
 
     d = sub.add_parser(

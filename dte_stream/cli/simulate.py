@@ -8,6 +8,7 @@ import sys
 import time
 
 from dte_stream.cli.run import non_negative_float, positive_int
+from dte_stream.times import parse_time_or_relative
 
 __all__ = ["add_parser", "run"]
 
@@ -16,7 +17,10 @@ def run(args: argparse.Namespace) -> int:
     from dte_stream.connectors.simulator.publish import SimulationPlan, parse_destination, publish
 
     dest = parse_destination(args.to)
-    plan = SimulationPlan(twins=args.twins, count=args.count, seed=args.seed, codec=args.codec)
+    start = None if args.start is None else parse_time_or_relative(args.start)
+    plan = SimulationPlan(
+        twins=args.twins, count=args.count, seed=args.seed, codec=args.codec, start_ns=start
+    )
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
@@ -51,5 +55,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--rate", type=non_negative_float, default=None, help="readings per second (default: max)")
     p.add_argument("--codec", choices=["json", "senml"], default="json", help="payload format (default json)")
     p.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
+    p.add_argument("--start", help="event time of the first reading, ISO 8601 (default: now)")
     p.add_argument("--username", help="MQTT user name; the password is read from DTE_MQTT_PASSWORD")
     p.set_defaults(handler=run)

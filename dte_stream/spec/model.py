@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from dte_stream.spec.base import CODEC_CHOICES, Identifier, PositiveSeconds, Seconds, SpecModel, TimeNs
+from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 
 __all__ = [
@@ -141,7 +142,7 @@ class LocalStoreSinkSpec(SpecModel):
     flush_seconds: PositiveSeconds = 2.0
 
 
-SinkSpec = Annotated[LocalStoreSinkSpec | KafkaSinkSpec, Field(discriminator="kind")]
+SinkSpec = Annotated[LocalStoreSinkSpec | KafkaSinkSpec | InfluxDBSinkSpec, Field(discriminator="kind")]
 DeadLetterSinkSpec = Annotated[KafkaDeadLetterSinkSpec, Field(discriminator="kind")]
 
 

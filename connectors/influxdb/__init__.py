@@ -1,0 +1,32 @@
+"""InfluxDB out: every time series of the dataflow as line protocol, v1 ``/write`` or v2 API.
+
+:class:`InfluxDBSink` is a Bytewax sink of :class:`~dte_stream.twins.batches.EstimateBatch`
+items; :class:`EstimateSerialiser` builds the line protocol in bulk (also usable alone).
+Settings: :class:`dte_stream.spec.influxdb.InfluxDBSinkSpec`; guide: docs/connectors/influxdb.md.
+Errors are :class:`InfluxDBError` (a :class:`~dte_stream.errors.ConnectorError`).
+"""
+
+from __future__ import annotations
+
+from dte_stream.connectors.influxdb.buffer import LineBuffer, PutResult
+from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
+from dte_stream.connectors.influxdb.lineprotocol import FIELDS, TAGS, EstimateSerialiser, SerialisedLines
+from dte_stream.connectors.influxdb.sink import InfluxDBSink
+from dte_stream.connectors.influxdb.transport import Transport, V1Transport, V2Transport, make_transport
+
+__all__ = [
+    "FIELDS",
+    "TAGS",
+    "EstimateSerialiser",
+    "InfluxDBError",
+    "InfluxDBRejected",
+    "InfluxDBSink",
+    "InfluxDBUnavailable",
+    "LineBuffer",
+    "PutResult",
+    "SerialisedLines",
+    "Transport",
+    "V1Transport",
+    "V2Transport",
+    "make_transport",
+]

@@ -1,0 +1,251 @@
+"""The InfluxDB sink: estimate batches in, line protocol out, batched by a writer thread per worker.
+
+Per worker partition: ``write_batch`` serialises the incoming
+:class:`~dte_stream.twins.batches.EstimateBatch` items in bulk and puts the lines in a bounded
+:class:`~dte_stream.connectors.influxdb.buffer.LineBuffer`; a writer thread takes batches of
+``batch_size`` lines (or what is there after ``flush_interval``) and sends them through the
+v1 or v2 transport, retrying with backoff. See :class:`InfluxDBSink` for the guarantees.
+
+Metrics (:data:`dte_stream.metrics.METRICS`), all counters unless noted:
+
+========================== ===========================================================
+influxdb_points_written    points the server stored
+influxdb_batches_written   successful write requests
+influxdb_bytes_written     request body bytes of those (before gzip)
+influxdb_write_failures    attempts that failed for want of a server (no answer, 429, 5xx)
+influxdb_retries           attempts repeated after such a failure
+influxdb_points_rejected   points in requests the server refused for good (4xx): dead letters
+influxdb_points_invalid    rows that cannot be written exactly (bad ids): dead letters
+influxdb_points_skipped    rows with no finite field: nothing to write
+influxdb_points_dropped    points lost by the drop policy (max_block, max_attempts, close_timeout)
+influxdb_blocked_ms        time ``write_batch`` waited for room in a full buffer
+influxdb_buffer_lines      gauge: lines waiting, per worker
+========================== ===========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from dte_stream.connectors.influxdb.buffer import LineBuffer
+from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
+from dte_stream.connectors.influxdb.lineprotocol import EstimateSerialiser
+from dte_stream.connectors.influxdb.transport import Transport, make_transport
+from dte_stream.connectors.influxdb.writer import MAX_LOGGED_REJECTIONS, REPEAT_LOG, BatchWriter
+from dte_stream.errors import ConnectorError
+from dte_stream.metrics import METRICS
+from dte_stream.readings import DeadLetter
+from dte_stream.spec.influxdb import InfluxDBSinkSpec
+from dte_stream.store.dead_letters import DeadLetterLog
+from dte_stream.twins.batches import EstimateBatch
+
+__all__ = ["InfluxDBSink", "concat_by_type"]
+
+log = logging.getLogger(__name__)
+
+
+TransportFactory = Callable[[InfluxDBSinkSpec], Transport]
+
+
+def concat_by_type(batches: list[EstimateBatch]) -> list[EstimateBatch]:
+    """Merge the batches of each twin type into one (in order): fewer, larger serialisations."""
+    groups: dict[str, list[EstimateBatch]] = {}
+    for batch in batches:
+        if len(batch):
+            groups.setdefault(batch.twin_type, []).append(batch)
+    out = []
+    for twin_type, group in groups.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        out.append(
+            EstimateBatch(
+                twin_type,
+                *(
+                    np.concatenate([getattr(b, name) for b in group])
+                    for name in (
+                        "twin_id",
+                        "channel",
+                        "time_ns",
+                        "value",
+                        "unit",
+                        "estimate",
+                        "std",
+                        "innovation",
+                        "nis",
+                    )
+                ),
+            )
+        )
+    return out
+
+
+class InfluxDBSink(DynamicSink[EstimateBatch]):
+    """Write :class:`~dte_stream.twins.batches.EstimateBatch` items to InfluxDB (v1 or v2 API).
+
+    One point per reading (tags ``twin_id``, ``twin_type``, ``channel``, ``unit``; fields
+    ``value``, ``estimate``, ``std``, ``innovation``, ``nis``; the reading's time in ns), built
+    in bulk by :class:`~dte_stream.connectors.influxdb.lineprotocol.EstimateSerialiser`.
+
+    Delivery: at-least-once for every point that leaves the buffer, and idempotent, so repeats
+    are harmless: a point is identified by measurement, tags and time, and writing it again
+    overwrites it with the same values. Network errors, timeouts, 429 and 5xx answers are
+    retried with exponential backoff and jitter (honouring ``Retry-After``). A full buffer
+    blocks ``write_batch`` and so slows the whole dataflow down; points are dropped only when
+    the server has been failing for ``max_block`` seconds with the buffer full (oldest lines
+    first), when a batch used up ``retries.max_attempts``, or when ``close_timeout`` ends a
+    close, and every drop is logged as an error and counted in ``influxdb_points_dropped``.
+    Points the server refuses for good (a 4xx other than 429) and rows whose ids cannot be
+    written exactly are dead letters (logged once per reason, counted, and appended to the
+    dead-letter file). Bytewax counts an item as delivered when ``write_batch`` returns, so
+    lines still buffered when the process dies abruptly (at most ``max_buffer_lines`` plus one
+    batch per worker) are lost unless a resume replays their epoch; a clean close writes them.
+
+    >>> spec = InfluxDBSinkSpec(kind="influxdb", database="plant")
+    >>> InfluxDBSink(spec)
+    InfluxDBSink(InfluxDB at http://127.0.0.1:8086 (database 'plant'))
+    """
+
+    def __init__(
+        self,
+        spec: InfluxDBSinkSpec,
+        dead_letter_path: Path | str | None = None,
+        *,
+        transport_factory: TransportFactory = make_transport,
+    ) -> None:
+        self.spec = spec
+        path = spec.dead_letters if spec.dead_letters is not None else dead_letter_path
+        self.dead_letter_path = Path(path) if path is not None else None
+        self._transport_factory = transport_factory
+
+    def __repr__(self) -> str:
+        return f"InfluxDBSink({self.spec.target()})"
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _InfluxDBPartition:
+        """Build one worker's partition: check the server takes writes, start the writer thread.
+
+        Raises :class:`~dte_stream.errors.ConnectorError` when the settings can never work
+        (no such database, bad credentials); a server that does not answer yet is only logged.
+        """
+        transport = self._transport_factory(self.spec)
+        checked = False
+        try:
+            transport.check()
+            checked = True
+        except InfluxDBRejected as exc:
+            transport.close()
+            raise ConnectorError(str(exc)) from None
+        except InfluxDBUnavailable as exc:
+            log.warning("%s; the sink starts anyway and retries", exc)
+        dead_letters = DeadLetterLog(self.dead_letter_path) if self.dead_letter_path is not None else None
+        return _InfluxDBPartition(
+            self.spec, transport, dead_letters, f"{step_id}/{worker_index}", checked=checked
+        )
+
+
+class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch]):
+    """One worker: serialise in ``write_batch``, buffer, and hand over to a :class:`BatchWriter`."""
+
+    def __init__(
+        self,
+        spec: InfluxDBSinkSpec,
+        transport: Transport,
+        dead_letters: DeadLetterLog | None,
+        key: str,
+        *,
+        checked: bool,
+    ) -> None:
+        self._spec = spec
+        self._key = key
+        self._serialiser = EstimateSerialiser(
+            spec.measurement, unit=spec.unit, escaping=spec.escaping, source=spec.name
+        )
+        self._buffer = LineBuffer(spec.max_buffer_lines, spec.max_block)
+        self._dead_letters = dead_letters
+        self._writer = BatchWriter(spec, transport, self._buffer, dead_letters, key, checked=checked)
+        self._last_drop_log = -REPEAT_LOG
+        self._dropped_since_log = 0
+        self._logged_invalid: set[str] = set()
+        self._closed = False
+        # A partition Bytewax drops without closing it (an aborted dataflow) stops its writer.
+        self._finalizer = weakref.finalize(self, self._writer.abort)
+        self._writer.start()
+
+    def write_batch(self, items: list[EstimateBatch]) -> None:
+        self._writer.raise_if_failed()
+        for item in items:
+            if not isinstance(item, EstimateBatch):
+                raise ConnectorError(
+                    f"InfluxDBSink items must be EstimateBatch, got {type(item).__name__}; "
+                    "map (key, batch) pairs to the batch first"
+                )
+        for batch in concat_by_type(items):
+            out = self._serialiser.serialise(batch)
+            if out.dead_letters:
+                self._dead_letter(out.dead_letters)
+            if out.skipped:
+                METRICS.add("influxdb_points_skipped", out.skipped)
+            if len(out):
+                result = self._buffer.put(out.lines)
+                if result.blocked:
+                    METRICS.add("influxdb_blocked_ms", int(result.blocked * 1000))
+                if result.dropped:
+                    self._dropped(result.dropped)
+        METRICS.set_gauge("influxdb_buffer_lines", self._key, len(self._buffer))
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        METRICS.add("influxdb_points_invalid", len(letters))
+        if self._dead_letters is not None:
+            self._dead_letters.append(letters)
+        for letter in letters:
+            reason = letter.reason
+            if reason not in self._logged_invalid and len(self._logged_invalid) < MAX_LOGGED_REJECTIONS:
+                self._logged_invalid.add(reason)
+                log.error(
+                    "%s: a row cannot be written and is a dead letter: %s",
+                    self._spec.target(),
+                    letter.reason,
+                )
+
+    def _dropped(self, count: int) -> None:
+        """Count dropped lines; say so at once, then at most once a minute (and on close)."""
+        METRICS.add("influxdb_points_dropped", count)
+        self._dropped_since_log += count
+        now = time.monotonic()
+        if now - self._last_drop_log >= REPEAT_LOG:
+            self._log_drops(now)
+
+    def _log_drops(self, now: float) -> None:
+        if self._dropped_since_log:
+            outage = self._buffer.outage_since
+            since = f" for {now - outage:.0f} s" if outage is not None else ""
+            log.error(
+                "%s: DROPPING POINTS: the server has been failing%s and the buffer of %d lines is "
+                "full; dropped the %d oldest lines (max_block %s s)",
+                self._spec.target(),
+                since,
+                self._spec.max_buffer_lines,
+                self._dropped_since_log,
+                self._spec.max_block,
+            )
+        self._last_drop_log = now
+        self._dropped_since_log = 0
+
+    def close(self) -> None:
+        """Write what is buffered, waiting at most ``close_timeout``; then end the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        self._log_drops(time.monotonic())
+        try:
+            self._writer.close(self._spec.close_timeout)
+        finally:
+            METRICS.set_gauge("influxdb_buffer_lines", self._key, 0)

@@ -1,0 +1,253 @@
+"""The writer thread of one sink partition: take a batch from the buffer, send it, retry, repeat.
+
+A :class:`BatchWriter` owns its transport (one connection, used by this thread only) and reads
+the partition's :class:`~dte_stream.connectors.influxdb.buffer.LineBuffer`. Each batch is sent
+until the server stores it, refuses it for good (dead letters), or the drop policy gives it up
+(``retries.max_attempts``, ``close_timeout``); it reports every failure and success to the
+buffer, which decides from them whether a full buffer may drop (``max_block``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import polars as pl
+
+from dte_stream.connectors.influxdb.buffer import LineBuffer
+from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
+from dte_stream.connectors.influxdb.lineprotocol import join_lines
+from dte_stream.connectors.influxdb.transport import Transport
+from dte_stream.errors import ConnectorError
+from dte_stream.metrics import METRICS
+from dte_stream.readings import DeadLetter
+from dte_stream.spec.influxdb import InfluxDBSinkSpec
+from dte_stream.store.dead_letters import DeadLetterLog
+
+__all__ = ["BatchWriter"]
+
+log = logging.getLogger(__name__)
+
+#: How often an ongoing outage is logged again (seconds).
+REPEAT_LOG = 60.0
+#: How many distinct rejection messages are logged in full per worker.
+MAX_LOGGED_REJECTIONS = 32
+
+
+class BatchWriter:
+    """The writer thread of one partition: take a batch, send it, retry, dead-letter, repeat."""
+
+    def __init__(
+        self,
+        spec: InfluxDBSinkSpec,
+        transport: Transport,
+        buffer: LineBuffer,
+        dead_letters: DeadLetterLog | None,
+        key: str,
+        *,
+        checked: bool,
+    ) -> None:
+        self._spec = spec
+        self._transport = transport
+        self._buffer = buffer
+        self._dead_letters = dead_letters
+        self._checked = checked
+        self._target = spec.target()
+        self._abort = threading.Event()
+        self._deadline: float | None = None
+        self._error: BaseException | None = None
+        self._outage_start: float | None = None
+        self._outage_attempts = 0
+        self._outage_logged = 0.0
+        self._logged_rejections: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name=f"influxdb-writer-{key}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------
+    # the thread
+    # ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._past_deadline():
+                    self._drop(self._buffer.drain(), "close_timeout passed before the server took them")
+                    break
+                chunks = self._buffer.take(self._spec.batch_size, self._spec.flush_interval)
+                if chunks is None:
+                    break
+                self._deliver(chunks)
+        except BaseException as exc:
+            self._error = exc
+            self._buffer.fail(exc if isinstance(exc, ConnectorError) else ConnectorError(str(exc)))
+            if not isinstance(exc, ConnectorError):
+                log.exception("%s: the writer thread failed", self._target)
+        finally:
+            self._transport.close()
+
+    def _deliver(self, chunks: list[pl.Series]) -> None:
+        """Send one batch until it is stored, refused or dropped."""
+        count = sum(c.len() for c in chunks)
+        body = join_lines(chunks).encode("utf-8")
+        attempt = 0
+        while True:
+            try:
+                if not self._checked:
+                    self._check()
+                self._transport.write(body)
+            except InfluxDBUnavailable as exc:
+                attempt += 1
+                METRICS.add("influxdb_write_failures")
+                self._buffer.mark_failure()
+                self._note_failure(exc, count)
+                limit = self._spec.retries.max_attempts
+                if limit is not None and attempt >= limit:
+                    self._drop(count, f"{attempt} attempts failed, the last: {exc}")
+                    return
+                wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                if not self._sleep(wait):
+                    self._drop(count, f"close_timeout passed while retrying: {exc}")
+                    return
+                METRICS.add("influxdb_retries")
+                continue
+            except InfluxDBRejected as exc:
+                self._buffer.mark_success()
+                self._note_recovery()
+                if exc.status == 413 and count > 1:
+                    lines = pl.concat(chunks)
+                    half = count // 2
+                    self._deliver([lines.slice(0, half)])
+                    self._deliver([lines.slice(half)])
+                    return
+                self._reject(chunks, count, exc)
+                return
+            self._buffer.mark_success()
+            self._note_recovery()
+            METRICS.add("influxdb_points_written", count)
+            METRICS.add("influxdb_batches_written")
+            METRICS.add("influxdb_bytes_written", len(body))
+            return
+
+    def _check(self) -> None:
+        """The start-up check, when the server did not answer at build time."""
+        try:
+            self._transport.check()
+        except InfluxDBRejected as exc:
+            raise ConnectorError(str(exc)) from None
+        self._checked = True
+
+    def _backoff(self, attempt: int) -> float:
+        retries = self._spec.retries
+        ceiling = min(retries.max_backoff, retries.initial_backoff * 2.0 ** min(attempt - 1, 30))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait before the next attempt; False when the close deadline or an abort cuts it short."""
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if seconds > left:
+                self._abort.wait(left)
+                return False
+        return not self._abort.wait(seconds)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    # ------------------------------------------------------------------------------------
+    # what happened, said once
+    # ------------------------------------------------------------------------------------
+
+    def _note_failure(self, exc: InfluxDBUnavailable, count: int) -> None:
+        now = time.monotonic()
+        self._outage_attempts += 1
+        if self._outage_start is None:
+            self._outage_start = now
+            self._outage_logged = now
+            log.warning(
+                "%s; retrying with backoff (%d lines in this batch, %d buffered)",
+                exc,
+                count,
+                len(self._buffer),
+            )
+        elif now - self._outage_logged >= REPEAT_LOG:
+            self._outage_logged = now
+            log.warning(
+                "%s: still failing after %.0f s and %d attempts (%d lines buffered): %s",
+                self._target,
+                now - self._outage_start,
+                self._outage_attempts,
+                len(self._buffer),
+                exc,
+            )
+        else:
+            log.debug("%s (attempt %d)", exc, self._outage_attempts)
+
+    def _note_recovery(self) -> None:
+        if self._outage_start is not None:
+            log.warning(
+                "%s answers again after %.1f s and %d failed attempts",
+                self._target,
+                time.monotonic() - self._outage_start,
+                self._outage_attempts,
+            )
+            self._outage_start = None
+            self._outage_attempts = 0
+
+    def _reject(self, chunks: list[pl.Series], count: int, exc: InfluxDBRejected) -> None:
+        METRICS.add("influxdb_points_rejected", count)
+        message = str(exc)
+        if message not in self._logged_rejections and len(self._logged_rejections) < MAX_LOGGED_REJECTIONS:
+            self._logged_rejections.add(message)
+            where = "written to the dead-letter file" if self._dead_letters is not None else "not kept"
+            log.error(
+                "%s (a batch of %d points is refused, %s; repeats are counted only)", message, count, where
+            )
+        if self._dead_letters is not None:
+            source = f"influxdb:{self._spec.name}"
+            reason = f"refused by the server ({exc.status}): {message}"
+            lines = pl.concat(chunks).to_list() if len(chunks) > 1 else chunks[0].to_list()
+            self._dead_letters.append([DeadLetter(source, reason, line.encode("utf-8")) for line in lines])
+
+    def _drop(self, count: int, why: str) -> None:
+        if count <= 0:
+            return
+        METRICS.add("influxdb_points_dropped", count)
+        log.error("%s: DROPPED %d points: %s", self._target, count, why)
+
+    # ------------------------------------------------------------------------------------
+    # the owner
+    # ------------------------------------------------------------------------------------
+
+    def close(self, timeout: float) -> None:
+        """Flush: let the thread send what is left for at most ``timeout`` seconds, then stop it."""
+        self._deadline = time.monotonic() + timeout
+        self._buffer.close()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._buffer.abort()
+            # an attempt in flight ends within the request timeout
+            self._thread.join(self._spec.timeout + 1.0)
+            self._drop(self._buffer.drain(), "close_timeout passed before the server took them")
+            if self._thread.is_alive():
+                log.error("%s: the writer thread did not stop; leaving it behind", self._target)
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        """Raise the error that ended the writer thread, if it ended with one."""
+        error = self._error
+        if isinstance(error, ConnectorError):
+            raise error
+        if error is not None:
+            raise ConnectorError(f"{self._target}: the writer failed: {error!r}") from error
+
+    def abort(self) -> None:
+        """Stop at once, dropping what is buffered (the partition was discarded unclosed)."""
+        self._abort.set()
+        self._buffer.abort()

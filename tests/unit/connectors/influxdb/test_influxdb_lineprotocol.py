@@ -1,0 +1,250 @@
+"""EstimateSerialiser: exact escaping (property tests), NaN handling, dead letters, unit modes.
+
+Every written line is read back twice: by the codecs' own line-protocol decoder (twin id, unit,
+values, time) and by an independent reader in influxdb_helpers (every tag and field). Nothing
+may be invented: one line per written row, and every refused row is a dead letter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from influxdb_helpers import FIELD_NAMES, T0, estimates, parse_line, same_float
+
+from dte_stream.codecs import DecodeContext, get_codec
+from dte_stream.connectors.influxdb import EstimateSerialiser
+from dte_stream.readings import id_problem
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Hostile text: the characters line protocol escapes, quotes, backslashes, unicode.
+NASTY = " ,=\"'\\#{}*+/:;.é€漢😀\u00a0\u200b"
+hostile_text = st.text(
+    alphabet=st.sampled_from(NASTY) | st.characters(codec="utf-8"), min_size=1, max_size=24
+)
+AMBIGUOUS = re.compile(r"\\(?=[,= \\]|\Z)")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _decoded(text: str) -> list[tuple[str, str, int, float, str]]:
+    payload = text.encode("utf-8")
+    result = get_codec("line_protocol").decode(payload, DecodeContext("test", max_payload_bytes=len(payload)))
+    assert not result.errors, [e.reason for e in result.errors]
+    return [(r.twin_id, r.channel, r.time_ns, r.value, r.unit) for r in result.readings]
+
+
+def _writable(text: str, escaping: str) -> bool:
+    return bool(text) and not CONTROL.search(text) and (escaping == "spec" or not AMBIGUOUS.search(text))
+
+
+@PROPERTY
+@given(
+    twin_ids=st.lists(hostile_text, min_size=1, max_size=8),
+    channel=hostile_text,
+    twin_type=hostile_text,
+    unit=st.text(alphabet=st.sampled_from(NASTY + "abc"), max_size=6),
+    escaping=st.sampled_from(["portable", "spec"]),
+)
+def test_hostile_ids_round_trip_or_become_dead_letters(
+    twin_ids: list[str], channel: str, twin_type: str, unit: str, escaping: str
+) -> None:
+    n = len(twin_ids)
+    batch = estimates(twin_ids, [channel] * n, twin_type=twin_type, units=[unit] * n)
+    # numpy text arrays drop trailing NULs: expect what the batch holds
+    twin_ids, channel, unit = batch.twin_id.tolist(), str(batch.channel[0]), str(batch.unit[0])
+    out = EstimateSerialiser("dte readings,x", escaping=escaping).serialise(batch)  # type: ignore[arg-type]
+
+    expected = [
+        i
+        for i, twin in enumerate(twin_ids)
+        if all(_writable(t, escaping) for t in (twin, channel, twin_type))
+        and (not unit or _writable(unit, escaping))
+    ]
+    assert len(out) == len(expected)
+    assert len(out.dead_letters) == n - len(expected)
+    assert out.skipped == 0
+    lines = out.lines.to_list()
+    for line, i in zip(lines, expected, strict=True):
+        assert "\n" not in line
+        measurement, tags, fields, time_ns = parse_line(line)
+        assert measurement == "dte readings,x"
+        want_tags = {"channel": channel, "twin_id": twin_ids[i], "twin_type": twin_type}
+        if unit:
+            want_tags["unit"] = unit
+        assert tags == want_tags
+        assert list(tags) == sorted(tags)  # sorted keys, as InfluxDB stores them
+        assert fields == {name: float(getattr(batch, name)[i]) for name in FIELD_NAMES}
+        assert time_ns == int(batch.time_ns[i])
+    # the codecs' decoder agrees on the twin id and unit, when it accepts them as ids
+    if (
+        lines
+        and all(id_problem("x", twin_ids[i]) is None for i in expected)
+        and id_problem("u", unit) is None
+    ):
+        decoded = _decoded(out.text())
+        assert [(d[0], d[1], d[4]) for d in decoded[:: len(FIELD_NAMES)]] == [
+            (twin_ids[i], "value", unit) for i in expected
+        ]
+    for letter in out.dead_letters:
+        row = orjson.loads(letter.raw)
+        assert row["twin_type"] == twin_type
+        assert letter.source == "influxdb:influxdb"
+
+
+@PROPERTY
+@given(
+    values=st.lists(
+        st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True), min_size=5, max_size=5
+    ),
+    time_ns=st.integers(min_value=0, max_value=2**63 - 1),
+)
+def test_fields_are_exact_and_non_finite_ones_are_left_out(values: list[float], time_ns: int) -> None:
+    batch = estimates(
+        ["pump-1"], start=time_ns, fields={n: [v] for n, v in zip(FIELD_NAMES, values, strict=True)}
+    )
+    out = EstimateSerialiser().serialise(batch)
+    finite = {n: v for n, v in zip(FIELD_NAMES, values, strict=True) if math.isfinite(v)}
+    if not finite:
+        assert len(out) == 0
+        assert out.skipped == 1
+        assert out.dead_letters == []
+        return
+    (line,) = out.lines.to_list()
+    _, _, fields, stamp = parse_line(line)
+    assert stamp == time_ns
+    assert list(fields) == list(finite)
+    for name, value in finite.items():
+        assert same_float(float(fields[name]), value), (name, value, line)
+    assert "nan" not in line.lower().split(" ", 1)[1]
+    assert "inf" not in line.lower().split(" ", 1)[1]
+
+
+def test_a_known_line() -> None:
+    batch = estimates(["pump 1"], ["temp"], units=["°C"], fields={"nis": [math.nan]})
+    (line,) = EstimateSerialiser().serialise(batch).lines.to_list()
+    assert line == (
+        f"dte_readings,channel=temp,twin_id=pump\\ 1,twin_type=pump,unit=°C "
+        f"value=0.5,estimate=1.5,std=2.5,innovation=3.5 {T0}"
+    )
+
+
+def test_nan_rows_are_skipped_and_counted_per_row() -> None:
+    nan = math.nan
+    batch = estimates(
+        ["a", "b", "c"],
+        fields={
+            "value": [1.0, nan, nan],
+            "estimate": [nan, nan, 2.0],
+            "std": [nan, nan, nan],
+            "innovation": [nan, math.inf, nan],
+            "nis": [nan, -math.inf, nan],
+        },
+    )
+    out = EstimateSerialiser().serialise(batch)
+    assert out.skipped == 1
+    parsed = [parse_line(line) for line in out.lines.to_list()]
+    assert [(p[1]["twin_id"], p[2]) for p in parsed] == [("a", {"value": 1.0}), ("c", {"estimate": 2.0})]
+
+
+@pytest.mark.parametrize(
+    ("twin_id", "reason"),
+    [
+        ("", "twin_id '' is empty"),
+        ("a\nb", "control character"),
+        ("a\rb", "control character"),
+        ("tab\tbed", "control character"),
+        ("lone\ud800", "not valid Unicode"),
+        ("ends\\", "backslash"),
+        ("a\\,b", "backslash"),
+        ("a\\\\b", "backslash"),
+    ],
+)
+def test_unwritable_ids_are_dead_letters_never_points(twin_id: str, reason: str) -> None:
+    batch = estimates(["good-1", twin_id, "good-2"])
+    out = EstimateSerialiser().serialise(batch)
+    assert [parse_line(line)[1]["twin_id"] for line in out.lines.to_list()] == ["good-1", "good-2"]
+    (letter,) = out.dead_letters
+    assert reason in letter.reason
+    row = orjson.loads(letter.raw)
+    assert row["time_ns"] == T0 + 1_000_000
+    assert row["value"] == 1.5
+    assert row["twin_type"] == "pump"
+
+
+def test_spec_escaping_writes_backslashes_the_reference_way() -> None:
+    ids = ["ends\\", "a\\,b", "a\\\\b", "a\\b"]
+    out = EstimateSerialiser(escaping="spec").serialise(estimates(ids))
+    assert out.dead_letters == []
+    lines = out.lines.to_list()
+    assert [parse_line(line)[1]["twin_id"] for line in lines] == ids
+    assert "twin_id=ends\\\\," in lines[0]
+    assert "twin_id=a\\b," in lines[3]  # a backslash before an ordinary character stays single
+
+
+def test_bad_twin_type_dead_letters_the_whole_batch() -> None:
+    out = EstimateSerialiser().serialise(estimates(["a", "b"], twin_type=""))
+    assert len(out) == 0
+    assert [letter.reason.split(" ", 1)[0] for letter in out.dead_letters] == ["twin_type", "twin_type"]
+
+
+def test_empty_channel_and_unit() -> None:
+    out = EstimateSerialiser().serialise(estimates(["a", "b"], ["", "temp"], units=["", ""]))
+    assert len(out) == 1
+    assert "channel '' is empty" in out.dead_letters[0].reason
+    assert ",unit=" not in out.lines[0]  # an empty unit is no tag, not an invalid one
+
+
+@pytest.mark.parametrize("mode", ["tag", "field", "omit"])
+def test_unit_modes(mode: str) -> None:
+    batch = estimates(["a", "b"], units=['deg "C"', ""])
+    lines = EstimateSerialiser(unit=mode).serialise(batch).lines.to_list()  # type: ignore[arg-type]
+    (_, tags_a, fields_a, _), (_, tags_b, fields_b, _) = (parse_line(line) for line in lines)
+    assert "unit" not in tags_b
+    assert "unit" not in fields_b
+    if mode == "tag":
+        assert tags_a["unit"] == 'deg "C"'
+        assert "unit" not in fields_a
+    elif mode == "field":
+        assert fields_a["unit"] == 'deg "C"'
+        assert 'unit="deg \\"C\\""' in lines[0]
+        assert "unit" not in tags_a
+    else:
+        assert "unit" not in tags_a
+        assert "unit" not in fields_a
+
+
+def test_same_batch_gives_the_same_lines() -> None:
+    """Idempotence starts here: a reading always becomes the same series key and timestamp."""
+    batch = estimates([f"pump {i}" for i in range(50)], units=["bar"] * 50)
+    first = EstimateSerialiser().serialise(batch).lines.to_list()
+    serialiser = EstimateSerialiser()
+    serialiser.serialise(estimates(["other"]))
+    assert serialiser.serialise(batch).lines.to_list() == first  # the escape cache changes nothing
+
+
+def test_empty_batch() -> None:
+    out = EstimateSerialiser().serialise(estimates([]))
+    assert len(out) == 0
+    assert out.text() == ""
+
+
+def test_large_batch_in_bulk() -> None:
+    n = 20_000
+    rng = np.random.default_rng(7)
+    twins = [f"pump-{i % 997}" for i in range(n)]
+    batch = estimates(
+        twins, [("temp", "flow")[i % 2] for i in range(n)], fields={"value": rng.standard_normal(n)}
+    )
+    text = EstimateSerialiser().serialise(batch).text()
+    lines = text.split("\n")
+    assert len(lines) == n
+    decoded = _decoded(text)
+    assert len(decoded) == n * len(FIELD_NAMES)
+    values = [d[3] for d in decoded if d[1] == "value"]
+    assert values == batch.value.tolist()
