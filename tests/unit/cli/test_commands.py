@@ -40,7 +40,7 @@ def test_validate_bad_spec_lists_problems_without_traceback(tmp_path: Path) -> N
         "name: Bad Name\n"
         "sources: [{kind: simulator, twin_type: pump, twins: -1, rat: 5}]\n"
         "twin_types: [{name: pump, channels: {}}]\n"
-        "sinks: [{kind: influxdb}]\n"
+        "sinks: [{kind: influx}]\n"
     )
     res = dte("validate", str(spec))
     assert res.returncode == 2
@@ -48,7 +48,7 @@ def test_validate_bad_spec_lists_problems_without_traceback(tmp_path: Path) -> N
     assert "name: String should match pattern" in res.stderr
     assert "sources[0]: unknown field 'rat'; allowed:" in res.stderr
     assert "twin_types[0].channels: Dictionary should have at least 1 item" in res.stderr
-    assert "sinks[0]: kind 'influxdb' is not known; allowed: 'local_store'" in res.stderr
+    assert "sinks[0]: kind 'influx' is not known; allowed: 'local_store', 'kafka', 'influxdb'" in res.stderr
 
 
 @pytest.mark.parametrize(
