@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from dte_stream.readings import id_problem
 from dte_stream.spec.base import CODEC_CHOICES, Identifier, PositiveSeconds, Seconds, SpecModel, TimeNs
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
@@ -74,6 +75,9 @@ class TwinTypeSpec(SpecModel):
         seen: dict[str, str] = {}
         for name, channel in self.channels.items():
             for alias in [name, *channel.aliases]:
+                problem = id_problem("channel", alias)
+                if problem:
+                    raise ValueError(f"channels: {problem}")
                 if alias in seen and seen[alias] != name:
                     raise ValueError(f"channels: name {alias!r} is used by both {seen[alias]!r} and {name!r}")
                 seen[alias] = name

@@ -162,3 +162,79 @@ def test_kafka_to_influxdb_daemon_restart_writes_each_reading_once(
     assert len(rows) == 600
     tags = _influxql(influxdb.url, 'SHOW TAG VALUES FROM "dte_readings" WITH KEY = "twin_id"', db)
     assert sorted(v for _, v in tags) == [f"pump-{i:04d}" for i in range(5)]
+
+
+HOSTILE_TWINS = ["pump 1", "pump,2", "pump=3", 'pump"4', "pümp-5 ✓", "pump+#/6", "pump'7", "a=b,c d"]
+HOSTILE_CHANNEL = 'flow rate, m³/h="x"'
+
+
+def test_hostile_ids_become_exact_points_or_dead_letters(kafka: Any, influxdb: Any, tmp_path: Path) -> None:
+    import orjson
+    from confluent_kafka import Producer
+
+    topic = f"hostile-{uuid.uuid4().hex[:8]}"
+    db = f"dte_{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    t0 = 1_767_225_600 * 10**9
+    good = 0
+    for i, twin in enumerate(HOSTILE_TWINS):
+        for channel in (HOSTILE_CHANNEL, "temperature"):
+            record = {"twin_id": twin, "channel": channel, "time_ns": t0 + i * 10**9, "value": float(i)}
+            producer.produce(topic, orjson.dumps(record), key=twin.encode())
+            good += 1
+    bad = [
+        {"twin_id": "pump\n9", "channel": "temperature", "time_ns": t0, "value": 1.0},  # newline
+        {"twin_id": "pump 10 ", "channel": "temperature", "time_ns": t0, "value": 1.0},  # trailing space
+        {"twin_id": "pump-11", "channel": "temp\terature", "time_ns": t0, "value": 1.0},  # tab
+    ]
+    for record in bad:
+        producer.produce(topic, orjson.dumps(record))
+    producer.produce(topic, b'{"twin_id": "pump-12", "channel": "temperature", "value": 1e999}')
+    producer.produce(topic, b"\xff\xfe not json")
+    assert producer.flush(30) == 0
+
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "hostile",
+                "sources": [
+                    {
+                        "kind": "kafka",
+                        "bootstrap_servers": kafka.bootstrap_servers,
+                        "topics": [topic],
+                        "twin_type": "pump",
+                        "key_is_twin_id": False,
+                        "stop_at_end": True,
+                    }
+                ],
+                "twin_types": [{"name": "pump", "channels": {HOSTILE_CHANNEL: {}, "temperature": {}}}],
+                "sinks": [{"kind": "influxdb", "url": influxdb.url, "database": db, "create_database": True}],
+                "dead_letters": {"path": str(tmp_path / "dead.jsonl")},
+            },
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
+    run = _dte("run", str(spec), "--quiet")
+    assert run.returncode == 0, run.stderr
+
+    assert _count(influxdb.url, db) == good
+    twins = _influxql(influxdb.url, 'SHOW TAG VALUES FROM "dte_readings" WITH KEY = "twin_id"', db)
+    assert sorted(v for _, v in twins) == sorted(HOSTILE_TWINS)
+    channels = _influxql(influxdb.url, 'SHOW TAG VALUES FROM "dte_readings" WITH KEY = "channel"', db)
+    assert sorted(v for _, v in channels) == sorted([HOSTILE_CHANNEL, "temperature"])
+    for i, twin in enumerate(HOSTILE_TWINS):
+        escaped = twin.replace("\\", "\\\\").replace("'", "\\'")
+        rows = _influxql(
+            influxdb.url, f'SELECT "value" FROM "dte_readings" WHERE "twin_id" = \'{escaped}\'', db
+        )
+        assert [(r[0], r[1]) for r in rows] == [(t0 + i * 10**9, float(i))] * 2, twin
+    letters = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert len(letters) == len(bad) + 2
+    reasons = " | ".join(letter["reason"] for letter in letters)
+    assert "control character" in reasons
+    assert "leading or trailing whitespace" in reasons
+    assert "invalid JSON" in reasons

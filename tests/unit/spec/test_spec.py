@@ -115,3 +115,9 @@ def test_yaml_errors_and_missing_file(tmp_path: Path) -> None:
     scalar.write_text("42\n")
     with pytest.raises(SpecError, match="expected a mapping"):
         load_spec(scalar)
+
+
+def test_channel_names_are_checked_like_reading_channels() -> None:
+    doc = _doc(twin_types=[{"name": "pump", "channels": {"a\nb": {}}}])
+    (problem,) = _problems(doc)
+    assert problem == "twin_types[0]: channels: channel 'a\\nb' contains a control character"
