@@ -29,6 +29,7 @@ from dte_stream.codecs import get_codec
 from dte_stream.connectors.file.source import FileSource
 from dte_stream.connectors.influxdb import InfluxDBSink
 from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
+from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import SpecError
 from dte_stream.metrics import METRICS
@@ -42,6 +43,7 @@ from dte_stream.spec.model import (
     LocalStoreSinkSpec,
     SimulatorSourceSpec,
 )
+from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
 from dte_stream.twins.bank import TwinBank
 from dte_stream.twins.batches import EstimateBatch, TypedBatch
@@ -105,7 +107,7 @@ def build_flow(spec: DataflowSpec) -> Dataflow:
             channels = spec.twin_type(source.twin_type).channel_names()
             readings.append(op.input(f"source_{source.name}", flow, SimulatorSource(source, channels)))
         else:
-            raw = op.input(f"source_{source.name}", flow, _raw_source(source))
+            raw = op.input(f"source_{source.name}", flow, _raw_source(source, spec.name))
             decoded = op.map(f"decode_{source.name}", raw, _decode)
             readings.append(op.map(f"decoded_{source.name}", decoded, lambda d: d[0]))
             dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, lambda d: _count_errors(d[1])))
@@ -136,28 +138,36 @@ def build_flow(spec: DataflowSpec) -> Dataflow:
             dead_file = spec.dead_letter_path() if spec.dead_letters.writes_file() else None
             op.output(f"sink_{sink.name}", batches, InfluxDBSink(sink, dead_file))
         else:
-            op.output(f"sink_{sink.name}", batches, _estimate_sink(sink))
+            op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
     letters = op.merge("merge_dead_letters", *dead) if len(dead) > 1 else dead[0]
     if spec.dead_letters.writes_file():
         op.output("dead_letters", letters, DeadLetterSink(spec.dead_letter_path()))
     for i, target in enumerate(spec.dead_letters.sinks):
-        op.output(f"dead_letters_{target.kind}_{i}", letters, _dead_letter_sink(target))
+        op.output(f"dead_letters_{target.kind}_{i}", letters, _dead_letter_sink(target, spec.name))
     return flow
 
 
-def _raw_source(spec: FileSourceSpec | KafkaSourceSpec) -> Source[RawBatch]:
+def _raw_source(spec: FileSourceSpec | KafkaSourceSpec | MqttSourceSpec, flow_name: str) -> Source[RawBatch]:
     """The Bytewax source of a spec source that delivers payloads to decode."""
     if isinstance(spec, KafkaSourceSpec):
         return KafkaSource(spec)
+    if isinstance(spec, MqttSourceSpec):
+        return MqttSource(spec, flow_name=flow_name)
     return FileSource(spec)
 
 
-def _estimate_sink(spec: KafkaSinkSpec) -> Sink[EstimateBatch]:
+def _estimate_sink(spec: KafkaSinkSpec | MqttSinkSpec, flow_name: str) -> Sink[EstimateBatch]:
     """The Bytewax sink of a spec sink that takes estimate batches."""
+    if isinstance(spec, MqttSinkSpec):
+        return MqttSink(spec, flow_name=flow_name)
     return KafkaSink(spec)
 
 
-def _dead_letter_sink(spec: KafkaDeadLetterSinkSpec) -> Sink[DeadLetter]:
+def _dead_letter_sink(
+    spec: KafkaDeadLetterSinkSpec | MqttDeadLetterSinkSpec, flow_name: str
+) -> Sink[DeadLetter]:
+    if isinstance(spec, MqttDeadLetterSinkSpec):
+        return MqttDeadLetterSink(spec, flow_name=flow_name)
     return KafkaDeadLetterSink(spec)
 
 

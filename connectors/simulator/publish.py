@@ -6,7 +6,8 @@ values and faults) and are encoded with a codec: ``json`` sends one reading per 
 QoS 1 acknowledgements (MQTT) or delivery reports (Kafka) are awaited before returning, so
 "sent" means "accepted by the broker".
 
-Destinations are URLs: ``mqtt://HOST:PORT/TOPIC`` publishes to ``TOPIC/<twin id>``;
+Destinations are URLs: ``mqtt://HOST:PORT/TOPIC`` publishes JSON to ``TOPIC/<twin id>`` and
+SenML to ``TOPIC/<twin id>/senml`` (the subscriptions of ``dataflows/mqtt_to_influxdb.yaml``);
 ``kafka://HOST:PORT/TOPIC`` produces to ``TOPIC`` with the twin id as record key.
 """
 
@@ -135,11 +136,12 @@ class _Sender(Protocol):
 class _MqttSender:
     """QoS 1 publisher that waits for every PUBACK at the end."""
 
-    def __init__(self, dest: Destination, username: str | None, password: str | None) -> None:
+    def __init__(self, dest: Destination, username: str | None, password: str | None, suffix: str) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.topic = dest.topic
+        self.suffix = suffix
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"dte-simulate-{now_ns() % 10**9}",
@@ -168,7 +170,7 @@ class _MqttSender:
             self._acked += 1
 
     def send(self, twin_id: str, payload: bytes) -> None:
-        info = self.client.publish(f"{self.topic}/{twin_id}", payload, qos=1)
+        info = self.client.publish(f"{self.topic}/{twin_id}{self.suffix}", payload, qos=1)
         if info.rc != 0:
             raise ConnectorError(f"MQTT publish failed: rc={info.rc}")
         self.sent += 1
@@ -242,7 +244,11 @@ def publish(
 
     ``rate`` is readings per second (None or 0: as fast as possible).
     """
-    sender: _Sender = _KafkaSender(dest) if dest.kind == "kafka" else _MqttSender(dest, username, password)
+    sender: _Sender
+    if dest.kind == "kafka":
+        sender = _KafkaSender(dest)
+    else:
+        sender = _MqttSender(dest, username, password, "/senml" if plan.codec == "senml" else "")
     sent_readings = 0
     acked_messages = 0
     started = time.monotonic()

@@ -16,6 +16,7 @@ from dte_stream.readings import id_problem
 from dte_stream.spec.base import CODEC_CHOICES, Identifier, PositiveSeconds, Seconds, SpecModel, TimeNs
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
+from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 
 __all__ = [
     "CODEC_CHOICES",
@@ -133,7 +134,9 @@ class FileSourceSpec(SpecModel):
     batch_lines: int = Field(2000, ge=1, description="lines per batch (not for csv, read whole)")
 
 
-SourceSpec = Annotated[SimulatorSourceSpec | FileSourceSpec | KafkaSourceSpec, Field(discriminator="kind")]
+SourceSpec = Annotated[
+    SimulatorSourceSpec | FileSourceSpec | KafkaSourceSpec | MqttSourceSpec, Field(discriminator="kind")
+]
 
 
 class LocalStoreSinkSpec(SpecModel):
@@ -146,8 +149,10 @@ class LocalStoreSinkSpec(SpecModel):
     flush_seconds: PositiveSeconds = 2.0
 
 
-SinkSpec = Annotated[LocalStoreSinkSpec | KafkaSinkSpec | InfluxDBSinkSpec, Field(discriminator="kind")]
-DeadLetterSinkSpec = Annotated[KafkaDeadLetterSinkSpec, Field(discriminator="kind")]
+SinkSpec = Annotated[
+    LocalStoreSinkSpec | KafkaSinkSpec | InfluxDBSinkSpec | MqttSinkSpec, Field(discriminator="kind")
+]
+DeadLetterSinkSpec = Annotated[KafkaDeadLetterSinkSpec | MqttDeadLetterSinkSpec, Field(discriminator="kind")]
 
 
 class DeadLetterSpec(SpecModel):

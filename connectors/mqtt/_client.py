@@ -1,0 +1,398 @@
+"""What the MQTT source and sinks share: one paho client, its network thread, its errors.
+
+paho-mqtt enters dte-stream here. :class:`MqttConnection` makes the first connection in the
+caller's thread and turns every way it can fail (refused, unreachable, TLS, bad credentials,
+a refused subscription) into a :class:`~dte_stream.errors.ConnectorError` naming the broker
+and the reason, never a paho traceback. After that, paho's network loop runs in its own
+thread (``loop_start``) and reconnects with exponential backoff; each outage is logged once
+when it starts and once when it ends (logger ``dte_stream.connectors.mqtt``) and counted in
+the ``mqtt_disconnects`` / ``mqtt_reconnects`` metrics, never once per attempt. Secrets
+never reach a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from dte_stream.errors import ConfigError, ConnectorError
+from dte_stream.metrics import METRICS
+from dte_stream.spec.mqtt import MqttConnectionSpec
+
+__all__ = ["LOG", "MqttConnection", "reason_text"]
+
+#: The logger of the MQTT connector.
+LOG = logging.getLogger("dte_stream.connectors.mqtt")
+
+#: MQTT 5 reason codes (CONNACK, SUBACK, DISCONNECT) with what an operator should check.
+_HINTS = {
+    0x80: "the broker gave no reason",
+    0x84: 'the broker does not speak this protocol version; try protocol: "3.1.1"',
+    0x85: "the broker refuses this client id; set client_id",
+    0x86: "check username and password",
+    0x87: "check username/password or the client certificate, and the broker's access rules",
+    0x88: "the broker is not available",
+    0x89: "the broker is busy",
+    0x8A: "this client is banned by the broker",
+    0x8C: "the broker wants another authentication method",
+    0x8E: "another client connected with the same client id; give each dataflow and process its own",
+    0x8F: "the broker refuses this topic filter",
+    0x97: "the broker's quota is exceeded",
+    0x9E: "the broker does not support shared subscriptions ($share/...)",
+    0xA2: "the broker does not support wildcard subscriptions",
+}
+_SESSION_TAKEN_OVER = 0x8E
+
+
+def reason_text(reason: ReasonCode | int) -> str:
+    """A reason code as ``Name (0xNN): what to check``."""
+    code = reason if isinstance(reason, int) else reason.value
+    name = str(reason) if isinstance(reason, ReasonCode) else f"reason {code}"
+    hint = _HINTS.get(code)
+    return f"{name} (0x{code:02X})" + (f": {hint}" if hint else "")
+
+
+class _HandshakeError(OSError):
+    """The TLS handshake failed; ``__cause__`` is the error from the ssl module or the socket."""
+
+
+class _Client(mqtt.Client):
+    """paho's client with one repair: a socket whose TLS handshake fails is closed.
+
+    paho (2.x) leaves such a socket to the garbage collector (a ``ResourceWarning``, and a
+    file descriptor held meanwhile), on the first connection and on every reconnect attempt.
+    The TLS context is always ours (:func:`_tls_context`), with the hostname check in it.
+    """
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        context = self._ssl_context
+        if context is None:  # pragma: no cover - paho only calls this with TLS configured
+            raise ValueError("TLS is not configured")
+        ssl_sock = context.wrap_socket(tcp_sock, server_hostname=self._host, do_handshake_on_connect=False)
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except OSError as exc:  # ssl.SSLError is an OSError
+            ssl_sock.close()
+            raise _HandshakeError(str(exc)) from exc
+        return ssl_sock
+
+
+def _network_reason(exc: BaseException, spec: MqttConnectionSpec) -> str:
+    """An exception from opening the connection as one readable line with a hint."""
+    if isinstance(exc, _HandshakeError):
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            return _network_reason(cause, spec)
+        return f"TLS handshake failed ({cause}); is this a plain mqtt:// port?"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the broker's TLS certificate was not accepted: {exc.verify_message or exc.reason} "
+            "(check tls.ca_file, and tls.check_hostname against the url's host)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        text = (exc.reason or str(exc)).lower()
+        if "wrong version" in text or "record layer" in text:
+            return f"TLS handshake failed ({exc.reason}); is this a plain mqtt:// port?"
+        return (
+            f"TLS handshake failed ({exc.reason or exc}); the broker may require a client "
+            "certificate (tls.cert_file, tls.key_file) signed by a CA it trusts"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host {spec.host!r} ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused: nothing listens on port {spec.port} (is the broker running?)"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"no answer within connect_timeout={spec.connect_timeout:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _tls_context(spec: MqttConnectionSpec) -> ssl.SSLContext:
+    """The TLS context of an ``mqtts://`` connection; unreadable files are ConfigErrors."""
+    tls = spec.tls
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls.ca_file: cannot load {tls.ca_file if tls else ''}: {exc}") from None
+    if tls is not None and tls.cert_file is not None:
+        password = tls.key_password.get_secret_value() if tls.key_password is not None else None
+        try:
+            ctx.load_cert_chain(
+                str(tls.cert_file), str(tls.key_file) if tls.key_file else None, password=password
+            )
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                f"tls.cert_file/tls.key_file: cannot load {tls.cert_file} ({reason}); "
+                "check the paths, and tls.key_password for an encrypted key"
+            ) from None
+    if tls is not None and not tls.check_hostname:
+        ctx.check_hostname = False
+    return ctx
+
+
+class MqttConnection:
+    """One paho client: connected by :meth:`start`, served by paho's network thread.
+
+    ``subscriptions`` (``(filter, qos)`` pairs) are subscribed on every connect that starts a
+    new session, and on every MQTT 5 connect with retain handling 1 (retained messages only
+    for subscriptions the session did not have), so a changed spec takes effect.
+    ``on_new_session`` is called (in the network thread) when the broker starts a fresh session:
+    unacknowledged message ids of the old one are void then.
+
+    Attributes read by the owner: ``connected``, ``session`` (a counter of fresh sessions),
+    ``client`` (the paho client: set ``on_message``/``on_publish`` before :meth:`start`).
+    """
+
+    def __init__(
+        self,
+        spec: MqttConnectionSpec,
+        *,
+        client_id: str,
+        who: str,
+        clean_start: bool,
+        session_expiry: int | None = None,
+        receive_maximum: int | None = None,
+        manual_ack: bool = False,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_new_session: Callable[[], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.who = who
+        self.client_id = client_id
+        self._v5 = spec.protocol == "5"
+        self._clean_start = clean_start
+        self._subscriptions = list(subscriptions)
+        self._on_new_session = on_new_session
+        self.client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=None if self._v5 else clean_start,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            manual_ack=manual_ack,
+        )
+        self._properties: Properties | None = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if session_expiry:
+                props.SessionExpiryInterval = int(session_expiry)
+            if receive_maximum is not None:
+                props.ReceiveMaximum = receive_maximum
+            self._properties = props
+        if spec.username is not None:
+            password = spec.password.get_secret_value() if spec.password is not None else None
+            self.client.username_pw_set(spec.username, password)
+        elif spec.password is not None:
+            self.client.username_pw_set(None, spec.password.get_secret_value())  # MQTT 5 only
+        if spec.uses_tls:
+            self.client.tls_set_context(_tls_context(spec))
+            if spec.tls is not None and not spec.tls.check_hostname:
+                self.client.tls_insecure_set(True)
+        # paho types the delays as int but computes with them as numbers: keep sub-second values.
+        self.client.reconnect_delay_set(spec.reconnect_min_delay, spec.reconnect_max_delay)  # type: ignore[arg-type]
+        self.client.connect_timeout = spec.connect_timeout
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.connected = False
+        self.session = 0
+        self.fatal: str | None = None
+        self._started = False
+        self._closed = False
+        self._answered = threading.Event()  # first CONNACK, or the connection closed before it
+        self._refused: ReasonCode | None = None
+        self._subscribed = threading.Event()
+        self._sub_mid: int | None = None
+        self._sub_failures: list[str] = []
+        self._outage_since: float | None = None
+        self._outage_reasons: set[int] = set()
+
+    @property
+    def where(self) -> str:
+        return self.spec.url
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, subscribe and start the network thread; raise ConnectorError if it fails.
+
+        A broker that cannot be reached (refused, timeout) is tried again with backoff until
+        ``connect_timeout``; a broker that answers with a refusal (bad credentials, not
+        authorized, TLS rejected) fails at once.
+        """
+        spec = self.spec
+        deadline = time.monotonic() + spec.connect_timeout
+        delay = min(spec.reconnect_min_delay, 0.5)
+        while True:
+            try:
+                if self._v5:
+                    self.client.connect(
+                        spec.host,
+                        spec.port,
+                        keepalive=max(1, round(spec.keepalive)),
+                        clean_start=self._clean_start,
+                        properties=self._properties,
+                    )
+                else:
+                    self.client.connect(spec.host, spec.port, keepalive=max(1, round(spec.keepalive)))
+                break
+            except (_HandshakeError, ssl.SSLError, ssl.CertificateError, socket.gaierror) as exc:
+                self._abort(f"cannot connect: {_network_reason(exc, spec)}")
+            except OSError as exc:
+                left = deadline - time.monotonic()
+                if left <= delay:
+                    self._abort(
+                        f"cannot connect within connect_timeout={spec.connect_timeout:g} s: "
+                        f"{_network_reason(exc, spec)}"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, spec.reconnect_max_delay)
+        self.client.loop_start()
+        if not self._answered.wait(max(0.1, deadline - time.monotonic())):
+            self._abort(f"no answer to CONNECT within connect_timeout={spec.connect_timeout:g} s")
+        if self._refused is not None:
+            self._abort(f"the broker refused the connection: {reason_text(self._refused)}")
+        if not self.connected:
+            self._abort(
+                "the broker closed the connection before answering CONNECT "
+                + (
+                    "(a TLS broker does this when it requires a client certificate it did not get "
+                    "or does not trust: check tls.cert_file and tls.key_file)"
+                    if spec.uses_tls
+                    else "(is this a TLS port? then use mqtts://)"
+                )
+            )
+        if self._subscriptions and not self._subscribed.wait(max(1.0, deadline - time.monotonic())):
+            self._abort("the broker did not answer SUBSCRIBE in time")
+        if self._sub_failures:
+            self._abort("the broker refused " + "; ".join(self._sub_failures))
+        self._started = True
+        LOG.info("%s: connected to %s as %s", self.who, self.where, self.client_id)
+
+    def _abort(self, reason: str) -> None:
+        self.close()
+        raise ConnectorError(f"{self.who}: MQTT broker {self.where}: {reason}")
+
+    def close(self) -> None:
+        """Disconnect (the session stays on the broker), stop the network thread, close sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        client = self.client
+        client.disconnect()
+        client.loop_stop()
+        # paho closes its wake-up socket pair only in __del__; close it now so no socket is left
+        # for the garbage collector (a ResourceWarning) whatever order it collects objects in.
+        client._reset_sockets()
+        self.connected = False
+        for name in ("on_connect", "on_disconnect", "on_subscribe", "on_message", "on_publish"):
+            setattr(client, name, None)
+
+    def raise_if_fatal(self) -> None:
+        """Raise a problem the network thread found that ends this connection for good."""
+        if self.fatal is not None:
+            raise ConnectorError(f"{self.who}: MQTT broker {self.where}: {self.fatal}")
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            if not self._started:
+                self._refused = reason
+                self._answered.set()
+            elif reason.value not in self._outage_reasons:
+                self._outage_reasons.add(reason.value)
+                LOG.warning("%s: %s refuses to reconnect: %s", self.who, self.where, reason_text(reason))
+            return
+        if not flags.session_present:
+            self.session += 1
+            if self._on_new_session is not None and self._started:
+                self._on_new_session()
+        self.connected = True
+        if self._subscriptions and (self._v5 or not flags.session_present):
+            if self._v5:
+                topics: list[tuple[str, Any]] = [
+                    (f, SubscribeOptions(qos=q, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+                    for f, q in self._subscriptions
+                ]
+            else:
+                topics = list(self._subscriptions)
+            _rc, self._sub_mid = client.subscribe(topics)
+        else:
+            self._subscribed.set()
+        if self._outage_since is not None:
+            LOG.info(
+                "%s: reconnected to %s after %.1f s (%s)",
+                self.who,
+                self.where,
+                time.monotonic() - self._outage_since,
+                "session resumed" if flags.session_present else "new session: queued messages were lost",
+            )
+            METRICS.add("mqtt_reconnects")
+            self._outage_since = None
+            self._outage_reasons.clear()
+        self._answered.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        if mid != self._sub_mid:
+            return
+        failures = [
+            f"subscription {topic!r}: {reason_text(r)}"
+            for (topic, _), r in zip(self._subscriptions, reasons, strict=False)
+            if r.is_failure
+        ]
+        if failures and self._started:
+            LOG.error("%s: %s refused %s", self.who, self.where, "; ".join(failures))
+            METRICS.add("mqtt_subscribe_errors", len(failures))
+        self._sub_failures = failures
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        props: Any,
+    ) -> None:
+        self.connected = False
+        if self._closed:
+            return
+        if not self._started:
+            self._answered.set()
+            return
+        if reason.value == _SESSION_TAKEN_OVER:
+            # Reconnecting would take the session back and start a tug of war: stop for good.
+            self.fatal = f"disconnected: {reason_text(reason)} (client id {self.client_id!r})"
+            LOG.error("%s: %s", self.who, self.fatal)
+            client.disconnect()
+            return
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            METRICS.add("mqtt_disconnects")
+            LOG.warning(
+                "%s: lost the connection to %s (%s); reconnecting every %g to %g s (logged once per outage)",
+                self.who,
+                self.where,
+                reason_text(reason) if reason.is_failure else "closed",
+                self.spec.reconnect_min_delay,
+                self.spec.reconnect_max_delay,
+            )

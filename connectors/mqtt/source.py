@@ -1,0 +1,283 @@
+"""The MQTT source: paho's network thread fills a bounded queue, Bytewax drains it in batches.
+
+Each MQTT client is one Bytewax partition (:class:`MqttSource`). paho receives in its own
+thread and appends ``(topic, payload, receive time, message id, qos, session)`` tuples to a
+deque; ``next_batch`` takes up to ``batch_size`` of them without ever waiting, routes each
+topic (cached) and emits one :class:`~dte_stream.sources.RawBatch` per subscription that had
+messages. Messages the source refuses before decoding (a topic that does not fit its template,
+a payload over ``max_payload_bytes``) travel in ``RawBatch.errors`` as dead letters.
+
+Acknowledgements (``ack``) and what they guarantee are described on :class:`MqttSource`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from dte_stream.connectors.mqtt._client import LOG, MqttConnection
+from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
+from dte_stream.errors import ConnectorError
+from dte_stream.lifecycle import stop_requested
+from dte_stream.metrics import METRICS
+from dte_stream.sources import RawBatch
+from dte_stream.spec.mqtt import MqttSourceSpec
+
+__all__ = ["MqttSource"]
+
+#: How often a stopping source looks again whether its last acknowledgements are due (s).
+_STOP_POLL = 0.02
+#: How long the network thread sleeps while the queue is full (s).
+_FULL_WAIT = 0.005
+
+
+class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
+    """One MQTT client of a source. Resume state: none (the broker's session is the state)."""
+
+    def __init__(self, spec: MqttSourceSpec, client_id: str) -> None:
+        self._spec = spec
+        self._who = f"source {spec.name} (client {client_id})"
+        self._ack_mode = spec.ack
+        self._manual = spec.ack != "on_receive"
+        self._batch_size = spec.batch_size
+        self._latency = timedelta(seconds=spec.batch_latency)
+        self._limit = spec.max_buffered_messages
+        self._remaining = spec.stop_after_messages
+        self._idle = spec.stop_after_idle
+        self._last_message = time.monotonic()
+        self._batcher = MessageBatcher(spec)
+        self._queue: deque[Message] = deque()
+        # QoS 1 message ids of the current session held here (queued or emitted, not acked):
+        # a redelivery (DUP) of one of them after a reconnect is dropped, not emitted twice.
+        self._held: set[int] = set()
+        self._unsealed: list[Ack] = []  # emitted in the current epoch (ack: after_epoch)
+        self._due: list[Ack] = []  # to acknowledge as soon as the client is connected
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._full_logged = False
+        self._window = spec.receive_maximum if spec.protocol == "5" else None
+        self._window_logged = False
+        self._conn = MqttConnection(
+            spec,
+            client_id=client_id,
+            who=self._who,
+            clean_start=spec.clean_start,
+            session_expiry=round(spec.session_expiry),
+            receive_maximum=spec.receive_maximum,
+            manual_ack=self._manual,
+            subscriptions=[(s.topic, s.qos) for s in spec.subscriptions],
+            on_new_session=self._on_new_session,
+        )
+        self._conn.client.on_message = self._on_message
+        self._conn.start()
+        if spec.protocol == "3.1.1" and spec.ack == "after_epoch":
+            LOG.info(
+                "%s: MQTT 3.1.1 has no receive maximum: the broker's own in-flight limit "
+                "(Mosquitto: max_inflight_messages, default 20) caps the messages per epoch "
+                "with ack: after_epoch; prefer protocol 5",
+                self._who,
+            )
+
+    # -- network thread ---------------------------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        qos = message.qos
+        mid = message.mid
+        if qos and self._manual:
+            if message.dup and mid in self._held:
+                return  # a redelivery of a message this client already holds
+            self._held.add(mid)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # brokers check UTF-8; keep the message as a dead letter
+            topic = message._topic.decode("utf-8", "backslashreplace")
+        queue = self._queue
+        if len(queue) >= self._limit:
+            self._wait_for_room()
+        # paho decodes payloads with struct ("s"), which gives bytes; it types them bytes | bytearray.
+        queue.append((topic, message.payload, time.time_ns(), mid, qos, self._conn.session))  # type: ignore[arg-type]
+
+    def _wait_for_room(self) -> None:
+        """Block the network thread while the queue is full: TCP backpressure, nothing dropped."""
+        if not self._full_logged:
+            self._full_logged = True
+            LOG.warning(
+                "%s: %d messages wait for the dataflow; receiving pauses until it catches up (logged once)",
+                self._who,
+                self._limit,
+            )
+        METRICS.add("mqtt_buffer_full")
+        while len(self._queue) >= self._limit and not self._stopping:
+            time.sleep(_FULL_WAIT)
+
+    def _on_new_session(self) -> None:
+        # The broker forgot the old session: its message ids are void, nothing to redeliver.
+        self._held.clear()
+
+    # -- Bytewax thread ---------------------------------------------------------------------
+
+    def next_batch(self) -> list[RawBatch]:
+        self._conn.raise_if_fatal()
+        if self._due:
+            self._acknowledge()
+        if self._stopping or self._should_stop():
+            return self._stop()
+        count = min(len(self._queue), self._batch_size)
+        if self._remaining is not None:
+            count = min(count, self._remaining)
+        if not count:
+            return []
+        return self._take(count)
+
+    def _take(self, count: int) -> list[RawBatch]:
+        """Pop ``count`` messages into one RawBatch per subscription; note their acks."""
+        acks = None if not self._manual else self._unsealed if self._ack_mode == "after_epoch" else self._due
+        out = self._batcher.take(self._queue, count, acks)
+        if self._ack_mode == "on_emit":
+            self._acknowledge()
+        elif self._window is not None and not self._window_logged and len(self._held) >= self._window:
+            self._window_logged = True
+            LOG.warning(
+                "%s: receive_maximum=%d messages await the end of their epoch, so the broker holds "
+                "further messages back until then; shorten engine.epoch_seconds or raise "
+                "receive_maximum for more throughput (logged once)",
+                self._who,
+                self._window,
+            )
+        if self._remaining is not None:
+            self._remaining -= count
+        self._last_message = time.monotonic()
+        METRICS.add("mqtt_messages_in", count)
+        return out
+
+    def _acknowledge(self) -> None:
+        """Acknowledge the due messages, in the order received; keep them while disconnected.
+
+        Acks of an earlier session are dropped: that session is gone, and with it the need.
+        """
+        conn = self._conn
+        if not conn.connected:
+            return
+        session = conn.session
+        held = self._held
+        ack = conn.client.ack
+        for mid, msg_session in self._due:
+            if msg_session == session:
+                held.discard(mid)  # before the ack: the broker may reuse the id right after it
+                ack(mid, 1)
+        self._due = []
+
+    def _should_stop(self) -> bool:
+        if stop_requested() or (self._remaining is not None and self._remaining <= 0):
+            return True
+        return (
+            self._idle is not None and not self._queue and time.monotonic() - self._last_message >= self._idle
+        )
+
+    def _stop(self) -> list[RawBatch]:
+        """One step of a graceful stop: emit nothing new, settle acknowledgements, then end.
+
+        ``on_receive``: paho acknowledged everything queued, so disconnect and emit the rest.
+        ``after_epoch``: wait until the epoch of the last emitted messages is complete (the
+        next snapshot) and acknowledge them. Messages still queued are not acknowledged:
+        the broker delivers them again to the next run. ``stop_after_messages`` caps the
+        manual modes exactly; with ``on_receive`` the queued rest is emitted as well.
+        """
+        if not self._stopping:
+            self._stopping = True
+            self._stop_deadline = time.monotonic() + self._spec.connect_timeout
+            if not self._manual:
+                self._conn.close()
+        if not self._manual:
+            if self._queue:
+                self._remaining = None
+                return self._take(min(len(self._queue), self._batch_size))
+            raise StopIteration
+        if self._unsealed or self._due:
+            if self._conn.connected or time.monotonic() < self._stop_deadline:
+                return []
+            LOG.warning(
+                "%s: %d messages were processed but cannot be acknowledged (not connected); "
+                "the broker will deliver them again",
+                self._who,
+                len(self._unsealed) + len(self._due),
+            )
+        self._conn.close()
+        raise StopIteration
+
+    def next_awake(self) -> datetime | None:
+        if self._stopping:
+            return datetime.now(UTC) + timedelta(seconds=_STOP_POLL)
+        if len(self._queue) >= self._batch_size:
+            return None
+        return datetime.now(UTC) + self._latency
+
+    def snapshot(self) -> None:
+        """End of an epoch: its messages are acknowledged at the next ``next_batch``.
+
+        Bytewax calls ``next_batch`` of the next epoch only once every output step finished
+        this one (its epoch backpressure), so those acks follow the sinks' writes.
+        """
+        if self._unsealed:
+            self._due.extend(self._unsealed)
+            self._unsealed = []
+
+    def close(self) -> None:
+        self._stopping = True
+        self._conn.close()
+
+
+class MqttSource(FixedPartitionedSource[RawBatch, None]):
+    """Payloads from MQTT subscriptions, one :class:`~dte_stream.sources.RawBatch` per subscription.
+
+    Each of ``spec.clients`` MQTT clients is one Bytewax partition (key ``{name}-{i}``, client
+    id ``{client_id}-{i}``: the same id on every run, whichever worker runs it, so the broker
+    finds the session again). Bytewax spreads the clients over workers and processes; with
+    more than one, shared subscriptions (``$share/GROUP/...``) split the messages among them.
+
+    Delivery with QoS 1, ``clean_start`` off and a ``session_expiry`` the broker honours:
+
+    * ``ack: after_epoch`` (default): a message is acknowledged once the Bytewax epoch that
+      carried it is complete, i.e. every sink's ``write_batch`` for it returned. A crash or a
+      kill at any point loses nothing: the broker delivers every unacknowledged message again
+      (at-least-once; the InfluxDB and local-store sinks make the repeats harmless). MQTT 5
+      ``receive_maximum`` caps the messages awaiting their epoch, so throughput per client is
+      at most ``receive_maximum / epoch length``.
+    * ``ack: on_emit``: acknowledged when handed to the dataflow; a crash loses what the
+      dataflow held in flight (at most an epoch).
+    * ``ack: on_receive``: paho acknowledges on arrival; a crash also loses the queue.
+
+    A graceful stop (:func:`~dte_stream.lifecycle.stop_requested`, ``stop_after_*``) loses
+    nothing in any mode, and after it messages published while dte-stream was down are
+    delivered on the next start. A reconnect can repeat messages whose acknowledgement was in
+    flight when the connection broke. QoS 0 subscriptions are at-most-once.
+
+    >>> from dte_stream.spec.mqtt import MqttSourceSpec
+    >>> spec = MqttSourceSpec(kind="mqtt", name="plant", url="mqtt://127.0.0.1:1883", clients=2,
+    ...                       subscriptions=[{"topic": "$share/dte/plant/#"}])
+    >>> MqttSource(spec, flow_name="demo").list_parts(), spec.client_ids("demo")
+    (['plant-0', 'plant-1'], ['dte-demo-plant-0', 'dte-demo-plant-1'])
+    """
+
+    def __init__(self, spec: MqttSourceSpec, *, flow_name: str | None = None) -> None:
+        self.spec = spec
+        self.client_ids = spec.client_ids(flow_name)
+
+    def list_parts(self) -> list[str]:
+        """One partition per client: ``{name}-0`` ... ``{name}-{clients-1}``."""
+        return [f"{self.spec.name}-{i}" for i in range(self.spec.clients)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MqttPartition:
+        """Connect the client of ``for_part``; a broker that refuses is a ConnectorError."""
+        name, _, index_text = for_part.rpartition("-")
+        if name != self.spec.name or not index_text.isdigit() or int(index_text) >= self.spec.clients:
+            raise ConnectorError(
+                f"source {self.spec.name}: the recovery state names partition {for_part!r}, which this "
+                f"spec (clients: {self.spec.clients}) does not have; use a fresh recovery directory"
+            )
+        return _MqttPartition(self.spec, self.client_ids[int(index_text)])

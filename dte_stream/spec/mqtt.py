@@ -1,0 +1,630 @@
+"""Spec models of the MQTT connector: the source, the estimates sink, the dead-letter sink.
+
+Every MQTT spec shares :class:`MqttConnectionSpec`: the broker ``url`` (``mqtt://host:port`` or
+``mqtts://host:port``), the client id, the protocol (``"5"`` or ``"3.1.1"``), user name and
+password, TLS files and the keepalive/reconnect timings. The password is a ``SecretStr``: it
+prints as ``**********`` in reprs, logs and validation errors; write it in a spec as
+``${MQTT_PASSWORD}`` so it never sits in a file.
+
+Topic handling is pure and lives here so that a spec is checked completely when it is loaded:
+:class:`TopicFilter` (a subscription filter, possibly ``$share/GROUP/...``) and
+:class:`TopicTemplate` (``plant/{site}/pump/{twin}/{channel}``: named topic levels; ``{twin}``
+and ``{channel}`` give a payload's default twin id and channel).
+
+>>> spec = MqttSourceSpec(kind="mqtt", url="mqtt://127.0.0.1:1883", password="hunter2",
+...     username="dte", subscriptions=[{"topic": "plant/+/pump/#",
+...                                     "template": "plant/{site}/pump/{twin}/{channel}"}])
+>>> spec.password
+SecretStr('**********')
+>>> spec.subscriptions[0].parsed_template().match("plant/north/pump/p-1/temp")
+('p-1', 'temp')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+
+from dte_stream.codecs.base import MAX_PAYLOAD_BYTES
+from dte_stream.readings import id_problem
+from dte_stream.spec.base import Identifier, PositiveSeconds, Seconds, SpecModel
+
+__all__ = [
+    "SESSION_NEVER_EXPIRES",
+    "MqttConnectionSpec",
+    "MqttDeadLetterSinkSpec",
+    "MqttPublisherSpec",
+    "MqttSinkSpec",
+    "MqttSourceSpec",
+    "MqttSubscriptionSpec",
+    "MqttTlsSpec",
+    "OutputTopic",
+    "TopicFilter",
+    "TopicTemplate",
+]
+
+#: ``session_expiry`` value (seconds) that MQTT 5 reads as "never expires".
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+#: Longest topic or filter MQTT can carry (bytes of UTF-8).
+_MAX_TOPIC_BYTES = 65535
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)$")
+_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHARE = "$share/"
+#: Placeholders of a source template that feed the decode context; other names are ignored.
+TEMPLATE_FIELDS = ("twin", "channel")
+#: Placeholders an output topic may use.
+OUTPUT_FIELDS = ("twin_type", "twin_id")
+
+
+def _topic_problem(text: str, what: str) -> str | None:
+    """Why ``text`` cannot be an MQTT topic or filter at all (length, NUL, control characters)."""
+    if not text:
+        return f"{what} is empty"
+    if len(text.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
+        return f"{what} is longer than {_MAX_TOPIC_BYTES} bytes"
+    if _CONTROL.search(text):
+        return f"{what} {text[:60]!r} contains a control character"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Topic filters and templates
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TopicFilter:
+    """A subscription filter, split into levels; ``group`` is set for ``$share/GROUP/filter``.
+
+    >>> f = TopicFilter.parse("$share/dte/plant/+/pump/#")
+    >>> f.group, f.levels, f.matches("plant/north/pump/p-1/temp"), f.matches("plant/north/valve")
+    ('dte', ('plant', '+', 'pump', '#'), True, False)
+    """
+
+    text: str
+    levels: tuple[str, ...]
+    group: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TopicFilter:
+        """Parse and check a filter; raises ``ValueError`` saying what is wrong."""
+        problem = _topic_problem(text, "topic filter")
+        if problem:
+            raise ValueError(problem)
+        group = None
+        body = text
+        if text.startswith(_SHARE):
+            group, sep, body = text[len(_SHARE) :].partition("/")
+            if not sep or not group or not body:
+                raise ValueError(f"{text!r}: a shared subscription is $share/GROUP/FILTER")
+            if any(c in group for c in "+#"):
+                raise ValueError(f"{text!r}: the share group {group!r} may not contain '+' or '#'")
+        elif text.startswith("$share"):
+            raise ValueError(f"{text!r}: a shared subscription is $share/GROUP/FILTER")
+        levels = tuple(body.split("/"))
+        for i, level in enumerate(levels):
+            if "#" in level and (level != "#" or i != len(levels) - 1):
+                raise ValueError(f"{text!r}: '#' must be a whole level and the last one")
+            if "+" in level and level != "+":
+                raise ValueError(f"{text!r}: '+' must be a whole level (level {i + 1} is {level!r})")
+        return cls(text, levels, group)
+
+    def matches(self, topic: str) -> bool:
+        """True when a message published on ``topic`` matches this filter (MQTT rules)."""
+        return self.matches_levels(topic.split("/"))
+
+    def matches_levels(self, levels: list[str]) -> bool:
+        """:meth:`matches` on a topic already split at ``/``."""
+        # A filter starting with a wildcard does not match topics starting with '$' (4.7.2).
+        if levels and levels[0].startswith("$") and self.levels[0] in ("+", "#"):
+            return False
+        for i, want in enumerate(self.levels):
+            if want == "#":
+                return True
+            if i >= len(levels):
+                return False
+            if want != "+" and want != levels[i]:
+                return False
+        return len(levels) == len(self.levels)
+
+    def overlaps(self, other: TopicFilter) -> bool:
+        """True when some topic matches both filters (share groups aside)."""
+        a, b = self.levels, other.levels
+        for i in range(max(len(a), len(b))):
+            x = a[i] if i < len(a) else None
+            y = b[i] if i < len(b) else None
+            if x == "#" or y == "#":
+                return True
+            if x is None or y is None:
+                return False
+            if "+" not in (x, y) and x != y:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class TopicTemplate:
+    """Names for the levels of a topic: ``plant/{site}/pump/{twin}/{channel}``.
+
+    A level is a literal (it must be equal), ``{name}`` (any non-empty level, remembered under
+    that name) or ``+`` (any non-empty level, ignored). A topic matches only with exactly as
+    many levels as the template. ``{twin}`` and ``{channel}`` are the default twin id and
+    channel of the message's readings; other names document the topic and are ignored.
+
+    >>> t = TopicTemplate.parse("plant/{site}/pump/{twin}/{channel}")
+    >>> t.match("plant/north/pump/p 1,a=b/temp"), t.match("plant/north/valve/v-1/temp")
+    (('p 1,a=b', 'temp'), "level 3 is 'valve', the template wants 'pump'")
+    """
+
+    text: str
+    #: Each level: the literal text, or None for a placeholder.
+    literals: tuple[str | None, ...]
+    #: Each level: the placeholder's name, or None (literal or '+').
+    names: tuple[str | None, ...]
+    twin_level: int | None
+    channel_level: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> TopicTemplate:
+        """Parse and check a template; raises ``ValueError`` saying what is wrong."""
+        problem = _topic_problem(text, "template")
+        if problem:
+            raise ValueError(problem)
+        if text.startswith("$share"):
+            raise ValueError(f"template {text!r}: describe the topic without the $share/GROUP/ prefix")
+        literals: list[str | None] = []
+        names: list[str | None] = []
+        for i, level in enumerate(text.split("/")):
+            m = _PLACEHOLDER.match(level)
+            if m:
+                name = m.group(1)
+                if name in names:
+                    raise ValueError(f"template {text!r}: placeholder {{{name}}} is used twice")
+                literals.append(None)
+                names.append(name)
+            elif level == "+":
+                literals.append(None)
+                names.append(None)
+            elif "#" in level:
+                raise ValueError(
+                    f"template {text!r}: '#' is not allowed; a template names every level "
+                    "(use '+' for a level to ignore)"
+                )
+            elif any(c in level for c in "{}+"):
+                raise ValueError(
+                    f"template {text!r}: level {i + 1} {level!r} must be a literal, '+' or a whole "
+                    "{name} placeholder (letters, digits and '_')"
+                )
+            elif not level:
+                raise ValueError(f"template {text!r}: level {i + 1} is empty")
+            else:
+                literals.append(level)
+                names.append(None)
+        twin = names.index("twin") if "twin" in names else None
+        channel = names.index("channel") if "channel" in names else None
+        return cls(text, tuple(literals), tuple(names), twin, channel)
+
+    def check_against(self, topic_filter: TopicFilter) -> None:
+        """Raise ``ValueError`` when no topic the filter delivers could match this template."""
+        levels = topic_filter.levels
+        has_hash = levels[-1] == "#"
+        fixed = levels[:-1] if has_hash else levels
+        n = len(self.literals)
+        if not has_hash and n != len(fixed):
+            raise ValueError(
+                f"template {self.text!r} has {n} levels but filter {topic_filter.text!r} "
+                f"delivers topics of {len(fixed)}"
+            )
+        if has_hash and n < len(fixed):
+            raise ValueError(
+                f"template {self.text!r} has {n} levels but filter {topic_filter.text!r} "
+                f"delivers topics of at least {len(fixed)}"
+            )
+        for i, want in enumerate(fixed):
+            literal = self.literals[i]
+            if want != "+" and literal is not None and literal != want:
+                raise ValueError(
+                    f"template {self.text!r}: level {i + 1} is {literal!r} but filter "
+                    f"{topic_filter.text!r} has {want!r} there, so no topic could match"
+                )
+
+    def match(self, topic: str) -> tuple[str | None, str | None] | str:
+        """``(twin, channel)`` from a topic, or the reason it does not fit (a string)."""
+        return self.match_levels(topic.split("/"))
+
+    def match_levels(self, levels: list[str]) -> tuple[str | None, str | None] | str:
+        """:meth:`match` on a topic already split at ``/``."""
+        if len(levels) != len(self.literals):
+            return f"the topic has {len(levels)} levels, the template {self.text!r} has {len(self.literals)}"
+        for i, (level, literal) in enumerate(zip(levels, self.literals, strict=True)):
+            if not level:
+                return f"level {i + 1} is empty"
+            if literal is not None and level != literal:
+                return f"level {i + 1} is {level[:60]!r}, the template wants {literal!r}"
+        twin = channel = None
+        if self.twin_level is not None:
+            twin = levels[self.twin_level]
+            problem = id_problem("twin id", twin)
+            if problem:
+                return f"level {self.twin_level + 1} {{twin}}: {problem}"
+        if self.channel_level is not None:
+            channel = levels[self.channel_level]
+            problem = id_problem("channel", channel)
+            if problem:
+                return f"level {self.channel_level + 1} {{channel}}: {problem}"
+        return twin, channel
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """A topic for ``values`` (placeholder name -> level); the inverse of matching, for tests."""
+        out = []
+        for literal, name in zip(self.literals, self.names, strict=True):
+            out.append(literal if literal is not None else values[name or "+"])
+        return "/".join(out)
+
+
+#: Characters of an id that cannot appear in a published topic level, and their escapes.
+_OUTPUT_ESCAPES = {"%": "%25", "/": "%2F", "+": "%2B", "#": "%23"}
+_OUTPUT_UNSAFE = re.compile(r"[%/+#\x00-\x1f\x7f]")
+
+
+def escape_level(text: str) -> str:
+    """An id made safe as (part of) one topic level: ``% / + #`` and controls percent-encoded.
+
+    Reversible with ``urllib.parse.unquote``. Ids are otherwise kept as they are (spaces,
+    commas, quotes, unicode are legal in MQTT topics).
+
+    >>> escape_level("pump/1+#2"), escape_level("Kühlung 3")
+    ('pump%2F1%2B%232', 'Kühlung 3')
+    """
+    if not _OUTPUT_UNSAFE.search(text):
+        return text
+    return _OUTPUT_UNSAFE.sub(lambda m: _OUTPUT_ESCAPES.get(m.group(0), f"%{ord(m.group(0)):02X}"), text)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTopic:
+    """The topic template of a sink: ``dte/{twin_type}/{twin_id}/estimates``.
+
+    Placeholders may stand anywhere in a level; their values are escaped with
+    :func:`escape_level`, so an id can never add a level or a wildcard. A topic whose first
+    character would be ``$`` (reserved for the broker) gets it escaped as ``%24``.
+
+    >>> OutputTopic.parse("dte/{twin_type}/{twin_id}/estimates").render("pump", "p/1")
+    'dte/pump/p%2F1/estimates'
+    """
+
+    text: str
+    parts: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str, allowed: tuple[str, ...] = OUTPUT_FIELDS) -> OutputTopic:
+        """Parse and check an output topic template; raises ``ValueError`` naming the problem."""
+        problem = _topic_problem(text, "topic")
+        if problem:
+            raise ValueError(problem)
+        parts = re.split(r"(\{[^{}]*\})", text)
+        for i, part in enumerate(parts):
+            if i % 2:
+                name = part[1:-1]
+                if name not in allowed:
+                    shown = ", ".join("{" + a + "}" for a in allowed) or "none"
+                    raise ValueError(f"topic {text!r}: unknown placeholder {part}; allowed: {shown}")
+            elif "{" in part or "}" in part:
+                raise ValueError(f"topic {text!r}: unbalanced '{{' or '}}'")
+        sample = "".join(p if i % 2 == 0 else "x" for i, p in enumerate(parts))
+        if "+" in sample or "#" in sample:
+            raise ValueError(f"topic {text!r}: a published topic may not contain '+' or '#'")
+        if any(not level for level in sample.split("/")):
+            raise ValueError(f"topic {text!r}: has an empty level (leading, trailing or double '/')")
+        if sample.startswith("$"):
+            raise ValueError(f"topic {text!r}: topics starting with '$' are reserved for the broker")
+        return cls(text, tuple(parts))
+
+    def render(self, twin_type: str = "", twin_id: str = "") -> str:
+        """The topic for one twin; ids are escaped."""
+        values = {"twin_type": twin_type, "twin_id": twin_id}
+        topic = "".join(p if i % 2 == 0 else escape_level(values[p[1:-1]]) for i, p in enumerate(self.parts))
+        return "%24" + topic[1:] if topic.startswith("$") else topic
+
+
+# --------------------------------------------------------------------------------------------
+# Field types
+# --------------------------------------------------------------------------------------------
+
+
+def _protocol_text(value: object) -> object:
+    """Accept YAML numbers (``protocol: 5``) and common spellings of the two versions."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        return {"5.0": "5", "v5": "5", "311": "3.1.1", "v3.1.1": "3.1.1"}.get(value.strip(), value.strip())
+    return value
+
+
+def _session_seconds(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "never":
+        return float(SESSION_NEVER_EXPIRES)
+    return value
+
+
+Protocol = Annotated[Literal["3.1.1", "5"], BeforeValidator(_protocol_text)]
+SessionExpiry = Annotated[Seconds, BeforeValidator(_session_seconds), Field(le=SESSION_NEVER_EXPIRES)]
+CodecName = Literal["json", "senml", "line_protocol", "csv"]
+
+
+class MqttTlsSpec(SpecModel):
+    """TLS for ``mqtts://``: the CA to trust, the client certificate, the hostname check.
+
+    Without ``ca_file`` the system's CAs are trusted. ``cert_file`` with ``key_file`` is the
+    client certificate for brokers that require one (``key_file`` may be left out when the
+    certificate file holds the key too).
+    """
+
+    ca_file: Path | None = Field(None, description="CA certificates (PEM) to trust; unset = system CAs")
+    cert_file: Path | None = Field(None, description="client certificate (PEM)")
+    key_file: Path | None = Field(None, description="client private key (PEM)")
+    key_password: SecretStr | None = Field(None, description="password of an encrypted key_file")
+    check_hostname: bool = Field(True, description="the broker's certificate must name the url's host")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttTlsSpec:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("tls.key_file is set without tls.cert_file; set both for a client certificate")
+        if self.key_password is not None and self.cert_file is None:
+            raise ValueError("tls.key_password is set without tls.cert_file")
+        return self
+
+
+class MqttConnectionSpec(SpecModel):
+    """What every MQTT spec shares: the broker, who we are, security, timing.
+
+    ``url`` is ``mqtt://host[:port]`` (default port 1883) or ``mqtts://host[:port]`` (TLS,
+    default port 8883). Credentials never go into the url: use ``username`` and ``password``.
+    """
+
+    url: str = Field(description="mqtt://host:port or mqtts://host:port")
+    client_id: str | None = Field(
+        None, min_length=1, max_length=200, description="client id prefix; unset = derived from the names"
+    )
+    protocol: Protocol = Field("5", description='"5" (MQTT 5) or "3.1.1"')
+    username: str | None = Field(None, min_length=1)
+    password: SecretStr | None = Field(None, description="from the environment: ${MQTT_PASSWORD}")
+    tls: MqttTlsSpec | None = Field(None, description="TLS files and checks; needs an mqtts:// url")
+    keepalive: PositiveSeconds = Field(60.0, le=65535, description="ping interval when idle")
+    connect_timeout: PositiveSeconds = Field(
+        10.0, description="how long the first connection may take (retried while the broker is unreachable)"
+    )
+    reconnect_min_delay: PositiveSeconds = Field(1.0, description="first wait after losing the connection")
+    reconnect_max_delay: PositiveSeconds = Field(60.0, description="longest wait between reconnect attempts")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        text = value.strip()
+        m = _URL.match(text)
+        if not m or m.group("scheme").lower() not in ("mqtt", "mqtts"):
+            raise ValueError(f"{value[:80]!r} is not an MQTT url; use mqtt://host:port or mqtts://host:port")
+        rest = m.group("rest")
+        if "@" in rest:
+            raise ValueError(
+                "the url may not hold credentials; set 'username', and 'password' from the "
+                "environment (${MQTT_PASSWORD})"
+            )
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        if "/" in rest or "?" in rest or "#" in rest:
+            raise ValueError(f"{value[:80]!r}: the url is only mqtt://host:port (no path, no query)")
+        host, port = rest, ""
+        if rest.startswith("["):
+            end = rest.find("]")
+            host, port = rest[: end + 1], rest[end + 2 :] if rest[end + 1 : end + 2] == ":" else ""
+        elif ":" in rest:
+            host, _, port = rest.rpartition(":")
+        if not host or not _HOST.match(host):
+            raise ValueError(f"{value[:80]!r}: {host!r} is not a host name or address")
+        scheme = m.group("scheme").lower()
+        if port:
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value[:80]!r}: port {port!r} is not a number from 1 to 65535")
+        else:
+            port = "8883" if scheme == "mqtts" else "1883"
+        return f"{scheme}://{host}:{int(port)}"
+
+    @field_validator("client_id")
+    @classmethod
+    def _check_client_id(cls, value: str | None) -> str | None:
+        if value is not None and (_CONTROL.search(value) or value != value.strip()):
+            raise ValueError(f"{value[:60]!r} is not a client id: no spaces around it, no control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_connection(self) -> MqttConnectionSpec:
+        if self.tls is not None and not self.uses_tls:
+            raise ValueError("tls: TLS settings need an mqtts:// url")
+        if self.password is not None and self.username is None and self.protocol == "3.1.1":
+            raise ValueError("password: MQTT 3.1.1 needs a username with a password")
+        if self.reconnect_max_delay < self.reconnect_min_delay:
+            raise ValueError("reconnect_max_delay must not be below reconnect_min_delay")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        """The broker's host (an IPv6 address without brackets)."""
+        host = self.url.split("://", 1)[1].rpartition(":")[0]
+        return host[1:-1] if host.startswith("[") else host
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Source
+# --------------------------------------------------------------------------------------------
+
+
+class MqttSubscriptionSpec(SpecModel):
+    """One topic filter of a source, with how its messages are decoded.
+
+    ``topic`` may be a shared subscription ``$share/GROUP/filter``: the broker then hands each
+    message to one client of the group, which is how several workers or processes split a
+    topic. ``template`` maps topic levels to the twin id and channel (see :class:`TopicTemplate`).
+    """
+
+    topic: str = Field(description="topic filter; may be $share/GROUP/filter")
+    qos: Literal[0, 1] = Field(1, description="1 = at least once (with a persistent session)")
+    codec: CodecName = "json"
+    template: str | None = Field(None, description="e.g. plant/{site}/pump/{twin}/{channel}")
+    twin_type: Identifier | None = Field(
+        None, description="twin type of these readings; default: the source's"
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        TopicFilter.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_template(self) -> MqttSubscriptionSpec:
+        if self.template is not None:
+            try:
+                TopicTemplate.parse(self.template).check_against(self.parsed_filter())
+            except ValueError as exc:
+                raise ValueError(f"template: {exc}") from None
+        return self
+
+    def parsed_filter(self) -> TopicFilter:
+        return TopicFilter.parse(self.topic)
+
+    def parsed_template(self) -> TopicTemplate | None:
+        return None if self.template is None else TopicTemplate.parse(self.template)
+
+
+class MqttSourceSpec(MqttConnectionSpec):
+    """Readings from MQTT subscriptions, decoded per subscription.
+
+    Delivery is set by ``ack`` (see docs/connectors/mqtt.md): ``after_epoch`` acknowledges a
+    QoS 1 message only once Bytewax finished the epoch that carried it (every sink wrote it),
+    ``on_emit`` when it is handed to the dataflow, ``on_receive`` as soon as it arrives.
+    With ``clean_start`` off and a ``session_expiry``, the broker keeps the subscriptions and
+    the unacknowledged messages while dte-stream is down.
+
+    ``clients`` MQTT connections read for this source (client ids ``{client_id}-0`` ...);
+    Bytewax spreads them over workers and processes. More than one needs shared subscriptions
+    (every filter ``$share/GROUP/...``), or each client would get every message.
+
+    ``stop_after_messages`` (per client) and ``stop_after_idle`` end the source: for tests and
+    for bounded runs ("read the 10,000 readings that are waiting, then stop").
+    """
+
+    kind: Literal["mqtt"]
+    name: Identifier = "mqtt"
+    twin_type: Identifier | None = None
+    subscriptions: list[MqttSubscriptionSpec] = Field(min_length=1)
+    clean_start: bool = Field(
+        False, description="start each run with a fresh session (drops queued messages)"
+    )
+    session_expiry: SessionExpiry = Field(
+        86400.0, description="how long the broker keeps the session while dte-stream is away (MQTT 5)"
+    )
+    clients: int = Field(1, ge=1, le=256, description="MQTT connections for this source")
+    ack: Literal["after_epoch", "on_emit", "on_receive"] = Field(
+        "after_epoch", description="when a QoS 1 message is acknowledged to the broker"
+    )
+    receive_maximum: int = Field(
+        65535, ge=1, le=65535, description="unacknowledged messages the broker may send (MQTT 5)"
+    )
+    max_payload_bytes: int = Field(MAX_PAYLOAD_BYTES, ge=1, description="larger messages are dead letters")
+    batch_size: int = Field(5000, ge=1, le=1_000_000, description="messages per batch at most")
+    batch_latency: PositiveSeconds = Field(
+        0.05, description="how long messages gather before a batch is emitted"
+    )
+    max_buffered_messages: int = Field(
+        100_000, ge=1, description="messages held between the network thread and the dataflow"
+    )
+    stop_after_messages: int | None = Field(None, ge=1, description="end after this many messages per client")
+    stop_after_idle: PositiveSeconds | None = Field(None, description="end after this long without a message")
+
+    @model_validator(mode="after")
+    def _check_subscriptions(self) -> MqttSourceSpec:
+        filters = [s.parsed_filter() for s in self.subscriptions]
+        for i, a in enumerate(filters):
+            for j in range(i):
+                if a.overlaps(filters[j]):
+                    raise ValueError(
+                        f"subscriptions: [{j}] {filters[j].text!r} and [{i}] {a.text!r} overlap; "
+                        "a message matching both would be delivered twice: make the filters disjoint"
+                    )
+        if self.clients > 1:
+            plain = [f.text for f in filters if f.group is None]
+            if plain:
+                raise ValueError(
+                    f"clients: {self.clients} clients need shared subscriptions, or each would get every "
+                    f"message; write {', '.join(repr('$share/dte/' + t) for t in plain)}"
+                )
+        return self
+
+    def client_ids(self, flow_name: str | None = None) -> list[str]:
+        """The client id of each client: ``{client_id}-{i}``; default prefix ``dte-{flow}-{name}``."""
+        base = self.client_id or "-".join(["dte", *([flow_name] if flow_name else []), self.name])
+        return [f"{base}-{i}" for i in range(self.clients)]
+
+
+# --------------------------------------------------------------------------------------------
+# Sinks
+# --------------------------------------------------------------------------------------------
+
+
+class MqttPublisherSpec(MqttConnectionSpec):
+    """What the MQTT sinks share: QoS, retain, and how long to wait for acknowledgements."""
+
+    qos: Literal[0, 1] = Field(1, description="1 = wait for the broker's acknowledgement")
+    retain: bool = Field(False, description="the broker keeps the last message per topic")
+    publish_timeout: PositiveSeconds = Field(
+        30.0, description="how long a batch may wait for the broker's acknowledgements"
+    )
+    max_inflight: int = Field(1000, ge=1, le=65535, description="QoS 1 messages sent before their ack")
+
+
+class MqttSinkSpec(MqttPublisherSpec):
+    """Estimates to MQTT: one JSON message per twin per batch on ``topic``.
+
+    ``topic`` may use ``{twin_type}`` and ``{twin_id}``; ids are escaped so they can never add
+    a level or a wildcard (``%``, ``/``, ``+``, ``#`` become ``%25``, ``%2F``, ``%2B``, ``%23``).
+    """
+
+    kind: Literal["mqtt"]
+    name: Identifier = "mqtt"
+    topic: str = Field("dte/{twin_type}/{twin_id}/estimates", description="topic template")
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        OutputTopic.parse(value)
+        return value
+
+
+class MqttDeadLetterSinkSpec(MqttPublisherSpec):
+    """Dead letters to MQTT: one JSON message each (``DeadLetter.to_json_dict``) on ``topic``."""
+
+    kind: Literal["mqtt"]
+    name: Identifier = "mqtt_dead_letters"
+    topic: str = Field("dte/dead_letters", description="a fixed topic")
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        OutputTopic.parse(value, allowed=())
+        return value
