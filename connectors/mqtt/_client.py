@@ -54,6 +54,10 @@ _HINTS = {
     0xA2: "the broker does not support wildcard subscriptions",
 }
 _SESSION_TAKEN_OVER = 0x8E
+#: A reconnection that holds this long (s; at least 3 reconnect delays) ends an outage.
+_STABLE_SECONDS = 3.0
+#: Connections lost right after reconnecting, in a row, that are reported as a tug of war.
+_FLAPS = 3
 
 
 def reason_text(reason: ReasonCode | int) -> str:
@@ -220,10 +224,19 @@ class MqttConnection:
         self._sub_failures: list[str] = []
         self._outage_since: float | None = None
         self._outage_reasons: set[int] = set()
+        self._connected_at: float | None = None
+        self._session_resumed = False
+        self._short_lived = 0
+        self._stable_after = max(_STABLE_SECONDS, 3 * spec.reconnect_min_delay)
 
     @property
     def where(self) -> str:
         return self.spec.url
+
+    @property
+    def running(self) -> bool:
+        """True between a successful :meth:`start` and :meth:`close`."""
+        return self._started and not self._closed
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -251,23 +264,23 @@ class MqttConnection:
                     self.client.connect(spec.host, spec.port, keepalive=max(1, round(spec.keepalive)))
                 break
             except (_HandshakeError, ssl.SSLError, ssl.CertificateError, socket.gaierror) as exc:
-                self._abort(f"cannot connect: {_network_reason(exc, spec)}")
+                raise self._fail(f"cannot connect: {_network_reason(exc, spec)}") from None
             except OSError as exc:
                 left = deadline - time.monotonic()
                 if left <= delay:
-                    self._abort(
+                    raise self._fail(
                         f"cannot connect within connect_timeout={spec.connect_timeout:g} s: "
                         f"{_network_reason(exc, spec)}"
-                    )
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, spec.reconnect_max_delay)
         self.client.loop_start()
         if not self._answered.wait(max(0.1, deadline - time.monotonic())):
-            self._abort(f"no answer to CONNECT within connect_timeout={spec.connect_timeout:g} s")
+            raise self._fail(f"no answer to CONNECT within connect_timeout={spec.connect_timeout:g} s")
         if self._refused is not None:
-            self._abort(f"the broker refused the connection: {reason_text(self._refused)}")
+            raise self._fail(f"the broker refused the connection: {reason_text(self._refused)}")
         if not self.connected:
-            self._abort(
+            raise self._fail(
                 "the broker closed the connection before answering CONNECT "
                 + (
                     "(a TLS broker does this when it requires a client certificate it did not get "
@@ -277,20 +290,23 @@ class MqttConnection:
                 )
             )
         if self._subscriptions and not self._subscribed.wait(max(1.0, deadline - time.monotonic())):
-            self._abort("the broker did not answer SUBSCRIBE in time")
+            raise self._fail("the broker did not answer SUBSCRIBE in time")
         if self._sub_failures:
-            self._abort("the broker refused " + "; ".join(self._sub_failures))
+            raise self._fail("the broker refused " + "; ".join(self._sub_failures))
         self._started = True
         LOG.info("%s: connected to %s as %s", self.who, self.where, self.client_id)
 
-    def _abort(self, reason: str) -> None:
+    def _fail(self, reason: str) -> ConnectorError:
+        """Close everything and return the error to raise (``from None``: no paho traceback)."""
         self.close()
-        raise ConnectorError(f"{self.who}: MQTT broker {self.where}: {reason}")
+        return ConnectorError(f"{self.who}: MQTT broker {self.where}: {reason}")
 
     def close(self) -> None:
         """Disconnect (the session stays on the broker), stop the network thread, close sockets."""
         if self._closed:
             return
+        if self._started:
+            self.check(closing=True)
         self._closed = True
         client = self.client
         client.disconnect()
@@ -302,10 +318,33 @@ class MqttConnection:
         for name in ("on_connect", "on_disconnect", "on_subscribe", "on_message", "on_publish"):
             setattr(client, name, None)
 
-    def raise_if_fatal(self) -> None:
-        """Raise a problem the network thread found that ends this connection for good."""
-        if self.fatal is not None:
+    def check(self, *, closing: bool = False) -> None:
+        """Called often from the dataflow thread: raise a fatal problem; end a finished outage.
+
+        An outage ends, and is logged as ended, once the new connection has held for a few
+        seconds (or when the connection closes while connected): a connection that breaks
+        right after every reconnect is one outage, not many.
+        """
+        if self.fatal is not None and not closing:
             raise ConnectorError(f"{self.who}: MQTT broker {self.where}: {self.fatal}")
+        since, connected_at = self._outage_since, self._connected_at
+        if (
+            since is not None
+            and connected_at is not None
+            and self.connected
+            and (closing or time.monotonic() - connected_at >= self._stable_after)
+        ):
+            self._outage_since = None
+            self._short_lived = 0
+            self._outage_reasons.clear()
+            METRICS.add("mqtt_reconnects")
+            LOG.info(
+                "%s: reconnected to %s after %.1f s (%s)",
+                self.who,
+                self.where,
+                connected_at - since,
+                "session resumed" if self._session_resumed else "new session",
+            )
 
     # -- paho callbacks (network thread) ----------------------------------------------------
 
@@ -324,7 +363,17 @@ class MqttConnection:
             self.session += 1
             if self._on_new_session is not None and self._started:
                 self._on_new_session()
+                LOG.warning(
+                    "%s: %s had no session for %s: messages queued for it while it was away are lost",
+                    self.who,
+                    self.where,
+                    self.client_id,
+                )
+        self._session_resumed = flags.session_present
+        self._connected_at = time.monotonic()
         self.connected = True
+        if self._outage_since is not None:
+            LOG.debug("%s: connected again (session present: %s)", self.who, flags.session_present)
         if self._subscriptions and (self._v5 or not flags.session_present):
             if self._v5:
                 topics: list[tuple[str, Any]] = [
@@ -336,17 +385,6 @@ class MqttConnection:
             _rc, self._sub_mid = client.subscribe(topics)
         else:
             self._subscribed.set()
-        if self._outage_since is not None:
-            LOG.info(
-                "%s: reconnected to %s after %.1f s (%s)",
-                self.who,
-                self.where,
-                time.monotonic() - self._outage_since,
-                "session resumed" if flags.session_present else "new session: queued messages were lost",
-            )
-            METRICS.add("mqtt_reconnects")
-            self._outage_since = None
-            self._outage_reasons.clear()
         self._answered.set()
 
     def _on_subscribe(
@@ -374,6 +412,7 @@ class MqttConnection:
         props: Any,
     ) -> None:
         self.connected = False
+        self._connected_at = None
         if self._closed:
             return
         if not self._started:
@@ -387,6 +426,7 @@ class MqttConnection:
             return
         if self._outage_since is None:
             self._outage_since = time.monotonic()
+            self._short_lived = 0
             METRICS.add("mqtt_disconnects")
             LOG.warning(
                 "%s: lost the connection to %s (%s); reconnecting every %g to %g s (logged once per outage)",
@@ -395,4 +435,19 @@ class MqttConnection:
                 reason_text(reason) if reason.is_failure else "closed",
                 self.spec.reconnect_min_delay,
                 self.spec.reconnect_max_delay,
+            )
+            return
+        # Lost again before the reconnection held: the same outage.
+        self._short_lived += 1
+        LOG.debug("%s: lost the connection again (%s)", self.who, reason_text(reason))
+        if self._short_lived == _FLAPS:
+            METRICS.add("mqtt_connection_flaps")
+            LOG.error(
+                "%s: the connection to %s breaks right after every reconnect (%d times): probably "
+                "another client uses the same client id %r (the broker drops the older connection); "
+                "give every dataflow and process its own client_id",
+                self.who,
+                self.where,
+                _FLAPS,
+                self.client_id,
             )

@@ -111,7 +111,8 @@ class _PublisherPartition(StatelessSinkPartition[ItemT], Generic[ItemT, SpecT]):
         self._who = who
         self._qos = spec.qos
         self._retain = spec.retain
-        self._pending: set[int] = set()
+        self._pending: set[int] = set()  # QoS 1 message ids sent, not yet acknowledged
+        self._early: set[int] = set()  # ids acknowledged before they were noted as pending
         self._lock = threading.Condition()
         self._refused = 0
         self._first_refusal: ReasonCode | None = None
@@ -124,8 +125,13 @@ class _PublisherPartition(StatelessSinkPartition[ItemT], Generic[ItemT, SpecT]):
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
+        if not self._qos:
+            return
         with self._lock:
-            self._pending.discard(mid)
+            if mid in self._pending:
+                self._pending.discard(mid)
+            else:  # acknowledged before write_batch noted it as pending
+                self._early.add(mid)
             if reason.is_failure:
                 self._refused += 1
                 self._first_refusal = self._first_refusal or reason
@@ -138,17 +144,21 @@ class _PublisherPartition(StatelessSinkPartition[ItemT], Generic[ItemT, SpecT]):
     def write_batch(self, items: list[ItemT]) -> None:
         if not self._open:
             raise ConnectorError(f"{self._who}: written to after close")
-        self._conn.raise_if_fatal()
+        self._conn.check()
         publish = self._conn.client.publish
         qos, retain = self._qos, self._retain
         sent = lost = 0
         for topic, payload in self._messages(items):
-            with self._lock:  # on_publish must not see the id before it is pending
-                info = publish(topic, payload, qos, retain)
-                if qos:
-                    self._pending.add(info.mid)
-                elif info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    lost += 1
+            # Not under self._lock: paho holds its own lock while it calls on_publish.
+            info = publish(topic, payload, qos, retain)
+            if qos:
+                with self._lock:
+                    if info.mid in self._early:
+                        self._early.discard(info.mid)
+                    else:
+                        self._pending.add(info.mid)
+            elif info.rc != mqtt.MQTT_ERR_SUCCESS:
+                lost += 1
             sent += 1
             if len(self._pending) >= _CHUNK:
                 self._await_acks()

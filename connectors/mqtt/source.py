@@ -97,13 +97,17 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         except UnicodeDecodeError:  # brokers check UTF-8; keep the message as a dead letter
             topic = message._topic.decode("utf-8", "backslashreplace")
         queue = self._queue
-        if len(queue) >= self._limit:
+        if len(queue) >= self._limit and self._conn.running:  # never block CONNACK/SUBACK handling
             self._wait_for_room()
         # paho decodes payloads with struct ("s"), which gives bytes; it types them bytes | bytearray.
         queue.append((topic, message.payload, time.time_ns(), mid, qos, self._conn.session))  # type: ignore[arg-type]
 
     def _wait_for_room(self) -> None:
-        """Block the network thread while the queue is full: TCP backpressure, nothing dropped."""
+        """Block the network thread while the queue is full: TCP backpressure, nothing dropped.
+
+        Blocking stops reading from the socket, so the broker holds further messages. It ends
+        when the dataflow took messages, or when the source stops or closes.
+        """
         if not self._full_logged:
             self._full_logged = True
             LOG.warning(
@@ -112,7 +116,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
                 self._limit,
             )
         METRICS.add("mqtt_buffer_full")
-        while len(self._queue) >= self._limit and not self._stopping:
+        conn = self._conn
+        while len(self._queue) >= self._limit and not self._stopping and conn.running:
             time.sleep(_FULL_WAIT)
 
     def _on_new_session(self) -> None:
@@ -122,7 +127,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
     # -- Bytewax thread ---------------------------------------------------------------------
 
     def next_batch(self) -> list[RawBatch]:
-        self._conn.raise_if_fatal()
+        self._conn.check()
         if self._due:
             self._acknowledge()
         if self._stopping or self._should_stop():

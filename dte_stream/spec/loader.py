@@ -20,7 +20,7 @@ __all__ = ["format_validation_error", "load_spec", "parse_spec"]
 _MAX_SPEC_BYTES = 1 << 20
 #: The ``kind`` tags pydantic inserts in error locations of tagged unions (left out of paths).
 _KIND_TAGS = {"simulator", "file", "local_store", "kafka", "mqtt", "influxdb"}
-_PATH_FIRST = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+)*: ")
+_PATH_FIRST = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ")
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:

@@ -202,12 +202,18 @@ class DataflowSpec(SpecModel):
         sink_names = [s.name for s in self.sinks]
         if len(set(sink_names)) != len(sink_names):
             raise ValueError(f"sinks: names must be unique (set `name` on each), got {sink_names}")
+        declared = ", ".join(sorted(types))
         for i, source in enumerate(self.sources):
             if source.twin_type is not None and source.twin_type not in types:
                 raise ValueError(
-                    f"sources[{i}].twin_type: {source.twin_type!r} is not a twin type; "
-                    f"declared: {', '.join(sorted(types))}"
+                    f"sources[{i}].twin_type: {source.twin_type!r} is not a twin type; declared: {declared}"
                 )
+            for j, sub in enumerate(getattr(source, "subscriptions", [])):
+                if sub.twin_type is not None and sub.twin_type not in types:
+                    raise ValueError(
+                        f"sources[{i}].subscriptions[{j}].twin_type: {sub.twin_type!r} is not a twin type; "
+                        f"declared: {declared}"
+                    )
         return self
 
     def twin_type(self, name: str) -> TwinTypeSpec:

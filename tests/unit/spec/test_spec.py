@@ -121,3 +121,17 @@ def test_channel_names_are_checked_like_reading_channels() -> None:
     doc = _doc(twin_types=[{"name": "pump", "channels": {"a\nb": {}}}])
     (problem,) = _problems(doc)
     assert problem == "twin_types[0]: channels: channel 'a\\nb' contains a control character"
+
+
+def test_mqtt_subscription_twin_type_must_be_declared() -> None:
+    doc = _doc()
+    doc["sources"] = [
+        {
+            "kind": "mqtt",
+            "url": "mqtt://127.0.0.1:1883",
+            "subscriptions": [{"topic": "a/+", "template": "a/{twin}", "twin_type": "valve"}],
+        }
+    ]
+    assert _problems(doc) == [
+        "sources[0].subscriptions[0].twin_type: 'valve' is not a twin type; declared: pump"
+    ]
