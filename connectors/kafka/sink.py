@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-import numpy as np
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -41,43 +39,8 @@ def estimate_records(batch: EstimateBatch) -> Iterator[tuple[bytes, bytes]]:
     >>> [(k, orjson.loads(v)["estimates"][0]["time"]) for k, v in estimate_records(b)]
     [(b'p-1', '1970-01-01T00:00:00.000000000Z')]
     """
-    n = len(batch)
-    if n == 0:
-        return
-    order = np.argsort(batch.twin_id, kind="stable")
-    ids = batch.twin_id[order]
-    starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), n]
-    times = batch.time_ns[order]
-    texts = np.char.add(np.datetime_as_string(times.astype("datetime64[ns]"), unit="ns"), "Z")
-    rows = [
-        {
-            "channel": channel,
-            "time": text,
-            "time_ns": time_ns,
-            "value": value,
-            "unit": unit,
-            "estimate": estimate,
-            "std": std,
-            "innovation": innovation,
-            "nis": nis,
-        }
-        for channel, text, time_ns, value, unit, estimate, std, innovation, nis in zip(
-            batch.channel[order].tolist(),
-            texts.tolist(),
-            times.tolist(),
-            batch.value[order].tolist(),
-            batch.unit[order].tolist(),
-            batch.estimate[order].tolist(),
-            batch.std[order].tolist(),
-            batch.innovation[order].tolist(),
-            batch.nis[order].tolist(),
-            strict=True,
-        )
-    ]
-    for lo, hi in itertools.pairwise(starts):
-        twin_id = str(ids[lo])
-        value = {"twin_id": twin_id, "twin_type": batch.twin_type, "estimates": rows[lo:hi]}
-        yield twin_id.encode(), orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    for twin_id, document in batch.per_twin_documents():
+        yield twin_id.encode(), orjson.dumps(document)
 
 
 def dead_letter_record(letter: DeadLetter) -> tuple[bytes, bytes]:

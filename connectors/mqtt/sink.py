@@ -8,14 +8,12 @@ the broker has it.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
-import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -46,6 +44,7 @@ def estimate_messages(batch: EstimateBatch, topic: OutputTopic) -> Iterator[tupl
     (RFC 3339, ns), time_ns, value, unit, estimate, std, innovation, nis}``. Numbers that are
     not finite become ``null``.
 
+    >>> import numpy as np
     >>> b = EstimateBatch("pump", np.array(["p/1"]), np.array(["temp"]), np.array([0]),
     ...     np.array([20.5]), np.array(["C"]), np.array([20.4]), np.array([0.1]), np.array([0.1]),
     ...     np.array([np.nan]))
@@ -53,44 +52,8 @@ def estimate_messages(batch: EstimateBatch, topic: OutputTopic) -> Iterator[tupl
     ...  estimate_messages(b, OutputTopic.parse("dte/{twin_type}/{twin_id}/estimates"))]
     [('dte/pump/p%2F1/estimates', None)]
     """
-    n = len(batch)
-    if n == 0:
-        return
-    order = np.argsort(batch.twin_id, kind="stable")
-    ids = batch.twin_id[order]
-    starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), n]
-    times = batch.time_ns[order]
-    texts = np.char.add(np.datetime_as_string(times.astype("datetime64[ns]"), unit="ns"), "Z")
-    rows = [
-        {
-            "channel": channel,
-            "time": text,
-            "time_ns": time_ns,
-            "value": value,
-            "unit": unit,
-            "estimate": estimate,
-            "std": std,
-            "innovation": innovation,
-            "nis": nis,
-        }
-        for channel, text, time_ns, value, unit, estimate, std, innovation, nis in zip(
-            batch.channel[order].tolist(),
-            texts.tolist(),
-            times.tolist(),
-            batch.value[order].tolist(),
-            batch.unit[order].tolist(),
-            batch.estimate[order].tolist(),
-            batch.std[order].tolist(),
-            batch.innovation[order].tolist(),
-            batch.nis[order].tolist(),
-            strict=True,
-        )
-    ]
-    twin_type = batch.twin_type
-    for lo, hi in itertools.pairwise(starts):
-        twin_id = str(ids[lo])
-        payload = {"twin_id": twin_id, "twin_type": twin_type, "estimates": rows[lo:hi]}
-        yield topic.render(twin_type, twin_id), orjson.dumps(payload)
+    for twin_id, document in batch.per_twin_documents():
+        yield topic.render(batch.twin_type, twin_id), orjson.dumps(document)
 
 
 def dead_letter_message(letter: DeadLetter) -> bytes:

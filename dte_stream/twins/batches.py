@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,38 @@ class EstimateBatch:
 
     def __len__(self) -> int:
         return int(self.time_ns.shape[0])
+
+    def per_twin_documents(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """One JSON-ready document per twin, its rows in batch order: what message sinks send.
+
+        A document has ``twin_id``, ``twin_type`` and ``estimates``: a list of ``{channel,
+        time (RFC 3339, ns), time_ns, value, unit, estimate, std, innovation, nis}``
+        (serialisers write non-finite numbers as null).
+        """
+        n = len(self)
+        if n == 0:
+            return
+        order = np.argsort(self.twin_id, kind="stable")
+        ids = self.twin_id[order]
+        starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), n]
+        times = self.time_ns[order]
+        texts = np.char.add(np.datetime_as_string(times.astype("datetime64[ns]"), unit="ns"), "Z")
+        columns = (
+            self.channel[order].tolist(),
+            texts.tolist(),
+            times.tolist(),
+            self.value[order].tolist(),
+            self.unit[order].tolist(),
+            self.estimate[order].tolist(),
+            self.std[order].tolist(),
+            self.innovation[order].tolist(),
+            self.nis[order].tolist(),
+        )
+        keys = ("channel", "time", "time_ns", "value", "unit", "estimate", "std", "innovation", "nis")
+        rows = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+        for lo, hi in itertools.pairwise(starts):
+            twin_id = str(ids[lo])
+            yield twin_id, {"twin_id": twin_id, "twin_type": self.twin_type, "estimates": rows[lo:hi]}
 
     def to_frame(self) -> pl.DataFrame:
         """The rows as a polars frame in the local store's ``readings`` schema."""
