@@ -65,7 +65,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, EstimateBatch, dict[str, Any]]):
         self.spec = spec
         self.bank: TwinBank | None = None
         self.gauge_key = ""
-        if resume is not None:
+        if resume:  # an empty snapshot is a shard that never saw a reading
             twin_type = resume.get("twin_type", "?")
             try:
                 self.bank = TwinBank.restore(spec.twin_type(twin_type), resume)
