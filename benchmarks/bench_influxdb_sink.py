@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -44,6 +42,7 @@ import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from private_service import private_service
 
 from dte_stream.connectors.influxdb import EstimateSerialiser, InfluxDBSink
 from dte_stream.metrics import METRICS
@@ -62,22 +61,10 @@ def influxdb_url(given: str | None) -> Iterator[str]:
     if given:
         yield given.rstrip("/")
         return
-    spec = importlib.util.spec_from_file_location(
-        "dte_devservices", REPO / "deploy" / "services" / "devservices.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    devservices = importlib.util.module_from_spec(spec)
-    sys.modules["dte_devservices"] = devservices
-    spec.loader.exec_module(devservices)
-    with tempfile.TemporaryDirectory(prefix="dte-bench-influxdb-") as state:
-        print("starting a private InfluxDB ...", file=sys.stderr)
-        svc = devservices.start("influxdb", Path(state) / "influxdb")
-        try:
-            print(f"InfluxDB ready in {svc.startup_seconds} s at {svc.url}", file=sys.stderr)
-            yield str(svc.url)
-        finally:
-            devservices.stop(svc)
+    print("starting a private InfluxDB ...", file=sys.stderr)
+    with private_service("influxdb") as svc:
+        print(f"InfluxDB ready in {svc.startup_seconds} s at {svc.url}", file=sys.stderr)
+        yield str(svc.url)
 
 
 class Server:

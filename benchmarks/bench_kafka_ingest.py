@@ -23,10 +23,8 @@ through deploy/services/devservices.py and stops it at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +39,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from private_service import private_service
 
 from dte_stream.codecs.base import DecodeResult
 from dte_stream.connectors.kafka import KafkaSource
@@ -58,22 +57,10 @@ def kafka_bootstrap(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    spec = importlib.util.spec_from_file_location(
-        "dte_devservices", REPO / "deploy" / "services" / "devservices.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    devservices = importlib.util.module_from_spec(spec)
-    sys.modules["dte_devservices"] = devservices
-    spec.loader.exec_module(devservices)
-    with tempfile.TemporaryDirectory(prefix="dte-bench-kafka-") as state:
-        print("starting a private Kafka broker ...", file=sys.stderr)
-        svc = devservices.start("kafka", Path(state) / "kafka")
-        try:
-            print(f"Kafka {svc.version} ready in {svc.startup_seconds} s at {svc.url}", file=sys.stderr)
-            yield str(svc.bootstrap_servers)
-        finally:
-            devservices.stop(svc)
+    print("starting a private Kafka broker ...", file=sys.stderr)
+    with private_service("kafka") as svc:
+        print(f"Kafka {svc.version} ready in {svc.startup_seconds} s at {svc.url}", file=sys.stderr)
+        yield str(svc.bootstrap_servers)
 
 
 def produce(bootstrap: str, records: int, partitions: int, twins: int) -> str:

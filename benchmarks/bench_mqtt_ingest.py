@@ -28,10 +28,8 @@ Mosquitto is started through deploy/services/devservices.py and stopped at the e
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -51,6 +49,7 @@ from bytewax.testing import run_main
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from private_service import private_service
 
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MqttSource
@@ -73,21 +72,9 @@ class Broker:
 @contextmanager
 def private_broker() -> Iterator[Broker]:
     """A Mosquitto started (and stopped) through deploy/services/devservices.py."""
-    spec = importlib.util.spec_from_file_location(
-        "dte_devservices", REPO / "deploy" / "services" / "devservices.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    devservices = importlib.util.module_from_spec(spec)
-    sys.modules["dte_devservices"] = devservices
-    spec.loader.exec_module(devservices)
-    with tempfile.TemporaryDirectory(prefix="dte-bench-mqtt-") as state:
-        svc = devservices.start("mosquitto", Path(state) / "mosquitto")
-        try:
-            print(f"Mosquitto ready in {svc.startup_seconds} s at {svc.url}", file=sys.stderr)
-            yield Broker(svc.host, svc.port)
-        finally:
-            devservices.stop(svc)
+    with private_service("mosquitto") as svc:
+        print(f"Mosquitto ready in {svc.startup_seconds} s at {svc.url}", file=sys.stderr)
+        yield Broker(svc.host, svc.port)
 
 
 # --- messages ------------------------------------------------------------------------------
