@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dte_stream.times import NS_PER_S
+from dte_stream.twins.discretise import Discretiser, expm_batched
 
 __all__ = [
     "NEVER",
@@ -193,133 +194,28 @@ class StateSpaceModel:
         return int(self.B.shape[1])
 
 
-def expm_batched(a: F64) -> F64:
-    """Matrix exponential of a stack ``(k, d, d)``: Padé (6, 6) with per-matrix scaling and squaring.
-
-    Each matrix is scaled by ``2**-s`` so that its 1-norm is at most 0.5, where the (6, 6)
-    Padé approximant is accurate to about 1e-17; numpy has no batched ``expm``.
-    """
-    k, d, _ = a.shape
-    if k == 0:
-        return a.copy()
-    norm = np.abs(a).sum(axis=1).max(axis=1)
-    s = np.maximum(0, np.ceil(np.log2(np.maximum(norm, 1e-300) / 0.5))).astype(np.int64)
-    x = a * np.ldexp(1.0, -s)[:, None, None]
-    coef = [1.0, 1 / 2, 5 / 44, 1 / 66, 1 / 792, 1 / 15840, 1 / 665280]
-    eye = np.broadcast_to(np.eye(d), a.shape)
-    x2 = x @ x
-    x4 = x2 @ x2
-    x6 = x4 @ x2
-    even = coef[0] * eye + coef[2] * x2 + coef[4] * x4 + coef[6] * x6
-    odd = x @ (coef[1] * eye + coef[3] * x2 + coef[5] * x4)
-    e = np.linalg.solve(even - odd, even + odd)
-    for j in range(int(s.max())):
-        sel = s > j
-        e[sel] = e[sel] @ e[sel]
-    return e
+def _empty_f64() -> F64:
+    return np.empty(0)
 
 
-class Discretiser:
-    """Transition ``F``, process noise ``Qd`` and input matrix ``G`` (on ``[1, u]``) for time gaps.
-
-    Continuous models: Van Loan's method, exact for any gap. ``expm([[-A, Q], [0, A']] dt)``
-    gives ``F = E22'`` and ``Qd = F E12``; ``expm([[A, [c B]], [0, 0]] dt)`` gives ``F`` and
-    ``G`` (zero-order hold on ``u``). Two batched exponentials of size ``2n`` and ``n+1+p``
-    per *distinct* gap: about 10-20 us per distinct gap for n <= 4, amortised over twins that
-    share a gap. Discrete models: ``k = round(dt / step_s)`` steps composed by repeated
-    squaring, batched over the distinct ``k``. Results for up to ``cache_size`` distinct gaps
-    are cached (regular sampling hits the cache; irregular sampling computes in one batch).
-    """
-
-    def __init__(self, model: StateSpaceModel, cache_size: int = 4096) -> None:
-        self.model = model
-        self.cache_size = cache_size
-        self._cache: dict[int, tuple[F64, F64, F64]] = {}
-        self._step_ns = max(1, round(model.step_s * NS_PER_S))
-
-    def __call__(self, dt_ns: I64) -> tuple[F64, F64, F64]:
-        """Stacks ``F (k, n, n)``, ``Qd (k, n, n)``, ``G (k, n, 1 + p)`` for gaps ``dt_ns > 0``."""
-        uniq, inverse = np.unique(dt_ns, return_inverse=True)
-        if uniq.shape[0] > 256:  # irregular sampling: one batch, no cache traffic
-            f, q, g = self._compute(uniq)
-            return f[inverse], q[inverse], g[inverse]
-        keys = uniq.tolist()
-        todo = [key for key in keys if key not in self._cache]
-        if todo:
-            f, q, g = self._compute(np.asarray(todo, dtype=np.int64))
-            if len(self._cache) + len(todo) > self.cache_size:
-                self._cache.clear()
-            for i, key in enumerate(todo):
-                self._cache[key] = (f[i], q[i], g[i])
-        parts = [self._cache[key] for key in keys]
-        f = np.stack([pt[0] for pt in parts])
-        q = np.stack([pt[1] for pt in parts])
-        g = np.stack([pt[2] for pt in parts])
-        return f[inverse], q[inverse], g[inverse]
-
-    def _compute(self, dt_ns: I64) -> tuple[F64, F64, F64]:
-        mdl = self.model
-        n, p = mdl.n, mdl.p
-        k = dt_ns.shape[0]
-        cb = np.concatenate([mdl.c[:, None], mdl.B], axis=1)  # (n, 1 + p)
-        if mdl.kind == "discrete":
-            return self._compose(dt_ns, cb)
-        # Van Loan's block holds exp(-A dt), which overflows for stable A and long gaps: compute
-        # each gap as 2**halvings equal parts with ||A|| dt_part <= 1, then compose by squaring.
-        norm = float(np.abs(mdl.A).sum(axis=0).max())
-        dt_s = dt_ns.astype(np.float64) / NS_PER_S
-        halvings = np.maximum(0, np.ceil(np.log2(np.maximum(norm * dt_s, 1e-300)))).astype(np.int64)
-        dt = np.ldexp(dt_s, -halvings)[:, None, None]
-        vl = np.zeros((2 * n, 2 * n))
-        vl[:n, :n] = -mdl.A
-        vl[:n, n:] = mdl.Q
-        vl[n:, n:] = mdl.A.T
-        e = expm_batched(vl[None] * dt)
-        f = np.ascontiguousarray(np.swapaxes(e[:, n:, n:], 1, 2))
-        qd = f @ e[:, :n, n:]
-        qd = 0.5 * (qd + np.swapaxes(qd, 1, 2))
-        aug = np.zeros((n + 1 + p, n + 1 + p))
-        aug[:n, :n] = mdl.A
-        aug[:n, n:] = cb
-        g = np.ascontiguousarray(expm_batched(aug[None] * dt)[:, :n, n:].reshape(k, n, 1 + p))
-        for j in range(int(halvings.max(initial=0))):
-            sel = halvings > j  # the gap twice: F' = F F, Q' = F Q F' + Q, G' = F G + G
-            fs = f[sel]
-            qd[sel] = fs @ qd[sel] @ np.swapaxes(fs, 1, 2) + qd[sel]
-            g[sel] = fs @ g[sel] + g[sel]
-            f[sel] = fs @ fs
-        return f, 0.5 * (qd + np.swapaxes(qd, 1, 2)), g
-
-    def _compose(self, dt_ns: I64, cb: F64) -> tuple[F64, F64, F64]:
-        mdl = self.model
-        n = mdl.n
-        steps = (dt_ns + self._step_ns // 2) // self._step_ns
-        k = steps.shape[0]
-        f = np.broadcast_to(np.eye(n), (k, n, n)).copy()
-        q = np.zeros((k, n, n))
-        g = np.zeros((k, n, cb.shape[1]))
-        pf, pq, pg = mdl.A.copy(), mdl.Q.copy(), cb.copy()  # one step, then 2, 4, 8, ... steps
-        remaining = steps.copy()
-        while (remaining > 0).any():
-            sel = (remaining & 1).astype(bool)
-            # (F, Q, G) followed by (pf, pq, pg): F' = pf F, Q' = pf Q pf' + pq, G' = pf G + pg
-            f[sel] = pf @ f[sel]
-            q[sel] = pf @ q[sel] @ pf.T + pq
-            g[sel] = pf @ g[sel] + pg
-            pq = pf @ pq @ pf.T + pq
-            pg = pf @ pg + pg
-            pf = pf @ pf
-            remaining >>= 1
-        return f, 0.5 * (q + np.swapaxes(q, 1, 2)), g
+def _empty_i64() -> I64:
+    return np.empty(0, dtype=np.int64)
 
 
 @dataclass(slots=True)
 class StateSpaceState:
     """Struct-of-arrays filter state for ``capacity`` twins; plain numpy arrays, so snapshots are cheap.
 
-    ``x (cap, n)``, ``P (cap, n, n)``, ``last_ns (cap)`` event time of the state,
-    ``initialised (cap)``, ``u (cap, p)`` held control inputs, ``gated_run (cap, m)`` consecutive
-    gated readings per channel.
+    ``x (cap, n)``, ``P (cap, n, n)`` (in the model's units), ``last_ns (cap)`` event time of the
+    state, ``initialised (cap)``, ``u (cap, p)`` held control inputs, ``gated_run (cap, m)``
+    consecutive gated readings per channel, ``scale (cap)`` the estimated noise scale
+    ``sigma^2`` and ``scale_count (cap)`` the readings it was learned from (adaptive noise only;
+    left out, as in snapshots from before they existed, they start at 1.0 and 0).
+
+    >>> from dte_stream.twins.presets import random_walk
+    >>> state = StateSpaceState.allocate(random_walk(0.01, [1.0]), capacity=3)
+    >>> state.take(np.array([2, 0])).capacity, sorted(state.arrays())[:3]
+    (2, ['P', 'gated_run', 'initialised'])
     """
 
     x: F64
@@ -328,6 +224,15 @@ class StateSpaceState:
     initialised: Bool
     u: F64
     gated_run: npt.NDArray[np.int32]
+    scale: F64 = field(default_factory=_empty_f64)
+    scale_count: I64 = field(default_factory=_empty_i64)
+
+    def __post_init__(self) -> None:
+        cap = self.x.shape[0]
+        if self.scale.shape != (cap,) and self.scale.size == 0:
+            self.scale = np.ones(cap)
+        if self.scale_count.shape != (cap,) and self.scale_count.size == 0:
+            self.scale_count = np.zeros(cap, dtype=np.int64)
 
     @classmethod
     def allocate(cls, model: StateSpaceModel, capacity: int) -> StateSpaceState:
@@ -338,6 +243,8 @@ class StateSpaceState:
             initialised=np.zeros(capacity, dtype=bool),
             u=np.zeros((capacity, model.p)),
             gated_run=np.zeros((capacity, model.m), dtype=np.int32),
+            scale=np.ones(capacity),
+            scale_count=np.zeros(capacity, dtype=np.int64),
         )
 
     @property
@@ -357,18 +264,18 @@ class StateSpaceState:
         return bigger
 
     def rows(self, index: IntP) -> StateSpaceState:
-        """A copy of the given rows."""
+        """A copy of the given rows, in the given order."""
         return StateSpaceState(
-            self.x[index].copy(),
-            self.P[index].copy(),
-            self.last_ns[index].copy(),
-            self.initialised[index].copy(),
-            self.u[index].copy(),
-            self.gated_run[index].copy(),
-        )
+            self.x[index], self.P[index], self.last_ns[index], self.initialised[index], self.u[index],
+            self.gated_run[index], self.scale[index], self.scale_count[index],
+        )  # fmt: skip
+
+    def take(self, index: IntP) -> StateSpaceState:
+        """The state of the given rows only, in that order: compaction after evicting twins."""
+        return self.rows(index)
 
     def reset_rows(self, model: StateSpaceModel, index: IntP) -> None:
-        """Forget the given twins (eviction): back to the prior, never seen."""
+        """Forget the given twins (eviction): back to the prior, never seen, noise scale 1."""
         fresh = StateSpaceState.allocate(model, 1)
         for name, value in self.arrays().items():
             value[index] = getattr(fresh, name)[0]
@@ -380,12 +287,14 @@ class StateSpaceOutput:
 
     ``estimate``/``std`` (k, n): the state after the reading; ``predicted``, ``innovation``,
     ``s`` (innovation variance), ``nis``: of the reading's channel (NaN for control readings,
-    rejected readings and a twin's first observation); ``forecast``/``forecast_std`` (k, h):
-    the reading's channel at the horizons after the reading's time, std including its
-    measurement noise. Flags: ``gated`` (not applied: NIS over the gate), ``reset`` (applied
-    after ``reset_after`` gated readings, with the prior covariance added), ``late`` (older than
-    the state, applied without backward predict), ``rejected`` (older than the lateness bound:
-    not applied, to be dead-lettered).
+    rejected readings and a twin's first observation; ``s`` and ``nis`` also while an adaptive
+    twin has no noise scale yet); ``channel_estimate``/``channel_std`` (k,): the reading's channel
+    after the reading, ``H[c] x`` and ``sqrt(H[c] P H[c]')`` (NaN for control and rejected
+    readings); ``forecast``/``forecast_std`` (k, h): the reading's channel at the horizons after
+    the reading's time, std including its (nominal) measurement noise. Flags: ``gated`` (not
+    applied: NIS over the gate), ``reset`` (applied after ``reset_after`` gated readings, with
+    the prior covariance added), ``late`` (older than the state, applied without backward
+    predict), ``rejected`` (older than the lateness bound: not applied, to be dead-lettered).
     """
 
     estimate: F64
@@ -400,12 +309,16 @@ class StateSpaceOutput:
     rejected: Bool
     forecast: F64 = field(default_factory=lambda: np.empty((0, 0)))
     forecast_std: F64 = field(default_factory=lambda: np.empty((0, 0)))
+    channel_estimate: F64 = field(default_factory=_empty_f64)
+    channel_std: F64 = field(default_factory=_empty_f64)
 
 
 class StateSpaceKernel:
     """The vectorised filter step for one :class:`StateSpaceModel`.
 
     Channel indices ``0..m-1`` are observations (rows of ``H``), ``m..m+p-1`` control inputs.
+    With ``adaptive_noise`` the model's ``Q``, ``R`` and ``P0`` are known only up to a common
+    factor ``sigma^2`` per twin, estimated online from the NIS (see the module docstring).
 
     >>> from dte_stream.twins.presets import local_linear_trend
     >>> model = local_linear_trend(level_noise=1e-4, slope_noise=1e-8, measurement_noise=[0.01])
@@ -426,6 +339,9 @@ class StateSpaceKernel:
         reset_after: int = 3,
         lateness_ns: int = 60 * NS_PER_S,
         horizons_s: list[float] | None = None,
+        adaptive_noise: bool = False,
+        noise_halflife: float = 200.0,
+        warmup: int = 10,
     ) -> None:
         if not gate > 0:
             raise ValueError(f"gate must be positive (math.inf disables gating), not {gate!r}")
@@ -433,113 +349,264 @@ class StateSpaceKernel:
             raise ValueError(f"reset_after must be at least 1, not {reset_after!r}")
         if lateness_ns < 0:
             raise ValueError(f"lateness_ns must not be negative, not {lateness_ns!r}")
+        if not (math.isfinite(noise_halflife) and noise_halflife > 0):
+            raise ValueError(f"noise_halflife must be a positive number of readings, not {noise_halflife!r}")
+        if warmup < 1:
+            raise ValueError(f"warmup must be at least 1 reading, not {warmup!r}")
         self.model = model
         self.gate = float(gate)
         self.reset_after = int(reset_after)
         self.lateness_ns = int(lateness_ns)
+        self.adaptive_noise = bool(adaptive_noise)
+        self.noise_halflife = float(noise_halflife)
+        self.warmup = int(warmup)
+        self._alpha = noise_weight(noise_halflife)
         self.horizons_s = [float(h) for h in horizons_s or []]
         if any(not (math.isfinite(h) and h > 0) for h in self.horizons_s):
             raise ValueError(f"horizons must be positive seconds, not {self.horizons_s}")
         self.discretise = Discretiser(model)
+        self._scalar = model.n == 1
         horizon_ns = np.array([round(h * NS_PER_S) for h in self.horizons_s], dtype=np.int64)
         self._horizon = self.discretise(horizon_ns) if horizon_ns.size else None
 
     def step(
-        self, state: StateSpaceState, rows: IntP, channel_idx: IntP, time_ns: I64, values: F64
+        self,
+        state: StateSpaceState,
+        rows: IntP,
+        channel_idx: IntP,
+        time_ns: I64,
+        values: F64,
+        r_scale: F64 | None = None,
     ) -> StateSpaceOutput:
-        """Apply one round of readings to ``state`` in place; each row at most once."""
+        """Apply one round of readings to ``state`` in place; each row at most once.
+
+        ``r_scale`` (k,), finite and ``>= 1``: a factor on the measurement variance ``R[c]`` of
+        each reading (lower trust); ``None`` means all ones.
+        """
         mdl = self.model
-        n, m = mdl.n, mdl.m
-        x = state.x[rows]
-        P = state.P[rows]
+        m = mdl.m
         last = state.last_ns[rows]
         init = state.initialised[rows]
-        u = state.u[rows]
         obs = channel_idx < m
         gap = time_ns - last
         late = init & (gap < 0)
         rejected = late & (-gap > self.lateness_ns)
-        # Predict over the gap (twins with dt <= 0, fresh or rejected keep x, P).
         moving = init & (gap > 0)
-        x_pred = x.copy()
-        P_pred = P.copy()
-        if moving.any():
-            f, qd, g = self.discretise(gap[moving])
-            ones_u = np.concatenate([np.ones((int(moving.sum()), 1)), u[moving]], axis=1)
-            x_pred[moving] = (f @ x[moving][:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
-            P_pred[moving] = f @ P[moving] @ np.swapaxes(f, 1, 2) + qd
-        # Scalar update on the channel's row of H (control readings: h = 0, no update).
-        ch = np.where(obs, channel_idx, 0)
-        h = np.where(obs[:, None], mdl.H[ch], 0.0)
-        r = mdl.R[ch]
-        ph = (P_pred @ h[:, :, None])[:, :, 0]
-        predicted = np.einsum("kn,kn->k", h, x_pred)
-        s = np.einsum("kn,kn->k", h, ph) + r
-        innovation = values - predicted
-        nis = innovation * innovation / s
         live = obs & ~rejected
-        over = live & init & (nis > self.gate)
+        measured = live & init
+        ch = np.where(obs, channel_idx, 0)
+        r_nominal = mdl.R[ch]
+        r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
+        # Control readings hold the new input from now on; they do not initialise a twin.
+        keep = rejected | (~obs & ~init)
+        lin = _Scalar(self, state, rows) if self._scalar else _Matrix(self, state, rows)
+        predicted, s_u = lin.predict_and_score(moving, gap, obs, ch, r)
+        innovation = values - predicted
+        nis = innovation * innovation / s_u
+        if self.adaptive_noise:
+            scale = state.scale[rows]
+            count = state.scale_count[rows]
+            nis = nis / scale
+            over = measured & (count >= self.warmup) & (nis > self.gate)
+        else:
+            over = measured & (nis > self.gate)
         run = state.gated_run[rows, ch] + over
         reset = over & (run >= self.reset_after)
         gated = over & ~reset
-        if reset.any():
-            P_pred[reset] += mdl.P0
-            ph = (P_pred @ h[:, :, None])[:, :, 0]
-        s_upd = np.einsum("kn,kn->k", h, ph) + r
-        apply = live & ~gated
-        gain = np.where(apply[:, None], ph / s_upd[:, None], 0.0)
-        x_new = x_pred + gain * innovation[:, None]
-        ikh = np.eye(n) - gain[:, :, None] * h[:, None, :]
-        P_new = (
-            ikh @ P_pred @ np.swapaxes(ikh, 1, 2) + (gain[:, :, None] * gain[:, None, :]) * r[:, None, None]
-        )
-        P_new = 0.5 * (P_new + np.swapaxes(P_new, 1, 2))
-        # Control readings hold the new input from now on; they do not initialise a twin.
-        ctrl = ~obs & ~rejected
-        keep = rejected | (~obs & ~init)
-        x_new[keep] = x[keep]
-        P_new[keep] = P[keep]
-        state.x[rows] = x_new
-        state.P[rows] = P_new
-        starts = live | (ctrl & init)
-        state.last_ns[rows] = np.where(starts, np.maximum(last, time_ns), last)
+        s_upd = lin.update(innovation, r, live & ~gated, reset, keep)
+        state.last_ns[rows] = np.where(live | (~obs & ~rejected & init), np.maximum(last, time_ns), last)
         state.initialised[rows] = init | live
+        ctrl = ~obs & ~rejected
         if ctrl.any():
             state.u[rows[ctrl], channel_idx[ctrl] - m] = values[ctrl]
         state.gated_run[rows[live], ch[live]] = np.where(gated, run, 0)[live]
-        # Outputs: NaN where the quantity does not apply.
-        measured = live & init
+        # Outputs: NaN where the quantity does not apply; variances in the estimated noise scale.
         nan = np.nan
+        scored = measured
+        s_out = s_u
+        var_scale: F64 | float = 1.0
+        if self.adaptive_noise:
+            learn = measured & ~gated
+            var_scale = self._learn(state, rows, scale, count, learn, innovation * innovation / s_upd)
+            scored = measured & (count > 0)
+            s_out = s_u * scale
+        estimate, diag, chan_est, chan_var = lin.posterior()
+        column = np.reshape(var_scale, (-1, 1))
         out = StateSpaceOutput(
-            estimate=x_new,
-            std=np.sqrt(np.maximum(np.einsum("kii->ki", P_new), 0.0)),
+            estimate=estimate,
+            std=np.sqrt(np.maximum(diag, 0.0) * column),
             predicted=np.where(live, predicted, nan),
             innovation=np.where(measured, innovation, nan),
-            s=np.where(measured, s, nan),
-            nis=np.where(measured, nis, nan),
+            s=np.where(scored, s_out, nan),
+            nis=np.where(scored, nis, nan),
             gated=gated,
             reset=reset,
             late=late & ~rejected,
             rejected=rejected,
+            channel_estimate=np.where(live, chan_est, nan),
+            channel_std=np.where(live, np.sqrt(np.maximum(chan_var, 0.0) * var_scale), nan),
         )
         if self._horizon is not None:
-            out.forecast, out.forecast_std = _forecast(
-                self._horizon, x_new, P_new, state.u[rows], h, r, obs & ~rejected
-            )
+            mean, var = lin.forecast(self._horizon, state.u[rows], r_nominal)
+            out.forecast = np.where(live[:, None], mean, nan)
+            out.forecast_std = np.where(live[:, None], np.sqrt(np.maximum(var, 0.0) * column), nan)
         return out
 
+    def _learn(
+        self, state: StateSpaceState, rows: IntP, scale: F64, count: I64, learn: Bool, sample: F64
+    ) -> F64:
+        """Update ``sigma^2`` from the unit-scale NIS of the applied readings; the scale after."""
+        n_new = count + learn
+        alpha = np.maximum(1.0 / np.maximum(n_new, 1), self._alpha)
+        new = np.where(learn, np.maximum(scale + alpha * (sample - scale), MIN_SCALE), scale)
+        state.scale[rows] = new
+        state.scale_count[rows] = n_new
+        return new
 
-def _forecast(
-    horizon: tuple[F64, F64, F64], x: F64, P: F64, u: F64, h: F64, r: F64, valid: Bool
-) -> tuple[F64, F64]:
-    """Mean and std of each reading's channel ``h`` at every horizon (transition stacks ``horizon``)."""
-    f, qd, g = horizon  # (H, n, n), (H, n, n), (H, n, 1 + p)
-    ones_u = np.concatenate([np.ones((x.shape[0], 1)), u], axis=1)
-    x_h = np.einsum("hij,kj->khi", f, x) + np.einsum("hij,kj->khi", g, ones_u)
-    mean = np.einsum("kn,khn->kh", h, x_h)
-    # Var(h x_h) = (F' h)' P (F' h) + h Qd h': project first, no (k, H, n, n) temporaries.
-    fh = np.einsum("hij,ki->khj", f, h)
-    var = np.einsum("khi,kij,khj->kh", fh, P, fh) + np.einsum("ki,hij,kj->kh", h, qd, h) + r[:, None]
-    mean = np.where(valid[:, None], mean, np.nan)
-    std = np.where(valid[:, None], np.sqrt(np.maximum(var, 0.0)), np.nan)
-    return mean, std
+
+#: Floor of the estimated noise scale (a series that never changes would drive it to 0).
+MIN_SCALE = 1e-300
+
+
+def noise_weight(halflife: float) -> float:
+    """The exponential weight of one reading for a half-life of ``halflife`` readings.
+
+    >>> round(noise_weight(1.0), 3)
+    0.5
+    """
+    return float(-math.expm1(-math.log(2.0) / halflife))
+
+
+def _trust(r_scale: npt.ArrayLike, k: int) -> F64:
+    rs = np.asarray(r_scale, dtype=np.float64)
+    if rs.shape != (k,):
+        raise ValueError(f"r_scale has shape {rs.shape}, expected ({k},): one factor per reading")
+    if not (np.isfinite(rs).all() and (rs >= 1.0).all()):
+        raise ValueError("r_scale must be finite and at least 1 (a factor on the measurement variance)")
+    return rs
+
+
+class _Matrix:
+    """The linear algebra of one step for any ``n``: batched ``(k, n, n)`` matrix products."""
+
+    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
+        self.kernel, self.state, self.rows = kernel, state, rows
+        self.x = state.x[rows]
+        self.P = state.P[rows]
+        self.u = state.u[rows]
+
+    def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
+        mdl = self.kernel.model
+        x, P = self.x, self.P
+        self.x_pred = x_pred = x.copy()
+        self.P_pred = P_pred = P.copy()
+        if moving.any():
+            f, qd, g = self.kernel.discretise(gap[moving])
+            ones_u = np.concatenate([np.ones((int(moving.sum()), 1)), self.u[moving]], axis=1)
+            x_pred[moving] = (f @ x[moving][:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
+            P_pred[moving] = f @ P[moving] @ np.swapaxes(f, 1, 2) + qd
+        # Control readings: h = 0, no update.
+        self.h = h = np.where(obs[:, None], mdl.H[ch], 0.0)
+        self.ph = (P_pred @ h[:, :, None])[:, :, 0]
+        return np.einsum("kn,kn->k", h, x_pred), np.einsum("kn,kn->k", h, self.ph) + r
+
+    def update(self, innovation: F64, r: F64, apply: Bool, reset: Bool, keep: Bool) -> F64:
+        """Scalar update (Joseph form), written to the state; the innovation variance it used."""
+        mdl = self.kernel.model
+        h, P_pred, ph = self.h, self.P_pred, self.ph
+        if reset.any():
+            P_pred[reset] += mdl.P0
+            ph = (P_pred @ h[:, :, None])[:, :, 0]
+        s_upd: F64 = np.einsum("kn,kn->k", h, ph) + r
+        gain = np.where(apply[:, None], ph / s_upd[:, None], 0.0)
+        x_new = self.x_pred + gain * innovation[:, None]
+        ikh = np.eye(mdl.n) - gain[:, :, None] * h[:, None, :]
+        P_new = (
+            ikh @ P_pred @ np.swapaxes(ikh, 1, 2) + (gain[:, :, None] * gain[:, None, :]) * r[:, None, None]
+        )
+        P_new = 0.5 * (P_new + np.swapaxes(P_new, 1, 2))
+        x_new[keep] = self.x[keep]
+        P_new[keep] = self.P[keep]
+        self.state.x[self.rows] = self.x_new = x_new
+        self.state.P[self.rows] = self.P_new = P_new
+        return s_upd
+
+    def posterior(self) -> tuple[F64, F64, F64, F64]:
+        """``x``, ``diag P``, ``h x`` and ``h P h'`` after the update."""
+        h, P = self.h, self.P_new
+        hph = np.einsum("kn,kn->k", h, (P @ h[:, :, None])[:, :, 0])
+        return self.x_new, np.einsum("kii->ki", P), np.einsum("kn,kn->k", h, self.x_new), hph
+
+    def forecast(self, horizon: tuple[F64, F64, F64], u: F64, r: F64) -> tuple[F64, F64]:
+        """Mean and variance (unit scale) of each reading's channel at every horizon."""
+        f, qd, g = horizon  # (H, n, n), (H, n, n), (H, n, 1 + p)
+        x, P, h = self.x_new, self.P_new, self.h
+        ones_u = np.concatenate([np.ones((x.shape[0], 1)), u], axis=1)
+        x_h = np.einsum("hij,kj->khi", f, x) + np.einsum("hij,kj->khi", g, ones_u)
+        mean = np.einsum("kn,khn->kh", h, x_h)
+        # Var(h x_h) = (F' h)' P (F' h) + h Qd h': project first, no (k, H, n, n) temporaries.
+        fh = np.einsum("hij,ki->khj", f, h)
+        var = np.einsum("khi,kij,khj->kh", fh, P, fh) + np.einsum("ki,hij,kj->kh", h, qd, h) + r[:, None]
+        return mean, var
+
+
+class _Scalar:
+    """The same algebra for ``n == 1`` with elementwise ``(k,)`` arrays: the per-channel random walk."""
+
+    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
+        self.kernel, self.state, self.rows = kernel, state, rows
+        self.x = state.x[rows, 0]
+        self.P = state.P[rows, 0, 0]
+
+    def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
+        mdl = self.kernel.model
+        x, P = self.x, self.P
+        if moving.all():
+            f, qd, g = self.kernel.discretise.scalar(gap)
+            self.x_pred = f * x + self._drive(g, self.state.u[self.rows])
+            self.P_pred = f * f * P + qd
+        else:
+            self.x_pred = x.copy()
+            self.P_pred = P.copy()
+            if moving.any():
+                f, qd, g = self.kernel.discretise.scalar(gap[moving])
+                u = self.state.u[self.rows[moving]]
+                self.x_pred[moving] = f * x[moving] + self._drive(g, u)
+                self.P_pred[moving] = f * f * P[moving] + qd
+        self.h = h = np.where(obs, mdl.H[ch, 0], 0.0)
+        self.ph = self.P_pred * h
+        return h * self.x_pred, h * self.ph + r
+
+    @staticmethod
+    def _drive(g: F64, u: F64) -> F64:
+        drive: F64 = g[:, 0] if u.shape[1] == 0 else g[:, 0] + np.einsum("kj,kj->k", g[:, 1:], u)
+        return drive
+
+    def update(self, innovation: F64, r: F64, apply: Bool, reset: Bool, keep: Bool) -> F64:
+        h, P_pred, ph = self.h, self.P_pred, self.ph
+        if reset.any():
+            P_pred = np.where(reset, P_pred + self.kernel.model.P0[0, 0], P_pred)
+            ph = P_pred * h
+        s_upd: F64 = h * ph + r
+        gain = np.where(apply, ph / s_upd, 0.0)
+        x_new = self.x_pred + gain * innovation
+        ikh = 1.0 - gain * h
+        P_new = ikh * ikh * P_pred + gain * gain * r
+        if keep.any():
+            x_new = np.where(keep, self.x, x_new)
+            P_new = np.where(keep, self.P, P_new)
+        self.state.x[self.rows, 0] = self.x_new = x_new
+        self.state.P[self.rows, 0, 0] = self.P_new = P_new
+        return s_upd
+
+    def posterior(self) -> tuple[F64, F64, F64, F64]:
+        h = self.h
+        return self.x_new[:, None], self.P_new[:, None], h * self.x_new, h * h * self.P_new
+
+    def forecast(self, horizon: tuple[F64, F64, F64], u: F64, r: F64) -> tuple[F64, F64]:
+        f, qd, g = horizon[0][:, 0, 0], horizon[1][:, 0, 0], horizon[2][:, 0, :]  # (H,), (H,), (H, 1 + p)
+        h = self.h[:, None]
+        drive = g[:, 0] + u @ g[:, 1:].T  # (k, H)
+        mean = h * (f * self.x_new[:, None] + drive)
+        var = h * h * (f * f * self.P_new[:, None] + qd) + r[:, None]
+        return mean, var

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dte_stream.twins.bank import rounds_of
 from dte_stream.twins.presets import (
     DAY_S,
     daily_seasonal,
@@ -27,6 +26,20 @@ from dte_stream.twins.statespace import (
 from dte_stream.twins.statespace_reference import ReferenceFilter, expm_taylor
 
 S = 10**9
+
+
+def rounds_of(twins: np.ndarray, times: np.ndarray) -> list[np.ndarray]:
+    """Reading positions in rounds of at most one reading per twin, each twin's readings in time order.
+
+    (The bank has its own vectorised split; the kernel only needs some valid one.)
+    """
+    order = np.lexsort((times, twins))
+    rank = np.zeros(order.shape[0], dtype=np.intp)
+    for j in range(1, order.shape[0]):
+        same = twins[order[j]] == twins[order[j - 1]]
+        rank[j] = rank[j - 1] + 1 if same else 0
+    return [order[rank == k] for k in range(int(rank.max(initial=-1)) + 1)]
+
 
 positive = st.floats(0.01, 10.0)
 
