@@ -100,7 +100,7 @@ LEARNER_KINDS: dict[str, KindInfo] = {
     ),
     "adwin": KindInfo("river.drift:ADWIN", "drift", ("innovation",), {"delta": 0.002}),
     "page_hinkley": KindInfo(
-        "river.drift:PageHinkley", "drift", ("innovation",), {"threshold": 25.0, "delta": 0.05}
+        "river.drift:PageHinkley", "drift", ("innovation",), {"threshold": 50.0, "delta": 0.1}
     ),
     "holt_winters": KindInfo(
         "river.time_series:HoltWinters", "forecast", ("value",), {"alpha": 0.5, "beta": 0.2}
@@ -132,7 +132,7 @@ class LearnerSpec(SpecModel):
     reading itself.
 
     >>> LearnerSpec(name="level", kind="page_hinkley", params={"threshold": 10.0}).model_params()
-    {'threshold': 10.0, 'delta': 0.05}
+    {'threshold': 10.0, 'delta': 0.1}
     >>> LearnerSpec(name="f", kind="holt_winters", horizon=5).role
     'forecast'
     """
