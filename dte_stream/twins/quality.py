@@ -11,8 +11,8 @@ cell's statistics, *then* folds the readings into them, and returns the flag bit
 
 Per cell, per channel settings from :class:`~dte_stream.spec.quality.QualitySpec`:
 
-- *usual interval*: an exponentially weighted mean of log(gap) over positive gaps, each step
-  clipped to a factor of 4, so one outage or burst barely moves it. Zero and negative gaps
+- *usual interval*: an exponentially weighted mean of the positive gaps, each gap clipped to
+  [1/4, 4] x the current estimate first, so one outage or burst barely moves it. Zero and negative gaps
   (duplicates, late readings) and clock-skewed readings leave it alone. Known after
   :data:`MIN_GAPS` positive gaps (three readings); only then can the cell go stale.
 - *stale*: ``now - last >= max(stale_after * interval, stale_min)``. A reading ends the episode.
@@ -75,7 +75,7 @@ NEVER = np.iinfo(np.int64).min
 #: ``deadline_ns`` of a cell that cannot go stale (interval unknown).
 NOT_DUE = np.iinfo(np.int64).max
 _INTERVAL_ALPHA = 0.1
-_INTERVAL_CLIP = math.log(4.0)
+_INTERVAL_CLIP = 4.0  # a gap counts as at most 4x (at least 1/4) the current interval
 _CHANGE_ALPHA = 0.05
 _CHANGE_CLIP = 3.0  # in sigmas
 _SIGMA_PER_MEAN_ABS = math.sqrt(math.pi / 2.0)  # sigma of a normal change / its mean absolute value
@@ -88,7 +88,7 @@ class QualityState:
     """Struct-of-arrays statistics of ``capacity`` rows x ``channels`` cells."""
 
     last_ns: I64  # latest event time (clock-skewed readings counted at the engine clock)
-    log_interval: F64  # EW mean of log(positive gap in ns); NaN before the first gap
+    interval_ns: F64  # robust EW mean of the positive gaps; NaN before the first gap
     gaps: I64  # positive gaps seen
     deadline_ns: I64  # engine time at which the cell goes stale; NOT_DUE while it cannot
     stale: Bool  # in a stale episode already reported by due()
@@ -105,7 +105,7 @@ class QualityState:
         shape = (capacity, channels)
         return cls(
             last_ns=np.full(shape, NEVER, dtype=np.int64),
-            log_interval=np.full(shape, np.nan),
+            interval_ns=np.full(shape, np.nan),
             gaps=np.zeros(shape, dtype=np.int64),
             deadline_ns=np.full(shape, NOT_DUE, dtype=np.int64),
             stale=np.zeros(shape, dtype=np.bool_),
@@ -244,81 +244,86 @@ class QualityBank:
             )
         cell = rows * self.channels + ch
         s = self.state
-        with np.errstate(all="ignore"):
-            # -- judge -------------------------------------------------------------------
-            usable = np.isfinite(value) & (value >= self._min[ch]) & (value <= self._max[ch])
-            skew = (time_ns - now_ns) > self._skew_ns[ch]
 
-            tolerance = self._tolerance[ch]
-            anchor = s.anchor.reshape(-1)[cell]
+        def get(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return a.reshape(-1).take(cell)
+
+        def put(a: npt.NDArray[Any], new: npt.ArrayLike) -> None:
+            a.reshape(-1)[cell] = new
+
+        with np.errstate(all="ignore"):
+            # -- judge ---------------------------------------------------------------------
+            usable = np.isfinite(value) & (value >= self._min.take(ch)) & (value <= self._max.take(ch))
+            skew = (time_ns - now_ns) > self._skew_ns.take(ch)
+
+            tolerance = self._tolerance.take(ch)
+            anchor = get(s.anchor)
+            old_run = get(s.run)
             same = usable & (np.abs(value - anchor) <= tolerance)
-            run = np.where(same, s.run.reshape(-1)[cell] + 1, 0)
-            stuck_after = self._stuck_after[ch]
+            run = np.where(same, old_run + 1, 0)
+            stuck_after = self._stuck_after.take(ch)
             stuck = same & (stuck_after > 0) & (run >= stuck_after)
 
-            ref = s.ref.reshape(-1)[cell]
-            prev = s.prev.reshape(-1)[cell]
-            change = s.change.reshape(-1)[cell]
-            changes = s.changes.reshape(-1)[cell]
+            ref = get(s.ref)
+            prev = get(s.prev)
+            prev_spike = get(s.prev_spike)
+            change = get(s.change)
+            changes = get(s.changes)
             sigma = _SIGMA_PER_MEAN_ABS * change
-            limit = self._spike_sigma[ch] * sigma
+            spike_sigma = self._spike_sigma.take(ch)
+            limit = spike_sigma * sigma
             jump = np.abs(value - ref)
-            candidate = usable & (changes >= SPIKE_WARMUP) & (self._spike_sigma[ch] > 0) & (jump > limit)
-            shift = candidate & s.prev_spike.reshape(-1)[cell] & (np.abs(value - prev) <= limit)
+            candidate = usable & (changes >= SPIKE_WARMUP) & (spike_sigma > 0) & (jump > limit)
+            from_prev = np.abs(value - prev)
+            shift = candidate & prev_spike & (from_prev <= limit)
             spike = candidate & ~shift
 
-            flags = (
-                stuck * np.uint16(STUCK)
-                | spike * np.uint16(SPIKE)
-                | ~usable * np.uint16(OUT_OF_RANGE)
-                | skew * np.uint16(CLOCK_SKEW)
-            ).astype(np.uint16)
-            r_scale = np.where(flags & _SUSPECT, self._distrust[ch], 1.0)
+            flags = np.where(stuck, np.uint16(STUCK), np.uint16(0))
+            flags |= np.where(spike, np.uint16(SPIKE), np.uint16(0))
+            flags |= np.where(usable, np.uint16(0), np.uint16(OUT_OF_RANGE))
+            flags |= np.where(skew, np.uint16(CLOCK_SKEW), np.uint16(0))
+            r_scale = np.where(flags & np.uint16(_SUSPECT), self._distrust.take(ch), 1.0)
 
-            # -- fold values in (usable readings only) -----------------------------------
+            # -- fold values in (usable readings only) -------------------------------------
             accept = usable & ~spike
-            step = np.where(shift, np.abs(value - prev), jump)
+            step = np.where(shift, from_prev, jump)
             moved = accept & np.isfinite(step) & (step > tolerance)
             alpha = np.maximum(_CHANGE_ALPHA, 1.0 / (changes + 1))
             clipped = np.where(changes >= SPIKE_WARMUP, np.minimum(step, _CHANGE_CLIP * sigma), step)
-            s.change.reshape(-1)[cell] = np.where(moved, change + alpha * (clipped - change), change)
-            s.changes.reshape(-1)[cell] = changes + moved
-            s.ref.reshape(-1)[cell] = np.where(accept, value, ref)
-            s.prev.reshape(-1)[cell] = np.where(usable, value, prev)
-            s.prev_spike.reshape(-1)[cell] = np.where(usable, spike, s.prev_spike.reshape(-1)[cell])
-            s.anchor.reshape(-1)[cell] = np.where(usable & ~same, value, anchor)
-            s.run.reshape(-1)[cell] = np.where(usable, run, s.run.reshape(-1)[cell])
+            put(s.change, np.where(moved, change + alpha * (clipped - change), change))
+            put(s.changes, changes + moved)
+            put(s.ref, np.where(accept, value, ref))
+            put(s.prev, np.where(usable, value, prev))
+            put(s.prev_spike, np.where(usable, spike, prev_spike))
+            put(s.anchor, np.where(usable & ~same, value, anchor))
+            put(s.run, np.where(usable, run, old_run))
 
-            # -- fold times in (every reading) -------------------------------------------
-            last = s.last_ns.reshape(-1)[cell]
+            # -- fold times in (every reading) ---------------------------------------------
+            last = get(s.last_ns)
             t_eff = np.where(skew, np.minimum(time_ns, now_ns), time_ns)
             fresh = last == NEVER
-            gap = np.where(fresh, 0, t_eff - last)
+            gap = np.where(fresh, 0, t_eff - last).astype(np.float64)
             positive = (gap > 0) & ~skew
-            gaps = s.gaps.reshape(-1)[cell]
-            log_gap = np.log(np.where(positive, gap, 1).astype(np.float64))
-            log_iv = s.log_interval.reshape(-1)[cell]
+            gaps = get(s.gaps)
+            interval = get(s.interval_ns)
+            bounded = np.minimum(np.maximum(gap, interval / _INTERVAL_CLIP), interval * _INTERVAL_CLIP)
             weight = np.maximum(_INTERVAL_ALPHA, 1.0 / (gaps + 1))
-            moved_iv = np.where(
-                gaps == 0,
-                log_gap,
-                log_iv + weight * np.clip(log_gap - log_iv, -_INTERVAL_CLIP, _INTERVAL_CLIP),
-            )
-            log_iv = np.where(positive, moved_iv, log_iv)
+            moved_iv = np.where(gaps == 0, gap, interval + weight * (bounded - interval))
+            interval = np.where(positive, moved_iv, interval)
             gaps = gaps + positive
             last = np.where(fresh, t_eff, np.maximum(last, t_eff))
-            s.log_interval.reshape(-1)[cell] = log_iv
-            s.gaps.reshape(-1)[cell] = gaps
-            s.last_ns.reshape(-1)[cell] = last
-            s.deadline_ns.reshape(-1)[cell] = self._deadline(ch, last, log_iv, gaps)
-            s.stale.reshape(-1)[cell] = False
+            put(s.interval_ns, interval)
+            put(s.gaps, gaps)
+            put(s.last_ns, last)
+            put(s.deadline_ns, self._deadline(ch, last, interval, gaps))
+            put(s.stale, False)
         return QualityOutput(flags, r_scale)
 
-    def _deadline(self, ch: IntP, last_ns: I64, log_interval: F64, gaps: I64) -> I64:
+    def _deadline(self, ch: IntP, last_ns: I64, interval_ns: F64, gaps: I64) -> I64:
         """Engine time at which each cell goes stale, NOT_DUE while its interval is unknown."""
         ready = gaps >= MIN_GAPS
         with np.errstate(all="ignore"):
-            wait = np.maximum(self._stale_after[ch] * np.exp(log_interval), self._stale_min_ns[ch])
+            wait = np.maximum(self._stale_after.take(ch) * interval_ns, self._stale_min_ns.take(ch))
             wait = np.where(ready, np.minimum(np.rint(wait), _MAX_NS_F), 0.0).astype(np.int64)
             room = NOT_DUE - np.maximum(last_ns, 0)
             return np.where(ready, last_ns + np.minimum(wait, room), NOT_DUE)
@@ -330,7 +335,7 @@ class QualityBank:
         rows = rows.astype(np.intp, copy=False)
         ch = ch.astype(np.intp, copy=False)
         s.stale[rows, ch] = True
-        interval = np.rint(np.exp(s.log_interval[rows, ch])).astype(np.int64)
+        interval = np.rint(s.interval_ns[rows, ch]).astype(np.int64)
         return StaleCells(rows, ch, s.last_ns[rows, ch].copy(), interval)
 
     def next_due_ns(self) -> int | None:
@@ -367,7 +372,7 @@ class QualityBank:
             if name != "deadline_ns":
                 a[:n] = snap[name]
         ch = np.broadcast_to(np.arange(bank.channels, dtype=np.intp), (n, bank.channels))
-        s.deadline_ns[:n] = bank._deadline(ch, s.last_ns[:n], s.log_interval[:n], s.gaps[:n])
+        s.deadline_ns[:n] = bank._deadline(ch, s.last_ns[:n], s.interval_ns[:n], s.gaps[:n])
         return bank
 
 
