@@ -240,65 +240,63 @@ class _Learner:
     # -- running the models --------------------------------------------------------------
 
     def run(self, x: F64, rows: IntP, starts: IntP, sizes: IntP) -> F64:
-        """Score (or forecast, or detect) then learn each reading, group by group."""
-        z, before = self.standardise(x, rows, starts, sizes)
-        out = np.full(x.shape[0], np.nan)
-        bounds = zip(rows.tolist(), starts.tolist(), (starts + sizes).tolist(), strict=True)
-        if self.role == "drift":
-            for row, a, b in bounds:
-                out[a:b] = self._detect(row, x[a:b], z[a:b, 0], before[a:b])
-            return out
-        if self.spec.kind == "half_space_trees":
-            u = 0.5 + 0.5 * np.tanh(z / HST_SQUASH)
-            for row, a, b in bounds:
-                out[a:b] = self._score_hst(self.models[row], u[a:b], before[a:b])
-            return out
-        column = x[:, 0]
-        run_one = self._score_gaussian if self.role == "anomaly" else self._forecast
-        for row, a, b in bounds:
-            out[a:b] = run_one(self.models[row], column[a:b], before[a:b])
-        return out
+        """Score (or forecast, or detect) then learn each reading, group by group.
 
-    def _score_hst(self, model: Any, u: F64, before: I64) -> list[float]:
+        Arrays become Python lists once per batch; each group appends its outputs to one list,
+        which is in the same (grouped) order as ``x``.
+        """
+        z, before = self.standardise(x, rows, starts, sizes)
+        seen: list[int] = before.tolist()
+        res: list[float] = []
+        bounds = zip(rows.tolist(), starts.tolist(), (starts + sizes).tolist(), strict=True)
+        models = self.models
+        if self.role == "drift":
+            zs: list[float] = np.clip(z[:, 0], -DRIFT_CLIP, DRIFT_CLIP).tolist()
+            for row, a, b in bounds:
+                self._detect(row, x[a:b], zs[a:b], seen[a:b], res)
+        elif self.spec.kind == "half_space_trees":
+            u: list[list[float]] = (0.5 + 0.5 * np.tanh(z / HST_SQUASH)).tolist()
+            for row, a, b in bounds:
+                self._score_hst(models[row], u[a:b], seen[a:b], res)
+        else:
+            column: list[float] = x[:, 0].tolist()
+            run_one = self._score_gaussian if self.role == "anomaly" else self._forecast
+            for row, a, b in bounds:
+                run_one(models[row], column[a:b], seen[a:b], res)
+        return np.asarray(res, dtype=np.float64)
+
+    def _score_hst(self, model: Any, u: list[list[float]], seen: list[int], res: list[float]) -> None:
         names, warm = self.names, self.warmup
         score_one, learn_one = model.score_one, model.learn_one
-        res: list[float] = []
-        for row, seen in zip(u.tolist(), before.tolist(), strict=True):
+        for row, n in zip(u, seen, strict=True):
             features = dict(zip(names, row, strict=True))
-            res.append(float(score_one(features)) if seen >= warm else math.nan)
+            res.append(score_one(features) if n >= warm else math.nan)
             learn_one(features)
-        return res
 
-    def _score_gaussian(self, model: Any, y: F64, before: I64) -> list[float]:
+    def _score_gaussian(self, model: Any, y: list[float], seen: list[int], res: list[float]) -> None:
         warm = self.warmup
         score_one, learn_one = model.score_one, model.learn_one
-        res: list[float] = []
-        for v, seen in zip(y.tolist(), before.tolist(), strict=True):
-            res.append(float(score_one(None, v)) if seen >= warm else math.nan)
+        for v, n in zip(y, seen, strict=True):
+            res.append(score_one(None, v) if n >= warm else math.nan)
             learn_one(None, v)
-        return res
 
-    def _forecast(self, model: Any, y: F64, before: I64) -> list[float]:
+    def _forecast(self, model: Any, y: list[float], seen: list[int], res: list[float]) -> None:
         warm, horizon = self.warmup, self.spec.horizon
         forecast, learn_one = model.forecast, model.learn_one
-        res: list[float] = []
-        for v, seen in zip(y.tolist(), before.tolist(), strict=True):
-            res.append(float(forecast(horizon)[-1]) if seen >= warm else math.nan)
+        for v, n in zip(y, seen, strict=True):
+            res.append(forecast(horizon)[-1] if n >= warm else math.nan)
             learn_one(v)
-        return res
 
-    def _detect(self, row: int, x: F64, z: F64, before: I64) -> list[float]:
+    def _detect(self, row: int, x: F64, zs: list[float], seen: list[int], res: list[float]) -> None:
+        update = self.models[row].update
         model = self.models[row]
-        res: list[float] = []
-        zs = np.clip(z, -DRIFT_CLIP, DRIFT_CLIP).tolist()
-        seen_before = before.tolist()
         j = 0
         while j < len(zs):
-            if seen_before[j] < DRIFT_WARMUP:
+            if seen[j] < DRIFT_WARMUP:
                 res.append(0.0)
                 j += 1
                 continue
-            model.update(zs[j])
+            update(zs[j])
             j += 1
             if not model.drift_detected:
                 res.append(0.0)
@@ -307,12 +305,11 @@ class _Learner:
             if j < len(zs):  # the rest of the group is standardised afresh
                 z_rest, before_rest = self._restart(row, x[j:])
                 zs[j:] = np.clip(z_rest[:, 0], -DRIFT_CLIP, DRIFT_CLIP).tolist()
-                seen_before[j:] = before_rest.tolist()
+                seen[j:] = before_rest.tolist()
             else:
                 self.count[row] = 0
                 self.mean[row] = 0.0
                 self.m2[row] = 0.0
-        return res
 
     # -- snapshots -----------------------------------------------------------------------
 
