@@ -43,8 +43,8 @@ class QualitySpec(SpecModel):
     stuck_after: int = Field(
         30,
         ge=0,
-        description="flag stuck the reading that is the Nth in a row without a change from the one "
-        "before it (0 disables)",
+        description="flag stuck the Nth reading in a row within stuck_tolerance of the value that "
+        "started the flat run (0 disables)",
     )
     stuck_tolerance: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="changes up to this size count as no change"

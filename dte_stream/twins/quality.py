@@ -11,9 +11,9 @@ cell's statistics, *then* folds the readings into them, and returns the flag bit
 
 Per cell, per channel settings from :class:`~dte_stream.spec.quality.QualitySpec`:
 
-- *usual interval*: an exponentially weighted mean of the positive gaps, each gap clipped to
-  [1/4, 4] x the current estimate first, so one outage or burst barely moves it. Zero and negative gaps
-  (duplicates, late readings) and clock-skewed readings leave it alone. Known after
+- *usual interval*: an exponentially weighted mean of the positive gaps, each gap first clipped
+  to [1/4, 4] x the current estimate, so one outage or burst barely moves it. Zero and negative
+  gaps (duplicates, late readings) and clock-skewed readings leave it alone. Known after
   :data:`MIN_GAPS` positive gaps (three readings); only then can the cell go stale.
 - *stale*: ``now - last >= max(stale_after * interval, stale_min)``. A reading ends the episode.
 - *stuck*: the reading is the ``stuck_after``-th in a row within ``stuck_tolerance`` of the value
