@@ -41,8 +41,11 @@ from dte_stream.twins.statespace import CHI2_1DOF_999, StateSpaceKernel, StateSp
 
 ONE = np.zeros(1, dtype=np.intp)
 
-#: Default filter: a random walk whose level noise is 1e-3 of the measurement variance per second.
+#: Default filter noise densities, relative to a unit measurement variance (with gate=inf only the
+#: ratios matter, so the filter is as scale-free as the scorer): a level that wanders by sqrt(1e-3)
+#: per sqrt(second) and a slope that barely moves.
 LEVEL_NOISE = 1e-3
+SLOPE_NOISE = 1e-9
 
 
 def filter_scores(
@@ -73,8 +76,8 @@ def kernel_detector(model: StateSpaceModel, gate: float = math.inf, **scorer_par
 
 
 def engine_detector() -> Detector:
-    """The engine's default: random-walk filter, no gating, AnomalyScorer defaults, ANOMALY_LEVEL."""
-    return kernel_detector(random_walk(LEVEL_NOISE, [1.0]), math.inf)
+    """The engine's default: local-linear-trend filter, no gating, AnomalyScorer defaults, ANOMALY_LEVEL."""
+    return kernel_detector(local_linear_trend(LEVEL_NOISE, SLOPE_NOISE, [1.0]), math.inf)
 
 
 def hst_detector(on: str) -> Detector:
@@ -86,7 +89,9 @@ def hst_detector(on: str) -> Detector:
             n_trees=25, height=8, window_size=250, seed=7
         )
         if on == "innovation":
-            _, innov, s = filter_scores(random_walk(LEVEL_NOISE, [1.0]), math.inf, None, time_ns, value)
+            _, innov, s = filter_scores(
+                local_linear_trend(LEVEL_NOISE, SLOPE_NOISE, [1.0]), math.inf, None, time_ns, value
+            )
             feature = np.nan_to_num(innov / np.sqrt(np.where(np.isfinite(s), s, 1.0)))
         else:
             feature = value
@@ -104,16 +109,14 @@ def hst_detector(on: str) -> Detector:
 def candidates(with_hst: bool) -> list[tuple[str, Detector, float]]:
     """(name, detector, level): the baseline first, the default second."""
     rw = random_walk(LEVEL_NOISE, [1.0])
-    llt = local_linear_trend(LEVEL_NOISE, LEVEL_NOISE * 1e-6, [1.0])
+    llt = local_linear_trend(LEVEL_NOISE, SLOPE_NOISE, [1.0])
     out: list[tuple[str, Detector, float]] = [
         ("z-score W=100, z>=3", zscore_detector(100), 3.0),
-        ("default: random_walk gate=inf + scorer", engine_detector(), ANOMALY_LEVEL),
-        ("random_walk gate=default + scorer", kernel_detector(rw, CHI2_1DOF_999), ANOMALY_LEVEL),
-        ("local_linear_trend gate=inf + scorer", kernel_detector(llt), ANOMALY_LEVEL),
-        ("random_walk q=1e-2 + scorer", kernel_detector(random_walk(1e-2, [1.0])), ANOMALY_LEVEL),
-        ("random_walk q=1e-4 + scorer", kernel_detector(random_walk(1e-4, [1.0])), ANOMALY_LEVEL),
-        ("default, point view only", kernel_detector(rw, window_cap=1e-9), ANOMALY_LEVEL),
-        ("default, no relearn", kernel_detector(rw, relearn_after=10**9), ANOMALY_LEVEL),
+        ("default: local_linear_trend gate=inf + scorer", engine_detector(), ANOMALY_LEVEL),
+        ("local_linear_trend gate=default + scorer", kernel_detector(llt, CHI2_1DOF_999), ANOMALY_LEVEL),
+        ("random_walk gate=inf + scorer", kernel_detector(rw), ANOMALY_LEVEL),
+        ("default, no peak memory", kernel_detector(llt, peak_ref=1e9), ANOMALY_LEVEL),
+        ("default, point view only", kernel_detector(llt, window_cap=1e-9), ANOMALY_LEVEL),
     ]
     if with_hst:
         out += [

@@ -115,8 +115,8 @@ class AnomalyScorer:
         warmup: int = 20,
         decades: float = 10.0,
         level: float = ANOMALY_LEVEL,
-        relearn_after: int = 60,
-        peak_halflife: float = 1000.0,
+        relearn_after: int = 20,
+        peak_halflife: float = 300.0,
         peak_ref: float = 4.0,
     ) -> None:
         if channels < 1 or capacity < 0:

@@ -203,3 +203,17 @@ def test_invalid_parameters_are_rejected() -> None:
         AnomalyScorer(channels=1, long_halflife=0.0)
     with pytest.raises(ValueError, match="channels"):
         AnomalyScorer(channels=0)
+
+
+def test_recurring_surprises_stop_flagging_but_a_larger_one_still_does() -> None:
+    """A spike of 15 every 100 readings is routine after its first few; a spike of 60 is not."""
+    rng = np.random.default_rng(7)
+    innov = rng.normal(size=1500)
+    innov[200:1500:100] = 15.0
+    innov[1450] = 60.0
+    scorer = AnomalyScorer(channels=1, capacity=1)
+    scores = np.array([scorer.score(ONE, ONE, ONE, ONE * 0.0, innov[i : i + 1], np.ones(1))[0]
+                       for i in range(1500)])  # fmt: skip
+    assert scores[200] >= ANOMALY_LEVEL
+    assert (scores[600:1400:100] < ANOMALY_LEVEL).all()
+    assert scores[1450] >= ANOMALY_LEVEL
