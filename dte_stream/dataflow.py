@@ -5,7 +5,10 @@ contracts in their own modules). The graph, with stable step ids (they are recov
 
     source_<name> ─▶ [decode_<name>] ─▶ merge_sources ─▶ route ─▶ split_by_shard
         ─▶ twin_bank (stateful_batch, key = twin type/shard) ─▶ estimate_batches ─▶ sink_<name>
-    source, decode and route errors ─▶ dead_letters (file) / dead_letters_<kind>_<i>
+    source, decode and route errors, readings too late for a twin ─▶ dead_letters (file) /
+        dead_letters_<kind>_<i>
+
+The twin bank also wakes on a timer (stale sensors, idle-twin eviction).
 
 Readings travel as columnar batches; each twin bank shard applies a micro-batch with one
 vectorised step per round (see :mod:`dte_stream.twins.bank`).
@@ -14,7 +17,7 @@ vectorised step per round (see :mod:`dte_stream.twins.bank`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +48,12 @@ from dte_stream.spec.model import (
 )
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
-from dte_stream.twins.bank import TwinBank
+from dte_stream.times import NS_PER_S, now_ns
+from dte_stream.twins.bank import BankUpdate, TwinBank
 from dte_stream.twins.batches import EstimateBatch, TypedBatch
 from dte_stream.twins.routing import Router, RouteResult, shard_key, shard_of
+
+NEVER = -(2**63)
 
 __all__ = ["build_flow", "run_flow"]
 
@@ -58,37 +64,105 @@ def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
     return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
 
 
-class _BankLogic(StatefulBatchLogic[TypedBatch, EstimateBatch, dict[str, Any]]):
-    """Keyed state of one (twin type, shard): a :class:`TwinBank`; snapshots are compact arrays."""
+class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
+    """Keyed state of one (twin type, shard): a :class:`TwinBank`; snapshots are compact arrays.
+
+    Besides the batches it also wakes on a timer (Bytewax ``notify_at``), so that sensors that
+    stop sending are reported stale and idle twins are evicted even when nothing arrives. The
+    twin clock is the wall clock, or with ``engine.clock: event`` the latest event time seen
+    (replays), in which case the checks run after each batch instead.
+    """
 
     def __init__(self, spec: DataflowSpec, resume: dict[str, Any] | None) -> None:
         self.spec = spec
         self.bank: TwinBank | None = None
         self.gauge_key = ""
+        self.event_clock = spec.engine.clock == "event"
+        self.watermark = NEVER
+        self.next_eviction = 0
         if resume:  # an empty snapshot is a shard that never saw a reading
             twin_type = resume.get("twin_type", "?")
             try:
                 self.bank = TwinBank.restore(spec.twin_type(twin_type), resume)
-            except (KeyError, ValueError) as exc:
+            except KeyError:
                 raise SpecError(
                     spec.name,
-                    [f"the recovery state does not fit this spec ({exc}); use a fresh recovery dir"],
+                    [
+                        f"the recovery state holds twin type {twin_type!r}, which this spec does not "
+                        "declare; restore it in the spec or use a fresh --recovery-dir"
+                    ],
                 ) from None
+            except ValueError as exc:
+                raise SpecError(
+                    spec.name,
+                    [
+                        f"the recovery state does not fit this spec: {exc}; "
+                        "use the old spec or a fresh --recovery-dir"
+                    ],
+                ) from None
+            self.watermark = int(resume.get("watermark", NEVER))
 
-    def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[EstimateBatch], bool]:
+    def _now(self) -> int:
+        return self.watermark if self.event_clock else now_ns()
+
+    def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[BankUpdate], bool]:
         batch = TypedBatch.concat(values)
         if self.bank is None:
             self.bank = TwinBank(self.spec.twin_type(batch.twin_type))
         if not self.gauge_key:
             first = str(batch.readings.twin_id[0])
             self.gauge_key = shard_key(batch.twin_type, shard_of(first, self.spec.engine.shards))
-        out = self.bank.update(batch)
+        self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
+        out = [self.bank.update(batch, self._now())]
         METRICS.add("readings_processed", len(batch))
+        if self.event_clock:
+            out += self._timers()
         METRICS.set_gauge("twins", self.gauge_key, len(self.bank))
-        return [out], StatefulBatchLogic.RETAIN
+        return out, StatefulBatchLogic.RETAIN
+
+    def _timers(self) -> list[BankUpdate]:
+        if self.bank is None:
+            return []
+        now = self._now()
+        out = []
+        stale = self.bank.due(now)
+        if stale is not None:
+            METRICS.add("stale_sensors", len(stale))
+            out.append(BankUpdate(stale, []))
+        if self.spec.twin_type(self.bank.spec.name).ttl is not None and now >= self.next_eviction:
+            evicted = self.bank.evict_idle(now)
+            if evicted:
+                METRICS.add("twins_evicted", evicted)
+            self.next_eviction = now + _EVICTION_CHECK_NS
+        return out
+
+    def on_notify(self) -> tuple[Iterable[BankUpdate], bool]:
+        if self.bank is None:
+            return [], StatefulBatchLogic.RETAIN
+        return self._timers(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.bank is None or self.event_clock:
+            return None
+        due = self.bank.next_due_ns()
+        if self.bank.spec.ttl is not None:
+            due = self.next_eviction if due is None else min(due, self.next_eviction)
+        if due is None:
+            return None
+        due = max(due, now_ns() + _MIN_TIMER_NS)
+        return datetime.fromtimestamp(due / NS_PER_S, tz=UTC)
 
     def snapshot(self) -> dict[str, Any]:
-        return self.bank.snapshot() if self.bank is not None else {}
+        if self.bank is None:
+            return {}
+        snap = self.bank.snapshot()
+        snap["watermark"] = self.watermark
+        return snap
+
+
+#: How often idle twins are looked for (twin clock), and the shortest timer (wall clock).
+_EVICTION_CHECK_NS = 60 * NS_PER_S
+_MIN_TIMER_NS = NS_PER_S // 2
 
 
 def _count_errors(letters: list[DeadLetter]) -> list[DeadLetter]:
@@ -97,12 +171,25 @@ def _count_errors(letters: list[DeadLetter]) -> list[DeadLetter]:
     return letters
 
 
-def build_flow(spec: DataflowSpec) -> Dataflow:
-    """Build the Bytewax dataflow of ``spec``. Connects to nothing until it runs."""
+def build_flow(
+    spec: DataflowSpec,
+    *,
+    inputs: dict[str, Source[SourceBatch]] | None = None,
+    outputs: dict[str, Sink[EstimateBatch]] | None = None,
+    dead_letter_output: Sink[DeadLetter] | None = None,
+) -> Dataflow:
+    """Build the Bytewax dataflow of ``spec``. Connects to nothing until it runs.
+
+    ``inputs``, ``outputs`` and ``dead_letter_output`` replace the spec's sources, sinks and
+    dead-letter targets (by step name): a replay feeds a file through the same twin banks
+    and collects what comes out.
+    """
     flow = Dataflow(spec.name)
     readings: list[Stream[SourceBatch]] = []
     dead: list[Stream[DeadLetter]] = []
-    for source in spec.sources:
+    for name, source_override in (inputs or {}).items():
+        readings.append(op.input(f"source_{name}", flow, source_override))
+    for source in [] if inputs is not None else spec.sources:
         if isinstance(source, SimulatorSourceSpec):
             channels = spec.twin_type(source.twin_type).channel_names()
             readings.append(op.input(f"source_{source.name}", flow, SimulatorSource(source, channels)))
@@ -125,9 +212,12 @@ def build_flow(spec: DataflowSpec) -> Dataflow:
     )
     dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
-    estimates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume))
-    batches = op.map("estimate_batches", estimates, lambda kv: kv[1])
-    for sink in spec.sinks:
+    updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume))
+    batches = op.filter("estimate_batches", op.map("estimates", updates, lambda kv: kv[1].estimates), lambda b: len(b) > 0)
+    dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected)))
+    for name, sink_override in (outputs or {}).items():
+        op.output(f"sink_{name}", batches, sink_override)
+    for sink in [] if outputs is not None else spec.sinks:
         if isinstance(sink, LocalStoreSinkSpec):
             rows = op.map(f"store_rows_{sink.name}", batches, lambda b: ("readings", b))
             store = LocalStoreSink(
@@ -140,6 +230,9 @@ def build_flow(spec: DataflowSpec) -> Dataflow:
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
     letters = op.merge("merge_dead_letters", *dead) if len(dead) > 1 else dead[0]
+    if dead_letter_output is not None:
+        op.output("dead_letters", letters, dead_letter_output)
+        return flow
     if spec.dead_letters.writes_file():
         op.output("dead_letters", letters, DeadLetterSink(spec.dead_letter_path()))
     for i, target in enumerate(spec.dead_letters.sinks):

@@ -31,7 +31,6 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer
@@ -60,31 +59,7 @@ def concat_by_type(batches: list[EstimateBatch]) -> list[EstimateBatch]:
     for batch in batches:
         if len(batch):
             groups.setdefault(batch.twin_type, []).append(batch)
-    out = []
-    for twin_type, group in groups.items():
-        if len(group) == 1:
-            out.append(group[0])
-            continue
-        out.append(
-            EstimateBatch(
-                twin_type,
-                *(
-                    np.concatenate([getattr(b, name) for b in group])
-                    for name in (
-                        "twin_id",
-                        "channel",
-                        "time_ns",
-                        "value",
-                        "unit",
-                        "estimate",
-                        "std",
-                        "innovation",
-                        "nis",
-                    )
-                ),
-            )
-        )
-    return out
+    return [EstimateBatch.concat(group) for group in groups.values()]
 
 
 class InfluxDBSink(DynamicSink[EstimateBatch]):

@@ -6,17 +6,16 @@ error that says what was meant, not a silently ignored setting.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from dte_stream.readings import id_problem
 from dte_stream.spec.base import CODEC_CHOICES, Identifier, PositiveSeconds, Seconds, SpecModel, TimeNs
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
+from dte_stream.spec.twins import ChannelSpec, TwinTypeSpec
 
 __all__ = [
     "CODEC_CHOICES",
@@ -26,7 +25,6 @@ __all__ = [
     "DeadLetterSpec",
     "EngineSpec",
     "FileSourceSpec",
-    "KalmanSpec",
     "LocalStoreSinkSpec",
     "SimulatedChannelSpec",
     "SimulatorSourceSpec",
@@ -34,58 +32,6 @@ __all__ = [
     "SourceSpec",
     "TwinTypeSpec",
 ]
-
-
-class KalmanSpec(SpecModel):
-    """A random-walk level filter for one channel (the scalar Kalman filter).
-
-    ``process_noise`` is the variance the level gains per second; ``measurement_noise`` the
-    variance of one reading. Their ratio sets how fast the estimate follows the readings.
-    """
-
-    model: Literal["random_walk"] = "random_walk"
-    process_noise: float = Field(0.01, gt=0, description="level variance added per second")
-    measurement_noise: float = Field(1.0, gt=0, description="variance of one reading")
-
-
-class ChannelSpec(SpecModel):
-    """One sensor channel of a twin type."""
-
-    unit: str = ""
-    aliases: list[str] = Field(default_factory=list, description="other names readings may use")
-    filter: KalmanSpec = Field(default_factory=KalmanSpec)
-
-
-class TwinTypeSpec(SpecModel):
-    """A kind of twin: its channels and how readings are mapped to it."""
-
-    name: Identifier
-    description: str = ""
-    match: str | None = Field(
-        None, description="regular expression a twin id must fully match to be of this type"
-    )
-    channels: dict[str, ChannelSpec] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> TwinTypeSpec:
-        if self.match is not None:
-            try:
-                re.compile(self.match)
-            except re.error as exc:
-                raise ValueError(f"match: {self.match!r} is not a regular expression: {exc}") from None
-        seen: dict[str, str] = {}
-        for name, channel in self.channels.items():
-            for alias in [name, *channel.aliases]:
-                problem = id_problem("channel", alias)
-                if problem:
-                    raise ValueError(f"channels: {problem}")
-                if alias in seen and seen[alias] != name:
-                    raise ValueError(f"channels: name {alias!r} is used by both {seen[alias]!r} and {name!r}")
-                seen[alias] = name
-        return self
-
-    def channel_names(self) -> list[str]:
-        return list(self.channels)
 
 
 class SimulatedChannelSpec(SpecModel):
@@ -175,6 +121,10 @@ class EngineSpec(SpecModel):
     shards: int = Field(8, ge=1, le=4096, description="twin bank shards (keys of Bytewax state)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax worker threads in this process")
     epoch_seconds: PositiveSeconds = Field(10.0, description="how often state is snapshotted")
+    clock: Literal["wall", "event"] = Field(
+        "wall",
+        description="clock of stale sensors and TTLs: wall clock, or the latest event time (replays)",
+    )
 
 
 class DataflowSpec(SpecModel):

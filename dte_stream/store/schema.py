@@ -21,6 +21,7 @@ import polars as pl
 from dte_stream.errors import StoreError
 
 __all__ = [
+    "OUTPUTS_SCHEMA",
     "READINGS_SCHEMA",
     "TABLE_SCHEMAS",
     "TIME_DTYPE",
@@ -32,7 +33,8 @@ __all__ = [
 TIME_DTYPE = pl.Datetime("ns", "UTC")
 
 #: The main table: one row per reading with its raw value and the twin's estimate after it.
-#: ``estimate``/``std``/``innovation``/``nis`` are null when no twin model processed the reading.
+#: ``estimate``/``std``/``innovation``/``nis`` are null when no twin model processed the reading;
+#: ``flags`` holds the bits of :mod:`dte_stream.twins.flags`, ``anomaly_score`` is in [0, 1].
 READINGS_SCHEMA = pl.Schema(
     {
         "time": TIME_DTYPE,
@@ -45,11 +47,26 @@ READINGS_SCHEMA = pl.Schema(
         "std": pl.Float64(),
         "innovation": pl.Float64(),
         "nis": pl.Float64(),
+        "flags": pl.UInt16(),
+        "anomaly_score": pl.Float64(),
+    }
+)
+
+#: The optional outputs of twin models (every state of a multi-state model, forecasts, learner
+#: outputs) in long form: one row per reading and output name.
+OUTPUTS_SCHEMA = pl.Schema(
+    {
+        "time": TIME_DTYPE,
+        "twin_id": pl.String(),
+        "twin_type": pl.String(),
+        "channel": pl.String(),
+        "output": pl.String(),
+        "value": pl.Float64(),
     }
 )
 
 #: Tables whose schema is fixed; the default of :class:`~dte_stream.store.LocalStore`.
-TABLE_SCHEMAS: dict[str, pl.Schema] = {"readings": READINGS_SCHEMA}
+TABLE_SCHEMAS: dict[str, pl.Schema] = {"readings": READINGS_SCHEMA, "outputs": OUTPUTS_SCHEMA}
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

@@ -196,6 +196,10 @@ class _LocalStorePartition(StatelessSinkPartition[TableFrame]):
                     by_kind.setdefault(type(b), []).append(b)
             for kind, batches in by_kind.items():
                 frames.append(self._store.prepare(table, kind.frame_of(batches)))
+                outputs_of = getattr(kind, "outputs_frame_of", None)  # a twin bank's optional outputs
+                extra = outputs_of(batches) if outputs_of is not None else None
+                if extra is not None:
+                    self._store.append("outputs", self._store.prepare("outputs", extra))
             self._store.append(table, frames[0] if len(frames) == 1 else pl.concat(frames))
 
     def _flush_if_due(self) -> bool:

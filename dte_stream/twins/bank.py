@@ -1,31 +1,55 @@
-"""The twin bank: the state of every twin of one type in one shard, as struct-of-arrays.
+"""The twin bank: every twin of one type in one shard, as struct-of-arrays, updated per micro-batch.
 
-A micro-batch of readings is applied with one vectorised kernel step per *round*: readings
-are ordered by (twin, channel, event time) and round k holds the k-th reading of every
-(twin, channel) cell in the batch, so the readings of one cell are applied in time order and
-no round touches a cell twice. A batch in which each cell appears once is a single round.
-Unknown twins get a row when first seen. The bank imports no Bytewax: the wiring snapshots
-it with :meth:`TwinBank.snapshot` and rebuilds it with :meth:`TwinBank.restore`.
+One :meth:`TwinBank.update` applies a micro-batch of readings in a fixed order of vectorised
+steps, each over *rounds* (a round holds each state row at most once, rounds in event-time
+order, see :func:`rounds_of`):
+
+1. data quality per (twin, channel) cell: stuck, spike, out of range, clock skew, and the
+   trust (measurement-variance factor) the filter gives each reading;
+2. the Kalman filters (:mod:`dte_stream.twins.filters`): one kernel step per round per filter
+   group, rounds per twin for shared models, per cell otherwise;
+3. the anomaly score from the innovations (:class:`~dte_stream.twins.anomaly.AnomalyScorer`);
+4. the river learners, per reading in time order (the only per-reading Python work, and
+   only when the twin type declares learners).
+
+Readings too old for the lateness bound come back as dead letters. :meth:`due` reports cells
+that went stale (called by a timer, so it fires when nothing arrives) and :meth:`evict_idle`
+drops twins idle past the type's TTL. The bank imports no Bytewax: the wiring snapshots it
+with :meth:`snapshot` and rebuilds it with :meth:`restore`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
-from dte_stream.spec.model import TwinTypeSpec
+from dte_stream.readings import DeadLetter
+from dte_stream.spec.twins import TwinTypeSpec
+from dte_stream.times import NS_PER_S, format_time_ns
+from dte_stream.twins import flags as fl
+from dte_stream.twins.anomaly import AnomalyScorer
 from dte_stream.twins.batches import EstimateBatch, TypedBatch
+from dte_stream.twins.filters import FilterGroup, build_groups
 from dte_stream.twins.idindex import IdIndex
-from dte_stream.twins.kalman import RandomWalkKernel, RandomWalkState
+from dte_stream.twins.learners import LearnerBank
+from dte_stream.twins.quality import QualityBank
 
-__all__ = ["SNAPSHOT_FORMAT", "TwinBank"]
+__all__ = ["SNAPSHOT_FORMAT", "BankUpdate", "SnapshotMismatchError", "TwinBank", "rounds_of"]
 
 #: Version of the snapshot layout; bumped whenever it changes incompatibly.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 IntP = npt.NDArray[np.intp]
+F64 = npt.NDArray[np.float64]
+NEVER = np.iinfo(np.int64).min
+
+
+class SnapshotMismatchError(ValueError):
+    """A snapshot that this twin type cannot load (other layout, other spec)."""
 
 
 def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
@@ -51,34 +75,66 @@ def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
     return np.split(by_rank, np.cumsum(counts)[:-1])
 
 
+@dataclass(frozen=True, slots=True)
+class BankUpdate:
+    """What one micro-batch produced: output rows, and readings refused as too late."""
+
+    estimates: EstimateBatch
+    rejected: list[DeadLetter]
+
+
 class TwinBank:
     """Every twin of one twin type in one shard.
 
     >>> from dte_stream.readings import ReadingBatch
-    >>> spec = TwinTypeSpec(name="pump", channels={"temp": {}})
+    >>> spec = TwinTypeSpec(name="pump", channels={"temp": {"filter": {"measurement_noise": 1.0}}})
     >>> bank = TwinBank(spec)
     >>> rb = ReadingBatch.from_columns(["p1", "p1"], ["temp", "temp"], [0, 10**9], [20.0, 22.0])
-    >>> out = bank.update(TypedBatch("pump", rb, np.array([0, 0])))
-    >>> len(bank), round(float(out.estimate[1]), 3)
-    (1, 21.005)
+    >>> out = bank.update(TypedBatch("pump", rb, np.array([0, 0])), now_ns=10**9).estimates
+    >>> len(bank), np.round(out.estimate, 2).tolist()
+    (1, [20.0, 21.0])
     """
 
     def __init__(self, spec: TwinTypeSpec, capacity: int = 64) -> None:
         self.spec = spec
         self.channels = spec.channel_names()
+        self.width = len(self.channels)
         self.units = np.array([spec.channels[c].unit for c in self.channels], dtype=np.str_)
-        self.kernel = RandomWalkKernel(
-            [spec.channels[c].filter.process_noise for c in self.channels],
-            [spec.channels[c].filter.measurement_noise for c in self.channels],
-        )
-        self.state = RandomWalkState.allocate(capacity, len(self.channels))
+        self.channel_names = np.asarray(self.channels, dtype=np.str_)
+        self.capacity = capacity
+        self.groups: list[FilterGroup] = build_groups(spec, capacity)
+        self.group_of = np.full(self.width, -1, dtype=np.intp)
+        self.observed = np.zeros(self.width, dtype=bool)
+        for g, group in enumerate(self.groups):
+            self.group_of[group.channels] = g
+            self.observed[group.channels] = group.local[group.channels] < group.model.m
+        self.quality = QualityBank([spec.channels[c].quality for c in self.channels], capacity)
+        self.scorer = AnomalyScorer(self.width, capacity) if spec.anomaly.enabled else None
+        self.learners = LearnerBank(list(spec.learners), self.channels) if spec.learners else None
+        self.horizons = spec.horizon_names()
+        self.extra_columns = self._extra_columns()
         self.twin_ids: list[str] = []
-        self.row_of: dict[str, int] = {}
         self._index = IdIndex()
-        self.late_readings = 0
+        self.last_seen = np.full(capacity, NEVER, dtype=np.int64)
+        self.last_value = np.full(capacity * self.width, np.nan)
+        self.last_time = np.full(capacity * self.width, NEVER, dtype=np.int64)
+        self.counters = {"late_readings": 0, "rejected_readings": 0, "gated_readings": 0, "evicted_twins": 0}
 
     def __len__(self) -> int:
         return len(self.twin_ids)
+
+    def _extra_columns(self) -> list[str]:
+        cols: list[str] = []
+        if self.spec.outputs.states:
+            for group in self.groups:
+                cols += group.state_columns()
+        for h in self.horizons:
+            cols += [f"forecast_{h}", f"forecast_{h}_std"]
+        if self.learners is not None:
+            cols += self.learners.columns()
+        return cols
+
+    # -- twins ------------------------------------------------------------------------------
 
     def rows_for(self, twin_id: npt.NDArray[np.str_]) -> IntP:
         """Row of each twin id, adding unseen twins (vectorised; see :class:`IdIndex`)."""
@@ -88,80 +144,302 @@ class TwinBank:
             new_ids = np.unique(twin_id[missing])
             first = len(self.twin_ids)
             new_rows = np.arange(first, first + new_ids.shape[0], dtype=np.intp)
-            for row, tid in zip(new_rows.tolist(), new_ids.tolist(), strict=True):
-                self.row_of[tid] = row
-                self.twin_ids.append(tid)
+            self.twin_ids += new_ids.tolist()
             rows[missing] = new_rows[np.searchsorted(new_ids, twin_id[missing])]
             self._index.add(new_ids, new_rows)
-            if len(self.twin_ids) > self.state.x.shape[0]:
-                self.state = self.state.grow(max(len(self.twin_ids), 2 * self.state.x.shape[0]))
+            if len(self.twin_ids) > self.capacity:
+                self._grow(max(len(self.twin_ids), 2 * self.capacity))
         return rows
 
-    def update(self, batch: TypedBatch) -> EstimateBatch:
-        """Apply a micro-batch and return one estimate row per reading, in processing order."""
+    def _grow(self, capacity: int) -> None:
+        for group in self.groups:
+            group.ensure(capacity)
+        self.quality.grow(capacity)
+        if self.scorer is not None:
+            self.scorer.grow(capacity)
+        self.last_seen = _pad(self.last_seen, capacity, NEVER)
+        self.last_value = _pad(self.last_value, capacity * self.width, np.nan)
+        self.last_time = _pad(self.last_time, capacity * self.width, NEVER)
+        self.capacity = capacity
+
+    # -- the update -------------------------------------------------------------------------
+
+    def update(self, batch: TypedBatch, now_ns: int) -> BankUpdate:
+        """Apply a micro-batch; ``now_ns`` is the engine clock (wall clock, or event time in a replay)."""
         r = batch.readings
+        n = len(r)
         rows = self.rows_for(r.twin_id)
         ch = batch.channel_index.astype(np.intp, copy=False)
-        n = len(r)
-        estimate = np.empty(n)
-        std = np.empty(n)
-        innovation = np.empty(n)
-        nis = np.empty(n)
-        cells = rows * len(self.channels) + ch
-        for idx in rounds_of(cells, r.time_ns):
-            out = self.kernel.step(self.state, rows[idx], ch[idx], r.time_ns[idx], r.value[idx])
-            estimate[idx] = out.estimate
-            std[idx] = out.std
-            innovation[idx] = out.innovation
-            nis[idx] = out.nis
-            self.late_readings += int(out.late.sum())
+        time_ns, value = r.time_ns, r.value
+        np.maximum.at(self.last_seen, rows, time_ns)
+        cells = rows * self.width + ch
+        cell_rounds = rounds_of(cells, time_ns)
+
+        flags = np.zeros(n, dtype=np.uint16)
+        r_scale = np.ones(n)
+        delta = np.full(n, np.nan)
+        dt = np.full(n, np.nan)
+        for idx in cell_rounds:
+            q = self.quality.update(rows[idx], ch[idx], time_ns[idx], value[idx], now_ns)
+            flags[idx] = q.flags
+            r_scale[idx] = q.r_scale
+            c = cells[idx]
+            seen = self.last_time[c] != NEVER
+            delta[idx] = np.where(seen, value[idx] - self.last_value[c], np.nan)
+            dt[idx] = np.where(seen, (time_ns[idx] - self.last_time[c]) / NS_PER_S, np.nan)
+            newer = time_ns[idx] >= self.last_time[c]
+            self.last_value[c[newer]] = value[idx][newer]
+            self.last_time[c[newer]] = time_ns[idx][newer]
+
+        estimate = np.full(n, np.nan)
+        std = np.full(n, np.nan)
+        innovation = np.full(n, np.nan)
+        nis = np.full(n, np.nan)
+        s = np.full(n, np.nan)
+        rejected = np.zeros(n, dtype=bool)
+        extra = {name: np.full(n, np.nan) for name in self.extra_columns}
+        group_of = self.group_of[ch]
+        for g, group in enumerate(self.groups):
+            sel = np.flatnonzero(group_of == g) if len(self.groups) > 1 else np.arange(n)
+            if sel.size == 0:
+                continue
+            srows = group.state_rows(rows[sel], ch[sel])
+            state_cols = group.state_columns() if self.spec.outputs.states else []
+            for idx in rounds_of(srows, time_ns[sel]):
+                pos = sel[idx]
+                out = group.kernel.step(
+                    group.state, srows[idx], group.local[ch[pos]], time_ns[pos], value[pos], r_scale[pos]
+                )
+                estimate[pos] = out.channel_estimate
+                std[pos] = out.channel_std
+                innovation[pos] = out.innovation
+                nis[pos] = out.nis
+                s[pos] = out.s
+                rejected[pos] = out.rejected
+                flags[pos] |= (
+                    out.gated.astype(np.uint16) * fl.GATED
+                    | out.late.astype(np.uint16) * fl.LATE
+                    | out.reset.astype(np.uint16) * fl.RESET
+                )
+                for j, _state in enumerate(state_cols[::2]):
+                    extra[state_cols[2 * j]][pos] = out.estimate[:, j]
+                    extra[state_cols[2 * j + 1]][pos] = out.std[:, j]
+                for j, h in enumerate(self.horizons):
+                    extra[f"forecast_{h}"][pos] = out.forecast[:, j]
+                    extra[f"forecast_{h}_std"][pos] = out.forecast_std[:, j]
+
+        score = np.full(n, np.nan)
+        if self.scorer is not None:
+            for idx in cell_rounds:
+                live = idx[~rejected[idx] & self.observed[ch[idx]]]
+                if live.size:
+                    score[live] = self.scorer.score(
+                        rows[live], ch[live], time_ns[live], value[live], innovation[live], s[live]
+                    )
+        if self.learners is not None:
+            order = np.flatnonzero(~rejected)
+            order = order[np.argsort(time_ns[order], kind="stable")]
+            learned = self.learners.update(
+                r.twin_id[order],
+                ch[order],
+                time_ns[order],
+                {
+                    "value": value[order],
+                    "innovation": innovation[order],
+                    "nis": nis[order],
+                    "estimate": estimate[order],
+                    "delta": delta[order],
+                    "dt": dt[order],
+                },
+            )
+            for name, col in learned.columns.items():
+                extra[name][order] = col
+            score[order] = np.fmax(score[order], learned.anomaly)
+            flags[order] |= learned.drift.astype(np.uint16) * fl.DRIFT
+        flags |= (score >= self.spec.anomaly.level).astype(np.uint16) * fl.ANOMALY
+
+        self.counters["late_readings"] += int(np.count_nonzero(flags & fl.LATE))
+        self.counters["gated_readings"] += int(np.count_nonzero(flags & fl.GATED))
+        dead: list[DeadLetter] = []
+        keep = slice(None)
+        if rejected.any():
+            self.counters["rejected_readings"] += int(rejected.sum())
+            dead = self._too_late(batch, np.flatnonzero(rejected), rows)
+            keep = np.flatnonzero(~rejected)  # type: ignore[assignment]
         unit = np.where(r.unit == "", self.units[ch], r.unit)
-        return EstimateBatch(
+        out_batch = EstimateBatch(
             batch.twin_type,
-            r.twin_id,
-            np.asarray(self.channels, dtype=np.str_)[ch],
-            r.time_ns,
-            r.value,
-            unit,
-            estimate,
-            std,
-            innovation,
-            nis,
+            r.twin_id[keep],
+            self.channel_names[ch][keep],
+            time_ns[keep],
+            value[keep],
+            unit[keep],
+            estimate[keep],
+            std[keep],
+            innovation[keep],
+            nis[keep],
+            flags[keep],
+            score[keep],
+            {name: col[keep] for name, col in extra.items()},
         )
+        return BankUpdate(out_batch, dead)
+
+    def _too_late(self, batch: TypedBatch, index: IntP, rows: IntP) -> list[DeadLetter]:
+        r = batch.readings
+        bound = self.spec.kalman.lateness
+        letters = []
+        for i in index.tolist():
+            latest = int(self.last_seen[rows[i]])
+            behind = (latest - int(r.time_ns[i])) / NS_PER_S
+            reason = (
+                f"reading at {format_time_ns(int(r.time_ns[i]))} is {behind:g} s older than twin "
+                f"{str(r.twin_id[i])!r} ({format_time_ns(latest)}); the lateness bound is {bound:g} s"
+            )
+            raw = orjson.dumps(
+                {
+                    "twin_id": str(r.twin_id[i]),
+                    "channel": str(r.channel[i]),
+                    "time_ns": int(r.time_ns[i]),
+                    "value": float(r.value[i]),
+                }
+            )
+            letters.append(DeadLetter(f"twin_bank:{batch.twin_type}", reason, raw))
+        return letters
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def due(self, now_ns: int) -> EstimateBatch | None:
+        """Rows for sensors that went stale by ``now_ns`` (value NaN, flag ``stale``), if any."""
+        stale = self.quality.due(now_ns)
+        k = int(stale.rows.shape[0])
+        if k == 0:
+            return None
+        nan = np.full(k, np.nan)
+        return EstimateBatch(
+            self.spec.name,
+            np.asarray(self.twin_ids, dtype=np.str_)[stale.rows],
+            self.channel_names[stale.ch],
+            np.full(k, now_ns, dtype=np.int64),
+            nan,
+            self.units[stale.ch],
+            nan.copy(),
+            nan.copy(),
+            nan.copy(),
+            nan.copy(),
+            np.full(k, fl.STALE, dtype=np.uint16),
+            nan.copy(),
+            {name: nan.copy() for name in self.extra_columns},
+        )
+
+    def next_due_ns(self) -> int | None:
+        """When :meth:`due` may next have something to report (engine clock), if ever."""
+        return self.quality.next_due_ns()
+
+    def evict_idle(self, now_ns: int) -> int:
+        """Drop twins with no reading for the type's TTL; returns how many were evicted."""
+        ttl = self.spec.ttl
+        n = len(self.twin_ids)
+        if ttl is None or n == 0:
+            return 0
+        idle = self.last_seen[:n] < now_ns - round(ttl * NS_PER_S)
+        if not idle.any():
+            return 0
+        keep = np.flatnonzero(~idle)
+        gone = [self.twin_ids[i] for i in np.flatnonzero(idle).tolist()]
+        self._keep_rows(keep)
+        if self.learners is not None:
+            self.learners.evict(gone)
+        self.counters["evicted_twins"] += len(gone)
+        return len(gone)
+
+    def _keep_rows(self, keep: IntP) -> None:
+        ids = [self.twin_ids[i] for i in keep.tolist()]
+        capacity = max(64, 2 * len(ids))
+        for group in self.groups:
+            group.keep(keep, capacity)
+        self.quality.take(keep)
+        self.quality.grow(capacity)
+        if self.scorer is not None:
+            self.scorer.take(keep)
+            self.scorer.grow(capacity)
+        cells = (keep[:, None] * self.width + np.arange(self.width)).ravel()
+        self.last_seen = _pad(self.last_seen[keep], capacity, NEVER)
+        self.last_value = _pad(self.last_value[cells], capacity * self.width, np.nan)
+        self.last_time = _pad(self.last_time[cells], capacity * self.width, NEVER)
+        self.capacity = capacity
+        self.twin_ids = ids
+        self._index = IdIndex()
+        if ids:
+            self._index.add(np.asarray(ids, dtype=np.str_), np.arange(len(ids), dtype=np.intp))
+
+    # -- snapshots --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """Compact, picklable copy of the state: numpy arrays trimmed to the twins present."""
         n = len(self.twin_ids)
+        groups = {}
+        for group in self.groups:
+            size = group.capacity_for(n)
+            groups[group.name] = {name: a[:size].copy() for name, a in group.state.arrays().items()}
         return {
             "format": SNAPSHOT_FORMAT,
             "twin_type": self.spec.name,
+            "version": self.spec.version,
+            "fingerprint": self.spec.state_fingerprint(),
             "channels": list(self.channels),
             "twin_ids": list(self.twin_ids),
-            "x": self.state.x[:n].copy(),
-            "p": self.state.p[:n].copy(),
-            "last_ns": self.state.last_ns[:n].copy(),
-            "late_readings": self.late_readings,
+            "last_seen": self.last_seen[:n].copy(),
+            "last_value": self.last_value[: n * self.width].copy(),
+            "last_time": self.last_time[: n * self.width].copy(),
+            "groups": groups,
+            "quality": self.quality.snapshot(n),
+            "anomaly": self.scorer.snapshot(n) if self.scorer is not None else None,
+            "learners": self.learners.snapshot() if self.learners is not None else None,
+            "counters": dict(self.counters),
         }
 
     @classmethod
     def restore(cls, spec: TwinTypeSpec, snap: dict[str, Any]) -> TwinBank:
-        """Rebuild a bank from :meth:`snapshot`; refuses a snapshot of another layout or type."""
+        """Rebuild a bank from :meth:`snapshot`; refuses a snapshot of another layout or spec."""
         if snap.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"twin bank snapshot format {snap.get('format')!r}, expected {SNAPSHOT_FORMAT}")
-        if snap["twin_type"] != spec.name or snap["channels"] != spec.channel_names():
-            raise ValueError(
-                f"snapshot is of twin type {snap['twin_type']!r} with channels {snap['channels']}, "
-                f"the spec declares {spec.name!r} with channels {spec.channel_names()}"
+            raise SnapshotMismatchError(
+                f"twin bank snapshot format {snap.get('format')!r}, this version reads {SNAPSHOT_FORMAT}"
+            )
+        if snap["twin_type"] != spec.name:
+            raise SnapshotMismatchError(f"snapshot is of twin type {snap['twin_type']!r}, not {spec.name!r}")
+        if snap["fingerprint"] != spec.state_fingerprint():
+            raise SnapshotMismatchError(
+                f"twin type {spec.name!r}: the saved state was built from another spec (version "
+                f"{snap['version']}, channels {snap['channels']}); this spec (version {spec.version}, "
+                f"channels {spec.channel_names()}) changes the models, channels or learners"
             )
         ids: list[str] = snap["twin_ids"]
-        bank = cls(spec, capacity=max(64, len(ids)))
         n = len(ids)
-        bank.state.x[:n] = snap["x"]
-        bank.state.p[:n] = snap["p"]
-        bank.state.last_ns[:n] = snap["last_ns"]
+        bank = cls(spec, capacity=max(64, n))
+        for group in bank.groups:
+            saved = snap["groups"][group.name]
+            for name, array in group.state.arrays().items():
+                array[: saved[name].shape[0]] = saved[name]
+        bank.quality = QualityBank.restore([spec.channels[c].quality for c in bank.channels], snap["quality"])
+        bank.quality.grow(bank.capacity)
+        if bank.scorer is not None:
+            bank.scorer.restore(snap["anomaly"])
+            bank.scorer.grow(bank.capacity)
+        if bank.learners is not None:
+            bank.learners = LearnerBank.restore(list(spec.learners), bank.channels, snap["learners"])
+        bank.last_seen[:n] = snap["last_seen"]
+        bank.last_value[: n * bank.width] = snap["last_value"]
+        bank.last_time[: n * bank.width] = snap["last_time"]
         bank.twin_ids = list(ids)
-        bank.row_of = {tid: i for i, tid in enumerate(ids)}
         if ids:
             bank._index.add(np.asarray(ids, dtype=np.str_), np.arange(n, dtype=np.intp))
-        bank.late_readings = int(snap.get("late_readings", 0))
+        bank.counters.update(snap.get("counters", {}))
         return bank
+
+
+def _pad(array: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:
+    """``array`` extended (or cut) to ``size`` elements, new ones set to ``fill``."""
+    out = np.full(size, fill, dtype=array.dtype)
+    k = min(size, array.shape[0])
+    out[:k] = array[:k]
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,9 +38,21 @@ class TypedBatch:
         )
 
 
+def _no_flags() -> npt.NDArray[np.uint16]:
+    return np.zeros(0, dtype=np.uint16)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class EstimateBatch:
-    """One row per reading applied to a twin bank: the reading and the twin's estimate after it."""
+    """One row per reading applied to a twin bank: the reading and the twin's outputs after it.
+
+    ``estimate``/``std`` are the filter's posterior of the reading's channel, ``innovation``
+    and ``nis`` its surprise; ``flags`` the bits of :mod:`dte_stream.twins.flags` (an empty
+    array means none), ``anomaly_score`` in [0, 1] (empty: not scored); ``extra`` holds the
+    optional outputs the twin type declares (every state of a multi-state model, forecasts,
+    learner outputs), one float column each, NaN where it does not apply to a row.
+    Rows with a NaN ``value`` are events without a reading (a stale sensor found by a timer).
+    """
 
     twin_type: str
     twin_id: npt.NDArray[np.str_]
@@ -52,16 +64,78 @@ class EstimateBatch:
     std: npt.NDArray[np.float64]
     innovation: npt.NDArray[np.float64]
     nis: npt.NDArray[np.float64]
+    flags: npt.NDArray[np.uint16] = field(default_factory=_no_flags)
+    anomaly_score: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    extra: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.time_ns.shape[0])
+
+    def flag_column(self) -> npt.NDArray[np.uint16]:
+        """``flags``, or zeros when the batch carries none."""
+        n = len(self)
+        return self.flags if self.flags.shape[0] == n else np.zeros(n, dtype=np.uint16)
+
+    def score_column(self) -> npt.NDArray[np.float64]:
+        """``anomaly_score``, or NaN when the batch was not scored."""
+        n = len(self)
+        return self.anomaly_score if self.anomaly_score.shape[0] == n else np.full(n, np.nan)
+
+    @staticmethod
+    def concat(batches: list[EstimateBatch]) -> EstimateBatch:
+        """Batches of one twin type as one, rows in order."""
+        if len(batches) == 1:
+            return batches[0]
+
+        def cat(name: str) -> npt.NDArray[Any]:
+            return np.concatenate([getattr(b, name) for b in batches])
+
+        names = list(dict.fromkeys(name for b in batches for name in b.extra))
+        extra = {
+            name: np.concatenate([b.extra.get(name, np.full(len(b), np.nan)) for b in batches])
+            for name in names
+        }
+        return EstimateBatch(
+            batches[0].twin_type,
+            cat("twin_id"),
+            cat("channel"),
+            cat("time_ns"),
+            cat("value"),
+            cat("unit"),
+            cat("estimate"),
+            cat("std"),
+            cat("innovation"),
+            cat("nis"),
+            np.concatenate([b.flag_column() for b in batches]),
+            np.concatenate([b.score_column() for b in batches]),
+            extra,
+        )
+
+    def take(self, index: npt.NDArray[np.intp]) -> EstimateBatch:
+        """The rows at ``index``, in that order."""
+        return EstimateBatch(
+            self.twin_type,
+            self.twin_id[index],
+            self.channel[index],
+            self.time_ns[index],
+            self.value[index],
+            self.unit[index],
+            self.estimate[index],
+            self.std[index],
+            self.innovation[index],
+            self.nis[index],
+            self.flag_column()[index],
+            self.score_column()[index],
+            {name: col[index] for name, col in self.extra.items()},
+        )
 
     def per_twin_documents(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """One JSON-ready document per twin, its rows in batch order: what message sinks send.
 
         A document has ``twin_id``, ``twin_type`` and ``estimates``: a list of ``{channel,
-        time (RFC 3339, ns), time_ns, value, unit, estimate, std, innovation, nis}``
-        (serialisers write non-finite numbers as null).
+        time (RFC 3339, ns), time_ns, value, unit, estimate, std, innovation, nis, flags,
+        anomaly_score}`` plus the batch's ``extra`` columns (serialisers write non-finite
+        numbers as null).
         """
         n = len(self)
         if n == 0:
@@ -71,7 +145,7 @@ class EstimateBatch:
         starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), n]
         times = self.time_ns[order]
         texts = np.char.add(np.datetime_as_string(times.astype("datetime64[ns]"), unit="ns"), "Z")
-        columns = (
+        columns = [
             self.channel[order].tolist(),
             texts.tolist(),
             times.tolist(),
@@ -81,8 +155,14 @@ class EstimateBatch:
             self.std[order].tolist(),
             self.innovation[order].tolist(),
             self.nis[order].tolist(),
-        )
-        keys = ("channel", "time", "time_ns", "value", "unit", "estimate", "std", "innovation", "nis")
+            self.flag_column()[order].tolist(),
+            self.score_column()[order].tolist(),
+            *(col[order].tolist() for col in self.extra.values()),
+        ]
+        keys = (
+            "channel", "time", "time_ns", "value", "unit", "estimate", "std", "innovation", "nis",
+            "flags", "anomaly_score", *self.extra,
+        )  # fmt: skip
         rows = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
         for lo, hi in itertools.pairwise(starts):
             twin_id = str(ids[lo])
@@ -111,6 +191,8 @@ class EstimateBatch:
         type_names = sorted(set(types))
         type_codes = np.repeat(np.array([type_names.index(t) for t in types], dtype=np.uint32), counts)
         twin_type_col = pl.Series("twin_type", type_names, dtype=pl.String).gather(type_codes)
+        flags = np.concatenate([b.flag_column() for b in batches])
+        scores = np.concatenate([b.score_column() for b in batches])
         return pl.DataFrame(
             [
                 pl.Series("time", cat("time_ns"), dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")),
@@ -123,5 +205,39 @@ class EstimateBatch:
                 pl.Series("std", cat("std"), dtype=pl.Float64),
                 pl.Series("innovation", cat("innovation"), dtype=pl.Float64),
                 pl.Series("nis", cat("nis"), dtype=pl.Float64),
+                pl.Series("flags", flags, dtype=pl.UInt16),
+                pl.Series("anomaly_score", scores, dtype=pl.Float64),
             ]
         )
+
+    @staticmethod
+    def outputs_frame_of(batches: list[EstimateBatch]) -> pl.DataFrame | None:
+        """The ``extra`` columns as a long frame (time, twin_id, twin_type, channel, output, value).
+
+        One row per finite value, for the local store's ``outputs`` table; None when no batch
+        has extra outputs.
+        """
+        parts = []
+        for b in batches:
+            if not b.extra or len(b) == 0:
+                continue
+            base = pl.DataFrame(
+                {
+                    "time": pl.Series(b.time_ns, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")),
+                    "twin_id": b.twin_id.tolist(),
+                    "channel": b.channel.tolist(),
+                }
+            )
+            for name, col in b.extra.items():
+                finite = np.isfinite(col)
+                if finite.any():
+                    parts.append(
+                        base.filter(pl.Series(finite)).with_columns(
+                            pl.lit(b.twin_type).alias("twin_type"),
+                            pl.lit(name).alias("output"),
+                            pl.Series("value", col[finite], dtype=pl.Float64),
+                        )
+                    )
+        if not parts:
+            return None
+        return pl.concat(parts).select("time", "twin_id", "twin_type", "channel", "output", "value")

@@ -74,7 +74,7 @@ def test_table_prints_newest_20_rows_aligned(data_dir: Path, capsys: pytest.Capt
     lines = out.splitlines()
     assert lines[0].split() == [
         "time", "twin_id", "twin_type", "channel", "value", "unit",
-        "estimate", "std", "innovation", "nis",
+        "estimate", "std", "innovation", "nis", "flags", "anomaly_score",
     ]  # fmt: skip
     assert set(lines[1]) <= {"-", " "}
     assert len(lines) == 2 + 20
@@ -112,7 +112,7 @@ def test_csv_has_header_and_full_precision(data_dir: Path, capsys: pytest.Captur
     assert err == ""
     assert list(rows[0]) == [
         "time", "time_ns", "twin_id", "twin_type", "channel", "value", "unit",
-        "estimate", "std", "innovation", "nis",
+        "estimate", "std", "innovation", "nis", "flags", "anomaly_score",
     ]  # fmt: skip
     assert rows[0]["time"] == format_time_ns(DAY0)
     assert rows[0]["time_ns"] == str(DAY0)

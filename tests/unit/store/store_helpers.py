@@ -39,5 +39,7 @@ def make_readings(
             "std": np.full(n, 0.5),
             "innovation": np.full(n, -0.1),
             "nis": np.full(n, 0.04),
+            "flags": pl.Series(np.arange(n) % 4, dtype=pl.UInt16),
+            "anomaly_score": np.linspace(0.0, 1.0, n),
         }
     )

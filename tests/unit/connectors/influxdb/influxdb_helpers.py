@@ -56,16 +56,18 @@ _TAG = re.compile(rf",({_KEY})=({_KEY})")
 _FIELD = re.compile(rf"({_KEY})=({_STRING}|[^,]+)")
 
 
-def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float | str], int]:
-    """measurement, tags, fields (floats; strings unquoted) and time of one line."""
+def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float | int | str], int]:
+    """measurement, tags, fields (floats, integers ``<n>i``; strings unquoted) and time of one line."""
     match = _LINE.fullmatch(line)
     assert match is not None, f"not a line-protocol point: {line!r}"
     measurement, tag_text, field_text, stamp = match.groups()
     tags = {unescape_tag(k): unescape_tag(v) for k, v in _TAG.findall(tag_text)}
-    fields: dict[str, float | str] = {}
+    fields: dict[str, float | int | str] = {}
     for key, raw in _FIELD.findall(field_text):
         if raw.startswith('"'):
             fields[unescape_tag(key)] = re.sub(r'\\(["\\])', r"\1", raw[1:-1])
+        elif raw.endswith("i"):
+            fields[unescape_tag(key)] = int(raw[:-1])
         else:
             fields[unescape_tag(key)] = float(raw)
     return unescape_measurement(measurement), tags, fields, int(stamp)

@@ -20,6 +20,7 @@ from influxdb_helpers import FIELD_NAMES, T0, estimates, parse_line, same_float
 from dte_stream.codecs import DecodeContext, get_codec
 from dte_stream.connectors.influxdb import EstimateSerialiser
 from dte_stream.readings import id_problem
+from dte_stream.twins.batches import EstimateBatch
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -79,7 +80,7 @@ def test_hostile_ids_round_trip_or_become_dead_letters(
             want_tags["unit"] = unit
         assert tags == want_tags
         assert list(tags) == sorted(tags)  # sorted keys, as InfluxDB stores them
-        assert fields == {name: float(getattr(batch, name)[i]) for name in FIELD_NAMES}
+        assert fields == {**{name: float(getattr(batch, name)[i]) for name in FIELD_NAMES}, "flags": 0}
         assert time_ns == int(batch.time_ns[i])
     # the codecs' decoder agrees on the twin id and unit, when it accepts them as ids
     if (
@@ -88,7 +89,7 @@ def test_hostile_ids_round_trip_or_become_dead_letters(
         and id_problem("u", unit) is None
     ):
         decoded = _decoded(out.text())
-        assert [(d[0], d[1], d[4]) for d in decoded[:: len(FIELD_NAMES)]] == [
+        assert [(d[0], d[1], d[4]) for d in decoded[:: len(FIELD_NAMES) + 1]] == [
             (twin_ids[i], "value", unit) for i in expected
         ]
     for letter in out.dead_letters:
@@ -118,7 +119,8 @@ def test_fields_are_exact_and_non_finite_ones_are_left_out(values: list[float], 
     (line,) = out.lines.to_list()
     _, _, fields, stamp = parse_line(line)
     assert stamp == time_ns
-    assert list(fields) == list(finite)
+    assert list(fields) == [*finite, "flags"]
+    assert fields["flags"] == 0
     for name, value in finite.items():
         assert same_float(float(fields[name]), value), (name, value, line)
     assert "nan" not in line.lower().split(" ", 1)[1]
@@ -130,7 +132,7 @@ def test_a_known_line() -> None:
     (line,) = EstimateSerialiser().serialise(batch).lines.to_list()
     assert line == (
         f"dte_readings,channel=temp,twin_id=pump\\ 1,twin_type=pump,unit=°C "
-        f"value=0.5,estimate=1.5,std=2.5,innovation=3.5 {T0}"
+        f"value=0.5,estimate=1.5,std=2.5,innovation=3.5,flags=0i {T0}"
     )
 
 
@@ -149,7 +151,29 @@ def test_nan_rows_are_skipped_and_counted_per_row() -> None:
     out = EstimateSerialiser().serialise(batch)
     assert out.skipped == 1
     parsed = [parse_line(line) for line in out.lines.to_list()]
-    assert [(p[1]["twin_id"], p[2]) for p in parsed] == [("a", {"value": 1.0}), ("c", {"estimate": 2.0})]
+    assert [(p[1]["twin_id"], p[2]) for p in parsed] == [
+        ("a", {"value": 1.0, "flags": 0}),
+        ("c", {"estimate": 2.0, "flags": 0}),
+    ]
+
+
+def test_flags_scores_and_extra_outputs_are_fields() -> None:
+    """A flagged row without any finite value is still a point (a stale sensor); extras are fields."""
+    batch = estimates(["a", "b"], fields={"value": [1.0, math.nan], "estimate": [2.0, math.nan]})
+    nan = math.nan
+    batch = EstimateBatch(
+        *(getattr(batch, f) for f in ("twin_type", "twin_id", "channel", "time_ns", "value", "unit")),
+        batch.estimate, np.full(2, nan), np.full(2, nan), np.full(2, nan),
+        np.array([0, 1], dtype=np.uint16), np.array([0.25, nan]),
+        {"forecast_1h": np.array([3.0, nan]), "hst score": np.array([nan, nan])},
+    )  # fmt: skip
+    out = EstimateSerialiser(unit="omit").serialise(batch)
+    assert out.skipped == 0
+    fields = [parse_line(line)[2] for line in out.lines.to_list()]
+    assert fields == [
+        {"value": 1.0, "estimate": 2.0, "anomaly_score": 0.25, "forecast_1h": 3.0, "flags": 0},
+        {"flags": 1},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -245,6 +269,6 @@ def test_large_batch_in_bulk() -> None:
     lines = text.split("\n")
     assert len(lines) == n
     decoded = _decoded(text)
-    assert len(decoded) == n * len(FIELD_NAMES)
+    assert len(decoded) == n * (len(FIELD_NAMES) + 1)  # + flags
     values = [d[3] for d in decoded if d[1] == "value"]
     assert values == batch.value.tolist()

@@ -55,6 +55,8 @@ def test_one_record_per_twin_rows_in_batch_order() -> None:
         "std": 0.25,
         "innovation": -0.5,
         "nis": None,  # NaN is not JSON
+        "flags": 0,
+        "anomaly_score": None,
     }
     assert orjson.loads(records[b'p 3,="x"'])["twin_id"] == 'p 3,="x"'
 

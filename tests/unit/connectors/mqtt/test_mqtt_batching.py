@@ -162,6 +162,8 @@ def test_estimate_messages_one_per_twin_in_batch_order() -> None:
         "std": 0.1,
         "innovation": None,
         "nis": None,
+        "flags": 0,
+        "anomaly_score": None,
     }
     assert list(estimate_messages(_estimates([]), topic)) == []
 
