@@ -44,25 +44,31 @@ def demo_document(
                 "name": "pump",
                 "description": "A centrifugal pump with a temperature, pressure and flow sensor.",
                 "match": "pump-.*",
+                "ttl": "7d",
                 "channels": {
                     "temperature": {
                         "unit": "degC",
                         "aliases": ["temp"],
                         "filter": {"process_noise": 0.001, "measurement_noise": 0.25},
+                        "quality": {"min": -20, "max": 120, "stuck_after": 10},
                     },
                     "pressure": {
                         "unit": "bar",
                         "filter": {"process_noise": 0.00001, "measurement_noise": 0.0025},
+                        "quality": {"min": 0, "max": 16, "stuck_after": 10},
                     },
                     "flow": {
                         "unit": "m3/h",
                         "filter": {"process_noise": 0.05, "measurement_noise": 4.0},
+                        "quality": {"min": 0, "max": 400, "stuck_after": 10},
                     },
                 },
             }
         ],
         "sinks": [{"kind": "local_store", "data_dir": str(data_dir)}],
-        "engine": {"shards": 4, "workers": workers},
+        # Faster than real time, the simulator's clock runs ahead of the wall clock: judge stale
+        # sensors and clock skew by event time then.
+        "engine": {"shards": 4, "workers": workers, "clock": "wall" if rate is None else "event"},
     }
 
 
