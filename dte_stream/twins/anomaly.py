@@ -50,6 +50,8 @@ IntP = npt.NDArray[np.intp]
 ANOMALY_LEVEL: float = 0.7
 
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
+_U_MAX = 1e150
+_Z_MAX = 1e6
 _LN10 = math.log(10.0)
 # Numerical Recipes' erfc: t exp(-x^2 + poly(t)), relative error below 1.2e-7 for every x >= 0.
 _ERFC_COEF = (
@@ -225,12 +227,14 @@ class AnomalyScorer:
         run = self.run[rows, ch]
         valid = np.isfinite(innovation)
         norm = np.where(np.isfinite(s) & (s > 0), np.sqrt(np.where(s > 0, s, 1.0)), 1.0)
-        u = np.where(valid, innovation, 0.0) / norm
-        dev = u - centre
-        sigma = spread * _SQRT_HALF_PI  # mean absolute deviation -> Gaussian standard deviation
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            # |u| <= U_MAX keeps every later difference, product and square finite; z <= Z_MAX
+            # is already certain (score 1) and keeps its square finite.
+            u = np.clip(np.where(valid, innovation, 0.0) / norm, -_U_MAX, _U_MAX)
+            dev = u - centre
+            sigma = spread * _SQRT_HALF_PI  # mean absolute deviation -> Gaussian standard deviation
             z = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.inf))
-        z = np.abs(np.where(np.isnan(z), 0.0, z))
+        z = np.minimum(np.abs(np.where(np.isnan(z), 0.0, z)), _Z_MAX)
         z_seen = z / np.maximum(peak / self.peak_ref, 1.0)
         # Point view: two-sided tail of z; short window: chi-square upper tail of the capped squares.
         log_p_point = gaussian_log_sf(z_seen) + math.log(2.0)
@@ -255,7 +259,7 @@ class AnomalyScorer:
         self.centre[r, c] = np.where(relearn, 0.0, new_centre)[valid]
         self.spread[r, c] = np.where(relearn, 0.0, new_spread)[valid]
         self.window[r, c] = np.where(relearn | (count < self.warmup), 1.0, new_window)[valid]
-        new_peak = np.where(count >= 3, np.maximum(peak * self._peak_decay, np.minimum(z, 1e6)), 0.0)
+        new_peak = np.where(count >= 3, np.maximum(peak * self._peak_decay, z), 0.0)
         self.peak[r, c] = np.where(relearn, 0.0, new_peak)[valid]
         self.count[r, c] = np.where(learn, count + 1, 0)[valid]
         self.run[r, c] = np.where(learn, new_run, 0)[valid]

@@ -217,3 +217,21 @@ def test_recurring_surprises_stop_flagging_but_a_larger_one_still_does() -> None
     assert scores[200] >= ANOMALY_LEVEL
     assert (scores[600:1400:100] < ANOMALY_LEVEL).all()
     assert scores[1450] >= ANOMALY_LEVEL
+
+
+extreme = st.sampled_from(
+    [0.0, 1e-300, -1e-300, 1.0, -3.0, 1e150, -1e200, 1e300, -1.7e308, math.inf, math.nan]
+)
+variance = st.sampled_from([1e-300, 1.0, 1e300, math.inf, 0.0, math.nan, -1.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(extreme, variance), min_size=1, max_size=40))
+def test_extreme_values_raise_no_warning_and_keep_state_finite(readings: list[tuple[float, float]]) -> None:
+    """Overflow-prone inputs (pytest turns numpy warnings into errors): scores in [0, 1], state finite."""
+    scorer = AnomalyScorer(channels=1, capacity=1, warmup=2)
+    for innov, s in readings:
+        out = scorer.score(ONE, ONE, ONE, ONE * 0.0, np.array([innov]), np.array([s]))
+        assert 0.0 <= out[0] <= 1.0
+    for name, value in scorer.snapshot(1).items():
+        assert np.isfinite(value).all(), name
