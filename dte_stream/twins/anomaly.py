@@ -4,10 +4,11 @@ Pure numpy: no Bytewax, no river. The state-space kernel hands every reading's i
 (reading minus prediction) and its variance ``s``; :class:`AnomalyScorer` turns them into a
 score in ``[0, 1]`` per reading, using only statistics the cell learned from its own past:
 
-1. ``u = innovation / sqrt(s)``; ``s`` only matters relative to its own history (after a long
-   gap ``s`` grows and a larger innovation is expected), so a filter with fixed noise
-   densities (``s`` not following the data's scale) and a scale-adaptive one give the same
-   scores. Multiplying a series by any constant leaves every score unchanged.
+1. ``u = innovation`` by default (``use_variance=False``); with ``use_variance=True``,
+   ``u = innovation / sqrt(s)``, where ``s`` only matters relative to its own history. The
+   default ignores ``s`` because the engine inflates a suspect reading's measurement variance
+   (quality flags), which would divide a spike's surprise away; on NAB both give the same
+   results. Either way multiplying a series by any constant leaves every score unchanged.
 2. Long view: a robust exponentially weighted centre and mean absolute deviation of ``u``
    (updates winsorised at ``clip`` standard deviations, so one spike barely moves them, yet a
    lasting change of noise level is learned within a few hundred readings);
@@ -120,6 +121,7 @@ class AnomalyScorer:
         relearn_after: int = 20,
         peak_halflife: float = 300.0,
         peak_ref: float = 4.0,
+        use_variance: bool = False,
     ) -> None:
         if channels < 1 or capacity < 0:
             raise ValueError(f"need channels >= 1 and capacity >= 0, not {channels!r}, {capacity!r}")
@@ -146,6 +148,7 @@ class AnomalyScorer:
         self.relearn_after = int(relearn_after)
         self.peak_halflife = float(peak_halflife)
         self.peak_ref = float(peak_ref)
+        self.use_variance = bool(use_variance)
         self._peak_decay = 0.5 ** (1.0 / self.peak_halflife)
         self._alpha_long = 1.0 - 0.5 ** (1.0 / self.long_halflife)
         self._alpha_short = 1.0 - 0.5 ** (1.0 / self.short_halflife)
@@ -226,7 +229,8 @@ class AnomalyScorer:
         peak = self.peak[rows, ch]
         run = self.run[rows, ch]
         valid = np.isfinite(innovation)
-        norm = np.where(np.isfinite(s) & (s > 0), np.sqrt(np.where(s > 0, s, 1.0)), 1.0)
+        use = self.use_variance & np.isfinite(s) & (s > 0)
+        norm = np.where(use, np.sqrt(np.where(use, s, 1.0)), 1.0)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             # |u| <= U_MAX keeps every later difference, product and square finite; z <= Z_MAX
             # is already certain (score 1) and keeps its square finite.

@@ -46,13 +46,14 @@ def test_scale_free_through_the_filter() -> None:
     assert base.max() > 0.9  # the comparison is not of all-zero scores
 
 
-def test_scale_free_whether_or_not_s_follows_the_scale() -> None:
+@pytest.mark.parametrize("use_variance", [False, True])
+def test_scale_free_whether_or_not_s_follows_the_scale(use_variance: bool) -> None:
     rng = np.random.default_rng(2)
     innov = rng.standard_t(4, size=(600, 1))
     s = rng.uniform(0.5, 2.0, size=(600, 1))
     runs = []
     for factor, s_factor in ((1.0, 1.0), (1e3, 1.0), (1e3, 1e6), (1e-4, 1e-8)):
-        scorer = AnomalyScorer(channels=1, capacity=1)
+        scorer = AnomalyScorer(channels=1, capacity=1, use_variance=use_variance)
         runs.append(
             np.array(
                 [
