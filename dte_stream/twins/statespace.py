@@ -406,7 +406,8 @@ class StateSpaceKernel:
         if self.adaptive_noise:
             scale = state.scale[rows]
             count = state.scale_count[rows]
-            nis = nis / scale
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # scale 0 or tiny: +inf
+                nis = np.where(nis == 0.0, 0.0, nis / scale)
             over = measured & (count >= self.warmup) & (nis > self.gate)
         else:
             over = measured & (nis > self.gate)
@@ -458,14 +459,10 @@ class StateSpaceKernel:
         """Update ``sigma^2`` from the unit-scale NIS of the applied readings; the scale after."""
         n_new = count + learn
         alpha = np.maximum(1.0 / np.maximum(n_new, 1), self._alpha)
-        new = np.where(learn, np.maximum(scale + alpha * (sample - scale), MIN_SCALE), scale)
+        new = np.where(learn, (1.0 - alpha) * scale + alpha * sample, scale)
         state.scale[rows] = new
         state.scale_count[rows] = n_new
         return new
-
-
-#: Floor of the estimated noise scale (a series that never changes would drive it to 0).
-MIN_SCALE = 1e-300
 
 
 def noise_weight(halflife: float) -> float:

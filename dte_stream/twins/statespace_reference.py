@@ -2,7 +2,8 @@
 
 The yardstick of :class:`~dte_stream.twins.statespace.StateSpaceKernel`: the same model and
 the same rules (gaps, late and rejected readings, gating and resets, control inputs, first
-observation from the prior), written one reading at a time with small numpy matrices and an
+observation from the prior, per-reading trust ``r_scale``, the adaptive noise scale), written one
+reading at a time with small numpy matrices and an
 independent matrix exponential (Taylor series with scaling and squaring, not the kernel's
 batched Padé). Far too slow for the data path; that is the point of comparing against it.
 """
@@ -48,6 +49,8 @@ class _Twin:
     gated_run: list[int]
     last_ns: int = 0
     initialised: bool = False
+    scale: float = 1.0
+    scale_count: int = 0
 
 
 @dataclass
@@ -66,6 +69,8 @@ class ReferenceOutput:
     rejected: bool
     forecast: list[float] = field(default_factory=list)
     forecast_std: list[float] = field(default_factory=list)
+    channel_estimate: float = math.nan
+    channel_std: float = math.nan
 
 
 class ReferenceFilter:
@@ -85,8 +90,14 @@ class ReferenceFilter:
         reset_after: int = 3,
         lateness_ns: int = 60 * NS_PER_S,
         horizons_s: list[float] | None = None,
+        adaptive_noise: bool = False,
+        noise_halflife: float = 200.0,
+        warmup: int = 10,
     ) -> None:
         self.model = model
+        self.adaptive_noise = adaptive_noise
+        self.noise_halflife = noise_halflife
+        self.warmup = warmup
         self.gate = gate
         self.reset_after = reset_after
         self.lateness_ns = lateness_ns
@@ -121,8 +132,13 @@ class ReferenceFilter:
             f, q, g = f @ f, f @ q @ f.T + q, f @ g + g
         return f, (q + q.T) / 2, g
 
-    def update(self, twin_id: str, channel: int, time_ns: int, value: float) -> ReferenceOutput:
-        """Apply one reading of channel ``channel`` (``>= m``: a control input) and return its outputs."""
+    def update(
+        self, twin_id: str, channel: int, time_ns: int, value: float, r_scale: float = 1.0
+    ) -> ReferenceOutput:
+        """Apply one reading of channel ``channel`` (``>= m``: a control input) and return its outputs.
+
+        ``r_scale`` multiplies the channel's measurement variance for this reading only.
+        """
         mdl = self.model
         tw = self.twins.get(twin_id)
         if tw is None:
@@ -143,13 +159,18 @@ class ReferenceFilter:
             tw.u[channel - mdl.m] = value
             return self._output(tw, nan, nan, nan, nan, False, False, late, False, None)
         h = mdl.H[channel]
-        r = float(mdl.R[channel])
+        r = float(mdl.R[channel]) * r_scale
         predicted = float(h @ x)
         innovation = value - predicted
-        s = float(h @ P @ h) + r
+        s = float(h @ P @ h) + r  # in the model's units
+        scale = tw.scale if self.adaptive_noise else 1.0
         nis = innovation * innovation / s
+        if nis > 0.0:  # a scale of 0 (a series that never changed) makes any change infinitely unlikely
+            nis = nis / scale if scale > 0.0 else math.inf
+        armed = tw.scale_count >= self.warmup if self.adaptive_noise else True
+        have_scale = tw.scale_count > 0
         gated = reset = False
-        if tw.initialised and nis > self.gate:
+        if tw.initialised and armed and nis > self.gate:
             tw.gated_run[channel] += 1
             if tw.gated_run[channel] >= self.reset_after:
                 reset = True
@@ -165,12 +186,22 @@ class ReferenceFilter:
             ikh = np.eye(mdl.n) - np.outer(k, h)
             new_p = ikh @ P @ ikh.T + np.outer(k, k) * r
             tw.x, tw.P = x + k * innovation, (new_p + new_p.T) / 2
+            if self.adaptive_noise and tw.initialised:
+                self._learn(tw, innovation * innovation / s_upd)
         measured = tw.initialised
         tw.last_ns = max(tw.last_ns, time_ns) if tw.initialised else time_ns
         tw.initialised = True
         if not measured:
             innovation = s = nis = nan
-        return self._output(tw, predicted, innovation, s, nis, gated, reset, late, False, channel)
+        elif self.adaptive_noise and not have_scale:  # no scale yet: s and nis are unknown
+            s = nis = nan
+        return self._output(tw, predicted, innovation, s * scale, nis, gated, reset, late, False, channel)
+
+    def _learn(self, tw: _Twin, sample: float) -> None:
+        """Plain mean of the unit-scale NIS over the first readings, then exponentially weighted."""
+        tw.scale_count += 1
+        weight = max(1.0 / tw.scale_count, 1.0 - 0.5 ** (1.0 / self.noise_halflife))
+        tw.scale = (1.0 - weight) * tw.scale + weight * sample
 
     def _output(
         self,
@@ -185,8 +216,13 @@ class ReferenceFilter:
         rejected: bool,
         channel: int | None,
     ) -> ReferenceOutput:
-        std = np.sqrt(np.maximum(np.diag(tw.P), 0.0))
+        scale = tw.scale if self.adaptive_noise else 1.0  # variances out in the estimated scale
+        std = np.sqrt(np.maximum(np.diag(tw.P), 0.0) * scale)
         out = ReferenceOutput(tw.x.copy(), std, predicted, innovation, s, nis, gated, reset, late, rejected)
+        if channel is not None:
+            h = self.model.H[channel]
+            out.channel_estimate = float(h @ tw.x)
+            out.channel_std = math.sqrt(max(float(h @ tw.P @ h), 0.0) * scale)
         for horizon in self.horizons_s:
             if channel is None:
                 out.forecast.append(math.nan)
@@ -197,5 +233,6 @@ class ReferenceFilter:
             x_h = f @ tw.x + g @ np.concatenate([[1.0], tw.u])
             p_h = f @ tw.P @ f.T + q
             out.forecast.append(float(h @ x_h))
-            out.forecast_std.append(math.sqrt(max(float(h @ p_h @ h) + float(self.model.R[channel]), 0.0)))
+            var = float(h @ p_h @ h) + float(self.model.R[channel])  # nominal R: a future reading
+            out.forecast_std.append(math.sqrt(max(var, 0.0) * scale))
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -104,9 +105,21 @@ readings = st.lists(
         st.integers(0, 10),  # channel (folded onto the model's m + p channels)
         st.integers(0, 400),  # time in units of 0.25 s: zero gaps, irregular gaps, out of order
         st.floats(-30.0, 30.0, allow_nan=False),
+        st.one_of(st.just(1.0), st.floats(1.0, 20.0)),  # r_scale: trust lowered by quality flags
     ),
     min_size=1,
     max_size=40,
+)
+
+noise_options = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {
+            "adaptive_noise": st.just(True),
+            "noise_halflife": st.floats(0.5, 20.0),  # short: the exponential phase starts early
+            "warmup": st.integers(1, 6),
+        }
+    ),
 )
 
 
@@ -122,35 +135,46 @@ def _check(got: float, want: float, what: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(models(), st.lists(readings, min_size=1, max_size=4), st.floats(0.5, 50.0), st.integers(1, 4))
+@given(
+    models(),
+    st.lists(readings, min_size=1, max_size=4),
+    st.floats(0.5, 50.0),
+    st.integers(1, 4),
+    noise_options,
+)
 def test_kernel_matches_per_reading_reference(
     model: StateSpaceModel,
-    batches: list[list[tuple[int, int, int, float]]],
+    batches: list[list[tuple[int, int, int, float, float]]],
     gate: float,
     reset_after: int,
+    noise: dict[str, object],
 ) -> None:
     options = {"gate": gate, "reset_after": reset_after, "lateness_ns": 20 * S, "horizons_s": [1.0, 3600.0]}
+    options.update(noise)
     kernel = StateSpaceKernel(model, **options)  # type: ignore[arg-type]
     ref = ReferenceFilter(model, **options)  # type: ignore[arg-type]
     state = StateSpaceState.allocate(model, 2)
     channels = model.m + model.p
     for items in batches:
-        twins = np.array([t for t, _, _, _ in items], dtype=np.intp)
+        twins = np.array([t for t, _, _, _, _ in items], dtype=np.intp)
         if int(twins.max()) >= state.capacity:
             state = state.grow(model, 6)
-        chans = np.array([c % channels for _, c, _, _ in items], dtype=np.intp)
-        times = np.array([t * S // 4 for _, _, t, _ in items], dtype=np.int64)
-        values = np.array([v for _, _, _, v in items])
+        chans = np.array([c % channels for _, c, _, _, _ in items], dtype=np.intp)
+        times = np.array([t * S // 4 for _, _, t, _, _ in items], dtype=np.int64)
+        values = np.array([v for _, _, _, v, _ in items])
+        trust = np.array([r for _, _, _, _, r in items])
         for idx in rounds_of(twins, times):
-            out = kernel.step(state, twins[idx], chans[idx], times[idx], values[idx])
+            out = kernel.step(state, twins[idx], chans[idx], times[idx], values[idx], r_scale=trust[idx])
             for j, i in enumerate(idx.tolist()):
-                want = ref.update(f"t{twins[i]}", int(chans[i]), int(times[i]), float(values[i]))
+                want = ref.update(
+                    f"t{twins[i]}", int(chans[i]), int(times[i]), float(values[i]), r_scale=float(trust[i])
+                )
                 where = f"reading {i} of {items}"
                 np.testing.assert_allclose(
                     out.estimate[j], want.estimate, rtol=1e-9, atol=1e-9, err_msg=where
                 )
                 close(out.std[j], want.std, where)
-                for name in ("predicted", "innovation", "s", "nis"):
+                for name in ("predicted", "innovation", "s", "nis", "channel_estimate", "channel_std"):
                     _check(float(getattr(out, name)[j]), getattr(want, name), f"{name} of {where}")
                 for flag in ("gated", "reset", "late", "rejected"):
                     assert bool(getattr(out, flag)[j]) == getattr(want, flag), f"{flag} of {where}"
@@ -159,6 +183,11 @@ def test_kernel_matches_per_reading_reference(
                     _check(float(out.forecast_std[j, h]), want.forecast_std[h], f"forecast std of {where}")
     assert np.isfinite(state.x).all()
     assert np.isfinite(state.P).all()
+    for twin in range(6):  # the learned noise scale itself
+        tw = ref.twins.get(f"t{twin}")
+        if tw is not None:
+            assert state.scale_count[twin] == tw.scale_count
+            assert state.scale[twin] == pytest.approx(tw.scale, rel=1e-9)
 
 
 def test_batched_expm_matches_scipy() -> None:
@@ -324,3 +353,171 @@ def test_bad_matrices_are_named(kwargs: dict[str, object], message: str) -> None
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         StateSpaceModel.build(**args)  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    models(),
+    readings,
+    st.floats(1e-3, 1e3),
+    st.integers(1, 6),
+    st.floats(0.5, 50.0),
+)
+def test_adaptive_noise_makes_the_filter_scale_free(
+    model: StateSpaceModel,
+    items: list[tuple[int, int, int, float, float]],
+    factor: float,
+    warmup: int,
+    gate: float,
+) -> None:
+    """Values, x0, c and control inputs times ``factor``: estimates times ``factor``, NIS and flags equal."""
+    scaled = dataclasses.replace(model, x0=model.x0 * factor, c=model.c * factor)
+    options = {"adaptive_noise": True, "noise_halflife": 5.0, "warmup": warmup, "gate": gate}
+    options |= {"lateness_ns": 20 * S, "horizons_s": [60.0]}
+    plain = StateSpaceKernel(model, **options)  # type: ignore[arg-type]
+    other = StateSpaceKernel(scaled, **options)  # type: ignore[arg-type]
+    state, state_c = StateSpaceState.allocate(model, 6), StateSpaceState.allocate(scaled, 6)
+    twins = np.array([t for t, _, _, _, _ in items], dtype=np.intp)
+    chans = np.array([c % (model.m + model.p) for _, c, _, _, _ in items], dtype=np.intp)
+    times = np.array([t * S // 4 for _, _, t, _, _ in items], dtype=np.int64)
+    values = np.array([v for _, _, _, v, _ in items])
+    trust = np.array([r for _, _, _, _, r in items])
+    for idx in rounds_of(twins, times):
+        args = (twins[idx], chans[idx], times[idx])
+        a = plain.step(state, *args, values[idx], r_scale=trust[idx])
+        b = other.step(state_c, *args, values[idx] * factor, r_scale=trust[idx])
+        atol = 1e-6 * factor * (1.0 + np.abs(a.estimate).max())
+        np.testing.assert_allclose(b.estimate, a.estimate * factor, rtol=1e-6, atol=atol)
+        np.testing.assert_allclose(b.channel_estimate, a.channel_estimate * factor, rtol=1e-6, atol=atol)
+        np.testing.assert_allclose(b.nis, a.nis, rtol=1e-6, atol=1e-9)
+        for flag in ("gated", "reset", "late", "rejected"):
+            np.testing.assert_array_equal(getattr(b, flag), getattr(a, flag), err_msg=flag)
+        learned = state.scale_count[twins[idx]] > 0  # before: the model's own unit scale
+        for name in ("std", "channel_std", "forecast_std"):
+            got, want = getattr(b, name)[learned], getattr(a, name)[learned] * factor
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * factor, err_msg=name)
+    np.testing.assert_array_equal(state_c.scale_count, state.scale_count)
+    # sigma in value units; absolute tolerance: a tiny innovation is a difference of values (cancellation)
+    sigma = np.sqrt(state.scale) * np.where(state.scale_count > 0, factor, 1.0)
+    np.testing.assert_allclose(np.sqrt(state_c.scale), sigma, rtol=1e-6, atol=1e-9 * factor)
+
+
+def test_adaptive_noise_learns_the_noise_level_and_gates_only_after_warmup() -> None:
+    rng = np.random.default_rng(5)
+    model = random_walk(1e-6, [1.0])  # the model says unit noise; the sensor has std 5
+    kernel = StateSpaceKernel(model, adaptive_noise=True, warmup=10)
+    state = StateSpaceState.allocate(model, 1)
+    values = 20.0 + rng.normal(0.0, 5.0, size=2000)
+    values[5] = 60.0  # during warm-up: applied
+    values[1500] = 60.0  # afterwards: gated (8 sigma)
+    nis, gated = [], []
+    for t, v in enumerate(values.tolist()):
+        out = kernel.step(state, np.array([0]), np.array([0]), np.array([t * S]), np.array([v]))
+        nis.append(float(out.nis[0]))
+        gated.append(bool(out.gated[0]))
+    assert not gated[5]
+    assert gated[1500]
+    assert sum(gated) <= 3
+    assert state.scale[0] == pytest.approx(25.0, rel=0.3)
+    assert np.nanmean(nis[500:]) == pytest.approx(1.0, abs=0.2)
+    assert float(out.channel_std[0]) == pytest.approx(math.sqrt(state.scale[0] * state.P[0, 0, 0]), rel=1e-12)
+    # The same series without adaptation: almost every reading is beyond the unit-noise gate.
+    fixed = StateSpaceKernel(model)
+    state = StateSpaceState.allocate(model, 1)
+    outs = [
+        fixed.step(state, np.array([0]), np.array([0]), np.array([t * S]), np.array([v]))
+        for t, v in enumerate(values[:200].tolist())
+    ]
+    assert np.nanmean([float(o.nis[0]) for o in outs]) > 5.0
+
+
+def test_r_scale_lowers_the_trust_in_a_reading() -> None:
+    model = random_walk(0.01, [1.0], prior_variance=1.0)
+    kernel = StateSpaceKernel(model, gate=math.inf)  # the jump to 10 would be gated (NIS 22)
+    state = StateSpaceState.allocate(model, 2)
+    rows, ch, t0 = np.array([0, 1]), np.array([0, 0]), np.zeros(2, dtype=np.int64)
+    kernel.step(state, rows, ch, t0, np.array([0.0, 0.0]))
+    out = kernel.step(state, rows, ch, t0 + S, np.array([10.0, 10.0]), r_scale=np.array([1.0, 4.0]))
+    assert 0.0 < out.estimate[1, 0] < out.estimate[0, 0] < 10.0
+    assert out.s[1] - out.s[0] == pytest.approx(3.0)  # R = 1 became 4
+    # After the first reading P = 1 * 1 / (1 + 1); predicted 1 s on: 0.51. Gain 0.51 / (0.51 + R r_scale).
+    assert out.estimate[0, 0] == pytest.approx(10.0 * 0.51 / 1.51, rel=1e-12)
+    assert out.estimate[1, 0] == pytest.approx(10.0 * 0.51 / 4.51, rel=1e-12)
+    for bad in (np.array([1.0, 0.5]), np.array([1.0, np.nan]), np.array([1.0, np.inf]), np.ones(3)):
+        with pytest.raises(ValueError, match="r_scale"):
+            kernel.step(state, rows, ch, t0 + 2 * S, np.array([1.0, 1.0]), r_scale=bad)
+
+
+def test_channel_estimate_and_std_are_nan_for_control_and_rejected_readings() -> None:
+    model = thermal(tau_s=300.0, noise=1e-4, measurement_noise=[0.04, 0.09])
+    kernel = StateSpaceKernel(model, lateness_ns=10 * S)
+    state = StateSpaceState.allocate(model, 3)
+    rows = np.array([0, 1, 2])
+    out = kernel.step(state, rows, np.array([0, 1, 0]), np.full(3, 100 * S), np.array([15.0, 16.0, 17.0]))
+    np.testing.assert_allclose(out.channel_estimate, out.estimate[:, 0])
+    np.testing.assert_allclose(out.channel_std, out.std[:, 0])
+    # twin 0: a control reading (set point); twin 1: rejected (90 s old); twin 2: an ordinary reading
+    out = kernel.step(
+        state, rows, np.array([2, 0, 1]), np.array([100, 10, 101]) * S, np.array([21.0, 0, 17.0])
+    )
+    assert np.isnan(out.channel_estimate[:2]).all()  # twin 0: a control reading; twin 1: rejected
+    assert np.isnan(out.channel_std[:2]).all()
+    assert out.rejected.tolist() == [False, True, False]
+    assert out.channel_estimate[2] == pytest.approx(17.0, abs=0.1)  # relaxing towards set point 0
+    assert 0.0 < out.channel_std[2] < 0.2
+
+
+#: A custom model with A @ A == 0 (closed-form discretisation), a constant term and an input.
+NILPOTENT = StateSpaceModel.build(
+    [[0.0, 2.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[1.0, 0.0, 0.0]],
+    np.diag([0.1, 0.2, 0.3]) + 0.01, [1.0], P0=np.eye(3), c=[0.1, 0.2, 0.3], B=[[1.0], [0.0], [0.5]],
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        random_walk(0.3, [1.0]),
+        local_linear_trend(0.3, 1e-3, [1.0]),
+        thermal(50.0, 0.2, [1.0], setpoint=20.0),
+        thermal(50.0, 0.2, [1.0]),
+        NILPOTENT,
+    ],
+)
+def test_closed_form_discretisation_equals_van_loan(model: StateSpaceModel) -> None:
+    disc = StateSpaceKernel(model).discretise
+    assert disc.closed_form
+    gaps = np.array([1, 10**6, S, 37 * S // 10, 3600 * S, 86_400 * S], dtype=np.int64)
+    f, qd, g = disc(gaps)
+    ref = ReferenceFilter(model)
+    for i, gap in enumerate(gaps.tolist()):
+        want = ref.transition(gap)
+        for got, exact, name in zip((f[i], qd[i], g[i]), want, "FQG", strict=True):
+            np.testing.assert_allclose(got, exact, rtol=1e-10, atol=1e-14 * np.abs(exact).max(), err_msg=name)
+    if model.n == 1:
+        fs, qs, gs = disc.scalar(gaps)
+        np.testing.assert_allclose(fs, f[:, 0, 0], rtol=1e-15)
+        np.testing.assert_allclose(qs, qd[:, 0, 0], rtol=1e-15)
+        np.testing.assert_allclose(gs, g[:, 0, :], rtol=1e-15)
+    assert not StateSpaceKernel(damped_oscillator(10.0, 0.1, 0.01, [1.0])).discretise.closed_form
+
+
+def test_take_compacts_rows_in_order_with_the_noise_scale() -> None:
+    model = local_linear_trend(1e-4, 1e-8, [0.01])
+    kernel = StateSpaceKernel(model, adaptive_noise=True)
+    state = StateSpaceState.allocate(model, 4)
+    rows = np.arange(4)
+    for t in range(5):
+        kernel.step(state, rows, np.zeros(4, dtype=np.intp), np.full(4, t * S), rows * 10.0 + t * (1 + rows))
+    kept = state.take(np.array([3, 1]))
+    assert kept.capacity == 2
+    for name, value in kept.arrays().items():
+        np.testing.assert_array_equal(value, state.arrays()[name][[3, 1]], err_msg=name)
+    assert kept.scale_count.tolist() == [4, 4]
+    kept.x[0] = 0.0  # a copy, not a view
+    assert state.x[3, 0] != 0.0
+    state.reset_rows(model, np.array([1]))
+    assert (state.scale[1], state.scale_count[1], state.initialised[1]) == (1.0, 0, False)
+    # A state built without the scale fields (an older snapshot) starts them at 1.0 and 0.
+    old = StateSpaceState(kept.x, kept.P, kept.last_ns, kept.initialised, kept.u, kept.gated_run)
+    assert (old.scale.tolist(), old.scale_count.tolist()) == ([1.0, 1.0], [0, 0])
