@@ -29,6 +29,14 @@ Per reading (vectorised over the round):
 
 The first observation of a twin starts from the prior ``(x0, P0)`` without predict and without
 gating; its innovation and NIS are reported as NaN (they measure the prior, not the filter).
+
+Trust: ``r_scale`` multiplies a reading's ``R[c]`` (``>= 1``; data-quality flags). Adaptive noise
+(``adaptive_noise=True``): ``Q``, ``R``, ``P0`` are known up to a factor ``sigma^2`` per twin. The
+filter runs in the model's units; ``sigma^2`` is learned from the unit-scale NIS of applied
+readings (plain mean, then exponentially weighted with half-life ``noise_halflife`` readings);
+NIS and gating use ``sigma^2`` from before the reading (score before learn), gating is off for
+the first ``warmup`` learned readings, and reported variances are in the estimated scale, which
+makes the filter scale-free. Scalar models (``n == 1``) take an elementwise fast path.
 """
 
 # Matrix names (A, H, Q, R, P, P0, B) follow the usual Kalman-filter notation on purpose.
