@@ -4,6 +4,7 @@ One twin type, ``pump``: 3 channels (``temperature`` with quality limits, ``pres
 a random-walk Kalman filter per channel, a 60 s forecast, the anomaly scorer, and a river
 ``page_hinkley`` drift detector per (twin, channel) cell. Configuration ``hst`` adds a river
 ``half_space_trees`` per cell (16 us/reading, ~5 kB/cell): run only at ``--hst-twins`` twins.
+Configuration ``nolearn`` is ``core`` without the learner: the vectorised part alone.
 
 Readings: every twin reports its 3 channels once per second (fixed per-twin phase, a few ms of
 jitter), values are per-twin levels that wander plus noise with rare spikes, in arrival (time)
@@ -27,7 +28,7 @@ Memory per twin (after the warm-up, on the bank grown by doubling): ``nbytes`` o
 array reachable from the bank (allocated capacity, divided by twins), the pickled snapshot, and
 the process RSS growth from before the bank was built (includes river models, ids, dicts).
 
-    python benchmarks/bench_twin_bank.py                      # 1,000 and 100,000 twins, core + hst
+    python benchmarks/bench_twin_bank.py                      # 1,000 and 100,000 twins, every config
     python benchmarks/bench_twin_bank.py --quick              # 1,000 twins, core, under 30 s
     python benchmarks/bench_twin_bank.py --profile 100000     # + cProfile of the steady phase
 
@@ -75,13 +76,16 @@ SIGNAL = {
     "pressure": (3.0, 0.3, 0.001, 0.05),
     "flow": (40.0, 4.0, 0.05, 2.0),
 }
+CONFIGS = ["core", "nolearn", "hst"]
 SPIKE_RATE = 1e-4  # share of readings with a 12-sigma spike
 REF_HAS_R_SCALE = "r_scale" in inspect.signature(ReferenceFilter.update).parameters
 
 
 def make_spec(config: str) -> TwinTypeSpec:
-    """The pump twin type; ``hst`` adds a HalfSpaceTrees per (twin, channel) cell."""
-    learners: list[dict[str, Any]] = [{"name": "drift", "kind": "page_hinkley"}]
+    """The pump twin type; ``hst`` adds a HalfSpaceTrees per cell, ``nolearn`` has no learner."""
+    learners: list[dict[str, Any]] = (
+        [] if config == "nolearn" else [{"name": "drift", "kind": "page_hinkley"}]
+    )
     if config == "hst":
         learners.append({"name": "hst", "kind": "half_space_trees"})
     return TwinTypeSpec.model_validate(
@@ -477,6 +481,7 @@ class Result:
     restore_ms: float = 0.0
     profile: str = ""
     components: dict[str, float] = field(default_factory=dict)
+    mem_parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def steady(self) -> float:
@@ -491,6 +496,7 @@ def measure(config: str, twins: int, args: argparse.Namespace, profile: bool) ->
     readings = args.hst_readings if config == "hst" else args.readings
     steady_s = max(1, -(-readings // per_second))
     src = Readings(twins)
+    TwinBank(spec).update(next(Readings(1).batches(0, 1)), 0)  # imports river before the RSS baseline
     gc.collect()
     rss0 = rss_bytes()
     bank = TwinBank(spec)
@@ -504,6 +510,14 @@ def measure(config: str, twins: int, args: argparse.Namespace, profile: bool) ->
     gc.collect()
     res.rss_b = (rss_bytes() - rss0) / twins
     res.array_b = array_bytes(bank) / twins
+    res.mem_parts = {
+        "filters": array_bytes([g.state for g in bank.groups]) / twins,
+        "quality": array_bytes(bank.quality) / twins,
+        "anomaly": array_bytes(bank.scorer) / twins,
+        "learners": array_bytes(bank.learners) / twins,
+        "id index": array_bytes(bank._index) / twins,
+        "bank's own": array_bytes([bank.last_seen, bank.last_value, bank.last_time]) / twins,
+    }
     res.capacity = bank.capacity
     t0 = time.perf_counter()
     snap = bank.snapshot()
@@ -591,7 +605,7 @@ def machine() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--twins", type=int, nargs="+", default=[1000, 100_000])
-    ap.add_argument("--configs", nargs="+", choices=["core", "hst"], default=["core", "hst"])
+    ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS)
     ap.add_argument("--hst-twins", type=int, default=1000, help="run the hst configuration only up to this")
     ap.add_argument("--readings", type=int, default=600_000, help="steady-state readings per bank run")
     ap.add_argument("--hst-readings", type=int, default=150_000, help="the same for the hst configuration")
@@ -663,6 +677,14 @@ def main() -> int:
             f"| {r.config} | {r.twins:,} | {r.capacity:,} | {r.array_b:,.0f} | {r.snapshot_b:,.0f} "
             f"| {r.learner_b:,.0f} | {r.rss_b:,.0f} | {r.snapshot_ms:,.0f} | {r.restore_ms:,.0f} |"
         )
+    print()
+    parts = list(results[0].mem_parts)
+    print("numpy bytes per twin by component (allocated capacity / twins):")
+    print()
+    print("| config | twins | " + " | ".join(parts) + " |")
+    print("|---|---:|" + "---:|" * len(parts))
+    for r in results:
+        print(f"| {r.config} | {r.twins:,} | " + " | ".join(f"{r.mem_parts[p]:,.0f}" for p in parts) + " |")
     print()
     print("## Checks")
     print()
