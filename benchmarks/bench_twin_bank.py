@@ -26,7 +26,8 @@ through two per-reading implementations of the same work, on a prefix (``--per-r
 
 Memory per twin (after the warm-up, on the bank grown by doubling): ``nbytes`` of every numpy
 array reachable from the bank (allocated capacity, divided by twins), the pickled snapshot, and
-the process RSS growth from before the bank was built (includes river models, ids, dicts).
+the process RSS growth from before the bank was built (includes river models, ids, dicts; each
+configuration and twin count runs in a fresh forked process).
 
     python benchmarks/bench_twin_bank.py                      # 1,000 and 100,000 twins, every config
     python benchmarks/bench_twin_bank.py --quick              # 1,000 twins, core, under 30 s
@@ -43,6 +44,7 @@ import gc
 import inspect
 import io
 import math
+import multiprocessing
 import os
 import pickle
 import platform
@@ -626,8 +628,10 @@ def main() -> int:
         for twins in args.twins:
             if config == "hst" and twins > args.hst_twins:
                 continue
-            results.append(measure(config, twins, args, profile=config == "core" and twins in profiled))
-            gc.collect()
+            # a fresh process per measurement, so that RSS growth is not hidden by memory freed earlier
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                profile = config == "core" and twins in profiled
+                results.append(pool.apply(measure, (config, twins, args, profile)))
 
     cmd = shlex.join(["python", "benchmarks/bench_twin_bank.py", *sys.argv[1:]])
     print(f"# twin bank, full update; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
