@@ -213,7 +213,12 @@ def build_flow(
     dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume))
-    batches = op.filter("estimate_batches", op.map("estimates", updates, lambda kv: kv[1].estimates), lambda b: len(b) > 0)
+    keyed_batches = op.filter(
+        "estimate_batches",
+        op.map("estimates", updates, lambda kv: (kv[0], kv[1].estimates)),
+        lambda kv: len(kv[1]) > 0,
+    )
+    batches = op.map("unkeyed_batches", keyed_batches, lambda kv: kv[1])
     dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected)))
     for name, sink_override in (outputs or {}).items():
         op.output(f"sink_{name}", batches, sink_override)
@@ -226,7 +231,8 @@ def build_flow(
             op.output(f"sink_{sink.name}", rows, store)
         elif isinstance(sink, InfluxDBSinkSpec):
             dead_file = spec.dead_letter_path() if spec.dead_letters.writes_file() else None
-            op.output(f"sink_{sink.name}", batches, InfluxDBSink(sink, dead_file))
+            influx = InfluxDBSink(sink, dead_file).per_epoch(spec.engine.workers)
+            op.output(f"sink_{sink.name}", keyed_batches, influx)
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
     letters = op.merge("merge_dead_letters", *dead) if len(dead) > 1 else dead[0]

@@ -61,6 +61,9 @@ class LineBuffer:
         self._aborted = False  # take returns None at once; what is left is dropped by the owner
         self._failure: BaseException | None = None  # the writer died: put raises this
         self._outage_since: float | None = None
+        self._accepted = 0  # lines ever put
+        self._settled = 0  # lines ever written, refused or dropped
+        self._flushing = 0  # flush() calls waiting: take hands out what is there at once
 
     def __len__(self) -> int:
         with self._cond:
@@ -89,6 +92,7 @@ class LineBuffer:
                     part = remaining if remaining.len() <= space else remaining.slice(0, space)
                     self._chunks.append((part, self._clock()))
                     self._size += part.len()
+                    self._accepted += part.len()
                     remaining = remaining.slice(part.len())
                     self._cond.notify_all()
                     continue
@@ -124,6 +128,7 @@ class LineBuffer:
                 self._chunks[0] = (chunk.slice(need), arrived)
                 removed += need
         self._size -= removed
+        self._settled += removed
         return removed
 
     def _raise_if_unusable(self) -> None:
@@ -146,7 +151,7 @@ class LineBuffer:
             while True:
                 if self._aborted:
                     return None
-                if self._size >= max_lines or (self._size and self._closed):
+                if self._size >= max_lines or (self._size and (self._closed or self._flushing)):
                     break
                 if self._size:
                     age = self._clock() - self._chunks[0][1]
@@ -208,11 +213,38 @@ class LineBuffer:
             self._failure = error
             self._cond.notify_all()
 
+    def settle(self, count: int) -> None:
+        """The writer is done with ``count`` lines it took: written, refused or dropped."""
+        with self._cond:
+            self._settled += count
+            self._cond.notify_all()
+
+    def flush(self, poll: float = _POLL) -> None:
+        """Wait until every line put so far is settled (written, refused for good, or dropped).
+
+        The dataflow calls it at the end of each epoch, before the epoch's progress is
+        committed: a restart then never skips points that were only buffered. It waits as long
+        as the server is down (the drop policy, ``max_block``, bounds that); it raises the
+        writer's failure, and returns early after :meth:`abort`.
+        """
+        with self._cond:
+            target = self._accepted
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._settled < target and not self._aborted:
+                    if self._failure is not None:
+                        raise self._failure
+                    self._cond.wait(poll)
+            finally:
+                self._flushing -= 1
+
     def drain(self) -> int:
         """Remove every buffered line; return how many there were."""
         with self._cond:
             count = self._size
             self._chunks.clear()
             self._size = 0
+            self._settled += count
             self._cond.notify_all()
             return count

@@ -28,10 +28,16 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
@@ -45,7 +51,7 @@ from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.dead_letters import DeadLetterLog
 from dte_stream.twins.batches import EstimateBatch
 
-__all__ = ["InfluxDBSink", "concat_by_type"]
+__all__ = ["InfluxDBEpochSink", "InfluxDBSink", "concat_by_type"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +85,11 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
     close, and every drop is logged as an error and counted in ``influxdb_points_dropped``.
     Points the server refuses for good (a 4xx other than 429) and rows whose ids cannot be
     written exactly are dead letters (logged once per reason, counted, and appended to the
-    dead-letter file). Bytewax counts an item as delivered when ``write_batch`` returns, so
-    lines still buffered when the process dies abruptly (at most ``max_buffer_lines`` plus one
-    batch per worker) are lost unless a resume replays their epoch; a clean close writes them.
+    dead-letter file). Used as is (a dynamic sink), Bytewax counts an item as delivered when
+    ``write_batch`` returns, so lines still buffered when the process dies abruptly are lost;
+    :meth:`per_epoch` makes the sink the dataflow uses: the end of every epoch waits until the
+    epoch's lines are written, before Bytewax commits the epoch, so a restart after a crash
+    rewrites what was lost (idempotently) and never skips it.
 
     >>> spec = InfluxDBSinkSpec(kind="influxdb", database="plant")
     >>> InfluxDBSink(spec)
@@ -102,6 +110,10 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
 
     def __repr__(self) -> str:
         return f"InfluxDBSink({self.spec.target()})"
+
+    def per_epoch(self, partitions: int) -> InfluxDBEpochSink:
+        """The sink whose epochs end only once their points are written (see the class docs)."""
+        return InfluxDBEpochSink(self, partitions)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _InfluxDBPartition:
         """Build one worker's partition: check the server takes writes, start the writer thread.
@@ -125,8 +137,33 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
         )
 
 
-class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch]):
-    """One worker: serialise in ``write_batch``, buffer, and hand over to a :class:`BatchWriter`."""
+class InfluxDBEpochSink(FixedPartitionedSink[EstimateBatch, None]):
+    """:class:`InfluxDBSink` with ``partitions`` writers whose snapshots wait for their lines.
+
+    Items are ``(key, EstimateBatch)`` pairs (the twin bank's shard keys); a key always goes
+    to the same partition. Bytewax takes each partition's snapshot at the end of an epoch and
+    commits the epoch (and with it the sources' positions) only after every snapshot, so
+    :meth:`_InfluxDBPartition.snapshot` flushing the buffer gives at-least-once delivery
+    across crashes; InfluxDB's overwrite of identical points makes it effectively once.
+    """
+
+    def __init__(self, sink: InfluxDBSink, partitions: int) -> None:
+        self.sink = sink
+        self.partitions = max(1, partitions)
+
+    def list_parts(self) -> list[str]:
+        return [f"writer-{i}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode("utf-8"))
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _InfluxDBPartition:
+        index = int(for_part.rsplit("-", 1)[1])
+        return self.sink.build(step_id, index, self.partitions)
+
+
+class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPartition[EstimateBatch, None]):
+    """One writer: serialise in ``write_batch``, buffer, and hand over to a :class:`BatchWriter`."""
 
     def __init__(
         self,
@@ -173,6 +210,13 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch]):
                     METRICS.add("influxdb_blocked_ms", int(result.blocked * 1000))
                 if result.dropped:
                     self._dropped(result.dropped)
+        METRICS.set_gauge("influxdb_buffer_lines", self._key, len(self._buffer))
+
+    def snapshot(self) -> None:
+        """Wait until every line written so far is stored (the end of an epoch; see the sink)."""
+        self._writer.raise_if_failed()
+        self._buffer.flush()
+        self._writer.raise_if_failed()
         METRICS.set_gauge("influxdb_buffer_lines", self._key, len(self._buffer))
 
     def _dead_letter(self, letters: list[DeadLetter]) -> None:

@@ -80,7 +80,8 @@ class BatchWriter:
                 chunks = self._buffer.take(self._spec.batch_size, self._spec.flush_interval)
                 if chunks is None:
                     break
-                self._deliver(chunks)
+                self._deliver(chunks)  # a failure here fails the buffer: flush() raises it
+                self._buffer.settle(sum(c.len() for c in chunks))
         except BaseException as exc:
             self._error = exc
             self._buffer.fail(exc if isinstance(exc, ConnectorError) else ConnectorError(str(exc)))

@@ -264,7 +264,7 @@ class AnomalySpec(SpecModel):
 
     enabled: bool = True
     level: float = Field(
-        0.99, gt=0, le=1, description="score at or above which a reading is flagged anomalous"
+        ANOMALY_LEVEL, gt=0, le=1, description="score at or above which a reading is flagged anomalous"
     )
 
 

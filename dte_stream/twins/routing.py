@@ -11,6 +11,7 @@ Readings that cannot be routed become dead letters that say why.
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -89,7 +90,9 @@ class Router:
             self._channel_index.append(names)
             self._channel_list.append(", ".join(t.channels))
         # Per twin id: type index * shards + shard, or -1 - shard when no type matches.
+        # One router serves every worker thread of the process: the cache is locked.
         self._placement = IdIndex()
+        self._lock = threading.Lock()
 
     def _place(self, twin_id: str) -> int:
         shard = shard_of(twin_id, self.shards)
@@ -100,14 +103,15 @@ class Router:
 
     def placement(self, twin_id: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """Twin type index (-1 when no pattern matches) and shard of each twin id."""
-        code, known = self._placement.lookup(twin_id)
-        if not known.all():
-            new_ids = np.unique(twin_id[~known])
-            new_codes = np.array([self._place(t) for t in new_ids.tolist()], dtype=np.intp)
-            code[~known] = new_codes[np.searchsorted(new_ids, twin_id[~known])]
-            if len(self._placement) + new_ids.shape[0] > _CACHE_LIMIT:
-                self._placement.clear()
-            self._placement.add(new_ids, new_codes)
+        with self._lock:
+            code, known = self._placement.lookup(twin_id)
+            if not known.all():
+                new_ids = np.unique(twin_id[~known])
+                new_codes = np.array([self._place(t) for t in new_ids.tolist()], dtype=np.intp)
+                code[~known] = new_codes[np.searchsorted(new_ids, twin_id[~known])]
+                if len(self._placement) + new_ids.shape[0] > _CACHE_LIMIT:
+                    self._placement.clear()
+                self._placement.add(new_ids, new_codes)
         matched = code >= 0
         type_idx = np.where(matched, code // self.shards, -1)
         shard = np.where(matched, code % self.shards, -1 - code)

@@ -372,6 +372,8 @@ def test_v2_every_field_arrives_as_a_series_with_tags_as_labels(victoriametrics:
             expected += 1
             # VictoriaMetrics keeps about 12 significant digits and no subnormals (its compression)
             assert got[key] == pytest.approx(row[name], rel=1e-11, abs=1e-300), (key, got[key], row[name])
+        assert got[("flags", row["twin_id"], row["channel"], row["time"] // 1_000_000)] == 0
+        expected += 1  # the integer field flags, on every point
     assert len(got) == expected
     units = {r["metric"]["twin_id"]: r["metric"].get("unit") for r in rows}
     assert units["pump-0"] == "bar"

@@ -9,9 +9,10 @@ twin state (the twin banks' last snapshots, compared per twin) and exactly A's I
 The twin clock is the wall clock and staleness is pushed out of reach (``stale_min``), so no
 output depends on when a run happens; readings carry fixed event times in the past.
 
-Two engine bugs are marked xfail here, each with its reason: InfluxDB points of epochs that were
-committed but still sat in the sink's buffer are lost on SIGKILL, and two workers share a
-Router whose placement cache is not thread-safe (the second test).
+This test found two engine bugs, now fixed: InfluxDB points of epochs that were committed but
+still sat in the sink's buffer were lost on SIGKILL (the sink now flushes at each epoch's end,
+before the commit), and two workers shared a Router whose placement cache was not thread-safe
+(the second test).
 """
 
 from __future__ import annotations
@@ -417,28 +418,10 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_result(
     missing = points_a.keys() - points_b.keys()
     after_last_resume = {k for k, (p, o) in where.items() if o >= last_resume.get(p, 0)}
     assert not missing & after_last_resume, sorted(missing & after_last_resume)[:5]
-    if missing:
-        pytest.xfail(
-            f"engine bug: {len(missing)} of {TOTAL} points never reached InfluxDB in run B, all of "
-            "readings consumed and committed before a SIGKILL. InfluxDBSink.write_batch only buffers "
-            "lines (a writer thread sends them every flush_interval, 1 s); Bytewax counts them "
-            "written when write_batch returns and commits the epoch (source offsets) past them, "
-            "so lines still buffered at the kill are lost and no restart replays them."
-        )
+    assert not missing, f"{len(missing)} points never reached InfluxDB in run B: {sorted(missing)[:5]}"
     assert _count(influxdb.url, db_b) == TOTAL
 
 
-ROUTER_RACE = (
-    "engine bug: with engine.workers > 1 the worker threads share one Router (build_flow makes one "
-    "for the 'route' step) and its IdIndex placement cache is not thread-safe: IdIndex.add replaces "
-    "ids and values in two steps and lookup reads them in two, so a thread sees ids and values of "
-    "different lengths or orders. Twins first seen by both workers at once crash the dataflow "
-    "(IndexError in np.insert, in Router.placement) or are routed to a shard they do not belong "
-    "to, which splits their state over two shards."
-)
-
-
-@pytest.mark.xfail(reason=ROUTER_RACE, raises=AssertionError, strict=False)
 def test_two_workers_keep_each_twin_in_its_own_shard(kafka: Any, influxdb: Any, tmp_path: Path) -> None:
     """Many twins, new to both workers at once: each twin's state lives in the shard of its id."""
     twins = 1000
