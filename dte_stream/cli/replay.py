@@ -38,6 +38,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"dte-stream: output in {args.output}", file=sys.stderr)
     if result.dead_letters:
         print(f"dte-stream: dead letters in {dead_letters_path(args.output)}", file=sys.stderr)
+    if args.plot is not None:
+        from dte_stream.plots import plot_replay
+
+        plot_replay(frame, args.plot, title=f"{args.input.name} through {spec.name}")
+        print(f"dte-stream: plot in {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -58,5 +63,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--twin-type", help="twin type of the readings (default: the spec's first)")
     p.add_argument("--twin", help="twin id for a one-sensor CSV (default: the input file's name)")
     p.add_argument("--channel", help="channel for a one-sensor CSV (default: the twin type's first)")
+    p.add_argument("--plot", type=Path, help="also draw readings, estimate band and anomalies to this PNG")
     p.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     p.set_defaults(handler=_run)

@@ -65,7 +65,8 @@ def test_a_shared_model_with_a_control_channel() -> None:
     )
     model = t.models[0].build()
     assert (model.n, model.m, model.p) == (1, 2, 1)
-    assert model.channel_names == ("t1", "t2") and model.control_names == ("set",)
+    assert model.channel_names == ("t1", "t2")
+    assert model.control_names == ("set",)
     assert t.per_channel() == []
 
 

@@ -262,13 +262,17 @@ def test_stale_sensors_are_reported_once_by_the_timer() -> None:
     )
     assert bank.due(12 * S) is None
     due = bank.next_due_ns()
-    assert due is not None and 13 * S <= due <= 16 * S  # 'a' went quiet at 9 s; its interval is 1 s
+    assert due is not None
+    assert 13 * S <= due <= 16 * S
     stale = bank.due(20 * S)
     assert stale is not None
-    assert stale.twin_id.tolist() == ["a"] and stale.channel.tolist() == ["t"]
-    assert stale.flags.tolist() == [fl.STALE] and math.isnan(stale.value[0])
+    assert stale.twin_id.tolist() == ["a"]
+    assert stale.channel.tolist() == ["t"]
+    assert stale.flags.tolist() == [fl.STALE]
+    assert math.isnan(stale.value[0])
     later = bank.due(30 * S)  # 'b' went quiet at 19 s; 'a' is not reported again
-    assert later is not None and later.twin_id.tolist() == ["b"]
+    assert later is not None
+    assert later.twin_id.tolist() == ["b"]
     assert bank.due(40 * S) is None
 
 
@@ -288,7 +292,8 @@ def test_idle_twins_are_evicted_and_the_others_keep_their_state() -> None:
     assert bank.counters["evicted_twins"] == 1
     probe = _batch(["keep"], [0], [3700 * S], [2.7], spec)
     a, b = bank.update(probe, now_ns=3700 * S).estimates, control.update(probe, now_ns=3700 * S).estimates
-    assert a.estimate[0] == b.estimate[0] and a.nis[0] == b.nis[0]
+    assert a.estimate[0] == b.estimate[0]
+    assert a.nis[0] == b.nis[0]
     assert a.extra == {} or a.extra["drift"][0] == b.extra["drift"][0]
     back = bank.update(_batch(["old"], [0], [3800 * S], [9.0], spec), now_ns=3800 * S).estimates
     assert math.isnan(back.innovation[0])  # starts afresh
