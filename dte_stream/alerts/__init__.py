@@ -1,0 +1,1 @@
+"""Alerting: rules evaluated in the twins' keyed state, alert lifecycle, events for integrations."""
