@@ -41,7 +41,7 @@ from dte_stream.twins.quality import QualityBank
 __all__ = ["SNAPSHOT_FORMAT", "BankUpdate", "SnapshotMismatchError", "TwinBank", "rounds_of"]
 
 #: Version of the snapshot layout; bumped whenever it changes incompatibly.
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 
 IntP = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]

@@ -31,7 +31,11 @@ IntP = npt.NDArray[np.intp]
 
 @dataclass(eq=False)
 class FilterGroup:
-    """One kernel and its state; ``local[c]`` is type channel ``c``'s index in the kernel, or -1."""
+    """One kernel and its state; ``local[c]`` is type channel ``c``'s index in the kernel, or -1.
+
+    Rows of a per-cell group are ``twin_row * len(channels) + slot[c]``: only the group's own
+    channels have state.
+    """
 
     name: str
     model: StateSpaceModel
@@ -40,14 +44,19 @@ class FilterGroup:
     per_cell: bool
     channels: list[int]
     local: IntP
-    width: int  # channels of the twin type (cell rows are twin_row * width + channel)
+    width: int  # channels of the twin type
+
+    def __post_init__(self) -> None:
+        self.cells = len(self.channels) if self.per_cell else 1
+        self.slot = np.full(self.width, -1, dtype=np.intp)
+        self.slot[self.channels] = np.arange(len(self.channels))
 
     def state_rows(self, twin_rows: IntP, channel: IntP) -> IntP:
         """Rows of the kernel state for readings of these twin rows and channels."""
-        return twin_rows * self.width + channel if self.per_cell else twin_rows
+        return twin_rows * self.cells + self.slot[channel] if self.per_cell else twin_rows
 
     def capacity_for(self, twins: int) -> int:
-        return twins * self.width if self.per_cell else twins
+        return twins * self.cells
 
     def ensure(self, twins: int) -> None:
         """Grow the state to hold ``twins`` twins (doubling)."""
@@ -59,7 +68,7 @@ class FilterGroup:
         """Keep only these twin rows, in this order (eviction), with room for ``capacity`` twins."""
         index = twin_rows
         if self.per_cell:
-            index = (twin_rows[:, None] * self.width + np.arange(self.width)).ravel()
+            index = (twin_rows[:, None] * self.cells + np.arange(self.cells)).ravel()
         self.state = self.state.take(index).grow(self.model, max(1, self.capacity_for(capacity)))
 
     def state_columns(self) -> list[str]:
@@ -117,6 +126,6 @@ def build_groups(spec: TwinTypeSpec, capacity: int) -> list[FilterGroup]:
         name = preset.model if used[preset.model] == 1 else f"{preset.model}_{used[preset.model]}"
         local = np.full(width, -1, dtype=np.intp)
         local[members] = 0
-        state = StateSpaceState.allocate(model, capacity * width)
+        state = StateSpaceState.allocate(model, capacity * len(members))
         groups.append(FilterGroup(name, model, _kernel(spec, model), state, True, members, local, width))
     return groups
