@@ -300,7 +300,7 @@ class PerReadingTwins:
                 if row is None:
                     continue
                 for c in group.channels if group.per_cell else [group.channels[0]]:
-                    srow = row * self.width + c if group.per_cell else row
+                    srow = int(group.state_rows(np.array([row]), np.array([c]))[0])
                     tw = _Twin(
                         st.x[srow].copy(), st.P[srow].copy(), st.u[srow].copy(), st.gated_run[srow].tolist()
                     )

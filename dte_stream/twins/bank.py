@@ -254,7 +254,8 @@ class TwinBank:
             )
             for name, col in learned.columns.items():
                 extra[name][order] = col
-            score[order] = np.fmax(score[order], learned.anomaly)
+            if self.scorer is None:  # learner scores are not calibrated like the built-in one
+                score[order] = learned.anomaly
             flags[order] |= learned.drift.astype(np.uint16) * fl.DRIFT
         flags |= (score >= self.spec.anomaly.level).astype(np.uint16) * fl.ANOMALY
 
