@@ -119,12 +119,12 @@ class MqttNotifier:
             raise DeliveryError(f"{self.who}: the MQTT client did not send the message (rc={info.rc})")
         if self.spec.qos:
             try:
-                acked = info.wait_for_publish(self.spec.publish_timeout)
+                info.wait_for_publish(self.spec.publish_timeout)  # returns None, not a flag
             except (RuntimeError, ValueError) as exc:
                 raise DeliveryError(f"{self.who}: {exc}") from None
             with self._lock:
                 refused = self._refused.pop(info.mid, None)
-            if not acked:
+            if not info.is_published():
                 raise DeliveryError(
                     f"{self.who}: no acknowledgement from the MQTT broker {self.spec.url} within "
                     f"publish_timeout={self.spec.publish_timeout:g} s"
