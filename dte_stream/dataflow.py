@@ -16,6 +16,7 @@ vectorised step per round (see :mod:`dte_stream.twins.bank`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +65,26 @@ def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
     return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
 
 
+class EventClock:
+    """The latest event time seen by any worker of this process: the twin clock of event-time runs.
+
+    One per dataflow, advanced as batches enter (before routing), so a shard whose twins went
+    quiet still sees time pass. Thread-safe; each process keeps its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now = NEVER
+
+    def advance(self, time_ns: int) -> None:
+        with self._lock:
+            self._now = max(self._now, time_ns)
+
+    def now(self) -> int:
+        with self._lock:
+            return self._now
+
+
 class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
     """Keyed state of one (twin type, shard): a :class:`TwinBank`; snapshots are compact arrays.
 
@@ -73,8 +94,9 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
     (replays), in which case the checks run after each batch instead.
     """
 
-    def __init__(self, spec: DataflowSpec, resume: dict[str, Any] | None) -> None:
+    def __init__(self, spec: DataflowSpec, resume: dict[str, Any] | None, clock: EventClock) -> None:
         self.spec = spec
+        self.clock = clock
         self.bank: TwinBank | None = None
         self.gauge_key = ""
         self.event_clock = spec.engine.clock == "event"
@@ -83,7 +105,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         if resume:  # an empty snapshot is a shard that never saw a reading
             twin_type = resume.get("twin_type", "?")
             try:
-                self.bank = TwinBank.restore(spec.twin_type(twin_type), resume)
+                type_spec = spec.twin_type(twin_type)
             except KeyError:
                 raise SpecError(
                     spec.name,
@@ -92,7 +114,9 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
                         "declare; restore it in the spec or use a fresh --recovery-dir"
                     ],
                 ) from None
-            except ValueError as exc:
+            try:
+                self.bank = TwinBank.restore(type_spec, resume)
+            except (KeyError, ValueError) as exc:
                 raise SpecError(
                     spec.name,
                     [
@@ -101,9 +125,10 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
                     ],
                 ) from None
             self.watermark = int(resume.get("watermark", NEVER))
+            clock.advance(self.watermark)
 
     def _now(self) -> int:
-        return self.watermark if self.event_clock else now_ns()
+        return max(self.watermark, self.clock.now()) if self.event_clock else now_ns()
 
     def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[BankUpdate], bool]:
         batch = TypedBatch.concat(values)
@@ -141,9 +166,17 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             return [], StatefulBatchLogic.RETAIN
         return self._timers(), StatefulBatchLogic.RETAIN
 
+    def on_eof(self) -> tuple[Iterable[BankUpdate], bool]:
+        """The input ended (a replay, a finite file): a last look at stale sensors by the final clock."""
+        if self.bank is None or not self.event_clock:
+            return [], StatefulBatchLogic.RETAIN
+        return self._timers(), StatefulBatchLogic.RETAIN
+
     def notify_at(self) -> datetime | None:
-        if self.bank is None or self.event_clock:
+        if self.bank is None:
             return None
+        if self.event_clock:  # other shards move the clock: look again soon
+            return datetime.fromtimestamp((now_ns() + _EVENT_TIMER_NS) / NS_PER_S, tz=UTC)
         due = self.bank.next_due_ns()
         if self.bank.spec.ttl is not None:
             due = self.next_eviction if due is None else min(due, self.next_eviction)
@@ -163,6 +196,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
 #: How often idle twins are looked for (twin clock), and the shortest timer (wall clock).
 _EVICTION_CHECK_NS = 60 * NS_PER_S
 _MIN_TIMER_NS = NS_PER_S // 2
+_EVENT_TIMER_NS = NS_PER_S
 
 
 def _count_errors(letters: list[DeadLetter]) -> list[DeadLetter]:
@@ -201,8 +235,11 @@ def build_flow(
     merged = op.merge("merge_sources", *readings) if len(readings) > 1 else readings[0]
     merged = op.filter("non_empty", merged, lambda b: len(b.readings) > 0)
 
+    clock = EventClock()
+
     def count_in(batch: SourceBatch) -> SourceBatch:
         METRICS.add("readings_in", len(batch.readings))
+        clock.advance(int(batch.readings.time_ns.max()))
         return batch
 
     merged = op.map("count_in", merged, count_in)
@@ -212,7 +249,7 @@ def build_flow(
     )
     dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
-    updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume))
+    updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume, clock))
     keyed_batches = op.filter(
         "estimate_batches",
         op.map("estimates", updates, lambda kv: (kv[0], kv[1].estimates)),

@@ -41,7 +41,7 @@ from dte_stream.twins.quality import QualityBank
 __all__ = ["SNAPSHOT_FORMAT", "BankUpdate", "SnapshotMismatchError", "TwinBank", "rounds_of"]
 
 #: Version of the snapshot layout; bumped whenever it changes incompatibly.
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 
 IntP = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
@@ -378,10 +378,18 @@ class TwinBank:
     def snapshot(self) -> dict[str, Any]:
         """Compact, picklable copy of the state: numpy arrays trimmed to the twins present."""
         n = len(self.twin_ids)
-        groups = {}
+        # Filter state by shared model name, and by channel for per-channel filters: which channels
+        # share a group depends on their tuning, which may change across a restart.
+        groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
         for group in self.groups:
-            size = group.capacity_for(n)
-            groups[group.name] = {name: a[:size].copy() for name, a in group.state.arrays().items()}
+            arrays = {name: a[: group.capacity_for(n)] for name, a in group.state.arrays().items()}
+            if not group.per_cell:
+                groups[f"model:{group.name}"] = {name: a.copy() for name, a in arrays.items()}
+                continue
+            for slot, c in enumerate(group.channels):
+                groups[f"channel:{self.channels[c]}"] = {
+                    name: a[slot :: group.cells].copy() for name, a in arrays.items()
+                }
         return {
             "format": SNAPSHOT_FORMAT,
             "twin_type": self.spec.name,
@@ -418,9 +426,15 @@ class TwinBank:
         n = len(ids)
         bank = cls(spec, capacity=max(64, n))
         for group in bank.groups:
-            saved = snap["groups"][group.name]
-            for name, array in group.state.arrays().items():
-                array[: saved[name].shape[0]] = saved[name]
+            if not group.per_cell:
+                saved = snap["groups"][f"model:{group.name}"]
+                for name, array in group.state.arrays().items():
+                    array[: saved[name].shape[0]] = saved[name]
+                continue
+            for slot, c in enumerate(group.channels):
+                saved = snap["groups"][f"channel:{bank.channels[c]}"]
+                for name, array in group.state.arrays().items():
+                    array[slot : n * group.cells : group.cells] = saved[name]
         bank.quality = QualityBank.restore([spec.channels[c].quality for c in bank.channels], snap["quality"])
         bank.quality.grow(bank.capacity)
         if bank.scorer is not None:
