@@ -107,7 +107,10 @@ class MqttNotifier:
 
     def deliver(self, event: AlertEvent) -> None:
         conn = self._connection()
-        conn.check()
+        if conn.fatal is not None:  # e.g. another client took the client id: start afresh
+            reason = conn.fatal
+            self.close()
+            raise DeliveryError(f"{self.who}: MQTT broker {self.spec.url}: {reason}")
         if not conn.connected:
             raise DeliveryError(
                 f"{self.who}: not connected to the MQTT broker {self.spec.url} (reconnecting)"
