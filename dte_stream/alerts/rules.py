@@ -313,7 +313,12 @@ class _Nis(_Rule):
             sig[rows] = np.where(hi_run >= need, 1, np.where(lo_run >= need, -1, 0))
             ends = _ends_of(start)
             hi_end, lo_end = hi_run[ends], lo_run[ends]
-            keep = ((hi_end > 0) & (hi_end < need)) | ((lo_end > 0) & (lo_end < need))
+            # Low runs matter only while the channel's condition is true: keep them for twins
+            # active before this batch or that fired in it (the dict stays small).
+            fired = np.maximum.reduceat((sig[rows] > 0).astype(np.int8), first) > 0
+            active = [t for t, chans in self.active_channels.items() if c in chans]
+            matters = fired | np.isin(ids, np.array(active, dtype=str))
+            keep = ((hi_end > 0) & (hi_end < need)) | ((lo_end > 0) & (lo_end < need) & matters)
             for k in np.flatnonzero(keep).tolist():
                 self.runs[(str(ids[k]), c)] = (int(hi_end[k]), int(lo_end[k]))
         return sig, v.nis
