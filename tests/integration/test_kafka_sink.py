@@ -111,6 +111,8 @@ def test_estimates_arrive_as_one_json_record_per_twin_and_batch(kafka: Any, admi
             "std": 0.1,
             "innovation": -0.5,
             "nis": 0.25,
+            "flags": 0,
+            "anomaly_score": None,
         },
         {
             "channel": "temp",
@@ -122,6 +124,8 @@ def test_estimates_arrive_as_one_json_record_per_twin_and_batch(kafka: Any, admi
             "std": 0.1,
             "innovation": -0.5,
             "nis": 0.25,
+            "flags": 0,
+            "anomaly_score": None,
         },
     ]
     later = sorted(by_key[b"pump-2"], key=lambda r: r["estimates"][0]["time_ns"])

@@ -120,6 +120,8 @@ def test_estimates_are_one_json_message_per_twin_per_batch(mosquitto: Any) -> No
             "std": 0.5,
             "innovation": -0.25,
             "nis": None,
+            "flags": 0,
+            "anomaly_score": None,
         },
         {
             "channel": "temp",
@@ -131,6 +133,8 @@ def test_estimates_are_one_json_message_per_twin_per_batch(mosquitto: Any) -> No
             "std": 0.5,
             "innovation": -0.25,
             "nis": None,
+            "flags": 0,
+            "anomaly_score": None,
         },
     ]
     assert by_topic[f"{base}/pump/{escaped}/estimates"]["twin_id"] == hostile
