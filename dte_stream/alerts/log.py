@@ -1,0 +1,68 @@
+"""The alert log: every alert event as a row of the local store's ``alerts`` table.
+
+>>> from dte_stream.alerts.events import AlertEvent
+>>> e = AlertEvent("p1/hot", "p1", "pump", "hot", "firing", "critical", 10**18, 10**18, "91 > 90")
+>>> events_frame([e]).select("alert_id", "state", "sequence").row(0)
+('p1/hot', 'firing', 0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+import polars as pl
+
+from dte_stream.alerts.events import AlertEvent
+
+__all__ = ["ALERTS_SCHEMA", "ALERTS_TABLE", "events_frame"]
+
+#: The local store table alert events are appended to.
+ALERTS_TABLE = "alerts"
+
+#: One row per alert event; ``labels`` is a JSON object (text), ``ends`` null unless resolved.
+ALERTS_SCHEMA = pl.Schema(
+    {
+        "time": pl.Datetime("ns", "UTC"),
+        "alert_id": pl.String(),
+        "twin_id": pl.String(),
+        "twin_type": pl.String(),
+        "rule": pl.String(),
+        "state": pl.String(),
+        "severity": pl.String(),
+        "channel": pl.String(),
+        "message": pl.String(),
+        "value": pl.Float64(),
+        "starts": pl.Datetime("ns", "UTC"),
+        "ends": pl.Datetime("ns", "UTC"),
+        "renotify": pl.Boolean(),
+        "acked_by": pl.String(),
+        "sequence": pl.Int64(),
+        "labels": pl.String(),
+    }
+)
+
+
+def events_frame(events: Sequence[AlertEvent]) -> pl.DataFrame:
+    """Alert events as rows of :data:`ALERTS_SCHEMA`."""
+    return pl.DataFrame(
+        {
+            "time": [e.time_ns for e in events],
+            "alert_id": [e.alert_id for e in events],
+            "twin_id": [e.twin_id for e in events],
+            "twin_type": [e.twin_type for e in events],
+            "rule": [e.rule for e in events],
+            "state": [e.state for e in events],
+            "severity": [e.severity for e in events],
+            "channel": [e.channel for e in events],
+            "message": [e.message for e in events],
+            "value": [e.value for e in events],
+            "starts": [e.starts_ns for e in events],
+            "ends": [e.ends_ns for e in events],
+            "renotify": [e.renotify for e in events],
+            "acked_by": [e.acked_by for e in events],
+            "sequence": [e.sequence for e in events],
+            "labels": [orjson.dumps(e.labels).decode() for e in events],
+        },
+        schema_overrides={"time": pl.Int64, "starts": pl.Int64, "ends": pl.Int64, "value": pl.Float64},
+    ).with_columns(pl.col("time", "starts", "ends").cast(pl.Datetime("ns", "UTC")))
