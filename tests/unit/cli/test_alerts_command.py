@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -69,7 +70,7 @@ def crafted_events() -> list[list[AlertEvent]]:
             labels={"site": "north"},
         ),
     ]
-    # pump-2: fired, acknowledged by ana, still firing (re-notification carries acked_by)
+    # pump-2: fired, acknowledged by ana, still firing
     hot2 = [
         ev("pump-2", "overheat", "firing", 1, T0 + 10 * S, T0 + 10 * S, message="temp 96", value=96.0),
         ev("pump-2", "overheat", "acknowledged", 2, T0 + 20 * S, T0 + 10 * S, acked_by="ana", value=96.0),
@@ -350,6 +351,20 @@ def test_ack_twice_refuses_the_second(data_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"already acknowledged by 'ana' at 2026-01-02T00:00:40"):
         acknowledge(data_dir, "pump-3/overheat", "bob")
     assert len(read_acks(data_dir, 0)[0]) == 1
+
+
+def test_concurrent_acks_of_one_alert_record_exactly_one(data_dir: Path) -> None:
+    def attempt(name: str) -> str:
+        try:
+            return acknowledge(data_dir, "pump-1/overheat", name).acked_by or ""
+        except ConfigError:
+            return ""
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        winners = [w for w in pool.map(attempt, [f"op{i}" for i in range(6)]) if w]
+    assert len(winners) == 1
+    assert [a["by"] for a in read_acks(data_dir, 0)[0]] == winners
+    assert alert_table(data_dir, twin_id="pump-1").row(0, named=True)["acked_by"] == winners[0]
 
 
 def test_ack_in_empty_or_missing_directory(tmp_path: Path) -> None:
