@@ -16,6 +16,7 @@ vectorised step per round (see :mod:`dte_stream.twins.bank`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -23,15 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from dte_stream.alerts.events import AlertEvent
+from dte_stream.alerts.rules import AlertEngine
 from dte_stream.codecs import get_codec
+from dte_stream.connectors.alerting.sink import NotifierSink
 from dte_stream.connectors.file.source import FileSource
 from dte_stream.connectors.influxdb import InfluxDBSink
+from dte_stream.connectors.influxdb.alerts import InfluxDBAlertSink
 from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
@@ -48,6 +54,7 @@ from dte_stream.spec.model import (
     SimulatorSourceSpec,
 )
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
+from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.bank import BankUpdate, TwinBank
@@ -55,6 +62,8 @@ from dte_stream.twins.batches import EstimateBatch, TypedBatch
 from dte_stream.twins.routing import Router, RouteResult, shard_key, shard_of
 
 NEVER = -(2**63)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_flow", "run_flow"]
 
@@ -94,7 +103,9 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
     (replays), in which case the checks run after each batch instead.
     """
 
-    def __init__(self, spec: DataflowSpec, resume: dict[str, Any] | None, clock: EventClock) -> None:
+    def __init__(
+        self, spec: DataflowSpec, resume: dict[str, Any] | None, clock: EventClock, acks: AckInbox | None
+    ) -> None:
         self.spec = spec
         self.clock = clock
         self.bank: TwinBank | None = None
@@ -102,6 +113,8 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         self.event_clock = spec.engine.clock == "event"
         self.watermark = NEVER
         self.next_eviction = 0
+        self.alerts: AlertEngine | None = None
+        self.acks = acks
         if resume:  # an empty snapshot is a shard that never saw a reading
             twin_type = resume.get("twin_type", "?")
             try:
@@ -126,6 +139,21 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
                 ) from None
             self.watermark = int(resume.get("watermark", NEVER))
             clock.advance(self.watermark)
+            self._start_alerts(type_spec, resume.get("alerts"))
+
+    def _start_alerts(self, type_spec: TwinTypeSpec, saved: dict[str, Any] | None) -> None:
+        if not type_spec.alerts.rules:
+            return
+        channels = type_spec.channel_names()
+        if saved:
+            try:
+                self.alerts = AlertEngine.restore(type_spec.name, channels, type_spec.alerts, saved)
+                return
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning(
+                    "alert state of twin type %r not restored (%s); alerts start afresh", type_spec.name, exc
+                )
+        self.alerts = AlertEngine(type_spec.name, channels, type_spec.alerts)
 
     def _now(self) -> int:
         return max(self.watermark, self.clock.now()) if self.event_clock else now_ns()
@@ -134,11 +162,17 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         batch = TypedBatch.concat(values)
         if self.bank is None:
             self.bank = TwinBank(self.spec.twin_type(batch.twin_type))
+            self._start_alerts(self.bank.spec, None)
         if not self.gauge_key:
             first = str(batch.readings.twin_id[0])
             self.gauge_key = shard_key(batch.twin_type, shard_of(first, self.spec.engine.shards))
         self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
-        out = [self.bank.update(batch, self._now())]
+        update = self.bank.update(batch, self._now())
+        if self.alerts is not None:
+            update = BankUpdate(
+                update.estimates, update.rejected, self.alerts.update(update.estimates, self._now())
+            )
+        out = [update]
         METRICS.add("readings_processed", len(batch))
         if self.event_clock:
             out += self._timers()
@@ -153,11 +187,21 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         stale = self.bank.due(now)
         if stale is not None:
             METRICS.add("stale_sensors", len(stale))
-            out.append(BankUpdate(stale, []))
-        if self.spec.twin_type(self.bank.spec.name).ttl is not None and now >= self.next_eviction:
+            events = self.alerts.update(stale, now) if self.alerts is not None else []
+            out.append(BankUpdate(stale, [], events))
+        if self.alerts is not None:
+            events = self.alerts.due(now)
+            if self.acks is not None:
+                for ack in self.acks.new_for(self.bank.spec.name):
+                    event = self.alerts.acknowledge(ack["alert_id"], ack["by"], now_ns())
+                    if event is not None:
+                        events.append(event)
+            if events:
+                out.append(BankUpdate(_no_rows(self.bank.spec.name), [], events))
+        if self.bank.spec.ttl is not None and now >= self.next_eviction:
             evicted = self.bank.evict_idle(now)
             if evicted:
-                METRICS.add("twins_evicted", evicted)
+                METRICS.add("twins_evicted", len(evicted))
             self.next_eviction = now + _EVICTION_CHECK_NS
         return out
 
@@ -178,6 +222,13 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         if self.event_clock:  # other shards move the clock: look again soon
             return datetime.fromtimestamp((now_ns() + _EVENT_TIMER_NS) / NS_PER_S, tz=UTC)
         due = self.bank.next_due_ns()
+        if self.alerts is not None:
+            alert_due = self.alerts.next_due_ns()
+            if alert_due is not None:
+                due = alert_due if due is None else min(due, alert_due)
+            if self.acks is not None:  # look for acknowledgements now and then
+                poll = now_ns() + _ACK_POLL_NS
+                due = poll if due is None else min(due, poll)
         if self.bank.spec.ttl is not None:
             due = self.next_eviction if due is None else min(due, self.next_eviction)
         if due is None:
@@ -190,6 +241,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             return {}
         snap = self.bank.snapshot()
         snap["watermark"] = self.watermark
+        snap["alerts"] = self.alerts.snapshot() if self.alerts is not None else None
         return snap
 
 
@@ -197,6 +249,38 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
 _EVICTION_CHECK_NS = 60 * NS_PER_S
 _MIN_TIMER_NS = NS_PER_S // 2
 _EVENT_TIMER_NS = NS_PER_S
+_ACK_POLL_NS = 2 * NS_PER_S
+
+
+def _no_rows(twin_type: str) -> EstimateBatch:
+    """An estimate batch without rows (an update that only carries alert events)."""
+    f, t = np.empty(0), np.empty(0, dtype=np.str_)
+    return EstimateBatch(twin_type, t, t, np.empty(0, dtype=np.int64), f, t, f, f, f, f)
+
+
+class AckInbox:
+    """Acknowledgements that ``dte-stream alerts ack`` (or the API) wrote to the data dir.
+
+    One per dataflow process; each bank asks for the new acknowledgements of its twin type's
+    alerts (an acknowledgement for an alert another shard owns is simply not found there).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._offset = 0
+        self._pending: list[dict[str, Any]] = []
+        self._seen: dict[str, int] = {}  # twin type -> how many of _pending it has seen
+
+    def new_for(self, twin_type: str) -> list[dict[str, Any]]:
+        from dte_stream.alerts.store import read_acks
+
+        with self._lock:
+            acks, self._offset = read_acks(self.data_dir, self._offset)
+            self._pending += acks
+            start = self._seen.get(twin_type, 0)
+            self._seen[twin_type] = len(self._pending)
+            return self._pending[start:]
 
 
 def _count_errors(letters: list[DeadLetter]) -> list[DeadLetter]:
@@ -249,7 +333,9 @@ def build_flow(
     )
     dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
-    updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume, clock))
+    data_dir = spec.data_dir()
+    acks = AckInbox(data_dir) if data_dir is not None else None
+    updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume, clock, acks))
     keyed_batches = op.filter(
         "estimate_batches",
         op.map("estimates", updates, lambda kv: (kv[0], kv[1].estimates)),
@@ -257,6 +343,10 @@ def build_flow(
     )
     batches = op.map("unkeyed_batches", keyed_batches, lambda kv: kv[1])
     dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected)))
+    if any(t.alerts.rules for t in spec.twin_types):
+        _alert_outputs(
+            spec, op.flat_map("alert_events", updates, lambda kv: kv[1].alerts), outputs is not None
+        )
     for name, sink_override in (outputs or {}).items():
         op.output(f"sink_{name}", batches, sink_override)
     for sink in [] if outputs is not None else spec.sinks:
@@ -281,6 +371,30 @@ def build_flow(
     for i, target in enumerate(spec.dead_letters.sinks):
         op.output(f"dead_letters_{target.kind}_{i}", letters, _dead_letter_sink(target, spec.name))
     return flow
+
+
+def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool) -> None:
+    """Alert events to the alert log (local store table ``alerts``, InfluxDB) and the notifiers."""
+    from dte_stream.alerts.log import ALERTS_TABLE, events_frame
+
+    def count(event: AlertEvent) -> AlertEvent:
+        METRICS.add(f"alerts_{event.state}")
+        return event
+
+    events = op.map("count_alerts", events, count)
+    if replay:
+        return
+    data_dir = spec.data_dir()
+    if data_dir is not None:
+        # acknowledgements are logged by whoever acknowledges (dte_stream.alerts.store.acknowledge)
+        logged = op.filter("alert_log_events", events, lambda e: e.state != "acknowledged")
+        rows = op.map("alert_rows", logged, lambda e: (ALERTS_TABLE, events_frame([e])))
+        op.output("alert_log", rows, LocalStoreSink(data_dir, flush_rows=1_000, flush_seconds=1.0))
+    for sink in spec.sinks:
+        if isinstance(sink, InfluxDBSinkSpec):
+            op.output(f"alert_log_{sink.name}", events, InfluxDBAlertSink(sink))
+    if spec.notifiers:
+        op.output("alert_notifiers", events, NotifierSink(spec.notifiers))
 
 
 def _raw_source(spec: FileSourceSpec | KafkaSourceSpec | MqttSourceSpec, flow_name: str) -> Source[RawBatch]:

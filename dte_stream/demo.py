@@ -45,6 +45,25 @@ def demo_document(
                 "description": "A centrifugal pump with a temperature, pressure and flow sensor.",
                 "match": "pump-.*",
                 "ttl": "7d",
+                "alerts": {
+                    "rules": [
+                        {"kind": "anomaly_score", "name": "anomaly", "level": 0.7, "clear": 0.3},
+                        {"kind": "nis", "name": "model_mismatch", "level": 10.83, "readings": 5},
+                        {"kind": "quality", "name": "sensor_fault", "flags": ["stuck", "out_of_range"]},
+                        {"kind": "stale", "name": "sensor_stale"},
+                        {"kind": "silent_twin", "name": "pump_silent", "after": "1m", "severity": "critical"},
+                        {
+                            "kind": "threshold",
+                            "name": "overheating",
+                            "channels": ["temperature"],
+                            "signal": "estimate",
+                            "above": 90,
+                            "clear": 85,
+                            "severity": "critical",
+                            "message": "{twin_id} runs hot: {value:.1f} degC (limit {level:g})",
+                        },
+                    ]
+                },
                 "channels": {
                     "temperature": {
                         "unit": "degC",

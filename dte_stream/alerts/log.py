@@ -65,4 +65,4 @@ def events_frame(events: Sequence[AlertEvent]) -> pl.DataFrame:
             "labels": [orjson.dumps(e.labels).decode() for e in events],
         },
         schema_overrides={"time": pl.Int64, "starts": pl.Int64, "ends": pl.Int64, "value": pl.Float64},
-    ).with_columns(pl.col("time", "starts", "ends").cast(pl.Datetime("ns", "UTC")))
+    ).cast(ALERTS_SCHEMA)  # all-None columns (channel, acked_by) keep their declared types

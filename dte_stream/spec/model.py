@@ -15,6 +15,7 @@ from dte_stream.spec.base import CODEC_CHOICES, Identifier, PositiveSeconds, Sec
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
+from dte_stream.spec.notify import NotifierList
 from dte_stream.spec.twins import ChannelSpec, TwinTypeSpec
 
 __all__ = [
@@ -140,6 +141,9 @@ class DataflowSpec(SpecModel):
     sinks: list[SinkSpec] = Field(min_length=1)
     dead_letters: DeadLetterSpec = Field(default_factory=DeadLetterSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    notifiers: NotifierList = Field(
+        default_factory=list, description="where alert events go besides the alert log (docs/alerting.md)"
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> DataflowSpec:

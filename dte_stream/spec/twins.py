@@ -25,6 +25,7 @@ import orjson
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from dte_stream.readings import id_problem
+from dte_stream.spec.alerts import AlertingSpec
 from dte_stream.spec.base import Identifier, PositiveSeconds, Seconds, SpecModel
 from dte_stream.spec.learners import LearnerSpec
 from dte_stream.spec.quality import QualitySpec
@@ -306,6 +307,7 @@ class TwinTypeSpec(SpecModel):
     learners: list[LearnerSpec] = Field(default_factory=list)
     outputs: OutputsSpec = Field(default_factory=OutputsSpec)
     ttl: Seconds | None = Field(None, description="evict twins without a reading for this long")
+    alerts: AlertingSpec = Field(default_factory=AlertingSpec, description="alert rules (docs/alerting.md)")
 
     @model_validator(mode="after")
     def _check(self) -> TwinTypeSpec:
@@ -347,6 +349,9 @@ class TwinTypeSpec(SpecModel):
         names = [learner.name for learner in self.learners]
         if len(set(names)) != len(names):
             raise ValueError(f"learners: names must be unique, got {names}")
+        problems = self.alerts.check_rules(self.channel_names())
+        if problems:
+            raise ValueError("alerts: " + "; ".join(problems))
         for i, learner in enumerate(self.learners):
             problem = learner.check_channels(self.channel_names())
             if problem:

@@ -18,6 +18,7 @@ import re
 
 import polars as pl
 
+from dte_stream.alerts.log import ALERTS_SCHEMA
 from dte_stream.errors import StoreError
 
 __all__ = [
@@ -66,7 +67,11 @@ OUTPUTS_SCHEMA = pl.Schema(
 )
 
 #: Tables whose schema is fixed; the default of :class:`~dte_stream.store.LocalStore`.
-TABLE_SCHEMAS: dict[str, pl.Schema] = {"readings": READINGS_SCHEMA, "outputs": OUTPUTS_SCHEMA}
+TABLE_SCHEMAS: dict[str, pl.Schema] = {
+    "readings": READINGS_SCHEMA,
+    "outputs": OUTPUTS_SCHEMA,
+    "alerts": ALERTS_SCHEMA,
+}
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

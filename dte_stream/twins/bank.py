@@ -20,13 +20,14 @@ with :meth:`snapshot` and rebuilds it with :meth:`restore`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from dte_stream.alerts.events import AlertEvent
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, format_time_ns
@@ -77,10 +78,11 @@ def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
 
 @dataclass(frozen=True, slots=True)
 class BankUpdate:
-    """What one micro-batch produced: output rows, and readings refused as too late."""
+    """What one micro-batch (or timer) produced: output rows, readings refused as too late, alerts."""
 
     estimates: EstimateBatch
     rejected: list[DeadLetter]
+    alerts: list[AlertEvent] = field(default_factory=list)
 
 
 class TwinBank:
@@ -336,22 +338,22 @@ class TwinBank:
         """When :meth:`due` may next have something to report (engine clock), if ever."""
         return self.quality.next_due_ns()
 
-    def evict_idle(self, now_ns: int) -> int:
-        """Drop twins with no reading for the type's TTL; returns how many were evicted."""
+    def evict_idle(self, now_ns: int) -> list[str]:
+        """Drop twins with no reading for the type's TTL; returns the evicted twin ids."""
         ttl = self.spec.ttl
         n = len(self.twin_ids)
         if ttl is None or n == 0:
-            return 0
+            return []
         idle = self.last_seen[:n] < now_ns - round(ttl * NS_PER_S)
         if not idle.any():
-            return 0
+            return []
         keep = np.flatnonzero(~idle)
         gone = [self.twin_ids[i] for i in np.flatnonzero(idle).tolist()]
         self._keep_rows(keep)
         if self.learners is not None:
             self.learners.evict(gone)
         self.counters["evicted_twins"] += len(gone)
-        return len(gone)
+        return gone
 
     def _keep_rows(self, keep: IntP) -> None:
         ids = [self.twin_ids[i] for i in keep.tolist()]

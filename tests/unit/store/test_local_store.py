@@ -99,13 +99,13 @@ def test_other_tables_take_any_columns(store: LocalStore) -> None:
     alerts = pl.DataFrame(
         {"time": [DAY0, DAY0 + 1], "twin_id": ["a", "b"], "rule": ["hot", "cold"], "level": [2, 1]}
     )
-    store.append("alerts", alerts)
-    out = store.query("alerts", twin_id="b")
+    store.append("events", alerts)
+    out = store.query("events", twin_id="b")
     assert out.columns == ["time", "twin_id", "rule", "level"]
     assert out["rule"].to_list() == ["cold"]
-    assert store.tables() == ["alerts"]
+    assert store.tables() == ["events"]
     with pytest.raises(StoreError, match="no channel column"):
-        store.query("alerts", channel="temp")
+        store.query("events", channel="temp")
 
 
 # ------------------------------------------------------------------------------- filters, limits

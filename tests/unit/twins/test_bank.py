@@ -287,7 +287,7 @@ def test_idle_twins_are_evicted_and_the_others_keep_their_state() -> None:
     later = _batch(["keep"] * 3, [0] * 3, [(3600 + i) * S for i in range(3)], [2.5, 2.4, 2.6], spec)
     bank.update(later, now_ns=3600 * S)
     control.update(later, now_ns=3600 * S)
-    assert bank.evict_idle(3700 * S) == 1
+    assert bank.evict_idle(3700 * S) == ["old"]
     assert bank.twin_ids == ["keep"]
     assert bank.counters["evicted_twins"] == 1
     probe = _batch(["keep"], [0], [3700 * S], [2.7], spec)

@@ -1,0 +1,59 @@
+"""The Bytewax sink of alert events: every worker hands its events to one :class:`AlertDispatcher`.
+
+The dispatcher (one per process, created when the first worker builds its partition) delivers
+in the background, so a notifier that is down never stalls the dataflow; its failures are
+counted per notifier. The last partition to close drains and closes the dispatcher.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from dte_stream.alerts.events import AlertEvent
+from dte_stream.connectors.alerting.dispatcher import AlertDispatcher
+from dte_stream.spec.notify import NotifierSpec
+
+__all__ = ["NotifierSink"]
+
+
+class NotifierSink(DynamicSink[AlertEvent]):
+    """Alert events to the spec's notifiers (Alertmanager, webhooks, Slack, MQTT, Kafka)."""
+
+    def __init__(self, specs: Sequence[NotifierSpec], close_timeout: float = 10.0) -> None:
+        self.specs = list(specs)
+        self.close_timeout = close_timeout
+        self._lock = threading.Lock()
+        self._dispatcher: AlertDispatcher | None = None
+        self._open = 0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NotifierPartition:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = AlertDispatcher(self.specs)
+            self._open += 1
+            return _NotifierPartition(self, self._dispatcher)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._open == 0 and self._dispatcher is not None:
+                self._dispatcher.close(self.close_timeout)
+                self._dispatcher = None
+
+
+class _NotifierPartition(StatelessSinkPartition[AlertEvent]):
+    def __init__(self, sink: NotifierSink, dispatcher: AlertDispatcher) -> None:
+        self._sink = sink
+        self._dispatcher = dispatcher
+        self._closed = False
+
+    def write_batch(self, items: list[AlertEvent]) -> None:
+        self._dispatcher.send(items)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sink._release()
