@@ -21,9 +21,10 @@ $(BIN)/dte-stream: pyproject.toml
 
 install: $(BIN)/dte-stream ## create .venv and install dte-stream with its dev tools
 
-demo: install ## run the demo for 30 s (simulator -> twin bank -> local store), then query it
+demo: install ## run the demo for 30 s (simulator -> twin bank -> local store), then query it and its alerts
 	$(BIN)/dte-stream demo --twins 100 --duration 30 --data-dir $(DATA)
 	$(BIN)/dte-stream query --data-dir $(DATA) --twin pump-0000 --limit 10
+	$(BIN)/dte-stream alerts list --data-dir $(DATA)
 
 services: ## install the real services for integration tests (Debian packages, Kafka jars)
 	deploy/services/install.sh

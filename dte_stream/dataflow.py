@@ -115,6 +115,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         self.next_eviction = 0
         self.alerts: AlertEngine | None = None
         self.acks = acks
+        self.next_ack_poll = 0
         if resume:  # an empty snapshot is a shard that never saw a reading
             twin_type = resume.get("twin_type", "?")
             try:
@@ -169,9 +170,8 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
         update = self.bank.update(batch, self._now())
         if self.alerts is not None:
-            update = BankUpdate(
-                update.estimates, update.rejected, self.alerts.update(update.estimates, self._now())
-            )
+            events = self._acknowledged() + self.alerts.update(update.estimates, self._now())
+            update = BankUpdate(update.estimates, update.rejected, events)
         out = [update]
         METRICS.add("readings_processed", len(batch))
         if self.event_clock:
@@ -190,12 +190,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             events = self.alerts.update(stale, now) if self.alerts is not None else []
             out.append(BankUpdate(stale, [], events))
         if self.alerts is not None:
-            events = self.alerts.due(now)
-            if self.acks is not None:
-                for ack in self.acks.new_for(self.bank.spec.name):
-                    event = self.alerts.acknowledge(ack["alert_id"], ack["by"], now_ns())
-                    if event is not None:
-                        events.append(event)
+            events = self.alerts.due(now) + self._acknowledged()
             if events:
                 out.append(BankUpdate(_no_rows(self.bank.spec.name), [], events))
         if self.bank.spec.ttl is not None and now >= self.next_eviction:
@@ -204,6 +199,21 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
                 METRICS.add("twins_evicted", len(evicted))
             self.next_eviction = now + _EVICTION_CHECK_NS
         return out
+
+    def _acknowledged(self) -> list[AlertEvent]:
+        """Acknowledgements recorded in the data dir since the last look (at most once a second)."""
+        if self.alerts is None or self.acks is None or self.bank is None:
+            return []
+        wall = now_ns()
+        if wall < self.next_ack_poll:
+            return []
+        self.next_ack_poll = wall + NS_PER_S
+        events = []
+        for ack in self.acks.new_for(self.bank.spec.name):
+            event = self.alerts.acknowledge(str(ack["alert_id"]), str(ack["by"]), wall)
+            if event is not None:
+                events.append(event)
+        return events
 
     def on_notify(self) -> tuple[Iterable[BankUpdate], bool]:
         if self.bank is None:

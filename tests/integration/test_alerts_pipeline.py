@@ -3,8 +3,9 @@
 Readings go through ``build_flow`` (twin bank, alert engine, notifier sink) with recovery on.
 Run 1 ends in the middle of the fault: the alert is active in Alertmanager with its labels and
 a webhook received one ``firing``. Run 2 resumes from the recovery dir with the readings after
-the fault: nothing is announced twice (the restored state knows the alert fires), the
-``resolved`` event reaches both receivers, and the alert log has each event once.
+the fault: nothing is announced twice (the restored state knows the alert fires), an
+acknowledgement recorded while it was down is picked up, the ``resolved`` event reaches both
+receivers, and the alert log has each event once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import polars as pl
 from bytewax.testing import TestingSource, run_main
 from test_alert_integrations import am_alerts, receiver, unique, wait_until
 
+from dte_stream.alerts.store import acknowledge, alert_table
 from dte_stream.dataflow import build_flow, recovery_config
 from dte_stream.readings import ReadingBatch
 from dte_stream.sources import SourceBatch
@@ -98,14 +100,23 @@ def test_a_fault_fires_in_alertmanager_and_resolves_after_a_restart(
         states = [orjson.loads(body)["state"] for body in hook.accepted()]
         assert states == ["firing"]
 
+        # Someone takes the alert while the dataflow is down; the restarted run picks it up.
+        acknowledge(tmp_path / "data", f"pump-1/{rule}", "alice")
         second = first + _batches(after, len(normal) + len(fault))
         flow = build_flow(spec, inputs={"test": TestingSource(second)})
         run_main(flow, epoch_interval=timedelta(seconds=0.1), recovery_config=recovery_config(recovery))
 
         assert wait_until(lambda: not am_alerts(alertmanager.url, rule))
         events = [orjson.loads(body) for body in hook.accepted()]
-        assert [(e["state"], e["sequence"]) for e in events] == [("firing", 1), ("resolved", 2)]
-        assert events[1]["value"] <= 85
+        assert [(e["state"], e["sequence"]) for e in events] == [
+            ("firing", 1),
+            ("acknowledged", 2),
+            ("resolved", 3),
+        ]
+        assert events[1]["acked_by"] == "alice"
+        assert events[2]["value"] <= 85
 
     log = pl.read_parquet(tmp_path / "data" / "alerts" / "**" / "*.parquet").sort("sequence")
-    assert log.select("state", "sequence").rows() == [("firing", 1), ("resolved", 2)]
+    assert log.select("state", "sequence").rows() == [("firing", 1), ("acknowledged", 2), ("resolved", 3)]
+    table = alert_table(tmp_path / "data")
+    assert table.select("state", "acked_by", "events").rows() == [("resolved", "alice", 3)]
