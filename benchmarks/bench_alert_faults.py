@@ -76,7 +76,8 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "anomaly_0.9": _set_rule("anomaly", level=0.9),
     "anomaly_0.99": _set_rule("anomaly", level=0.99),
     "anomaly_hold_3s": _set_rule("anomaly", holds_for="3s"),
-    "nis_readings_10": _set_rule("model_mismatch", readings=10),
+    "nis_readings_3": _set_rule("model_mismatch", readings=3),
+    "nis_readings_2": _set_rule("model_mismatch", readings=2),
 }
 
 
