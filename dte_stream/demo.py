@@ -48,7 +48,7 @@ def demo_document(
                 "alerts": {
                     "rules": [
                         {"kind": "anomaly_score", "name": "anomaly", "level": 0.7, "clear": 0.3},
-                        {"kind": "nis", "name": "model_mismatch", "level": 10.83, "readings": 5},
+                        {"kind": "nis", "name": "model_mismatch", "level": 10.83, "readings": 3},
                         {"kind": "quality", "name": "sensor_fault", "flags": ["stuck", "out_of_range"]},
                         {"kind": "stale", "name": "sensor_stale"},
                         {"kind": "silent_twin", "name": "pump_silent", "after": "1m", "severity": "critical"},
