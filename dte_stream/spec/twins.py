@@ -25,7 +25,7 @@ import orjson
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from dte_stream.readings import id_problem
-from dte_stream.spec.alerts import AlertingSpec
+from dte_stream.spec.alerts import AlertingSpec, NisRuleSpec
 from dte_stream.spec.base import Identifier, PositiveSeconds, Seconds, SpecModel
 from dte_stream.spec.learners import LearnerSpec
 from dte_stream.spec.quality import QualitySpec
@@ -352,6 +352,16 @@ class TwinTypeSpec(SpecModel):
         problems = self.alerts.check_rules(self.channel_names())
         if problems:
             raise ValueError("alerts: " + "; ".join(problems))
+        for i, rule in enumerate(self.alerts.rules):
+            if not isinstance(rule, NisRuleSpec) or self.kalman.gate is None:
+                continue
+            readings = rule.readings
+            if readings > self.kalman.reset_after:
+                raise ValueError(
+                    f"alerts.rules[{i}] ({rule.name}): readings {readings} can never be reached: the filter "
+                    f"accepts a change after kalman.reset_after ({self.kalman.reset_after}) gated readings "
+                    "and the NIS drops; use at most that many"
+                )
         for i, learner in enumerate(self.learners):
             problem = learner.check_channels(self.channel_names())
             if problem:

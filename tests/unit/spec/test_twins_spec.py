@@ -194,6 +194,14 @@ def test_custom_matrices() -> None:
             {"name": "p", "channels": {"a": {}}, "ttl": "forever"},
             "ttl",
         ),
+        (
+            {
+                "name": "p",
+                "channels": {"a": {}},
+                "alerts": {"rules": [{"kind": "nis", "name": "mm", "level": 10.83, "readings": 5}]},
+            },
+            "readings 5 can never be reached",
+        ),
     ],
 )
 def test_errors_name_the_field_and_the_problem(twin_type: dict[str, Any], message: str) -> None:
