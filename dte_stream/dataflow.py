@@ -385,7 +385,7 @@ def build_flow(
 
 def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool) -> None:
     """Alert events to the alert log (local store table ``alerts``, InfluxDB) and the notifiers."""
-    from dte_stream.alerts.log import ALERTS_TABLE, events_frame
+    from dte_stream.alerts.log import ALERTS_TABLE, AlertRows
 
     def count(event: AlertEvent) -> AlertEvent:
         METRICS.add(f"alerts_{event.state}")
@@ -398,7 +398,7 @@ def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool)
     if data_dir is not None:
         # acknowledgements are logged by whoever acknowledges (dte_stream.alerts.store.acknowledge)
         logged = op.filter("alert_log_events", events, lambda e: e.state != "acknowledged")
-        rows = op.map("alert_rows", logged, lambda e: (ALERTS_TABLE, events_frame([e])))
+        rows = op.map("alert_rows", logged, lambda e: (ALERTS_TABLE, AlertRows([e])))
         op.output("alert_log", rows, LocalStoreSink(data_dir, flush_rows=1_000, flush_seconds=1.0))
     for sink in spec.sinks:
         if isinstance(sink, InfluxDBSinkSpec):

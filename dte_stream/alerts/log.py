@@ -15,7 +15,7 @@ import polars as pl
 
 from dte_stream.alerts.events import AlertEvent
 
-__all__ = ["ALERTS_SCHEMA", "ALERTS_TABLE", "events_frame"]
+__all__ = ["ALERTS_SCHEMA", "ALERTS_TABLE", "AlertRows", "events_frame"]
 
 #: The local store table alert events are appended to.
 ALERTS_TABLE = "alerts"
@@ -66,3 +66,23 @@ def events_frame(events: Sequence[AlertEvent]) -> pl.DataFrame:
         },
         schema_overrides={"time": pl.Int64, "starts": pl.Int64, "ends": pl.Int64, "value": pl.Float64},
     ).cast(ALERTS_SCHEMA)  # all-None columns (channel, acked_by) keep their declared types
+
+
+class AlertRows:
+    """Alert events bound for the local store: the sink turns all it buffered into one frame.
+
+    Building a polars frame costs about a millisecond whatever its size, so the store sink
+    converts its whole buffer at flush time (:meth:`frame_of`) rather than each event.
+    """
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: Sequence[AlertEvent]) -> None:
+        self.events = list(events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @staticmethod
+    def frame_of(batches: Sequence[AlertRows]) -> pl.DataFrame:
+        return events_frame([e for b in batches for e in b.events])
