@@ -249,7 +249,8 @@ class AnomalyScorer:
         log_p_window = gaussian_log_sf(wh)
         log_p = np.minimum(np.minimum(log_p_point, log_p_window) + math.log(2.0), 0.0)
         ready = valid & (count >= self.warmup)
-        scores = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0)
+        # + 0.0 turns the -0.0 of a p-value of exactly 1 into 0.0
+        scores = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0) + 0.0
         # Learn: bias-corrected weights while young, winsorised deviations once a spread exists.
         alpha = np.maximum(self._alpha_long, 1.0 / (count + 1.0))
         limit = np.where(count >= 3, self.clip * sigma, np.inf)
