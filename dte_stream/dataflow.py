@@ -197,6 +197,8 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             evicted = self.bank.evict_idle(now)
             if evicted:
                 METRICS.add("twins_evicted", len(evicted))
+                if self.alerts is not None:
+                    self.alerts.forget(evicted)
             self.next_eviction = now + _EVICTION_CHECK_NS
         return out
 

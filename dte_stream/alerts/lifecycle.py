@@ -128,6 +128,12 @@ class AlertBook:
         self._firing: set[tuple[str, str]] = set()
         self._flapping: set[tuple[str, str]] = set()
 
+    def forget(self, twin_ids: set[str]) -> None:
+        """Drop the records of these twins that are neither pending, firing nor flapping."""
+        busy = self._pending | self._firing | self._flapping
+        for key in [k for k in self.records if k[0] in twin_ids and k not in busy]:
+            del self.records[key]
+
     # -- conditions ----------------------------------------------------------------------
 
     def is_active(self, twin_id: str, rule: str) -> bool:

@@ -162,6 +162,11 @@ class _LastValues:
             self.time = np.concatenate([self.time, time[~ok]])[order]
             self.value = np.concatenate([self.value, value[~ok]])[order]
 
+    def drop(self, ids: list[str]) -> None:
+        """Forget the entries of ``ids`` (twins evicted by the TTL)."""
+        keep = ~np.isin(self.ids, np.asarray(ids, dtype=str))
+        self.ids, self.time, self.value = self.ids[keep], self.time[keep], self.value[keep]
+
     def snapshot(self) -> dict[str, list[Any]]:
         return {"ids": self.ids.tolist(), "time": self.time.tolist(), "value": self.value.tolist()}
 
@@ -635,6 +640,18 @@ class AlertEngine:
         return min(times) if times else None
 
     # -- people and tables ------------------------------------------------------------------------
+
+    def forget(self, twin_ids: list[str]) -> None:
+        """Twins evicted by the TTL: no deadman for them, and their resolved alerts are dropped.
+
+        Alerts still pending or firing are kept, so that their resolution still comes if the
+        twin reports again; a forgotten twin that reports again starts its alerts afresh.
+        """
+        if not twin_ids:
+            return
+        for silent in self._silent:
+            silent.seen.drop(twin_ids)
+        self._book.forget(set(twin_ids))
 
     def acknowledge(self, alert_id: str, by: str, now_ns: int) -> AlertEvent | None:
         """Record that ``by`` took the firing alert; the ``acknowledged`` event, or None if not firing."""

@@ -224,3 +224,33 @@ def test_alert_table_and_its_filters() -> None:
     row = eng.alerts("resolved")[0]
     assert (row["alert_id"], row["starts_ns"], row["ends_ns"], row["sequence"]) == ("b/hot", 0, 1 * S, 2)
     assert row["message"] == "temperature 95 above 90"
+
+
+def test_forgotten_twins_get_no_deadman_and_lose_resolved_alerts() -> None:
+    from dte_stream.alerts.rules import AlertEngine
+    from dte_stream.spec.alerts import AlertingSpec
+
+    spec = AlertingSpec.model_validate(
+        {
+            "rules": [
+                {"kind": "silent_twin", "name": "quiet", "after": 10},
+                {"kind": "threshold", "name": "hot", "above": 90, "clear": 85},
+            ]
+        }
+    )
+    engine = AlertEngine("pump", ["t"], spec)
+
+    def batch(twin: str, t: int, value: float) -> EstimateBatch:
+        one = np.array([value])
+        return EstimateBatch(
+            "pump", np.array([twin]), np.array(["t"]), np.array([t * S]), one, np.array([""]),
+            one, one, one, one,
+        )  # fmt: skip
+
+    engine.update(batch("a", 0, 95.0), now_ns=0)
+    engine.update(batch("a", 1, 80.0), now_ns=S)  # fired and resolved
+    engine.update(batch("b", 1, 80.0), now_ns=S)
+    engine.forget(["a"])
+    events = engine.due(60 * S)
+    assert [(e.twin_id, e.rule, e.state) for e in events] == [("b", "quiet", "firing")]
+    assert [a["twin_id"] for a in engine.alerts("all")] == ["b"]
