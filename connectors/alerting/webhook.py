@@ -13,11 +13,9 @@ cannot fix. Messages name only ``scheme://host:port``: a path or query may hold 
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import hmac
 import http.client
-import math
 import socket
 import ssl
 import time
@@ -28,6 +26,7 @@ import orjson
 
 from dte_stream.alerts.events import AlertEvent
 from dte_stream.connectors.alerting.dispatcher import DeliveryError
+from dte_stream.connectors.http_headers import parse_retry_after
 from dte_stream.spec.notify import WebhookNotifierSpec, http_target
 
 __all__ = [
@@ -46,30 +45,6 @@ SIGNATURE_HEADER = "X-DTE-Signature"
 TIMESTAMP_HEADER = "X-DTE-Timestamp"
 _USER_AGENT = "dte-stream-alerts"
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
-#: Longest ``Retry-After`` honoured (seconds).
-MAX_RETRY_AFTER = 3600.0
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent/bad.
-
-    >>> parse_retry_after("7"), parse_retry_after(None), parse_retry_after("soon")
-    (7.0, None, None)
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def webhook_body(event: AlertEvent) -> bytes:

@@ -16,19 +16,17 @@ job (:mod:`dte_stream.connectors.influxdb.sink`).
 from __future__ import annotations
 
 import base64
-import email.utils
 import gzip
 import http.client
 import json
 import logging
-import math
 import ssl
-import time
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
 
+from dte_stream.connectors.http_headers import parse_retry_after
 from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 
@@ -37,7 +35,6 @@ __all__ = ["Transport", "V1Transport", "V2Transport", "make_transport", "parse_r
 log = logging.getLogger(__name__)
 
 #: Longest Retry-After honoured (seconds); a larger value is taken as this.
-MAX_RETRY_AFTER = 3600.0
 _USER_AGENT = "dte-stream-influxdb-sink"
 _STALE_CONNECTION = (
     http.client.RemoteDisconnected,
@@ -73,28 +70,6 @@ class Transport(Protocol):
 def make_transport(spec: InfluxDBSinkSpec) -> Transport:
     """The transport for ``spec.api``."""
     return V1Transport(spec) if spec.api == "v1" else V2Transport(spec)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent/bad.
-
-    >>> parse_retry_after("7"), parse_retry_after(None), parse_retry_after("soon")
-    (7.0, None, None)
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _server_message(body: bytes, header: str | None) -> str:

@@ -37,7 +37,7 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from test_pipeline_kafka import _influxql
+from test_pipeline_kafka import _count
 
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins import flags as fl
@@ -266,14 +266,6 @@ def _points(url: str, db: str) -> dict[tuple[str, str, int], dict[str, Any]]:
             assert key not in points, f"point {key} is there twice"
             points[key] = {**fields, **{f"tag.{k}": v for k, v in tags.items()}}
     return points
-
-
-def _count(url: str, db: str) -> int:
-    try:
-        rows = _influxql(url, 'SELECT count("value") FROM "dte_readings"', db)
-    except OSError:
-        return 0
-    return int(rows[0][1]) if rows else 0
 
 
 def _close(a: Any, b: Any) -> bool:

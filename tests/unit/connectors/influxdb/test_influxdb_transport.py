@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from dte_stream.connectors.http_headers import MAX_RETRY_AFTER
 from dte_stream.connectors.influxdb import InfluxDBRejected, InfluxDBUnavailable, make_transport
 from dte_stream.connectors.influxdb.transport import (
-    MAX_RETRY_AFTER,
     V1Transport,
     V2Transport,
     _probe,
