@@ -108,10 +108,17 @@ class Evaluation:
         return {n: score_profile(scoring, self.scores, p, level) for n, p in PROFILES.items()}
 
 
-def evaluate(name: str, detector: Detector, series: Sequence[Series]) -> Evaluation:
-    """Run ``detector`` on every series and score it with every NAB profile."""
+#: Scores every series at once (for example all of them as twins of one bank): one array per series.
+BatchDetector = Callable[[Sequence[Series]], list[F64]]
+
+
+def evaluate(
+    name: str, detector: Detector | BatchDetector, series: Sequence[Series], batch: bool = False
+) -> Evaluation:
+    """Run ``detector`` on every series (all at once if ``batch``) and score it with every NAB profile."""
     start = time.perf_counter()
-    scores = [np.nan_to_num(np.asarray(detector(s.time_ns, s.value), dtype=float), nan=0.0) for s in series]
+    raw = detector(series) if batch else [detector(s.time_ns, s.value) for s in series]  # type: ignore[call-arg]
+    scores = [np.nan_to_num(np.asarray(r, dtype=float), nan=0.0) for r in raw]
     seconds = time.perf_counter() - start
     return Evaluation(name, scores, score_all([s.scoring() for s in series], scores), seconds)
 
