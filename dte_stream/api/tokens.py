@@ -105,7 +105,9 @@ class TokenFile:
         except FileNotFoundError:
             return {"tokens": []}
         except orjson.JSONDecodeError as exc:
-            raise StoreError(f"the tokens file {self.path} is not valid JSON ({exc}); fix or remove it") from None
+            raise StoreError(
+                f"the tokens file {self.path} is not valid JSON ({exc}); fix or remove it"
+            ) from None
         except OSError as exc:
             raise StoreError(f"cannot read the tokens file {self.path}: {exc.strerror or exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
@@ -174,8 +176,12 @@ class TokenFile:
         token = _PREFIX + secrets.token_urlsafe(32)
         with self._locked() as data:
             if any(item.get("name") == name for item in data["tokens"]):
-                raise ConfigError(f"a token named {name!r} exists already; revoke it first or pick another name")
-            data["tokens"].append({"name": name, "scope": scope, "created_ns": now_ns(), "sha256": _digest(token)})
+                raise ConfigError(
+                    f"a token named {name!r} exists already; revoke it first or pick another name"
+                )
+            data["tokens"].append(
+                {"name": name, "scope": scope, "created_ns": now_ns(), "sha256": _digest(token)}
+            )
         return token
 
     def revoke(self, name: str) -> None:
