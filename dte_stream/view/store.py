@@ -40,7 +40,7 @@ __all__ = ["VIEW_FILE", "VIEW_FORMAT", "AlertQuery", "TwinPage", "TwinQuery", "T
 #: The view's file name in the data directory.
 VIEW_FILE = "twin_view.sqlite3"
 #: Layout version of the file; a file of another version is rebuilt (it is only a cache of state).
-VIEW_FORMAT = 1
+VIEW_FORMAT = 2
 #: How long a writer or reader waits for another process's write lock.
 BUSY_TIMEOUT_MS = 5_000
 
@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_seq ON alerts (seq);
 CREATE INDEX IF NOT EXISTS alerts_twin ON alerts (twin_id);
+CREATE TABLE IF NOT EXISTS twin_types (name TEXT PRIMARY KEY, spec BLOB NOT NULL);
 """
 
 
@@ -181,6 +182,7 @@ class TwinView:
             elif row[0] != VIEW_FORMAT:  # a cache of state: start it afresh
                 db.execute("DELETE FROM twins")
                 db.execute("DELETE FROM alerts")
+                db.execute("DELETE FROM twin_types")
                 db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (VIEW_FORMAT,))
             db.execute("COMMIT")
         except BaseException:
@@ -260,6 +262,27 @@ class TwinView:
                 )
             )  # fmt: skip
         db.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def put_types(self, specs: Sequence[dict[str, Any]]) -> None:
+        """Store the twin types (their spec as JSON, by ``name``): what-if rebuilds models from them."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO twin_types VALUES (?, ?)",
+                    [(s["name"], orjson.dumps(s)) for s in specs],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+
+    def types(self) -> dict[str, dict[str, Any]]:
+        """The twin types the dataflows stored, by name (their spec as JSON)."""
+        return {name: orjson.loads(spec) for name, spec in self._query("SELECT name, spec FROM twin_types")}
 
     def remove(self, twin_ids: Sequence[str]) -> None:
         """Drop twins (evicted by their TTL) and their resolved alerts."""
