@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fastapi import HTTPException, Request
 
-from dte_stream.api.context import ApiContext
+from dte_stream.api.state import ApiState
 from dte_stream.api.tokens import Scope, TokenInfo
 
 __all__ = ["require"]
@@ -22,7 +22,7 @@ def require(scope: Scope) -> Callable[[Request], TokenInfo]:
     """A FastAPI dependency: the caller's token, which must allow ``scope``."""
 
     def check(request: Request) -> TokenInfo:
-        ctx: ApiContext = request.app.state.dte
+        ctx: ApiState = request.app.state.dte
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():

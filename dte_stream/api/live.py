@@ -17,7 +17,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from dte_stream.api.context import ApiContext
+from dte_stream.api.state import ApiState
 from dte_stream.errors import StoreError
 from dte_stream.times import now_ns
 
@@ -33,7 +33,7 @@ def format_event(event: str, event_id: int, data: dict[str, Any]) -> bytes:
 
 def stream(request: Request, updates: AsyncIterator[Update]) -> StreamingResponse:
     """A ``text/event-stream`` response sending ``updates`` until the client goes away."""
-    ctx: ApiContext = request.app.state.dte
+    ctx: ApiState = request.app.state.dte
 
     async def body() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
@@ -55,7 +55,7 @@ def stream(request: Request, updates: AsyncIterator[Update]) -> StreamingRespons
 
 
 async def twin_updates(
-    ctx: ApiContext, twin_id: str, decorate: Callable[[dict[str, Any], int], dict[str, Any]]
+    ctx: ApiState, twin_id: str, decorate: Callable[[dict[str, Any], int], dict[str, Any]]
 ) -> AsyncIterator[Update]:
     """The twin's record now, then each time its row in the view changes (None between)."""
     last = -1
@@ -73,7 +73,7 @@ async def twin_updates(
         await asyncio.sleep(ctx.poll_s)
 
 
-async def alert_updates(ctx: ApiContext, after: int | None) -> AsyncIterator[Update]:
+async def alert_updates(ctx: ApiState, after: int | None) -> AsyncIterator[Update]:
     """Each alert row written to the view after ``after`` (default: from now on)."""
     last = ctx.view.seq() if after is None else after
     while True:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dte_stream.alerts.store import acknowledge, alert_table
 from dte_stream.api import live
 from dte_stream.api.auth import require
-from dte_stream.api.context import ApiContext
+from dte_stream.api.state import ApiState
 from dte_stream.api.tokens import TokenInfo
 from dte_stream.errors import ConfigError, StoreError
 from dte_stream.spec.twins import TwinTypeSpec
@@ -42,8 +42,8 @@ _MAX_LABELS = 16
 _AlertFilter = Literal["firing", "resolved", "all"]
 
 
-def _ctx(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.dte
+def _ctx(request: Request) -> ApiState:
+    ctx: ApiState = request.app.state.dte
     return ctx
 
 
@@ -118,7 +118,7 @@ def list_twins(
     return TwinList(total=page.total, limit=limit, offset=offset, twins=twins)
 
 
-def _twin(ctx: ApiContext, twin_id: str) -> dict[str, Any]:
+def _twin(ctx: ApiState, twin_id: str) -> dict[str, Any]:
     try:
         record = ctx.view.get_twin(twin_id)
     except StoreError as exc:
@@ -228,7 +228,7 @@ class SimulateBody(BaseModel):
     scenario: ScenarioBody = Field(default_factory=ScenarioBody)
 
 
-def twin_type_spec(ctx: ApiContext, name: str) -> TwinTypeSpec:
+def twin_type_spec(ctx: ApiState, name: str) -> TwinTypeSpec:
     """The twin type as the dataflow declared it (stored in the view)."""
     spec = ctx.view.types().get(name)
     if spec is None:

@@ -16,8 +16,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dte_stream.api.context import ApiContext
 from dte_stream.api.routes import router
+from dte_stream.api.state import ApiState
 
 __all__ = ["STATIC_DIR", "BodyLimit", "install_api"]
 
@@ -73,7 +73,7 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install_api(app: FastAPI, ctx: ApiContext) -> None:
+def install_api(app: FastAPI, ctx: ApiState) -> None:
     """Add the API routes, the body limit, CORS (if origins are given) and the dashboard to ``app``."""
     app.state.dte = ctx
     app.include_router(router)

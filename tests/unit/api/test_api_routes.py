@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from fastapi import FastAPI
 from dte_stream.alerts.log import ALERTS_TABLE, events_frame
 from dte_stream.alerts.rules import AlertEngine
 from dte_stream.alerts.store import alerts_store
-from dte_stream.api.context import ApiContext
+from dte_stream.api.state import ApiState
 from dte_stream.api.tokens import TokenFile
 from dte_stream.api.v1 import install_api
 from dte_stream.readings import ReadingBatch
@@ -46,7 +48,7 @@ ROOM = TwinTypeSpec.model_validate(
 
 def build_app(data_dir: Path) -> FastAPI:
     app = FastAPI(openapi_url="/api/v1/openapi.json")
-    install_api(app, ApiContext.open(data_dir, max_body=4096))
+    install_api(app, ApiState.open(data_dir, max_body=4096))
     return app
 
 
@@ -81,6 +83,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "read": tokens.create("viewer", "read"),
             "operate": tokens.create("ana", "operate"),
             "t0": t0,
+            "bank": bank,
+            "engine": engine,
+            "publisher": publisher,
         }
 
 
@@ -184,3 +189,47 @@ def test_openapi_document_and_dashboard_are_open(env: dict[str, Any]) -> None:
     client: httpx.Client = env["client"]
     doc = client.get("/api/v1/openapi.json").json()
     assert "/api/v1/twins/{twin_id}/simulate" in doc["paths"]
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    event = ""
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, json.loads(line[6:])
+
+
+def test_live_twin_update_arrives_within_a_second(env: dict[str, Any]) -> None:
+    client: httpx.Client = env["client"]
+    bank, engine, publisher = env["bank"], env["engine"], env["publisher"]
+    with client.stream("GET", "/api/v1/twins/r1/events", headers=auth(env["read"])) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _events(response.iter_lines())
+        kind, first = next(events)
+        assert kind == "twin"
+        t = first["last_seen_ns"] + 10 * S
+        rb = ReadingBatch.from_columns(["r1"], ["temp"], [t], [42.0])
+        update = bank.update(TypedBatch("room", rb, np.array([0])), now_ns=t)
+        publisher.note(BankUpdate(update.estimates, [], engine.update(update.estimates, t)))
+        sent = time.monotonic()
+        publisher.publish(bank, engine, now_ns=now_ns(), force=True)
+        kind, second = next(events)
+        latency = time.monotonic() - sent
+    assert second["channels"]["temp"]["value"] == 42.0
+    assert latency < 1.0
+
+
+def test_live_alerts(env: dict[str, Any]) -> None:
+    client: httpx.Client = env["client"]
+    view: TwinView = env["publisher"].view
+    with client.stream("GET", "/api/v1/alerts/events", headers=auth(env["read"])) as response:
+        events = _events(response.iter_lines())
+        time.sleep(0.3)
+        view.put_alerts(
+            [{"alert_id": "r1/hot", "twin_id": "r1", "rule": "hot", "state": "firing", "time_ns": 1}]
+        )
+        kind, alert = next(events)
+    assert kind == "alert"
+    assert alert["alert_id"] == "r1/hot"

@@ -1,4 +1,4 @@
-"""What the API's routes share: the data directory, its twin view, the tokens, the limits."""
+"""What the API routes share at run time (``app.state.dte``): data dir, twin view, tokens, limits."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 from dte_stream.api.tokens import TokenFile, default_tokens_path
 from dte_stream.view.store import TwinView
 
-__all__ = ["ApiContext"]
+__all__ = ["ApiState"]
 
 
 @dataclass
-class ApiContext:
+class ApiState:
     """The API's view of one data directory.
 
     ``poll_s`` is how often live streams look at the view for changes (one indexed integer
@@ -29,7 +29,7 @@ class ApiContext:
     cors_origins: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, data_dir: Path, tokens_path: Path | None = None, **options: object) -> ApiContext:
+    def open(cls, data_dir: Path, tokens_path: Path | None = None, **options: object) -> ApiState:
         """The context of ``data_dir`` (its view is created if missing)."""
         tokens = TokenFile(tokens_path if tokens_path is not None else default_tokens_path(data_dir))
         return cls(data_dir, tokens, TwinView.open(data_dir), **options)  # type: ignore[arg-type]
