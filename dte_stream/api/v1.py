@@ -9,6 +9,7 @@ files at ``/``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dte_stream.api.routes import router
 from dte_stream.api.state import ApiState
 
-__all__ = ["STATIC_DIR", "BodyLimit", "install_api"]
+__all__ = ["STATIC_DIR", "BodyLimit", "api_extension", "install_api"]
 
 #: The dashboard's files (HTML, JS, CSS and the vendored chart library with its licence).
 STATIC_DIR = Path(__file__).parent / "static"
@@ -92,3 +93,31 @@ def install_api(app: FastAPI, ctx: ApiState) -> None:
             return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+class _AppContext(Protocol):
+    """What :func:`api_extension` reads of ``dte_stream.api.app.ApiContext``."""
+
+    @property
+    def data_dir(self) -> Path | None: ...
+    @property
+    def tokens_file(self) -> Path | None: ...
+    @property
+    def options(self) -> dict[str, Any]: ...
+
+
+def api_extension(app: FastAPI, context: _AppContext) -> None:
+    """The extension ``create_app`` runs: the API over the context's data dir (``./dte-data`` if none).
+
+    Options read from ``context.options``: ``cors_origins`` (list of origins), ``max_body`` (bytes).
+    """
+    from dte_stream.view.hub import DEFAULT_VIEW_DIR
+
+    data_dir = context.data_dir if context.data_dir is not None else DEFAULT_VIEW_DIR
+    state = ApiState.open(
+        data_dir,
+        context.tokens_file,
+        cors_origins=list(context.options.get("cors_origins", [])),
+        max_body=int(context.options.get("max_body", 64 * 1024)),
+    )
+    install_api(app, state)
