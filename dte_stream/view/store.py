@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,19 +156,34 @@ class TwinView:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is not None:
             return db
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                db = self._connect()
+                break
+            except sqlite3.OperationalError as exc:  # another process switching to WAL or creating tables
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open the twin view {self.path}: {exc}") from None
+                time.sleep(0.05)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the twin view {self.path}: {exc}") from None
+        self._local.db = db
+        with self._lock:
+            self._connections.append(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{self.path}: SQLite refused WAL mode ({mode}); is it on a network share?")
             db.execute("PRAGMA synchronous = NORMAL")
             self._ensure_schema(db)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the twin view {self.path}: {exc}") from None
-        self._local.db = db
-        with self._lock:
-            self._connections.append(db)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _ensure_schema(self, db: sqlite3.Connection) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,28 +119,26 @@ def test_view_file_lists_filters_and_reports_changes(tmp_path: Path) -> None:
     view.close()
 
 
-def _write_many(path: str, prefix: str) -> None:
-    view = TwinView.open(path)
-    for i in range(50):
-        rec = {
-            "twin_id": f"{prefix}{i}",
-            "twin_type": "t",
-            "labels": {},
-            "last_seen_ns": i,
-            "alert_state": "ok",
-        }
-        view.put([rec], now_ns=i)
-    view.close()
+WRITER = """
+import sys
+from dte_stream.view.store import TwinView
+view = TwinView.open(sys.argv[1])
+for i in range(50):
+    rec = {"twin_id": f"{sys.argv[2]}{i}", "twin_type": "t", "labels": {}, "last_seen_ns": i,
+           "alert_state": "ok"}
+    view.put([rec], now_ns=i)
+view.close()
+"""
 
 
 def test_two_processes_write_one_view(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), p)) for p in ("a", "b")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), p], stderr=subprocess.PIPE, text=True)
+        for p in ("a", "b")
+    ]
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
     view = TwinView.open(tmp_path)
     assert view.list_twins(TwinQuery(limit=1000)).total == 100
     assert view.seq() == 100  # every write got its own change number
