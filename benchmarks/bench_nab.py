@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         ("NAB's windowed Gaussian", windowed_gaussian_detector(), False),
         ("default: dataflows/anomaly.yaml (twin bank)", bank_detector(default_type), True),
         (
-            "before: the same with anomaly.method innovation",
-            bank_detector(spec_twin_type(method="innovation")),
+            "before: the same with anomaly {method: innovation, level: 0.7}",
+            bank_detector(spec_twin_type(method="innovation", level=0.7)),
             True,
         ),
     ]

@@ -56,7 +56,7 @@ _NEVER = np.iinfo(np.int64).min
 
 #: Defaults, the same for every sensor (chosen on the 13 NAB series in shared/, see docs/anomaly.md).
 CONTEXT_BINS = 24
-CONTEXT_HALFLIFE_S = 3 * 86_400.0
+CONTEXT_HALFLIFE_S = 7 * 86_400.0
 CONTEXT_AFTER_S = 2 * 86_400.0
 QUIET_READINGS = 100
 
