@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from dte_stream.lifecycle import STOP
+from dte_stream.shutdown import STOP
 from dte_stream.times import now_ns
 
 __all__ = ["READINESS", "Check", "Readiness", "ReadyStatus"]

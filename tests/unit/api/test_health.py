@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dte_stream.api.app import API_PREFIX, ApiContext, create_app
 from dte_stream.api.server import BackgroundServer
-from dte_stream.lifecycle import STOP
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import Readiness
+from dte_stream.shutdown import STOP
 
 
 @pytest.fixture
