@@ -222,7 +222,7 @@ class SimulateBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     horizon: float = Field(3600.0, gt=0, le=30 * 86400, description="seconds to look ahead")
-    step: float = Field(60.0, gt=0, le=86400, description="seconds between points")
+    step: float = Field(60.0, ge=0.001, le=86400, description="seconds between points")
     samples: int = Field(500, ge=1, le=10_000, description="sampled trajectories")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     scenario: ScenarioBody = Field(default_factory=ScenarioBody)

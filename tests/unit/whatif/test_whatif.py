@@ -162,7 +162,9 @@ def test_refuses_impossible_requests_naming_the_problem() -> None:
     with pytest.raises(ConfigError, match="not an observed channel"):
         simulate(ROOM, record, horizon_s=60, step_s=10, scenario=Scenario(hold={"heater": 1.0}))
     with pytest.raises(ConfigError, match="samples x steps"):
-        simulate(ROOM, record, horizon_s=1e6, step_s=1, samples=1000)
+        simulate(ROOM, record, horizon_s=5000, step_s=1, samples=1000)
+    with pytest.raises(ConfigError, match="at most 10,000"):
+        simulate(ROOM, record, horizon_s=3600, step_s=5e-324, samples=1)
     with pytest.raises(ConfigError, match="horizon and step"):
         simulate(ROOM, record, horizon_s=10, step_s=60)
 
