@@ -18,6 +18,8 @@ Engine-free: the Bytewax adapter calls it from its stateful logic.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from dte_stream.twins.bank import BankUpdate, TwinBank
 
 __all__ = ["ViewPacer", "ViewPublisher"]
+
+#: Which process wrote a record (host and process id): a cluster's processes each write their twins.
+_WRITER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ViewPacer:
@@ -109,6 +114,8 @@ class ViewPublisher:
             return False
         start = time.perf_counter()  # wall time: what a write takes from the shard (CPU, I/O, waits)
         records, alert_rows = self.collector.records(bank, alerts)
+        for record in records:
+            record["written_by"] = _WRITER
         if records or alert_rows:
             self.view.put(records, now_ns, alert_rows)
         cost = time.perf_counter() - start
