@@ -20,6 +20,7 @@ from dte_stream.api.server import add_http_argument, serve_forever
 from dte_stream.cli.query import DEFAULT_DATA_DIR
 from dte_stream.cli.token import add_tokens_argument, tokens_path
 from dte_stream.errors import ConfigError
+from dte_stream.spec import load_spec
 
 __all__ = ["add_cors_argument", "add_parser"]
 
@@ -50,6 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help=f"the data directory the dataflows write (default: ./{DEFAULT_DATA_DIR})",
     )
+    parser.add_argument(
+        "--spec",
+        type=Path,
+        default=None,
+        metavar="SPEC",
+        help="the dataflow's spec: history from its InfluxDB sink when the data dir has no local store",
+    )
     add_tokens_argument(parser)
     add_cors_argument(parser)
     parser.set_defaults(handler=_serve)
@@ -65,8 +73,9 @@ def _serve(args: argparse.Namespace) -> int:
             f"no data directory {args.data_dir}: point --data-dir at the directory a dataflow writes to"
         )
     tokens = tokens_path(args.tokens, args.data_dir)
+    spec = load_spec(args.spec) if args.spec is not None else None
     context = ApiContext(
-        data_dir=args.data_dir, tokens_file=tokens, options={"cors_origins": args.cors_origin}
+        spec=spec, data_dir=args.data_dir, tokens_file=tokens, options={"cors_origins": args.cors_origin}
     )
     host, port = args.http
     print(

@@ -319,3 +319,129 @@ def test_dashboard_in_a_real_browser(demo: dict[str, Any]) -> None:
         page.screenshot(path=str(DOCS_IMG / "dashboard_twin.png"), full_page=True)
         browser.close()
     assert not errors, errors
+
+
+CLUSTER_SPEC = """
+version: 1
+name: api_cluster
+sources:
+  - {{kind: simulator, name: pumps, twin_type: pump, twins: 200, interval: 1s, duration: 60, partitions: 4}}
+twin_types:
+  - name: pump
+    match: "pump-.*"
+    channels: {{temperature: {{}}, pressure: {{}}}}
+sinks:
+  - {{kind: local_store, data_dir: "{data}"}}
+engine: {{shards: 8, workers: 1}}
+"""
+
+
+def test_api_lists_the_twins_of_both_processes(tmp_path: Path) -> None:
+    """``run --processes 2``: both processes write the view; ``serve`` lists every twin."""
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(CLUSTER_SPEC.format(data=data))
+    token = TokenFile(data / "api_tokens.json").create("reader", "read")
+    log = (tmp_path / "cluster.log").open("w")
+    cluster = subprocess.Popen(
+        [sys.executable, "-m", "dte_stream", "run", str(spec), "--processes", "2", "--quiet"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    port = _free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "dte_stream", "serve", "--http", f"127.0.0.1:{port}", "--data-dir", str(data)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        writers: set[str] = set()
+        total = 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=_auth(token), timeout=10) as client:
+            while time.monotonic() < deadline:
+                assert cluster.poll() is None, (tmp_path / "cluster.log").read_text()
+                try:
+                    page = client.get("/api/v1/twins", params={"limit": 1000}).json()
+                except (httpx.HTTPError, json.JSONDecodeError):
+                    time.sleep(1)
+                    continue
+                total = page["total"]
+                if total == 200:
+                    writers = {
+                        client.get(f"/api/v1/twins/{t['twin_id']}").json()["written_by"]
+                        for t in page["twins"]
+                    }
+                    if len(writers) == 2:
+                        break
+                time.sleep(1)
+    finally:
+        for proc in (serve, cluster):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+    assert total == 200
+    assert len(writers) == 2, writers
+
+
+INFLUX_SPEC = """
+version: 1
+name: api_influx
+sources:
+  - {{kind: simulator, name: pumps, twin_type: pump, twins: 5, ticks: 120, rate: 0,
+      start: "2026-12-01T00:00:00Z"}}
+twin_types:
+  - name: pump
+    match: "pump-.*"
+    channels: {{temperature: {{}}, pressure: {{}}}}
+sinks:
+  - {{kind: influxdb, url: "{url}", database: "{db}", create_database: true, flush_interval: 0.2}}
+"""
+
+
+def test_history_from_influxdb_without_a_local_store(influxdb: Any, tmp_path: Path) -> None:
+    """A dataflow that writes only to InfluxDB 1.x: ``serve --spec`` reads the history there."""
+    import uuid
+
+    db = f"dte_api_{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "influx.yaml"
+    spec.write_text(INFLUX_SPEC.format(url=influxdb.url, db=db))
+    run = subprocess.run(
+        [sys.executable, "-m", "dte_stream", "run", str(spec), "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    data = tmp_path / "dte-data"  # the view's place when the spec has no local store
+    token = TokenFile(data / "api_tokens.json").create("reader", "read")
+    port = _free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "dte_stream", "serve", "--http", f"127.0.0.1:{port}", "--data-dir", str(data),
+         "--spec", str(spec)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=_auth(token), timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.get("/healthz")
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline, "serve did not start"
+                    time.sleep(0.3)
+            start = 1_796_083_200 * 10**9  # 2026-12-01T00:00:00Z
+            history = client.get(
+                "/api/v1/twins/pump-0001/history",
+                params={"since": start, "until": start + 120 * 10**9, "points": 12},
+            ).json()
+            assert client.get("/api/v1/twins/pump-0001").json()["twin_type"] == "pump"
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=30)
+    assert history["source"] == "influxdb:influxdb"
+    temp = history["channels"]["temperature"]
+    assert len(temp["time_ns"]) == 12
+    assert sum(temp["readings"]) == 120
+    assert all(lo <= mean <= hi for lo, mean, hi in zip(temp["min"], temp["value"], temp["max"], strict=True))
