@@ -617,6 +617,24 @@ def stop(service: Service, timeout: float = 20.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def restart(service: Service, down_seconds: float = 0.0, timeout: float | None = None) -> None:
+    """Stop a service started by `start` and start it again: same command, ports and data.
+
+    The chaos tests use it for an outage of ``down_seconds`` (a broker restart, a database
+    that is down for a while); ``service.process`` and ``service.pid`` are the new process."""
+    if service.external or service.process is None or service.state_dir is None:
+        raise DevServiceError(f"{service.name}: only a service started by this process can restart")
+    cmd = [str(a) for a in service.process.args]  # type: ignore[union-attr]
+    if "--pdeathsig" in cmd:  # _launch wraps attached children in setpriv; it does so again
+        cmd = cmd[cmd.index("--") + 1 :]
+    stop(service)
+    time.sleep(down_seconds)
+    assert service.log_file is not None
+    service.process = _launch(cmd, service.log_file, service.state_dir, detach=False)
+    service.pid = service.process.pid
+    wait_ready(service, DEFAULT_TIMEOUTS[service.name] if timeout is None else timeout)
+
+
 # --------------------------------------------------------------------------------------------
 # Starting each service
 # --------------------------------------------------------------------------------------------
@@ -1123,12 +1141,23 @@ def _print_env(service: Service) -> None:
         print(f"export {key}={value}")
 
 
+def _masked(url: str | None) -> str | None:
+    """``url`` with its password replaced by stars: status lines never show a secret."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _describe(service: Service) -> str:
     lines = [f"{service.name}: {service.url} (pid {service.pid})"]
     if isinstance(service, MosquittoService):
         lines.append(f"  tls  {service.tls_url}  ca={service.ca_file}")
         lines.append(f"       cert={service.cert_file} key={service.key_file}")
-        lines.append(f"  auth {service.auth_url}")
+        lines.append(f"  auth {_masked(service.auth_url)}  (password: see `env`)")
     if isinstance(service, KafkaService):
         lines.append(f"  Kafka {service.version}, controller port {service.controller_port}")
     lines.append(f"  log  {service.log_file}")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from dte_stream.cli.failures import one_line
 from dte_stream.cli.progress import Progress
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
@@ -40,11 +41,11 @@ def execute(spec: DataflowSpec, *, quiet: bool = False, recovery_dir: Path | Non
             run_flow(spec, flow, recovery_dir)
     except KeyboardInterrupt:
         interrupted = True
-    except Exception as exc:  # Bytewax wraps a second signal as a runtime error
+    except Exception as exc:  # a sink that gave up waiting during a stop ends the dataflow
         if not STOP.is_set():
             raise
         interrupted = True
-        print(f"dte-stream: stopped at once: {exc}", file=err)
+        print(f"dte-stream: stopped at once: {one_line(exc)}", file=err)
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
