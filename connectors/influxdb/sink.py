@@ -41,7 +41,7 @@ from bytewax.outputs import (
 )
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer
-from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
+from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.connectors.influxdb.lineprotocol import EstimateSerialiser
 from dte_stream.connectors.influxdb.transport import Transport, make_transport
 from dte_stream.connectors.influxdb.writer import (
@@ -127,6 +127,21 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
 
     def __repr__(self) -> str:
         return f"InfluxDBSink({self.spec.target()})"
+
+    def preflight(self) -> None:
+        """The start-up check, before the dataflow starts: the server answers and takes writes.
+
+        Raises :class:`~dte_stream.errors.ConnectorError` with one line naming the cause and
+        the fix: not reachable (refused, no such host, TLS), bad credentials, no such database
+        or bucket, no permission. Creates the database first when ``create_database`` says so.
+        """
+        transport = self._transport_factory(self.spec)
+        try:
+            transport.check()
+        except InfluxDBError as exc:
+            raise ConnectorError(f"sink {self.spec.name}: {exc}") from None
+        finally:
+            transport.close()
 
     def per_epoch(self, partitions: int) -> InfluxDBEpochSink:
         """The sink whose epochs end only once their points are written (see the class docs)."""

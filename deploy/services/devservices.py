@@ -119,6 +119,8 @@ class Service:
     #: seconds from launch until the service answered
     startup_seconds: float | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    #: the command that runs the service (without the setpriv wrapper): `restart` runs it again
+    command: list[str] | None = field(default=None, repr=False, compare=False)
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_file, lines)
@@ -618,21 +620,25 @@ def stop(service: Service, timeout: float = 20.0) -> None:
 
 
 def restart(service: Service, down_seconds: float = 0.0, timeout: float | None = None) -> None:
-    """Stop a service started by `start` and start it again: same command, ports and data.
+    """Stop a service started by `start` (if it still runs) and start it again: same command,
+    ports and data.
 
     The chaos tests use it for an outage of ``down_seconds`` (a broker restart, a database
     that is down for a while); ``service.process`` and ``service.pid`` are the new process."""
-    if service.external or service.process is None or service.state_dir is None:
+    if service.external or service.command is None or service.state_dir is None:
         raise DevServiceError(f"{service.name}: only a service started by this process can restart")
-    cmd = [str(a) for a in service.process.args]  # type: ignore[union-attr]
-    if "--pdeathsig" in cmd:  # _launch wraps attached children in setpriv; it does so again
-        cmd = cmd[cmd.index("--") + 1 :]
     stop(service)
     time.sleep(down_seconds)
     assert service.log_file is not None
-    service.process = _launch(cmd, service.log_file, service.state_dir, detach=False)
+    service.process = _launch(service.command, service.log_file, service.state_dir, detach=False)
     service.pid = service.process.pid
     wait_ready(service, DEFAULT_TIMEOUTS[service.name] if timeout is None else timeout)
+
+
+def _unwrapped(args: Any) -> list[str]:
+    """A child's command without the setpriv wrapper that `_launch` adds."""
+    cmd = [str(a) for a in args]
+    return cmd[cmd.index("--") + 1 :] if "--pdeathsig" in cmd else cmd
 
 
 # --------------------------------------------------------------------------------------------
@@ -1031,6 +1037,8 @@ def start(
         t0 = time.monotonic()
         service = _STARTERS[name](state, log, detach)
         service.state_dir, service.log_file = state, log
+        if service.process is not None:
+            service.command = _unwrapped(service.process.args)
         try:
             wait_ready(service, timeout)
         except DevServiceError as e:

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator
 
 from dte_stream.errors import DteStreamError
+from dte_stream.redaction import redact
 
 __all__ = ["exit_code", "one_line", "quiet_engine_panics", "root_cause"]
 
@@ -58,8 +59,11 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def one_line(exc: BaseException) -> str:
-    """``exc`` as one line: the cause (and the fix, for dte-stream's own errors)."""
-    cause = root_cause(exc)
+    """``exc`` as one line: the cause (and the fix, for dte-stream's own errors), no password."""
+    return redact(_one_line(root_cause(exc)))
+
+
+def _one_line(cause: BaseException) -> str:
     text = str(cause).strip()
     if isinstance(cause, DteStreamError):
         return text or type(cause).__name__
@@ -121,7 +125,7 @@ def _copy(read_end: int, out: int) -> None:
                 if _PANIC_START.match(line):
                     in_panic = True
                     continue
-                if in_panic and _PANIC_BODY.match(line):
+                if in_panic and (_PANIC_BODY.match(line) or not line.strip()):
                     continue
                 in_panic = False
                 kept.append(line + b"\n")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from dte_stream.cli.failures import one_line
+from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
@@ -23,6 +24,7 @@ def execute(spec: DataflowSpec, *, quiet: bool = False, recovery_dir: Path | Non
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end."""
     from dte_stream.dataflow import build_flow, run_flow
 
+    preflight(spec)  # every service answers, or one line says which does not and why
     flow = build_flow(spec)
     err = sys.stderr
     if not quiet:

@@ -9,9 +9,13 @@ from dte_stream.spec import DataflowSpec, load_spec
 __all__ = ["add_parser", "run", "summary"]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def summary(spec: DataflowSpec) -> str:
     sources = ", ".join(f"{s.name} ({s.kind})" for s in spec.sources)
-    types = ", ".join(f"{t.name} ({len(t.channels)} channels)" for t in spec.twin_types)
+    types = ", ".join(f"{t.name} ({_count(len(t.channels), 'channel')})" for t in spec.twin_types)
     sinks = ", ".join(s.kind for s in spec.sinks)
     return (
         f"{spec.name}: valid spec v{spec.version}; sources: {sources}; twin types: {types}; "

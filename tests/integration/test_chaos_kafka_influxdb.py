@@ -77,11 +77,11 @@ def _readings() -> Iterator[dict[str, Any]]:
                 }
 
 
-def _spec(path: Path, bootstrap: str, topic: str, influx_url: str, db: str) -> Path:
+def _spec(path: Path, bootstrap: str, topic: str, influx_url: str, db: str, epoch: float = 0.5) -> Path:
     """The twin_recovery flow (the recovery helpers read its step ids) with a small sink buffer.
 
-    ``max_buffer_lines`` far below the backlog makes a down InfluxDB fill the buffer at once,
-    so the sink's hold (not its buffer) is what keeps the readings.
+    ``max_buffer_lines`` far below what one epoch reads of the backlog makes a down InfluxDB
+    fill the buffer at once, so the sink's hold (not its buffer) is what keeps the readings.
     """
     path.write_text(
         yaml.safe_dump(
@@ -111,7 +111,7 @@ def _spec(path: Path, bootstrap: str, topic: str, influx_url: str, db: str) -> P
                     }
                 ],
                 "dead_letters": {"path": str(path.parent / "dead_letters.jsonl")},
-                "engine": {"shards": 4, "workers": 1, "epoch_seconds": 0.5},
+                "engine": {"shards": 4, "workers": 1, "epoch_seconds": epoch},
             },
             sort_keys=False,
         )
@@ -149,11 +149,13 @@ class Run:
         return _consumed(self.recovery)
 
 
-def _new_run(tmp_path: Path, name: str, bootstrap: str, topic: str, influx_url: str) -> Run:
+def _new_run(
+    tmp_path: Path, name: str, bootstrap: str, topic: str, influx_url: str, epoch: float = 0.5
+) -> Run:
     root = tmp_path / name
     root.mkdir()
     db = f"dte_{name}_{uuid.uuid4().hex[:8]}"
-    return Run(root, _spec(root / "flow.yaml", bootstrap, topic, influx_url, db), db)
+    return Run(root, _spec(root / "flow.yaml", bootstrap, topic, influx_url, db, epoch), db)
 
 
 def _wait(proc: subprocess.Popen[bytes], run: Run, predicate: Any, timeout: float, what: str) -> None:
@@ -253,7 +255,8 @@ def test_influxdb_down_during_a_backlog_loses_nothing(
     uninterrupted: Run,
     tmp_path: Path,
 ) -> None:
-    run = _new_run(tmp_path, "b", kafka.bootstrap_servers, topic, private_influxdb.url)
+    # 5 s epochs: one epoch reads far more of the backlog than the sink's buffer holds
+    run = _new_run(tmp_path, "b", kafka.bootstrap_servers, topic, private_influxdb.url, epoch=5.0)
     proc = run.start()
     try:
         _wait(proc, run, lambda: run.consumed() > 0, 120, "the first committed epoch")
