@@ -42,7 +42,7 @@ from bytewax.outputs import (
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
-from dte_stream.connectors.influxdb.lineprotocol import EstimateSerialiser
+from dte_stream.connectors.influxdb.serialise import EstimateSerialiser
 from dte_stream.connectors.influxdb.transport import Transport, make_transport
 from dte_stream.connectors.influxdb.writer import (
     MAX_LOGGED_REJECTIONS,
@@ -51,9 +51,9 @@ from dte_stream.connectors.influxdb.writer import (
     DeadLetterOut,
 )
 from dte_stream.errors import ConnectorError
-from dte_stream.lifecycle import stop_now_requested, stop_requested
 from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter
+from dte_stream.shutdown import stop_now_requested, stop_requested
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.sink import DeadLetterOutput
 from dte_stream.twins.batches import EstimateBatch
@@ -80,7 +80,7 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
 
     One point per reading (tags ``twin_id``, ``twin_type``, ``channel``, ``unit``; fields
     ``value``, ``estimate``, ``std``, ``innovation``, ``nis``; the reading's time in ns), built
-    in bulk by :class:`~dte_stream.connectors.influxdb.lineprotocol.EstimateSerialiser`.
+    in bulk by :class:`~dte_stream.connectors.influxdb.serialise.EstimateSerialiser`.
 
     Delivery: at-least-once for every point that leaves the buffer, and idempotent, so repeats
     are harmless: a point is identified by measurement, tags and time, and writing it again
