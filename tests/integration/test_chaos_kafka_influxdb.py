@@ -276,10 +276,10 @@ def test_influxdb_down_during_a_backlog_loses_nothing(
         _stop(proc, run)
     finally:
         _kill(proc)
+    _assert_same_result(uninterrupted, run, influxdb.url, private_influxdb.url)
     log = run.log.read_text()
     assert "DROPP" not in log, log[-3000:]
     assert "0 dead letters" in log
-    _assert_same_result(uninterrupted, run, influxdb.url, private_influxdb.url)
 
 
 def test_sigterm_while_influxdb_is_down_stops_promptly_and_loses_nothing(

@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -140,38 +138,6 @@ def test_influxdb_https_to_a_plain_http_server(influxdb: Any, tmp_path: Path) ->
     (tmp_path / "readings.jsonl").write_text("")
     line = _one_line(_run(tmp_path, _influx_flow(url)))
     assert "TLS handshake failed" in line
-
-
-def _influxql(url: str, query: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(f"{url}/query", data=urllib.parse.urlencode({"q": query}).encode())
-    if auth is not None:
-        import base64
-
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return int(response.status)
-
-
-@pytest.fixture
-def influxdb_with_auth(devservices_api: Any, tmp_path: Path) -> Any:
-    """A private InfluxDB restarted with auth on, and an admin user ``admin`` / ``right-password``."""
-    try:
-        devservices_api.check_installed("influxdb")
-    except devservices_api.ServiceUnavailable as e:
-        pytest.skip(str(e))
-    svc = devservices_api.start("influxdb", tmp_path / "influxdb-auth")
-    try:
-        conf = svc.state_dir / "influxdb.conf"
-        conf.write_text(conf.read_text().replace("auth-enabled = false", "auth-enabled = true"))
-        devservices_api.restart(svc)
-        # With no user yet, InfluxDB takes this one statement without credentials.
-        create = "CREATE USER admin WITH PASSWORD 'right-password' WITH ALL PRIVILEGES"
-        assert _influxql(svc.url, create) == 200
-        assert _influxql(svc.url, "CREATE DATABASE dte", auth=("admin", "right-password")) == 200
-        yield svc
-    finally:
-        devservices_api.stop(svc)
 
 
 def test_influxdb_refuses_the_credentials(influxdb_with_auth: Any, tmp_path: Path) -> None:
