@@ -76,6 +76,7 @@ class LineBuffer:
         self._stop_now = stop_now
         self._stop_wait = stop_wait
         self._stop_deadline: float | None = None  # set when a waiting call first sees the stop
+        self._gave_up = False  # a stop gave up waiting: what is left is not committed
         self._cond = threading.Condition()
         self._chunks: deque[tuple[pl.Series, float]] = deque()  # lines, arrival time
         self._size = 0
@@ -170,12 +171,19 @@ class LineBuffer:
         if at_once or now >= self._stop_deadline:
             waited = "at once" if at_once else f"within {self._stop_wait:g} s (close_timeout)"
             unwritten = self._accepted - self._settled
+            self._gave_up = True
             raise InfluxDBStopped(
                 f"stopped with {unwritten} points not written ({why}, the server did not take them "
                 f"{waited}); they are not committed: a restart with the same recovery directory "
                 "writes them",
                 unwritten,
             )
+
+    @property
+    def gave_up(self) -> bool:
+        """True once a stop gave up waiting for the server (the epoch is not committed)."""
+        with self._cond:
+            return self._gave_up
 
     @property
     def stop_deadline(self) -> float | None:

@@ -301,13 +301,27 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
         self._dropped_since_log = 0
 
     def close(self) -> None:
-        """Write what is buffered, waiting at most ``close_timeout``; then end the writer."""
+        """Write what is buffered, waiting at most ``close_timeout``; then end the writer.
+
+        After a stop gave up waiting for the server (the epoch is not committed; see
+        :class:`~dte_stream.connectors.influxdb.buffer.LineBuffer`), or after a second signal,
+        it waits no more and drops nothing: the lines are left for the restart to write.
+        """
         if self._closed:
             return
         self._closed = True
         self._finalizer.detach()
         self._log_drops(time.monotonic())
         try:
+            if self._buffer.gave_up or stop_now_requested():
+                left = self._writer.abandon()
+                log.warning(
+                    "%s: stopped without writing %d buffered lines; their epoch is not committed, "
+                    "a restart writes them",
+                    self._spec.target(),
+                    left,
+                )
+                return
             self._writer.close(self._spec.close_timeout)
         finally:
             METRICS.set_gauge("influxdb_buffer_lines", self._key, 0)

@@ -66,6 +66,7 @@ class BatchWriter:
         )
         self._rng = random.Random()
         self._abort = threading.Event()
+        self._abandon = threading.Event()  # abandon: stop, write nothing more, drop nothing
         self._deadline: float | None = None
         self._error: BaseException | None = None
         self._outage_start: float | None = None
@@ -120,7 +121,8 @@ class BatchWriter:
                     return
                 wait = self._policy.delay(attempt, exc.retry_after, self._rng)
                 if not self._sleep(wait):
-                    self._drop(chunks, f"close_timeout passed while retrying: {exc}")
+                    if not self._abandon.is_set():  # abandoned lines are not committed: not lost
+                        self._drop(chunks, f"close_timeout passed while retrying: {exc}")
                     return
                 METRICS.add("influxdb_retries")
                 continue
@@ -267,3 +269,13 @@ class BatchWriter:
         """Stop at once, dropping what is buffered (the partition was discarded unclosed)."""
         self._abort.set()
         self._buffer.abort()
+
+    def abandon(self) -> int:
+        """Stop at once and leave what is not written: its epoch is not committed, so the
+        source delivers it again after a restart. Returns how many lines were left."""
+        self._abandon.set()
+        self._abort.set()
+        self._buffer.abort()
+        left = sum(c.len() for c in self._buffer.drain())
+        self._thread.join(1.0)
+        return left

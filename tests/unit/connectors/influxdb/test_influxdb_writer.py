@@ -357,3 +357,50 @@ def test_batches_of_one_twin_type_are_serialised_together() -> None:
     assert len(transport.stored) == 1  # one request
     types = [parse_line(line)[1]["twin_type"] for line in transport.lines()]
     assert sorted(types) == ["pump", "pump", "valve"]
+
+
+def test_a_stop_while_the_server_is_down_gives_up_without_dropping() -> None:
+    """A stop waits close_timeout for the server, then raises (the epoch is not committed);
+    close then leaves the lines for the restart: nothing dropped, nothing dead-lettered."""
+    from dte_stream import shutdown
+    from dte_stream.connectors.influxdb import InfluxDBStopped
+
+    transport = ScriptedTransport([unavailable()] * 10_000)
+    sink = _sink(transport, close_timeout=0.5)
+    part = sink.build("influxdb", 0, 1)
+    part.write_batch([estimates(["a", "b", "c"])])
+    shutdown.STOP.set()
+    try:
+        start = time.monotonic()
+        with pytest.raises(InfluxDBStopped, match="stopped with 3 points not written"):
+            part.snapshot()
+        assert 0.4 <= time.monotonic() - start < 3
+        start = time.monotonic()
+        part.close()
+        assert time.monotonic() - start < 2  # no second close_timeout
+    finally:
+        shutdown.STOP.clear()
+    assert METRICS.get("influxdb_points_dropped") == 0
+    assert _dead_twins(sink) == []
+    assert transport.lines() == []
+
+
+def test_a_second_signal_stops_waiting_at_once() -> None:
+    from dte_stream import shutdown
+    from dte_stream.connectors.influxdb import InfluxDBStopped
+
+    transport = ScriptedTransport([unavailable()] * 10_000)
+    part = _sink(transport, close_timeout=30).build("influxdb", 0, 1)
+    part.write_batch([estimates(["a"])])
+    shutdown.STOP.set()
+    shutdown.STOP_NOW.set()
+    try:
+        start = time.monotonic()
+        with pytest.raises(InfluxDBStopped, match="at once"):
+            part.snapshot()
+        part.close()
+        assert time.monotonic() - start < 2
+    finally:
+        shutdown.STOP.clear()
+        shutdown.STOP_NOW.clear()
+    assert METRICS.get("influxdb_points_dropped") == 0
