@@ -247,9 +247,7 @@ class InfluxDBSinkSpec(SpecModel):
                 f"got {self.max_buffer_lines}"
             )
         if self.tags is not None and not {"twin_id", "channel"} <= set(self.tags):
-            raise ValueError(
-                f"tags: must include twin_id and channel (a point per reading), got {self.tags}"
-            )
+            raise ValueError(f"tags: must include twin_id and channel (a point per reading), got {self.tags}")
         if self.fields is not None and len(set(self.fields)) != len(self.fields):
             raise ValueError(f"fields: each field once, got {self.fields}")
         if self.ca_file is not None and not self.url.startswith("https://"):
