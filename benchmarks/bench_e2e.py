@@ -284,7 +284,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
     influx.create(db)
     work = Path(tempfile.mkdtemp(prefix=f"dte-e2e-{variant}-"))
     launch = launch_of(variant, ctx, db, work)
-    env = {**os.environ, **launch.env, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, **launch.env, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}
     logs = [open(work / f"log{i}.txt", "w") for i in range(len(launch.argv))]  # noqa: SIM115
     started = time.perf_counter()
     procs = [
@@ -366,7 +366,7 @@ def latency_run(
     lat_ctx = Context(ctx.bootstrap, ctx.influx, topic, ctx.partitions, ctx.records, ctx.twins, ctx.start_ns)
     work = Path(tempfile.mkdtemp(prefix=f"dte-e2e-lat-{variant}-"))
     launch = launch_of(variant, lat_ctx, db, work)
-    env = {**os.environ, **launch.env, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, **launch.env, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}
     logs = [open(work / f"log{i}.txt", "w") for i in range(len(launch.argv))]  # noqa: SIM115
     procs = [
         subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -455,14 +455,14 @@ def latency_run(
 def ensure_quix_venv() -> bool:
     """Create .cache/bench-quix-venv with quixstreams and numpy (once); False if that fails."""
     python = QUIX_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import quixstreams, numpy, orjson"]
+    probe = [str(python), "-c", "import quixstreams, numpy, orjson, influxdb"]
     if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return True
     say("creating the Quix Streams virtual environment (a baseline only) ...")
     base = getattr(sys, "_base_executable", None) or shutil.which("python3") or "python3"
     steps = [
         [base, "-m", "venv", str(QUIX_VENV)],
-        [str(QUIX_VENV / "bin" / "pip"), "install", "--quiet", "quixstreams", "numpy", "orjson"],
+        [str(QUIX_VENV / "bin" / "pip"), "install", "--quiet", "quixstreams[influxdb1]", "numpy", "orjson"],
     ]
     for step in steps:
         if subprocess.run(step, check=False).returncode != 0:

@@ -33,7 +33,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("snapshot per epoch", ("snapshot (",)),
     ("decode", ("dte_stream/codecs/", "dte_stream/readings.py", "_decode (")),
     ("Kafka source", ("connectors/kafka/", "confluent_kafka")),
-    ("line-protocol serialisation", ("connectors/influxdb/lineprotocol.py",)),
+    ("line-protocol serialisation", ("connectors/influxdb/serialise.py",)),
     ("InfluxDB sink (buffer, HTTP)", ("connectors/influxdb/",)),
     ("alert rules", ("dte_stream/alerts/",)),
     ("learners", ("twins/learners.py", "river/")),
