@@ -70,6 +70,7 @@ LABELS = {
     "naive": "naive Bytewax, 1 process",
     "quix": "Quix Streams, 1 process",
     "dte-full": "dte-stream full output, 1 process",
+    "dte-flush": "dte-stream, InfluxDB flush_interval 0.2 s",
 }
 
 
@@ -174,13 +175,15 @@ def produce(bootstrap: str, partitions: int, records: int, twins: int, start_ns:
 # ------------------------------------------------------------------------------------------
 
 
-def dte_spec(path: Path, *, full: bool) -> Path:
+def dte_spec(path: Path, *, full: bool, flush_interval: float | None = None) -> Path:
     """The kafka_to_influxdb dataflow, its output limited to the common one unless ``full``.
 
     Addresses, topic and database come from the environment the spec reads (``DTE_KAFKA_*``).
     """
     text = (REPO / "dataflows" / "kafka_to_influxdb.yaml").read_text()
     limit = "" if full else "    fields: [value, estimate, std]\n    tags: [channel, twin_id]\n"
+    if flush_interval is not None:
+        limit += f"    flush_interval: {flush_interval}\n"
     if "    create_database: true\n" not in text:
         raise RuntimeError("dataflows/kafka_to_influxdb.yaml changed: update bench_e2e.dte_spec")
     path.write_text(text.replace("    create_database: true\n", f"    create_database: true\n{limit}"))
@@ -213,7 +216,8 @@ def launch_of(variant: str, ctx: Context, db: str, work: Path) -> Launch:
     if variant == "quix":
         return Launch([[str(QUIX_VENV / "bin" / "python"), str(HERE / "e2e_quix.py"), *common]])
     if variant.startswith("dte"):
-        spec = dte_spec(work / "spec.yaml", full=variant == "dte-full")
+        flush = 0.2 if variant == "dte-flush" else None
+        spec = dte_spec(work / "spec.yaml", full=variant == "dte-full", flush_interval=flush)
         argv = [str(Path(PYTHON).parent / "dte-stream"), "run", str(spec), "--quiet"]
         argv += ["--recovery-dir", str(work / "recovery")]
         if variant == "dte2":
@@ -354,6 +358,8 @@ def compare(reference: dict[Any, tuple[float, float]], other: dict[Any, tuple[fl
 # ------------------------------------------------------------------------------------------
 
 SLOT_NS = 50_000_000
+#: How long the latency poller waits for the last readings after producing stops.
+DRAIN_SECONDS = 20.0
 
 
 def latency_run(
@@ -399,7 +405,16 @@ def latency_run(
         writer = threading.Thread(target=produce_live, daemon=True)
         began = time.time_ns()
         writer.start()
-        while time.time_ns() - began < seconds * NS_PER_S:
+        ended: int | None = None  # when producing stopped; polling goes on until all is in
+        while True:
+            if ended is None and time.time_ns() - began >= seconds * NS_PER_S:
+                stop.set()
+                writer.join(30)
+                ended = time.time_ns()
+            if ended is not None and (
+                time.time_ns() - ended > DRAIN_SECONDS * NS_PER_S or all(s in complete for s in produced)
+            ):
+                break
             time.sleep(0.05)
             q = f"SELECT count(value) FROM {MEASUREMENT} WHERE time >= {began} GROUP BY time(50ms)"
             now = time.time_ns()
@@ -409,8 +424,6 @@ def latency_run(
                     slot = t // SLOT_NS
                     if slot not in complete and n and n >= produced.get(slot, 1 << 60):
                         complete[slot] = now
-        stop.set()
-        writer.join(30)
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -425,10 +438,8 @@ def latency_run(
         influx.drop(db)
         shutil.rmtree(work, ignore_errors=True)
     # a reading's latency: its slot's completion minus its time (mid-slot), weighted by readings;
-    # slots of the first and last seconds are left out (start-up, the producer stopping)
-    slots = sorted(
-        s for s in produced if s - min(produced) > 1e9 // SLOT_NS and max(produced) - s > 2e9 // SLOT_NS
-    )
+    # slots of the first second are left out (start-up)
+    slots = sorted(s for s in produced if s - min(produced) > NS_PER_S // SLOT_NS)
     samples: list[float] = []
     missing = 0
     for s in slots:
@@ -496,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="200,000 records, 1,000 twins, one round")
     parser.add_argument("--latency", action="store_true", help="also p50/p99 latency at half of dte's rate")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
-    parser.add_argument("--latency-variants", nargs="+", default=["bare", "dte", "naive"])
+    parser.add_argument(
+        "--latency-variants", nargs="+", default=["bare", "dte", "dte-flush", "naive"], choices=list(LABELS)
+    )
     parser.add_argument("--sample-twins", type=int, default=3, help="twins whose estimates are compared")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a run may take")
     parser.add_argument("--bootstrap", default=os.environ.get("DTE_TEST_KAFKA_BOOTSTRAP"))
@@ -536,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"twins {twins:,}, round {round_ + 1}/{args.rounds}: {variant} ...")
                     result, db, work = run_variant(variant, ctx, influx, args.timeout)
                     results.append(result)
+                    if args.json:  # as it goes: a failure later keeps what was measured
+                        args.json.with_suffix(".partial.jsonl").open("a").write(
+                            json.dumps(result.__dict__) + "\n"
+                        )
                     verdict = ""
                     if variant in KALMAN_VARIANTS:
                         found = estimates(influx, db, sample)
@@ -557,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                     (r.rate for r in results if r.variant == "dte" and r.twins == twins), default=0
                 )
                 rate = best_dte / 2 if best_dte else 10_000
-                for variant in [v for v in args.latency_variants if v in variants]:
+                for variant in [v for v in args.latency_variants if v in [*variants, "dte-flush"]]:
                     say(
                         f"latency of {variant} at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s ..."
                     )

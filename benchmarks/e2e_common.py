@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import math
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -109,15 +110,17 @@ class InfluxWriter:
         if not lines:
             return
         body = "\n".join(lines).encode()
-        for attempt in range(5):
+        for attempt in range(10):  # retried like dte-stream's sink: a busy server times out
             try:
                 self.conn.request("POST", self.path, body)
                 response = self.conn.getresponse()
                 text = response.read()
-                if response.status != 204:
+                if response.status == 204:
+                    return
+                if response.status < 500 or attempt == 9:
                     raise RuntimeError(f"/write answered {response.status}: {text[:200]!r}")
-                return
             except (http.client.HTTPException, OSError):
-                if attempt == 4:
+                if attempt == 9:
                     raise
                 self.conn.close()
+            time.sleep(min(5.0, 0.1 * 2**attempt))

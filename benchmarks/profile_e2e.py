@@ -6,7 +6,8 @@ bench_e2e.py unless ``--full``; ``stop_at_end: true`` so that it exits when the 
 drained; ``--recovery-dir`` as a daemon runs) under py-spy (``pip install py-spy``, a profiling
 tool, not a dependency), every thread sampled, and sorts each sample into the stage of its
 deepest recognised frame: Kafka source, decode, routing and id lookup, bank (filters), quality
-checks, anomaly scorer, learners, alert rules, snapshot per epoch, line-protocol serialisation,
+checks, anomaly scorer, learners, alert rules, snapshot per epoch, the twin state view
+published per epoch, line-protocol serialisation,
 InfluxDB sink (buffer, HTTP), Bytewax and the rest. Prints a Markdown table of shares of the
 samples (CPU time of dte-stream's process; InfluxDB and Kafka run beside it).
 
@@ -31,6 +32,7 @@ from e2e_common import NS_PER_S
 #: first stage any frame matches wins, so more specific stages come first.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("snapshot per epoch", ("snapshot (",)),
+    ("twin state view (published per epoch)", ("dte_stream/view/", "_publish (", "twins/flags.py")),
     ("decode", ("dte_stream/codecs/", "dte_stream/readings.py", "_decode (")),
     ("Kafka source", ("connectors/kafka/", "confluent_kafka")),
     ("line-protocol serialisation", ("connectors/influxdb/serialise.py",)),

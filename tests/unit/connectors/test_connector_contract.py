@@ -6,7 +6,9 @@ InfluxDB get theirs in tests/integration/test_connector_contract.py.
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,13 @@ import numpy as np
 import pytest
 from connector_contract import SinkCase, SourceCase, sink_checks, source_checks
 
+from dte_stream.alerts.events import AlertEvent
+from dte_stream.connectors.alerting.sink import NotifierSink
 from dte_stream.connectors.file.source import FileSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.model import FileSourceSpec, SimulatorSourceSpec
+from dte_stream.spec.notify import WebhookNotifierSpec
 from dte_stream.store.dead_letters import DeadLetterLog
 from dte_stream.store.local import LocalStore
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
@@ -114,9 +119,45 @@ def _dead_letter_file(tmp: Path) -> SinkCase:
     )
 
 
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver on 127.0.0.1: keeps every JSON body it is sent."""
+
+    bodies: list[Any]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).bodies.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        return
+
+
+def _notifiers(tmp: Path) -> SinkCase:
+    handler = type("Handler", (_Receiver,), {"bodies": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    spec = WebhookNotifierSpec(kind="webhook", name="hook", url=url)
+    good = [
+        AlertEvent(f"a-{i}", f"pump-{i}", "pump", "hot", "firing", "warning", T0, T0 + i) for i in range(4)
+    ]
+    return SinkCase(
+        "alert notifiers (webhook)",
+        lambda: NotifierSink([spec], close_timeout=10.0),
+        good,
+        lambda: sorted(e.alert_id for e in good),
+        lambda: sorted(b["alert_id"] for b in handler.bodies),
+        bad="not an alert event",
+        extra={"server": server},
+    )
+
+
 SINKS: dict[str, Callable[[Path], SinkCase]] = {
     "local-store": _local_store,
     "dead-letter-file": _dead_letter_file,
+    "alert-notifiers": _notifiers,
 }
 
 
@@ -131,7 +172,12 @@ def test_source_contract(name: str, check: Callable[[Any, SourceCase], None], tm
 @pytest.mark.parametrize("name", SINKS)
 def test_sink_contract(name: str, check: Callable[[Any, SinkCase], None], tmp_path: Path) -> None:
     case = SINKS[name](tmp_path)
-    check(case.build(), case)
+    try:
+        check(case.build(), case)
+    finally:
+        if "server" in case.extra:
+            case.extra["server"].shutdown()
+            case.extra["server"].server_close()
 
 
 def test_dead_letter_log_reads_back_what_the_contract_wrote(tmp_path: Path) -> None:
