@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dte_stream.api.server import add_http_argument
+from dte_stream.cli.failures import one_line
+from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
 from dte_stream.cli.token import add_tokens_argument
 from dte_stream.cli.validate import summary
@@ -42,6 +44,7 @@ def execute(
     """
     from dte_stream.dataflow import build_flow
 
+    preflight(spec)  # every service answers, or one line says which does not and why
     flow = build_flow(spec)
     with _http_server(spec, http, tokens):
         return _execute(spec, flow, quiet=quiet, recovery_dir=recovery_dir)
@@ -86,11 +89,11 @@ def _execute(spec: DataflowSpec, flow: Dataflow, *, quiet: bool, recovery_dir: P
             run_flow(spec, flow, recovery_dir)
     except KeyboardInterrupt:
         interrupted = True
-    except Exception as exc:  # Bytewax wraps a second signal as a runtime error
+    except Exception as exc:  # a sink that gave up waiting during a stop ends the dataflow
         if not STOP.is_set():
             raise
         interrupted = True
-        print(f"dte-stream: stopped at once: {exc}", file=err)
+        print(f"dte-stream: stopped at once: {one_line(exc)}", file=err)
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
