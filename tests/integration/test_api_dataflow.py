@@ -25,8 +25,6 @@ import pytest
 from dte_stream.alerts.store import alert_table
 from dte_stream.api.tokens import TokenFile
 
-REPO = Path(__file__).resolve().parents[2]
-DOCS_IMG = REPO / "docs" / "img"
 TWINS = 200
 
 
@@ -265,7 +263,9 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_dashboard_in_a_real_browser(demo: dict[str, Any]) -> None:
+def test_dashboard_in_a_real_browser(demo: dict[str, Any], tmp_path: Path) -> None:
+    """Screenshots go to DTE_SCREENSHOT_DIR (docs/img refreshes the documentation's), else tmp_path."""
+    shots = Path(os.environ.get("DTE_SCREENSHOT_DIR") or tmp_path)
     browser_path = _chromium()
     if browser_path is None:
         if os.environ.get("CI"):
@@ -285,7 +285,7 @@ def test_dashboard_in_a_real_browser(demo: dict[str, Any]) -> None:
         page.fill("#token", demo["operate"])
         page.click("#token-form button")
         page.wait_for_selector("[data-twin]")
-        page.screenshot(path=str(DOCS_IMG / "dashboard_list.png"))
+        page.screenshot(path=str(shots / "dashboard_list.png"))
         # acknowledge a firing alert from the list: its row then says who took it (an alert that
         # resolves between the page's refresh and the click is refused: take the next one)
         for _ in range(5):
@@ -316,7 +316,7 @@ def test_dashboard_in_a_real_browser(demo: dict[str, Any]) -> None:
         page.click("[data-testid=simulate]")
         page.wait_for_selector("[data-whatif='temperature'] canvas", timeout=30_000)
         assert page.locator("[data-testid=odds] tbody tr").count() >= 1
-        page.screenshot(path=str(DOCS_IMG / "dashboard_twin.png"), full_page=True)
+        page.screenshot(path=str(shots / "dashboard_twin.png"), full_page=True)
         browser.close()
     assert not errors, errors
 
