@@ -36,6 +36,7 @@ router = APIRouter(prefix="/api/v1")
 
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Operator = Annotated[TokenInfo, Depends(require("operate"))]
+Admin = Annotated[TokenInfo, Depends(require("admin"))]
 TwinId = Annotated[str, Path(min_length=1, max_length=256, description="the twin's id")]
 _MAX_LABELS = 16
 _AlertFilter = Literal["firing", "resolved", "all"]
@@ -332,3 +333,13 @@ def alert_events(
 def twin_types(request: Request, _: Reader) -> dict[str, Any]:
     """The twin types the dataflows declared: channels, models and alert rules."""
     return {"twin_types": list(_ctx(request).view.types().values())}
+
+
+@router.get("/tokens", tags=["admin"])
+def list_tokens(request: Request, _: Admin) -> dict[str, Any]:
+    """The API tokens (name, scope, creation time; never the tokens or their hashes)."""
+    try:
+        tokens = _ctx(request).tokens.tokens()
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return {"tokens": [{"name": t.name, "scope": t.scope, "created_ns": t.created_ns} for t in tokens]}

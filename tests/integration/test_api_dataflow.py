@@ -89,6 +89,7 @@ ENDPOINTS = [  # method, path, scope needed, body
     ("GET", "/api/v1/twin-types", "read", None),
     ("POST", "/api/v1/twins/pump-0001/simulate", "operate", {"horizon": 600, "step": 60, "samples": 100}),
     ("POST", "/api/v1/alerts/pump-0001/no_such_rule/ack", "operate", None),
+    ("GET", "/api/v1/tokens", "admin", None),
 ]
 
 
@@ -96,7 +97,7 @@ ENDPOINTS = [  # method, path, scope needed, body
 def test_endpoint_needs_a_token_with_its_scope(
     demo: dict[str, Any], method: str, path: str, scope: str, body: Any
 ) -> None:
-    weaker = {"read": None, "operate": "read"}[scope]
+    weaker = {"read": None, "operate": "read", "admin": "operate"}[scope]
     with _client(demo) as anonymous:
         assert anonymous.request(method, path, json=body).status_code == 401
     with _client(demo) as forged:
