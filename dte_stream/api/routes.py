@@ -39,6 +39,7 @@ Operator = Annotated[TokenInfo, Depends(require("operate"))]
 Admin = Annotated[TokenInfo, Depends(require("admin"))]
 TwinId = Annotated[str, Path(min_length=1, max_length=256, description="the twin's id")]
 _MAX_LABELS = 16
+_MAX_NS = 2**63 - 1  # int64 nanoseconds: the store's time type
 _AlertFilter = Literal["firing", "resolved", "all"]
 
 
@@ -148,8 +149,12 @@ def twin_history(
     _: Reader,
     twin_id: TwinId,
     channel: Annotated[str | None, Query(max_length=256)] = None,
-    since: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: an hour back")] = None,
-    until: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: now")] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=_MAX_NS, description="ns since the epoch; default: an hour back")
+    ] = None,
+    until: Annotated[
+        int | None, Query(ge=0, le=_MAX_NS, description="ns since the epoch; default: now")
+    ] = None,
     points: Annotated[int, Query(ge=2, le=5000, description="at most this many points per channel")] = 500,
 ) -> dict[str, Any]:
     """A twin's readings and estimates, downsampled to at most ``points`` buckets per channel.
