@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dte-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from dte_stream.cli import alerts, deploy, query, replay, run, simulate, token, validate, whatif
+    from dte_stream.cli import alerts, deadletters, deploy, query, replay, run, simulate, token, validate, whatif
 
     run.add_parsers(sub)
     validate.add_parser(sub)
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parser(sub)
     alerts.add_parser(sub)
     deploy.add_parser(sub)
+    deadletters.add_parser(sub)
     token.add_parser(sub)
     whatif.add_parser(sub)
     return parser
