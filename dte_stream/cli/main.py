@@ -20,7 +20,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dte-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from dte_stream.cli import alerts, deadletters, deploy, query, replay, run, simulate, token, validate, whatif
+    from dte_stream.cli import (
+        alerts,
+        deadletters,
+        deploy,
+        query,
+        replay,
+        run,
+        simulate,
+        token,
+        validate,
+        whatif,
+    )
 
     run.add_parsers(sub)
     validate.add_parser(sub)

@@ -18,10 +18,9 @@ import httpx
 import polars as pl
 import pytest
 import yaml
+from test_mqtt_source import publish
 
 from dte_stream.store import LocalStore
-
-from test_mqtt_source import publish
 
 
 def spec_file(path: Path, broker: Any, prefix: str, data: Path, types: list[dict[str, Any]]) -> Path:
@@ -34,7 +33,9 @@ def spec_file(path: Path, broker: Any, prefix: str, data: Path, types: list[dict
                 "name": "plant",
                 "url": f"mqtt://{broker.host}:{broker.port}",
                 "client_id": f"dte-replay-{prefix}",
-                "subscriptions": [{"topic": f"{prefix}/+", "template": f"{prefix}/{{twin}}", "codec": "json"}],
+                "subscriptions": [
+                    {"topic": f"{prefix}/+", "template": f"{prefix}/{{twin}}", "codec": "json"}
+                ],
                 "batch_latency": 0.01,
             }
         ],
@@ -110,12 +111,18 @@ def test_replay_sends_back_what_the_fixed_spec_takes(mosquitto: Any, tmp_path: P
     now = time.time_ns()
     daemon = start(old)
     try:
-        publish(mosquitto, [
-            (f"{prefix}/pump-1", json.dumps({"channel": "temperature", "value": 20.0, "time_ns": now}).encode()),
-            (f"{prefix}/tank-1", json.dumps({"channel": "level", "value": 3.5, "time_ns": now}).encode()),
-            (f"{prefix}/tank-2", json.dumps({"channel": "level", "value": 4.5, "time_ns": now}).encode()),
-            (f"{prefix}/pump-2", b"{not json"),
-        ])
+        publish(
+            mosquitto,
+            [
+                (
+                    f"{prefix}/pump-1",
+                    json.dumps({"channel": "temperature", "value": 20.0, "time_ns": now}).encode(),
+                ),
+                (f"{prefix}/tank-1", json.dumps({"channel": "level", "value": 3.5, "time_ns": now}).encode()),
+                (f"{prefix}/tank-2", json.dumps({"channel": "level", "value": 4.5, "time_ns": now}).encode()),
+                (f"{prefix}/pump-2", b"{not json"),
+            ],
+        )
         wait_for("the pump reading is stored", lambda: stored(data, "pump-1") == 1)
         letters = data / "dead_letters.jsonl"
         wait_for("3 dead letters", lambda: letters.exists() and len(letters.read_text().splitlines()) == 3)
@@ -139,7 +146,10 @@ def test_replay_sends_back_what_the_fixed_spec_takes(mosquitto: Any, tmp_path: P
         sent = cli("deadletters", "replay", str(fixed))
         assert sent.returncode == 0, sent.stderr
         assert "sent 2 back" in sent.stderr
-        wait_for("the replayed tank readings are stored", lambda: stored(data, "tank-1") + stored(data, "tank-2") == 2)
+        wait_for(
+            "the replayed tank readings are stored",
+            lambda: stored(data, "tank-1") + stored(data, "tank-2") == 2,
+        )
         again = cli("deadletters", "replay", str(fixed))
         assert "0 of 1 dead letters pass" in again.stderr
     finally:
