@@ -128,7 +128,7 @@ def start(spec: Path, port: int, folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_http(port: int, timeout: float = 120) -> None:
+def wait_http(port: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -150,7 +150,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def probe(folder: Path, twins: int, seconds: float) -> float:
     """Readings/s of the soak spec as fast as it goes (after a warm-up)."""
-    spec = write_spec(folder / "probe", twins, 0, ticks_back=100_000)
+    spec = write_spec(folder / "probe", twins, 0, ticks_back=10_000)
     port = free_port()
     process = start(spec, port, spec.parent)
     try:
@@ -172,9 +172,10 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.csv")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "soak.png")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the run's data (default: /tmp)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="dte-soak-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dte-soak-", dir=args.work) as tmp:
         folder = Path(tmp)
         (folder / "probe").mkdir()
         max_rate = probe(folder, args.twins, args.probe)
