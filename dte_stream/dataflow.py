@@ -240,7 +240,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             return []
         self.next_ack_poll = wall + NS_PER_S
         events = []
-        for ack in self.acks.new_for(self.bank.spec.name):
+        for ack in self.acks.new_for(f"{self.bank.spec.name}@{id(self):x}"):
             event = self.alerts.acknowledge(str(ack["alert_id"]), str(ack["by"]), wall)
             if event is not None:
                 events.append(event)
@@ -324,8 +324,9 @@ def _no_rows(twin_type: str) -> EstimateBatch:
 class AckInbox:
     """Acknowledgements that ``dte-stream alerts ack`` (or the API) wrote to the data dir.
 
-    One per dataflow process; each bank asks for the new acknowledgements of its twin type's
-    alerts (an acknowledgement for an alert another shard owns is simply not found there).
+    One per dataflow process; each shard's bank asks, as its own reader, for the
+    acknowledgements it has not seen yet: every shard sees every acknowledgement (one for an
+    alert another shard owns is simply not found there).
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -333,16 +334,16 @@ class AckInbox:
         self._lock = threading.Lock()
         self._offset = 0
         self._pending: list[dict[str, Any]] = []
-        self._seen: dict[str, int] = {}  # twin type -> how many of _pending it has seen
+        self._seen: dict[str, int] = {}  # reader -> how many of _pending it has seen
 
-    def new_for(self, twin_type: str) -> list[dict[str, Any]]:
+    def new_for(self, reader: str) -> list[dict[str, Any]]:
         from dte_stream.alerts.store import read_acks
 
         with self._lock:
             acks, self._offset = read_acks(self.data_dir, self._offset)
             self._pending += acks
-            start = self._seen.get(twin_type, 0)
-            self._seen[twin_type] = len(self._pending)
+            start = self._seen.get(reader, 0)
+            self._seen[reader] = len(self._pending)
             return self._pending[start:]
 
 
