@@ -159,6 +159,7 @@ class MqttConnection:
     unacknowledged message ids of the old one are void then.
 
     Attributes read by the owner: ``connected``, ``session`` (a counter of fresh sessions),
+    ``connection`` (a counter of accepted connections, raised before the first message of each),
     ``client`` (the paho client: set ``on_message``/``on_publish`` before :meth:`start`).
     """
 
@@ -214,6 +215,7 @@ class MqttConnection:
         self.client.on_subscribe = self._on_subscribe
         self.connected = False
         self.session = 0
+        self.connection = 0
         self.fatal: str | None = None
         self._started = False
         self._closed = False
@@ -369,11 +371,16 @@ class MqttConnection:
                     self.where,
                     self.client_id,
                 )
+        self.connection += 1
         self._session_resumed = flags.session_present
         self._connected_at = time.monotonic()
         self.connected = True
         if self._outage_since is not None:
             LOG.debug("%s: connected again (session present: %s)", self.who, flags.session_present)
+        if flags.session_present:
+            # The session has the subscriptions: nothing waits for the SUBACK, which queues behind
+            # the session's backlog (60,000 messages take longer than connect_timeout).
+            self._subscribed.set()
         if self._subscriptions and (self._v5 or not flags.session_present):
             if self._v5:
                 topics: list[tuple[str, Any]] = [

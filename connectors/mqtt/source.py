@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.connectors.mqtt._client import LOG, MqttConnection
+from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, AckLedger, digest
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
 from dte_stream.errors import ConnectorError
 from dte_stream.lifecycle import stop_requested
@@ -52,9 +53,9 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         self._last_message = time.monotonic()
         self._batcher = MessageBatcher(spec)
         self._queue: deque[Message] = deque()
-        # QoS 1 message ids of the current session held here (queued or emitted, not acked):
-        # a redelivery (DUP) of one of them after a reconnect is dropped, not emitted twice.
-        self._held: set[int] = set()
+        # QoS 1 messages of the current session that the broker may send again: a repeat
+        # after a reconnect is dropped (and acknowledged again if need be), never emitted twice.
+        self._ledger = AckLedger()
         self._unsealed: list[Ack] = []  # emitted in the current epoch (ack: after_epoch)
         self._due: list[Ack] = []  # to acknowledge as soon as the client is connected
         self._stopping = False
@@ -89,9 +90,14 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         qos = message.qos
         mid = message.mid
         if qos and self._manual:
-            if message.dup and mid in self._held:
-                return  # a redelivery of a message this client already holds
-            self._held.add(mid)
+            verdict = self._ledger.receive(
+                mid, message.dup, digest(message._topic, message.payload), self._conn.connection
+            )
+            if verdict != NEW:
+                METRICS.add("mqtt_repeats_dropped")
+                if verdict == ACK_AGAIN:
+                    client.ack(mid, 1)
+                return
         try:
             topic = message.topic
         except UnicodeDecodeError:  # brokers check UTF-8; keep the message as a dead letter
@@ -122,7 +128,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
 
     def _on_new_session(self) -> None:
         # The broker forgot the old session: its message ids are void, nothing to redeliver.
-        self._held.clear()
+        self._ledger.clear()
 
     # -- Bytewax thread ---------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         out = self._batcher.take(self._queue, count, acks)
         if self._ack_mode == "on_emit":
             self._acknowledge()
-        elif self._window is not None and not self._window_logged and len(self._held) >= self._window:
+        elif self._window is not None and not self._window_logged and self._unacked() >= self._window:
             self._window_logged = True
             LOG.warning(
                 "%s: receive_maximum=%d messages await the end of their epoch, so the broker holds "
@@ -160,21 +166,26 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         METRICS.add("mqtt_messages_in", count)
         return out
 
+    def _unacked(self) -> int:
+        """Messages received and not yet acknowledged (what the receive maximum counts)."""
+        return len(self._queue) + len(self._unsealed) + len(self._due)
+
     def _acknowledge(self) -> None:
         """Acknowledge the due messages, in the order received; keep them while disconnected.
 
         Acks of an earlier session are dropped: that session is gone, and with it the need.
+        The ledger notes the connection each ack goes out on, so that a repeat of the message
+        arriving on a later connection is acknowledged again (the first ack may be lost).
         """
         conn = self._conn
         if not conn.connected:
             return
         session = conn.session
-        held = self._held
+        mids = [mid for mid, msg_session in self._due if msg_session == session]
+        self._ledger.acknowledged(mids, conn.connection)  # before the acks: a repeat may follow at once
         ack = conn.client.ack
-        for mid, msg_session in self._due:
-            if msg_session == session:
-                held.discard(mid)  # before the ack: the broker may reuse the id right after it
-                ack(mid, 1)
+        for mid in mids:
+            ack(mid, 1)
         self._due = []
 
     def _should_stop(self) -> bool:
@@ -259,8 +270,9 @@ class MqttSource(FixedPartitionedSource[RawBatch, None]):
 
     A graceful stop (:func:`~dte_stream.lifecycle.stop_requested`, ``stop_after_*``) loses
     nothing in any mode, and after it messages published while dte-stream was down are
-    delivered on the next start. A reconnect can repeat messages whose acknowledgement was in
-    flight when the connection broke. QoS 0 subscriptions are at-most-once.
+    delivered on the next start. A reconnect or a broker restart repeats nothing: what the
+    broker sends again is recognised and dropped (:mod:`._ledger`). QoS 0 subscriptions are
+    at-most-once.
 
     >>> from dte_stream.spec.mqtt import MqttSourceSpec
     >>> spec = MqttSourceSpec(kind="mqtt", name="plant", url="mqtt://127.0.0.1:1883", clients=2,

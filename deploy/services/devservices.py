@@ -617,6 +617,25 @@ def stop(service: Service, timeout: float = 20.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def restart_mosquitto(service: MosquittoService, down_seconds: float = 0.0, timeout: float = 15.0) -> None:
+    """Stop a Mosquitto started by `start` (SIGTERM: it saves its sessions), wait
+    `down_seconds`, start it again with the same configuration, ports and persistence.
+
+    For tests of broker restarts (tests/integration/test_mqtt_*.py, the chaos tests). The new
+    process is attached like the old one: call this from the main thread, since the parent-death
+    signal fires when the thread that started the process ends."""
+    if service.external or service.state_dir is None or service.log_file is None:
+        raise DevServiceError("only a Mosquitto started by devservices.start can be restarted")
+    stop(service)
+    time.sleep(down_seconds)
+    conf = service.state_dir / "mosquitto.conf"
+    proc = _launch(
+        [find_binary("mosquitto"), "-c", str(conf)], service.log_file, service.state_dir, detach=False
+    )
+    service.process, service.pid = proc, proc.pid
+    wait_ready(service, timeout)
+
+
 # --------------------------------------------------------------------------------------------
 # Starting each service
 # --------------------------------------------------------------------------------------------

@@ -46,7 +46,12 @@ def templates_with_values(draw: st.DrawFn) -> tuple[str, dict[str, str], list[st
     values: dict[str, str] = {}
     for kind in kinds:
         if kind == "literal":
-            literal = draw(LEVEL_TEXT.filter(lambda s: "{" not in s and "}" not in s))
+            # (a template may not start with $share: that prefix belongs to the filter)
+            literal = draw(
+                LEVEL_TEXT.filter(
+                    lambda s: "{" not in s and "}" not in s and not (not levels and s.startswith("$share"))
+                )
+            )
             levels.append(literal)
             topic.append(literal)
         elif kind == "plus":
