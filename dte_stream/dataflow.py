@@ -60,6 +60,7 @@ from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.bank import BankUpdate, TwinBank
 from dte_stream.twins.batches import EstimateBatch, TypedBatch
 from dte_stream.twins.routing import Router, RouteResult, shard_key, shard_of
+from dte_stream.view.hub import ViewHub
 
 NEVER = -(2**63)
 
@@ -104,9 +105,15 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
     """
 
     def __init__(
-        self, spec: DataflowSpec, resume: dict[str, Any] | None, clock: EventClock, acks: AckInbox | None
+        self,
+        spec: DataflowSpec,
+        resume: dict[str, Any] | None,
+        clock: EventClock,
+        acks: AckInbox | None,
+        view: ViewHub | None = None,
     ) -> None:
         self.spec = spec
+        self.view = view.publisher() if view is not None else None
         self.clock = clock
         self.bank: TwinBank | None = None
         self.gauge_key = ""
@@ -177,7 +184,16 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         if self.event_clock:
             out += self._timers()
         METRICS.set_gauge("twins", self.gauge_key, len(self.bank))
+        self._publish(out)
         return out, StatefulBatchLogic.RETAIN
+
+    def _publish(self, updates: list[BankUpdate], *, force: bool = False) -> None:
+        """Tell the twin view what changed (written at its own pace, and at every epoch's end)."""
+        if self.view is None or self.bank is None:
+            return
+        for update in updates:
+            self.view.note(update)
+        self.view.publish(self.bank, self.alerts, now_ns(), force=force)
 
     def _timers(self) -> list[BankUpdate]:
         if self.bank is None:
@@ -197,6 +213,8 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             evicted = self.bank.evict_idle(now)
             if evicted:
                 METRICS.add("twins_evicted", len(evicted))
+                if self.view is not None:
+                    self.view.evicted(evicted)
                 if self.alerts is not None:
                     self.alerts.forget(evicted)
             self.next_eviction = now + _EVICTION_CHECK_NS
@@ -220,7 +238,9 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
     def on_notify(self) -> tuple[Iterable[BankUpdate], bool]:
         if self.bank is None:
             return [], StatefulBatchLogic.RETAIN
-        return self._timers(), StatefulBatchLogic.RETAIN
+        out = self._timers()
+        self._publish(out)
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[BankUpdate], bool]:
         """The input ended (a replay, a finite file): a last look at stale sensors by the final clock."""
@@ -243,6 +263,9 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
                 due = poll if due is None else min(due, poll)
         if self.bank.spec.ttl is not None:
             due = self.next_eviction if due is None else min(due, self.next_eviction)
+        view_due = self.view.due_ns() if self.view is not None else None
+        if view_due is not None:
+            due = view_due if due is None else min(due, view_due)
         if due is None:
             return None
         due = max(due, now_ns() + _MIN_TIMER_NS)
@@ -251,6 +274,7 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
     def snapshot(self) -> dict[str, Any]:
         if self.bank is None:
             return {}
+        self._publish([], force=True)
         snap = self.bank.snapshot()
         snap["watermark"] = self.watermark
         snap["alerts"] = self.alerts.snapshot() if self.alerts is not None else None
@@ -347,7 +371,10 @@ def build_flow(
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
-    updates = op.stateful_batch("twin_bank", keyed, lambda resume: _BankLogic(spec, resume, clock, acks))
+    view = ViewHub(spec) if outputs is None else None  # replays leave the view alone
+    updates = op.stateful_batch(
+        "twin_bank", keyed, lambda resume: _BankLogic(spec, resume, clock, acks, view)
+    )
     keyed_batches = op.filter(
         "estimate_batches",
         op.map("estimates", updates, lambda kv: (kv[0], kv[1].estimates)),

@@ -9,7 +9,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.codecs.base import DecodeContext
 from dte_stream.errors import ConfigError
-from dte_stream.lifecycle import stop_requested
+from dte_stream.shutdown import stop_requested
 from dte_stream.sources import RawBatch
 from dte_stream.spec.model import FileSourceSpec
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer, PutResult
 from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
-from dte_stream.connectors.influxdb.lineprotocol import FIELDS, TAGS, EstimateSerialiser, SerialisedLines
+from dte_stream.connectors.influxdb.serialise import FIELDS, TAGS, EstimateSerialiser, SerialisedLines
 from dte_stream.connectors.influxdb.sink import InfluxDBEpochSink, InfluxDBSink
 from dte_stream.connectors.influxdb.transport import Transport, V1Transport, V2Transport, make_transport
 

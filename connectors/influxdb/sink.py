@@ -41,7 +41,7 @@ from bytewax.outputs import (
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
-from dte_stream.connectors.influxdb.lineprotocol import EstimateSerialiser
+from dte_stream.connectors.influxdb.serialise import EstimateSerialiser
 from dte_stream.connectors.influxdb.transport import Transport, make_transport
 from dte_stream.connectors.influxdb.writer import MAX_LOGGED_REJECTIONS, REPEAT_LOG, BatchWriter
 from dte_stream.errors import ConnectorError
@@ -73,7 +73,7 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
 
     One point per reading (tags ``twin_id``, ``twin_type``, ``channel``, ``unit``; fields
     ``value``, ``estimate``, ``std``, ``innovation``, ``nis``; the reading's time in ns), built
-    in bulk by :class:`~dte_stream.connectors.influxdb.lineprotocol.EstimateSerialiser`.
+    in bulk by :class:`~dte_stream.connectors.influxdb.serialise.EstimateSerialiser`.
 
     Delivery: at-least-once for every point that leaves the buffer, and idempotent, so repeats
     are harmless: a point is identified by measurement, tags and time, and writing it again

@@ -18,7 +18,7 @@ import polars as pl
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
-from dte_stream.connectors.influxdb.lineprotocol import join_lines
+from dte_stream.connectors.influxdb.serialise import join_lines
 from dte_stream.connectors.influxdb.transport import Transport
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS

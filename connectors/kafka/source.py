@@ -11,8 +11,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from dte_stream.connectors.kafka.client import LOG, ErrorLog, connector_error, make_client
 from dte_stream.connectors.kafka.records import RecordMapper
 from dte_stream.errors import ConnectorError
-from dte_stream.lifecycle import stop_requested
 from dte_stream.metrics import METRICS
+from dte_stream.shutdown import stop_requested
 from dte_stream.sources import RawBatch
 from dte_stream.spec.kafka import KafkaSourceSpec
 
@@ -200,7 +200,7 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
 
     With ``stop_at_end`` each partition ends at its high watermark as of start (replays,
     tests); otherwise the source waits for new records, ``poll_interval`` between empty
-    polls, until :func:`dte_stream.lifecycle.stop_requested`.
+    polls, until :func:`dte_stream.shutdown.stop_requested`.
     """
 
     def __init__(self, spec: KafkaSourceSpec) -> None:

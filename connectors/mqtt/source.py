@@ -24,8 +24,8 @@ from dte_stream.connectors.mqtt._client import LOG, MqttConnection
 from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, AckLedger, digest
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
 from dte_stream.errors import ConnectorError
-from dte_stream.lifecycle import stop_requested
 from dte_stream.metrics import METRICS
+from dte_stream.shutdown import stop_requested
 from dte_stream.sources import RawBatch
 from dte_stream.spec.mqtt import MqttSourceSpec
 
@@ -268,7 +268,7 @@ class MqttSource(FixedPartitionedSource[RawBatch, None]):
       dataflow held in flight (at most an epoch).
     * ``ack: on_receive``: paho acknowledges on arrival; a crash also loses the queue.
 
-    A graceful stop (:func:`~dte_stream.lifecycle.stop_requested`, ``stop_after_*``) loses
+    A graceful stop (:func:`~dte_stream.shutdown.stop_requested`, ``stop_after_*``) loses
     nothing in any mode, and after it messages published while dte-stream was down are
     delivered on the next start. A reconnect or a broker restart repeats nothing: what the
     broker sends again is recognised and dropped (:mod:`._ledger`). QoS 0 subscriptions are

@@ -14,8 +14,8 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
-from dte_stream.lifecycle import stop_requested
 from dte_stream.readings import ReadingBatch
+from dte_stream.shutdown import stop_requested
 from dte_stream.sources import SourceBatch
 from dte_stream.spec.model import SimulatorSourceSpec
 from dte_stream.times import NS_PER_S, now_ns

@@ -11,8 +11,8 @@ from dte_stream.cli.progress import Progress
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
 from dte_stream.errors import ConfigError
-from dte_stream.lifecycle import STOP, install_signal_handlers
 from dte_stream.metrics import METRICS
+from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
 
 __all__ = ["add_parsers", "execute", "non_negative_float", "positive_int"]

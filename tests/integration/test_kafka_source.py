@@ -21,7 +21,7 @@ from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dte_stream import lifecycle
+from dte_stream import shutdown
 from dte_stream.connectors.kafka import KafkaSource
 from dte_stream.errors import ConnectorError
 from dte_stream.sources import RawBatch
@@ -215,9 +215,9 @@ def recovery(tmp_path: Path) -> RecoveryConfig:
 
 @pytest.fixture
 def stop_flag() -> Iterator[Callable[[], None]]:
-    lifecycle.STOP.clear()
-    yield lifecycle.STOP.set
-    lifecycle.STOP.clear()
+    shutdown.STOP.clear()
+    yield shutdown.STOP.set
+    shutdown.STOP.clear()
 
 
 def test_graceful_stop_then_restart_reads_what_came_in_between_exactly_once(
@@ -245,7 +245,7 @@ def test_graceful_stop_then_restart_reads_what_came_in_between_exactly_once(
         run_main(flow, epoch_interval=timedelta(milliseconds=200), recovery_config=recovery)
     finally:
         timer.cancel()
-    lifecycle.STOP.clear()
+    shutdown.STOP.clear()
     assert len(_payloads(out1)) == len(first)
 
     # While it is down, more records arrive; run 2 resumes from the recovery state.

@@ -23,7 +23,7 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSink, run_main
 from paho.mqtt.enums import CallbackAPIVersion
 
-from dte_stream import lifecycle
+from dte_stream import shutdown
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MqttSource
 from dte_stream.errors import ConnectorError
@@ -225,13 +225,13 @@ def test_graceful_stop_request_ends_the_source(mosquitto: Any) -> None:
         deadline = time.monotonic() + 20
         while METRICS.get("mqtt_messages_in") < seen + len(messages) and time.monotonic() < deadline:
             time.sleep(0.05)
-        lifecycle.STOP.set()
+        shutdown.STOP.set()
 
     thread = later(0.5, publish_then_stop)
     try:
         out = run_source(spec)
     finally:
-        lifecycle.STOP.clear()
+        shutdown.STOP.clear()
         thread.join()
     assert Counter(payloads(out)) == Counter(payload for _, payload in messages)
 
