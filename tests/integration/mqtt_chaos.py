@@ -1,7 +1,7 @@
 """MQTT chaos, the machinery: a backlog of QoS 1 readings queued in the daemon's persistent
 session, drained by `dte-stream run` while the broker is restarted or the daemon is killed.
 
-Used by tests/integration/test_mqtt_chaos.py (the assertions) and by
+Used by tests/integration/test_chaos_mqtt.py (the assertions) and by
 benchmarks/mqtt_broker_restart.py (the reproduction tool that prints the figures). Each run
 gets its own client id, database and recovery directory; the readings are the same in every
 run, so a run with failures can be compared with an uninterrupted one field by field.
@@ -274,7 +274,7 @@ def drain(
     try:
         if chaos is not None:
             if not chaos_at_start:
-                wait(daemon, lambda: count() > 0, 60, "the first points in InfluxDB")
+                wait(daemon, lambda: count() > 0, 180, "the first points in InfluxDB")
             daemon = chaos(daemon, run, count)
         wait(daemon, lambda: count() >= total, timeout, f"{total} points in InfluxDB")
         run.drain_seconds = time.monotonic() - started
