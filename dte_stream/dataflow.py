@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dte_stream.alerts.events import AlertEvent
@@ -43,6 +44,7 @@ from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import SpecError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.readings import DeadLetter
 from dte_stream.sources import RawBatch, SourceBatch
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
@@ -69,9 +71,16 @@ log = logging.getLogger(__name__)
 __all__ = ["build_flow", "run_flow"]
 
 
+def _count_decode_errors(decoded: tuple[SourceBatch, list[DeadLetter]]) -> list[DeadLetter]:
+    letters = decoded[1]
+    if letters:
+        METRICS.add_reasons("decode_errors", (d.reason for d in letters), source=decoded[0].source)
+    return _count_errors(letters, "decode")
+
+
 def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
     result = get_codec(raw.codec).decode_many(raw.payloads)
-    METRICS.add("payloads_in", len(raw.payloads))
+    METRICS.add("payloads_in", len(raw.payloads), source=raw.source)
     return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
 
 
@@ -175,11 +184,13 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
             first = str(batch.readings.twin_id[0])
             self.gauge_key = shard_key(batch.twin_type, shard_of(first, self.spec.engine.shards))
         self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
+        started = time.perf_counter()
         update = self.bank.update(batch, self._now())
         if self.alerts is not None:
             events = self._acknowledged() + self.alerts.update(update.estimates, self._now())
             update = BankUpdate(update.estimates, update.rejected, events)
         out = [update]
+        METRICS.observe("batch_seconds", time.perf_counter() - started)
         METRICS.add("readings_processed", len(batch))
         if self.event_clock:
             out += self._timers()
@@ -275,10 +286,26 @@ class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
         if self.bank is None:
             return {}
         self._publish([], force=True)
+        started = time.perf_counter()
         snap = self.bank.snapshot()
         snap["watermark"] = self.watermark
         snap["alerts"] = self.alerts.snapshot() if self.alerts is not None else None
+        METRICS.observe("snapshot_seconds", time.perf_counter() - started)
+        METRICS.set_gauge("snapshot_bytes", self.gauge_key, _nbytes(snap))
         return snap
+
+
+def _nbytes(value: object) -> int:
+    """About how many bytes a snapshot holds (arrays and byte strings; other leaves count 8)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 8
 
 
 #: How often idle twins are looked for (twin clock), and the shortest timer (wall clock).
@@ -319,10 +346,32 @@ class AckInbox:
             return self._pending[start:]
 
 
-def _count_errors(letters: list[DeadLetter]) -> list[DeadLetter]:
+def _count_errors(letters: list[DeadLetter], stage: str) -> list[DeadLetter]:
     if letters:
-        METRICS.add("dead_letters", len(letters))
+        METRICS.add_reasons("dead_letters", (d.reason for d in letters), stage=stage)
     return letters
+
+
+def _observe_lag(step_id: str, item: tuple[str, EstimateBatch]) -> None:
+    """End-to-end lag: wall time as the batch goes to the sinks minus its newest event time."""
+    batch = item[1]
+    lag = max(0.0, (now_ns() - int(batch.time_ns.max())) / NS_PER_S)
+    METRICS.observe("end_to_end_lag_seconds", lag)
+    METRICS.set_gauge("end_to_end_lag_last", "", lag)
+    READINESS.observe_lag(lag)
+
+
+class _StartedProbe(DynamicSink[Any]):
+    """Takes nothing; Bytewax builds it with the other sinks, which tells /readyz the dataflow runs."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Any]:
+        READINESS.ok("dataflow", "running")
+        return _NoPartition()
+
+
+class _NoPartition(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
 
 
 def build_flow(
@@ -351,14 +400,14 @@ def build_flow(
             raw = op.input(f"source_{source.name}", flow, _raw_source(source, spec.name))
             decoded = op.map(f"decode_{source.name}", raw, _decode)
             readings.append(op.map(f"decoded_{source.name}", decoded, lambda d: d[0]))
-            dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, lambda d: _count_errors(d[1])))
+            dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, _count_decode_errors))
     merged = op.merge("merge_sources", *readings) if len(readings) > 1 else readings[0]
     merged = op.filter("non_empty", merged, lambda b: len(b.readings) > 0)
 
     clock = EventClock()
 
     def count_in(batch: SourceBatch) -> SourceBatch:
-        METRICS.add("readings_in", len(batch.readings))
+        METRICS.add("readings_in", len(batch.readings), source=batch.source)
         clock.advance(int(batch.readings.time_ns.max()))
         return batch
 
@@ -367,7 +416,7 @@ def build_flow(
     routed: Stream[RouteResult] = op.map(
         "route", merged, lambda b: router.route(b.readings, b.source, b.twin_type)
     )
-    dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
+    dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors, "route")))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
@@ -381,7 +430,8 @@ def build_flow(
         lambda kv: len(kv[1]) > 0,
     )
     batches = op.map("unkeyed_batches", keyed_batches, lambda kv: kv[1])
-    dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected)))
+    dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected, "twin_bank")))
+    op.inspect("end_to_end_lag", keyed_batches, _observe_lag)
     if any(t.alerts.rules for t in spec.twin_types):
         _alert_outputs(
             spec, op.flat_map("alert_events", updates, lambda kv: kv[1].alerts), outputs is not None
@@ -402,6 +452,7 @@ def build_flow(
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
     letters = op.merge("merge_dead_letters", *dead) if len(dead) > 1 else dead[0]
+    op.output("started", op.filter("nothing", letters, lambda _: False), _StartedProbe())
     if dead_letter_output is not None:
         op.output("dead_letters", letters, dead_letter_output)
         return flow

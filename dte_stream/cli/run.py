@@ -3,26 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dte_stream.api.server import add_http_argument
 from dte_stream.cli.progress import Progress
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import DEFAULT_MAX_LAG, READINESS
 from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
+
+if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
 
 __all__ = ["add_parsers", "execute", "non_negative_float", "positive_int"]
 
 
-def execute(spec: DataflowSpec, *, quiet: bool = False, recovery_dir: Path | None = None) -> int:
-    """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end."""
-    from dte_stream.dataflow import build_flow, run_flow
+def execute(
+    spec: DataflowSpec,
+    *,
+    quiet: bool = False,
+    recovery_dir: Path | None = None,
+    http: tuple[str, int] | None = None,
+) -> int:
+    """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
+
+    With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile.
+    """
+    from dte_stream.dataflow import build_flow
 
     flow = build_flow(spec)
+    with _http_server(spec, http):
+        return _execute(spec, flow, quiet=quiet, recovery_dir=recovery_dir)
+
+
+@contextlib.contextmanager
+def _http_server(spec: DataflowSpec, http: tuple[str, int] | None) -> Iterator[None]:
+    """Serve the HTTP surface beside the dataflow (nothing when ``http`` is None)."""
+    READINESS.reset(max_lag=None if spec.engine.clock == "event" else DEFAULT_MAX_LAG)
+    if http is None:
+        yield
+        return
+    from dte_stream.api.app import ApiContext, create_app
+    from dte_stream.api.server import BackgroundServer
+
+    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir()))
+    with BackgroundServer(app, *http) as server:
+        print(f"dte-stream: serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs", file=sys.stderr)
+        yield
+
+
+def _execute(spec: DataflowSpec, flow: Dataflow, *, quiet: bool, recovery_dir: Path | None) -> int:
+    from dte_stream.dataflow import run_flow
+
     err = sys.stderr
     if not quiet:
         print(f"dte-stream: running {summary(spec)}", file=err)
@@ -65,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
-    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir)
+    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir, http=args.http)
 
 
 def positive_int(text: str) -> int:
@@ -99,7 +139,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
     )
-    return execute(spec, quiet=args.quiet)
+    return execute(spec, quiet=args.quiet, http=args.http)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,6 +152,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=Path,
         help="snapshot state and source positions here; a restart with it resumes where it stopped",
     )
+    add_http_argument(p)
     p.set_defaults(handler=_run)
 
     d = sub.add_parser(
@@ -138,4 +179,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
     d.add_argument("--workers", type=positive_int, default=1, help="worker threads (default 1)")
     d.add_argument("--quiet", action="store_true", help="no progress, only the summary")
+    add_http_argument(d)
     d.set_defaults(handler=_demo)
