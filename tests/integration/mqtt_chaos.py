@@ -117,15 +117,23 @@ def make_session(host: str, port: int, client_id: str, topic_filter: str) -> Non
         _close_client(client)
 
 
-def publish(host: str, port: int, topic: str, messages: list[tuple[str, bytes]]) -> None:
-    """Publish every message with QoS 1 and wait until the broker acknowledged each one."""
+def publish(
+    host: str, port: int, topic: str, messages: list[tuple[str, bytes]], rate: float | None = None
+) -> None:
+    """Publish every message with QoS 1 (``rate`` messages/s at most) and wait until the broker
+    acknowledged each one."""
     client = _client(f"pub-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect(host, port)
     client.loop_start()
     try:
-        infos = [client.publish(f"{topic}/{twin}", payload, 1) for twin, payload in messages]
+        infos = []
+        started = time.monotonic()
+        for i, (twin, payload) in enumerate(messages):
+            infos.append(client.publish(f"{topic}/{twin}", payload, 1))
+            if rate is not None and i % 50 == 49:
+                time.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
         for info in infos:
             info.wait_for_publish(60)
             if not info.is_published():
@@ -222,6 +230,7 @@ class Run:
     processed: list[int] = field(default_factory=list)  # readings processed per daemon run
     drain_seconds: float = 0.0
     events: list[str] = field(default_factory=list)
+    publisher: threading.Thread | None = None  # publishing while the daemon runs (``rate``)
 
     @property
     def recovery_dir(self) -> Path:
@@ -245,6 +254,7 @@ def drain(
     *,
     chaos: Chaos | None = None,
     chaos_at_start: bool = False,
+    rate: float | None = None,
     timeout: float = 180.0,
 ) -> Run:
     """Queue ``messages`` in a fresh persistent session, then drain them with the daemon.
@@ -252,8 +262,9 @@ def drain(
     ``chaos(daemon, run, count)`` runs once the daemon has started draining (the first points
     are in InfluxDB), or right after the daemon started with ``chaos_at_start`` (``count()`` is
     the number of points in InfluxDB) and returns the daemon that runs afterwards (the same,
-    or a new one after a kill). The run ends when InfluxDB holds a point per reading and the
-    broker has nothing left for the session, with a graceful stop.
+    or a new one after a kill). With ``rate`` the messages are published while the daemon
+    runs (``rate`` per second, from a thread), not queued before it starts. The run ends with
+    a graceful stop once InfluxDB holds a point per reading.
     """
     run_dir = workdir / name
     run_dir.mkdir(parents=True)
@@ -262,7 +273,15 @@ def drain(
     url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
     spec = write_spec(run_dir / "flow.yaml", url, topic, run.client_id, influx_url, run.db)
     make_session(mosquitto.host, mosquitto.port, run.session_id, f"{topic}/+")
-    publish(mosquitto.host, mosquitto.port, topic, messages)
+    publisher = None
+    if rate is None:
+        publish(mosquitto.host, mosquitto.port, topic, messages)
+    else:
+        publisher = threading.Thread(
+            target=publish, args=(mosquitto.host, mosquitto.port, topic, messages, rate), daemon=True
+        )
+        publisher.start()
+    run.publisher = publisher
     total = len(messages)
 
     def count() -> int:
@@ -276,9 +295,14 @@ def drain(
             if not chaos_at_start:
                 wait(daemon, lambda: count() > 0, 180, "the first points in InfluxDB")
             daemon = chaos(daemon, run, count)
+            # running (its first progress line comes 5 s in, after the signal handlers), so
+            # the SIGTERM below finds it draining, not starting
+            wait(daemon, lambda: "\n[" in daemon.output(), 180, "the daemon's first progress line")
         wait(daemon, lambda: count() >= total, timeout, f"{total} points in InfluxDB")
         run.drain_seconds = time.monotonic() - started
         time.sleep(1.5)  # anything that still arrives (a repeat) arrives now
+        if publisher is not None:
+            publisher.join(60)
         run.processed.append(daemon.stop())
     except AssertionError as exc:
         run.events.append(f"{exc}"[:300])

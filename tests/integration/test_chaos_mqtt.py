@@ -32,6 +32,7 @@ LONG = os.environ.get("DTE_CHAOS_LONG", "").strip().lower() not in ("", "0", "fa
 TWINS, STEPS = (1000, 30) if LONG else (100, 30)
 KILLS = 10 if LONG else 3
 RESTARTS = 3 if LONG else 1
+PUBLISH_SECONDS = 150 if LONG else 60  # the kill test publishes while the daemon runs
 SEED = 20261207
 
 
@@ -113,6 +114,8 @@ def test_daemon_killed_mid_stream_applies_every_reading_once(
     uninterrupted: mqtt_chaos.Run,
     tmp_path: Path,
 ) -> None:
+    """Readings published while the daemon runs (so that every kill lands mid-stream), the
+    daemon killed with SIGKILL and started again from its recovery directory each time."""
     total = len(messages)
     rng = random.Random(SEED + 1)
 
@@ -120,16 +123,19 @@ def test_daemon_killed_mid_stream_applies_every_reading_once(
         spec, log = run.dir / "flow.yaml", run.dir / "daemon.log"
         for _ in range(KILLS):
             before = count()
-            if before >= total:
-                break
-            mqtt_chaos.wait(daemon, lambda before=before: count() > before, 60, "progress before the kill")
+            mqtt_chaos.wait(daemon, lambda before=before: count() > before, 120, "progress before the kill")
             time.sleep(rng.uniform(0.0, 0.8))  # anywhere in an epoch
             run.events.append(f"SIGKILL at {count():,} points")
             daemon.kill()
             daemon = mqtt_chaos.Daemon(spec, run.recovery_dir, log)
         return daemon
 
-    run = mqtt_chaos.drain(broker, influxdb.url, tmp_path, "kills", messages, chaos=kills)
-    assert len(run.events) == KILLS, f"only {len(run.events)} kills landed mid-stream: queue more readings"
+    run = mqtt_chaos.drain(
+        broker, influxdb.url, tmp_path, "kills", messages, chaos=kills, rate=total / PUBLISH_SECONDS
+    )
+    print(f"kills: {'; '.join(run.events)}")
+    stored = [int(e.rpartition(" at ")[2].split()[0].replace(",", "")) for e in run.events]
+    assert len(stored) == KILLS
+    assert all(0 < n < total for n in stored), f"a kill landed outside the stream: {run.events}"
     assert mqtt_chaos.left_in_session(broker.host, broker.port, run.session_id) == 0
     _assert_same(influxdb, uninterrupted, run, total)
