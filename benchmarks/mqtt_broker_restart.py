@@ -59,7 +59,7 @@ def main() -> int:
         def restart(daemon: Any, run: mqtt_chaos.Run, count: Any) -> Any:
             time.sleep(args.after)
             run.events.append(f"broker stopped with {count():,} points in InfluxDB")
-            api.restart_mosquitto(broker, args.down)
+            api.restart(broker, args.down)
             run.events.append(f"broker back with {count():,} points in InfluxDB")
             return daemon
 

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dte_stream.api.server import add_http_argument
+from dte_stream.cli.failures import one_line
+from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
+from dte_stream.cli.token import add_tokens_argument
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
 from dte_stream.errors import ConfigError
@@ -32,20 +35,23 @@ def execute(
     quiet: bool = False,
     recovery_dir: Path | None = None,
     http: tuple[str, int] | None = None,
+    tokens: Path | None = None,
 ) -> int:
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
 
-    With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile.
+    With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile,
+    with the API tokens of ``tokens`` (default: the tokens file in the data directory).
     """
     from dte_stream.dataflow import build_flow
 
+    preflight(spec)  # every service answers, or one line says which does not and why
     flow = build_flow(spec)
-    with _http_server(spec, http):
+    with _http_server(spec, http, tokens):
         return _execute(spec, flow, quiet=quiet, recovery_dir=recovery_dir)
 
 
 @contextlib.contextmanager
-def _http_server(spec: DataflowSpec, http: tuple[str, int] | None) -> Iterator[None]:
+def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path | None) -> Iterator[None]:
     """Serve the HTTP surface beside the dataflow (nothing when ``http`` is None)."""
     READINESS.reset(max_lag=None if spec.engine.clock == "event" else DEFAULT_MAX_LAG)
     if http is None:
@@ -54,9 +60,12 @@ def _http_server(spec: DataflowSpec, http: tuple[str, int] | None) -> Iterator[N
     from dte_stream.api.app import ApiContext, create_app
     from dte_stream.api.server import BackgroundServer
 
-    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir()))
+    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir(), tokens_file=tokens))
     with BackgroundServer(app, *http) as server:
         print(f"dte-stream: serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs", file=sys.stderr)
+        print(
+            f"dte-stream: dashboard at {server.url}/ (dte-stream token create gives a token)", file=sys.stderr
+        )
         yield
 
 
@@ -80,11 +89,11 @@ def _execute(spec: DataflowSpec, flow: Dataflow, *, quiet: bool, recovery_dir: P
             run_flow(spec, flow, recovery_dir)
     except KeyboardInterrupt:
         interrupted = True
-    except Exception as exc:  # Bytewax wraps a second signal as a runtime error
+    except Exception as exc:  # a sink that gave up waiting during a stop ends the dataflow
         if not STOP.is_set():
             raise
         interrupted = True
-        print(f"dte-stream: stopped at once: {exc}", file=err)
+        print(f"dte-stream: stopped at once: {one_line(exc)}", file=err)
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
@@ -105,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
-    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir, http=args.http)
+    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir, http=args.http, tokens=args.tokens)
 
 
 def positive_int(text: str) -> int:
@@ -139,7 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
     )
-    return execute(spec, quiet=args.quiet, http=args.http)
+    return execute(spec, quiet=args.quiet, http=args.http, tokens=args.tokens)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -153,6 +162,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="snapshot state and source positions here; a restart with it resumes where it stopped",
     )
     add_http_argument(p)
+    add_tokens_argument(p)
     p.set_defaults(handler=_run)
 
     d = sub.add_parser(
@@ -180,4 +190,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--workers", type=positive_int, default=1, help="worker threads (default 1)")
     d.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     add_http_argument(d)
+    add_tokens_argument(d)
     d.set_defaults(handler=_demo)

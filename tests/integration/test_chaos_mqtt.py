@@ -95,7 +95,7 @@ def test_mosquitto_restarted_mid_stream_applies_every_reading_once(
                 break
             time.sleep(rng.uniform(0.2, 1.5))
             run.events.append(f"broker restarted at {count():,} points")
-            devservices_api.restart_mosquitto(broker, rng.uniform(1.0, 3.0))
+            devservices_api.restart(broker, rng.uniform(1.0, 3.0))
             # draining again before the next restart
             mqtt_chaos.wait(daemon, lambda before=before: count() > before, 60, "progress after the restart")
         return daemon
