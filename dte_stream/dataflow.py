@@ -31,8 +31,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from dte_stream.alerts.events import AlertEvent
 from dte_stream.alerts.rules import AlertEngine
+from dte_stream.batches import AlertEvent, EstimateBatch, RawBatch, SourceBatch
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.alerting.sink import NotifierSink
 from dte_stream.connectors.file.source import FileSource
@@ -44,7 +44,6 @@ from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import SpecError
 from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter
-from dte_stream.sources import RawBatch, SourceBatch
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import (
@@ -58,8 +57,7 @@ from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.bank import BankUpdate, TwinBank
-from dte_stream.twins.batches import EstimateBatch, TypedBatch
-from dte_stream.twins.routing import Router, RouteResult, shard_key, shard_of
+from dte_stream.twins.routing import Router, RouteResult, TypedBatch, shard_key, shard_of
 
 NEVER = -(2**63)
 

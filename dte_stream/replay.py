@@ -27,12 +27,11 @@ import numpy as np
 import orjson
 import polars as pl
 
+from dte_stream.batches import EstimateBatch, SourceBatch
 from dte_stream.errors import ConfigError
 from dte_stream.readings import DeadLetter, ReadingBatch, check_reading
-from dte_stream.sources import SourceBatch
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.times import MAX_TIME_NS, MIN_TIME_NS, NS_PER_S, parse_time
-from dte_stream.twins.batches import EstimateBatch
 from dte_stream.twins.flags import FLAG_BITS
 
 __all__ = ["ReplayResult", "read_readings_csv", "replay", "replay_frame"]

@@ -16,13 +16,13 @@ import time
 
 import polars as pl
 
+from dte_stream.batches import DeadLetter
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.connectors.influxdb.serialise import join_lines
 from dte_stream.connectors.influxdb.transport import Transport
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
-from dte_stream.readings import DeadLetter
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.dead_letters import DeadLetterLog
 

@@ -7,7 +7,7 @@ The ``alerts`` table of the local store holds every alert event (:mod:`dte_strea
 dataflow polls with :func:`read_acks` so that its rule engine knows the alert was taken.
 
 >>> import tempfile
->>> from dte_stream.alerts.events import AlertEvent
+>>> from dte_stream.batches import AlertEvent
 >>> tmp = tempfile.TemporaryDirectory()
 >>> e = AlertEvent("p1/hot", "p1", "pump", "hot", "firing", "critical", 10**18, 10**18, "91 > 90")
 >>> _ = alerts_store(tmp.name).append("alerts", events_frame([e]))
@@ -34,8 +34,8 @@ from typing import Any, Literal
 import orjson
 import polars as pl
 
-from dte_stream.alerts.events import AlertEvent
 from dte_stream.alerts.log import ALERTS_SCHEMA, ALERTS_TABLE, events_frame
+from dte_stream.batches import AlertEvent
 from dte_stream.errors import ConfigError, StoreError
 from dte_stream.store.local import LocalStore
 from dte_stream.store.schema import TABLE_SCHEMAS
@@ -124,7 +124,7 @@ def check_ack_by(by: object) -> str:
 def check_alert_id(alert_id: object) -> str:
     """Return ``alert_id`` if it looks like an alert id, else raise :class:`ConfigError`.
 
-    Alert ids are ``TWIN_ID/RULE`` (:func:`dte_stream.alerts.events.alert_id`): printable text
+    Alert ids are ``TWIN_ID/RULE`` (:func:`dte_stream.batches.alert_id`): printable text
     of at most 512 characters.
     """
     if not isinstance(alert_id, str):

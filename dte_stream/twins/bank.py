@@ -27,17 +27,17 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent, EstimateBatch
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, format_time_ns
 from dte_stream.twins import flags as fl
 from dte_stream.twins.anomaly import AnomalyScorer
-from dte_stream.twins.batches import EstimateBatch, TypedBatch
 from dte_stream.twins.filters import FilterGroup, build_groups
 from dte_stream.twins.idindex import IdIndex
 from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
+from dte_stream.twins.routing import TypedBatch
 
 __all__ = ["SNAPSHOT_FORMAT", "BankUpdate", "SnapshotMismatchError", "TwinBank", "rounds_of"]
 

@@ -21,12 +21,33 @@ import orjson
 
 from dte_stream.readings import DeadLetter, ReadingBatch
 from dte_stream.spec.model import DataflowSpec
-from dte_stream.twins.batches import TypedBatch
 from dte_stream.twins.idindex import IdIndex
 
-__all__ = ["RouteResult", "Router", "shard_key", "shard_of"]
+__all__ = ["RouteResult", "Router", "TypedBatch", "shard_key", "shard_of"]
 
 _CACHE_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TypedBatch:
+    """Readings of one twin type, each with the index of its channel in the type's channels."""
+
+    twin_type: str
+    readings: ReadingBatch
+    channel_index: npt.NDArray[np.intp]
+
+    def __len__(self) -> int:
+        return len(self.readings)
+
+    @classmethod
+    def concat(cls, batches: list[TypedBatch]) -> TypedBatch:
+        if len(batches) == 1:
+            return batches[0]
+        return cls(
+            batches[0].twin_type,
+            ReadingBatch.concat([b.readings for b in batches]),
+            np.concatenate([b.channel_index for b in batches]),
+        )
 
 
 def shard_of(twin_id: str, shards: int) -> int:

@@ -1,41 +1,87 @@
-"""Batches that flow after routing: readings of one twin type, and the bank's estimates."""
+"""The data types that cross between the core and the connectors, in one module.
+
+Sources emit :class:`RawBatch` (payloads to decode) or :class:`SourceBatch` (readings);
+the twin shards emit :class:`EstimateBatch` (one row per reading applied, plus timer rows)
+and :class:`AlertEvent` (alert state changes); anything refused anywhere is a
+:class:`~dte_stream.readings.DeadLetter`. Connectors import these types from here and never
+from the kernel packages (``dte_stream.twins``, ``dte_stream.alerts``), so the kernels can
+change inside without touching a connector. :class:`~dte_stream.readings.ReadingBatch` and
+``DeadLetter`` are defined with the reading checks in :mod:`dte_stream.readings` and named
+here as well.
+
+>>> import numpy as np
+>>> b = EstimateBatch("pump", np.array(["p1"]), np.array(["temp"]), np.array([1_000]),
+...     np.array([20.5]), np.array(["Cel"]), np.array([20.4]), np.array([0.1]),
+...     np.array([0.1]), np.array([0.5]))
+>>> len(b), b.flag_column().tolist(), b.score_column().tolist()
+(1, [0], [nan])
+>>> e = AlertEvent("pump-1/overheat", "pump-1", "pump", "overheat", "firing", "critical",
+...                starts_ns=10**18, time_ns=10**18, message="temperature 97.5 > 95",
+...                labels={"site": "north"}, value=97.5)
+>>> e.to_json_dict()["labels"]
+{'site': 'north', 'alertname': 'overheat', 'twin_id': 'pump-1', 'twin_type': 'pump', 'severity': 'critical'}
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from dte_stream.readings import ReadingBatch
+from dte_stream.codecs.base import DecodeContext
+from dte_stream.readings import DeadLetter, ReadingBatch
+from dte_stream.times import format_time_ns
 
-__all__ = ["EstimateBatch", "TypedBatch"]
+__all__ = [
+    "AlertEvent",
+    "AlertState",
+    "DeadLetter",
+    "EstimateBatch",
+    "RawBatch",
+    "ReadingBatch",
+    "SourceBatch",
+    "alert_id",
+]
+
+
+# -- what sources emit ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class TypedBatch:
-    """Readings of one twin type, each with the index of its channel in the type's channels."""
+class SourceBatch:
+    """Readings from a source that already produces them (the simulator) or just decoded.
 
-    twin_type: str
+    ``twin_type`` is set when the source declares the type of all its readings.
+    """
+
+    source: str
     readings: ReadingBatch
-    channel_index: npt.NDArray[np.intp]
+    twin_type: str | None = None
 
-    def __len__(self) -> int:
-        return len(self.readings)
 
-    @classmethod
-    def concat(cls, batches: list[TypedBatch]) -> TypedBatch:
-        if len(batches) == 1:
-            return batches[0]
-        return cls(
-            batches[0].twin_type,
-            ReadingBatch.concat([b.readings for b in batches]),
-            np.concatenate([b.channel_index for b in batches]),
-        )
+@dataclass(frozen=True, slots=True, eq=False)
+class RawBatch:
+    """Payloads to decode with one codec: MQTT messages, Kafka records, chunks of a file.
+
+    Each payload has its own :class:`DecodeContext` (its topic, its receive time).
+    ``errors`` carries what the source itself refused before decoding (a topic that does not
+    fit its template, a Kafka record without a value, an oversize message): the dataflow
+    sends them to the dead-letter output with the decoder's own dead letters.
+    """
+
+    source: str
+    codec: str
+    payloads: list[tuple[bytes, DecodeContext]] = field(default_factory=list)
+    twin_type: str | None = None
+    errors: list[DeadLetter] = field(default_factory=list)
+
+
+# -- what twin shards emit --------------------------------------------------------------------
 
 
 def _no_flags() -> npt.NDArray[np.uint16]:
@@ -241,3 +287,69 @@ class EstimateBatch:
         if not parts:
             return None
         return pl.concat(parts).select("time", "twin_id", "twin_type", "channel", "output", "value")
+
+
+# -- alert events -----------------------------------------------------------------------------
+
+#: ``firing``: a new alert or a re-notification (``renotify``); ``resolved``: over;
+#: ``acknowledged``: someone took it (who and when in ``acked_by``/``time_ns``).
+AlertState = Literal["firing", "resolved", "acknowledged"]
+
+
+def alert_id(twin_id: str, rule: str) -> str:
+    """The id of the one alert a (twin, rule) pair can have."""
+    return f"{twin_id}/{rule}"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One state change of one alert."""
+
+    alert_id: str
+    twin_id: str
+    twin_type: str
+    rule: str
+    state: AlertState
+    severity: str
+    starts_ns: int  # when the condition began (firing since)
+    time_ns: int  # when this event happened
+    message: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    value: float | None = None  # the value that triggered or cleared it, when there is one
+    channel: str | None = None
+    ends_ns: int | None = None  # set on resolved
+    renotify: bool = False  # a reminder of an alert still firing
+    acked_by: str | None = None
+    sequence: int = 0  # per alert, increases with every event: receivers can drop repeats
+
+    def all_labels(self) -> dict[str, str]:
+        """The rule's labels plus alertname, twin_id, twin_type, severity (and channel)."""
+        out = dict(self.labels)
+        out.update(
+            alertname=self.rule, twin_id=self.twin_id, twin_type=self.twin_type, severity=self.severity
+        )
+        if self.channel:
+            out["channel"] = self.channel
+        return out
+
+    def to_json_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (times as RFC 3339 and ns): the webhook, MQTT and Kafka payload."""
+        return {
+            "alert_id": self.alert_id,
+            "state": self.state,
+            "rule": self.rule,
+            "twin_id": self.twin_id,
+            "twin_type": self.twin_type,
+            "severity": self.severity,
+            "channel": self.channel,
+            "message": self.message,
+            "value": self.value,
+            "labels": self.all_labels(),
+            "starts_at": format_time_ns(self.starts_ns),
+            "ends_at": format_time_ns(self.ends_ns) if self.ends_ns is not None else None,
+            "time": format_time_ns(self.time_ns),
+            "time_ns": self.time_ns,
+            "renotify": self.renotify,
+            "acked_by": self.acked_by,
+            "sequence": self.sequence,
+        }
