@@ -8,20 +8,29 @@ PY     := $(BIN)/python
 DATA   ?= dte-data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo services test test-unit test-integration lint typecheck check ci bench clean
+.PHONY: help install install-run demo services test test-unit test-integration lint typecheck check ci bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# The first install takes a few minutes: pip's own lines show what it fetches and builds.
 $(BIN)/dte-stream: pyproject.toml
+	@echo "make: installing dte-stream into $(VENV) (a few minutes the first time; pip shows its progress)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --progress-bar on -e '.[plots]'
 	@touch $@
 
-install: $(BIN)/dte-stream ## create .venv and install dte-stream with its dev tools
+$(VENV)/.dev-tools: $(BIN)/dte-stream
+	@echo "make: installing the test and lint tools into $(VENV)"
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
+	@touch $@
 
-demo: install ## run the demo for 30 s (simulator -> twin bank -> local store), then query it and its alerts
+install: $(VENV)/.dev-tools ## create .venv and install dte-stream with its dev tools
+
+install-run: $(BIN)/dte-stream ## create .venv and install dte-stream alone (what the demo needs)
+
+demo: install-run ## run the demo for 30 s (simulator -> twin bank -> local store), then query it and its alerts
 	$(BIN)/dte-stream demo --twins 100 --duration 30 --data-dir $(DATA)
 	$(BIN)/dte-stream query --data-dir $(DATA) --twin pump-0000 --limit 10
 	$(BIN)/dte-stream alerts list --data-dir $(DATA)

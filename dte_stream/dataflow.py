@@ -43,8 +43,11 @@ from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaS
 from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSpec, SimulatorSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
+from dte_stream.times import now_ns
 from dte_stream.twins.routing import Router, RouteResult, TypedBatch
 from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
+from dte_stream.view.hub import ViewHub
+from dte_stream.view.publisher import ViewPublisher
 
 __all__ = ["build_flow", "recovery_config", "run_flow"]
 
@@ -53,29 +56,54 @@ EpochHook = Callable[[TwinShard], None]
 
 
 class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
-    """Bytewax keyed state of one shard: each Bytewax call is one :class:`TwinShard` call."""
+    """Bytewax keyed state of one shard: each Bytewax call is one :class:`TwinShard` call.
 
-    def __init__(self, shard: TwinShard, on_epoch: EpochHook | None) -> None:
+    Besides, it hands every update to the shard's twin view publishers (:mod:`dte_stream.view`,
+    one per twin type; they pace their own writes) and forces a write at each epoch's end.
+    """
+
+    def __init__(self, shard: TwinShard, view: ViewHub | None, on_epoch: EpochHook | None) -> None:
         self.shard = shard
+        self.view = view
+        self.publishers: dict[str, ViewPublisher] = {}
         self.on_epoch = on_epoch
+        if view is not None:
+            shard.on_evicted = self._evicted
 
     def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[ShardUpdate], bool]:
-        return [self.shard.on_batch(values)], StatefulBatchLogic.RETAIN
+        return self._published(self.shard.on_batch(values)), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[ShardUpdate], bool]:
-        return [self.shard.on_timer()], StatefulBatchLogic.RETAIN
+        return self._published(self.shard.on_timer()), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[ShardUpdate], bool]:
-        return [self.shard.on_eof()], StatefulBatchLogic.RETAIN
+        return self._published(self.shard.on_eof()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        due = self.shard.next_due()
-        return None if due is None else datetime.fromtimestamp(due / 1e9, tz=UTC)
+        due = [d for d in (self.shard.next_due(), *(p.due_ns() for p in self.publishers.values())) if d]
+        return datetime.fromtimestamp(min(due) / 1e9, tz=UTC) if due else None
 
     def snapshot(self) -> dict[str, Any]:
+        self._published(ShardUpdate(), force=True)
         if self.on_epoch is not None:
             self.on_epoch(self.shard)
         return self.shard.snapshot()
+
+    def _published(self, update: ShardUpdate, *, force: bool = False) -> list[ShardUpdate]:
+        if self.view is not None:
+            for twin_type, bank_update in update.per_type().items():
+                if twin_type not in self.publishers:
+                    self.publishers[twin_type] = self.view.publisher()
+                self.publishers[twin_type].note(bank_update)
+            for twin_type, publisher in self.publishers.items():
+                bank, engine = self.shard.banks[twin_type], self.shard.alert_engines.get(twin_type)
+                publisher.publish(bank, engine, now_ns(), force=force)
+        return [update]
+
+    def _evicted(self, twin_type: str, twin_ids: list[str]) -> None:
+        publisher = self.publishers.get(twin_type)
+        if publisher is not None:
+            publisher.evicted(twin_ids)
 
 
 def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
@@ -143,9 +171,10 @@ def build_flow(
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
+    view = ViewHub(spec) if outputs is None else None  # tests and replays leave the view alone
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
-        return _ShardLogic(TwinShard.restore(spec, None, resume, clock=clock, acks=acks), on_epoch)
+        return _ShardLogic(TwinShard.restore(spec, None, resume, clock=clock, acks=acks), view, on_epoch)
 
     updates = op.stateful_batch("twin_bank", keyed, shard_logic)
     keyed_batches = op.flat_map("estimate_batches", updates, _keyed_estimates)

@@ -1118,8 +1118,23 @@ def _names(args: list[str], default_all: bool) -> list[str]:
     return args
 
 
+def dataflow_env(service: Service) -> dict[str, str]:
+    """What the ready dataflows (``dataflows/*.yaml``) read to find this server.
+
+    Printed beside the tests' ``DTE_TEST_*`` variables, so that one
+    ``eval "$(devservices.py start ...)"`` points both the tests and ``dte-stream run`` at it.
+    """
+    if service.name == "mosquitto":
+        return {"DTE_MQTT_URL": service.url}
+    if service.name == "kafka":
+        return {"DTE_KAFKA_BOOTSTRAP": service.url}
+    if service.name == "influxdb":
+        return {"DTE_INFLUXDB_URL": service.url, "DTE_INFLUXDB_DATABASE": "dte"}
+    return {}
+
+
 def _print_env(service: Service) -> None:
-    for key, value in service.env().items():
+    for key, value in {**service.env(), **dataflow_env(service)}.items():
         print(f"export {key}={value}")
 
 

@@ -6,6 +6,7 @@ Examples::
     dte-stream alerts list --data-dir ./data --state firing --format json
     dte-stream alerts list --data-dir ./data --twin pump-1
     dte-stream alerts ack --data-dir ./data pump-1/overheat --by ana
+    dte-stream alerts ack --data-dir ./data --firing --twin pump-1 --by ana   # all it has firing
 
 ``ack`` records the acknowledgement in the ``alerts`` table and tells a running dataflow
 (``DATA_DIR/alert_acks.jsonl``), so it stops re-notifying.
@@ -83,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     ack = actions.add_parser(
         "ack",
-        help="acknowledge a firing alert",
+        help="acknowledge a firing alert (or every one with --firing)",
         description=(
             "Record that someone took a firing alert: an acknowledged event in the alerts table, "
             "and a line a running dataflow reads so that it stops re-notifying."
@@ -91,8 +92,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _data_dir_argument(ack)
     ack.add_argument(
-        "alert_id", metavar="ID", help="the alert id, TWIN_ID/RULE (see `dte-stream alerts list`)"
+        "alert_id",
+        metavar="ID",
+        nargs="?",
+        help="the alert id, TWIN_ID/RULE (see `dte-stream alerts list`); or --firing",
     )
+    ack.add_argument(
+        "--firing",
+        action="store_true",
+        help="every firing alert that nobody has acknowledged yet (with --twin: of that twin)",
+    )
+    ack.add_argument("--twin", metavar="ID", help="with --firing: only the alerts of this twin id")
     ack.add_argument("--by", metavar="NAME", help="who takes the alert (default: $USER, else 'cli')")
     ack.set_defaults(handler=run_ack)
 
@@ -151,6 +161,24 @@ def _nothing(args: argparse.Namespace) -> str:
 def run_ack(args: argparse.Namespace) -> int:
     """Run ``dte-stream alerts ack``; raises :class:`~dte_stream.errors.DteStreamError` when refused."""
     by = args.by if args.by is not None else default_ack_by()
-    event = acknowledge(args.data_dir, args.alert_id, by)
-    print(f"acknowledged {event.alert_id} by {event.acked_by} at {format_time_ns(event.time_ns)}")
+    if args.firing == (args.alert_id is not None):
+        raise ConfigError("name one alert id, or --firing for every unacknowledged firing alert")
+    if args.twin is not None and not args.firing:
+        raise ConfigError("--twin goes with --firing; an alert id already names its twin")
+    if args.alert_id is not None:
+        ids = [args.alert_id]
+    else:
+        firing = alert_table(args.data_dir, "firing", twin_id=args.twin).filter(pl.col("acked_by").is_null())
+        ids = firing["alert_id"].to_list()
+        if not ids:
+            print(_nothing_to_ack(args), file=sys.stderr)
+            return 0
+    for alert_id in ids:
+        event = acknowledge(args.data_dir, alert_id, by)
+        print(f"acknowledged {event.alert_id} by {event.acked_by} at {format_time_ns(event.time_ns)}")
     return 0
+
+
+def _nothing_to_ack(args: argparse.Namespace) -> str:
+    of_twin = f" of twin {args.twin!r}" if args.twin is not None else ""
+    return f"no unacknowledged firing alerts{of_twin} in {args.data_dir}: nothing to acknowledge"

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dte-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from dte_stream.cli import alerts, query, replay, run, simulate, validate
+    from dte_stream.cli import alerts, query, replay, run, simulate, token, validate, whatif
 
     run.add_parsers(sub)
     validate.add_parser(sub)
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     replay.add_parser(sub)
     alerts.add_parser(sub)
+    token.add_parser(sub)
+    whatif.add_parser(sub)
     return parser
 
 

@@ -23,14 +23,14 @@ with :meth:`restore` (both in :mod:`dte_stream.twins.checkpoint`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from dte_stream.batches import EstimateBatch
+from dte_stream.batches import AlertEvent, EstimateBatch
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, format_time_ns
@@ -85,10 +85,15 @@ def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
 
 @dataclass(frozen=True, slots=True)
 class BankUpdate:
-    """What one micro-batch produced: output rows and the readings refused as too late."""
+    """What one micro-batch produced: output rows, readings refused as too late, and alert events.
+
+    The bank itself never sets ``alerts``; the shard's alert engines do, and the twin view
+    notes updates of one twin type with their events in this shape.
+    """
 
     estimates: EstimateBatch
     rejected: list[DeadLetter]
+    alerts: list[AlertEvent] = field(default_factory=list)
 
 
 class TwinBank:

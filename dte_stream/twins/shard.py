@@ -68,7 +68,7 @@ from dte_stream.metrics import METRICS
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, now_ns
-from dte_stream.twins.bank import TwinBank
+from dte_stream.twins.bank import BankUpdate, TwinBank
 from dte_stream.twins.routing import TypedBatch, shard_key, shard_of
 from dte_stream.twins.state_view import twin_states
 
@@ -149,6 +149,21 @@ class ShardUpdate:
         """Estimate rows, timer rows included."""
         return sum(len(b) for b in self.estimates)
 
+    def per_type(self) -> dict[str, BankUpdate]:
+        """The update split by twin type (estimates and alert events of each; refused readings not)."""
+        batches: dict[str, list[EstimateBatch]] = {}
+        for b in self.estimates:
+            batches.setdefault(b.twin_type, []).append(b)
+        events: dict[str, list[AlertEvent]] = {}
+        for e in self.alerts:
+            events.setdefault(e.twin_type, []).append(e)
+        return {
+            t: BankUpdate(
+                EstimateBatch.concat(batches[t]) if t in batches else _no_rows(t), [], events.get(t, [])
+            )
+            for t in sorted({*batches, *events})
+        }
+
 
 class TwinShard:
     """The twins of one shard, every twin type; see the module docstring for the calls and clocks.
@@ -180,6 +195,8 @@ class TwinShard:
         self.next_eviction = NEVER
         self.next_ack_poll = 0
         self._alert_twins: dict[str, set[str]] = {}  # twins whose alerts changed, for the view
+        #: Called with (twin type, twin ids) when idle twins are evicted (the twin view drops them).
+        self.on_evicted: Callable[[str, list[str]], None] | None = None
 
     # -- the six calls ------------------------------------------------------------------------
 
@@ -413,6 +430,8 @@ class TwinShard:
             evicted = bank.evict_idle(now)
             if evicted:
                 METRICS.add("twins_evicted", len(evicted))
+                if self.on_evicted is not None:
+                    self.on_evicted(twin_type, evicted)
                 engine = self.alert_engines.get(twin_type)
                 if engine is not None:
                     engine.forget(evicted)
@@ -433,6 +452,12 @@ def _declared(spec: DataflowSpec, twin_type: str) -> TwinTypeSpec:
                 "declare; restore it in the spec or use a fresh --recovery-dir"
             ],
         ) from None
+
+
+def _no_rows(twin_type: str) -> EstimateBatch:
+    """An estimate batch without rows (an update that only carries alert events)."""
+    f, t = np.empty(0), np.empty(0, dtype=np.str_)
+    return EstimateBatch(twin_type, t, t, np.empty(0, dtype=np.int64), f, t, f, f, f, f)
 
 
 def _merge(a: ShardUpdate, b: ShardUpdate) -> ShardUpdate:

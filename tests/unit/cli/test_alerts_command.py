@@ -346,6 +346,45 @@ def test_ack_refusals(data_dir: Path, capsys: pytest.CaptureFixture[str], alert:
     assert not (data_dir / ACKS_FILE).exists()
 
 
+def test_ack_firing_takes_every_unacknowledged_firing_alert(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(["alerts", "ack", "--data-dir", str(data_dir), "--firing", "--by", "ana"], capsys)
+    assert (code, err) == (0, "")
+    # pump-1/overheat and pump-3/overheat (its new episode); pump-2's is taken, pump-1/dry resolved
+    acked = sorted(line.split()[1] for line in out.splitlines())
+    assert acked == ["pump-1/overheat", "pump-3/overheat"]
+    table = alert_table(data_dir, "firing")
+    assert set(table["acked_by"].to_list()) == {"ana"}  # pump-2's stays ana's, the others are now hers
+    code, out, err = cli(["alerts", "ack", "--data-dir", str(data_dir), "--firing", "--by", "ana"], capsys)
+    assert (code, out) == (0, "")
+    assert "nothing to acknowledge" in err
+
+
+def test_ack_firing_of_one_twin(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["alerts", "ack", "--data-dir", str(data_dir), "--firing", "--twin", "pump-3", "--by", "bo"]
+    code, out, _ = cli(argv, capsys)
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines()] == ["pump-3/overheat"]
+    assert alert_table(data_dir, "firing", twin_id="pump-1")["acked_by"].to_list() == [None]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "name one alert id, or --firing"),
+        (["pump-1/overheat", "--firing"], "name one alert id, or --firing"),
+        (["pump-1/overheat", "--twin", "pump-1"], "--twin goes with --firing"),
+    ],
+)
+def test_ack_needs_an_id_or_firing(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = cli(["alerts", "ack", "--data-dir", str(data_dir), *argv], capsys)
+    assert (code, out) == (2, "")
+    assert message in err
+
+
 def test_ack_twice_refuses_the_second(data_dir: Path) -> None:
     acknowledge(data_dir, "pump-3/overheat", "ana", now_ns=T0 + 40 * S)
     with pytest.raises(ConfigError, match=r"already acknowledged by 'ana' at 2026-01-02T00:00:40"):

@@ -1,0 +1,164 @@
+"""What the twin view and the HTTP API cost a dataflow running at full speed, and their latency.
+
+Three configurations of ``dte-stream demo --twins N --rate 0`` (simulated pumps as fast as
+possible, 4 shards, one worker), each run for ``--seconds`` and repeated ``--rounds`` times,
+interleaved so that the shared machine's load hits them alike:
+
+- ``no-view``: the dataflow with the twin view switched off (the baseline);
+- ``view``: the dataflow as shipped: shards publish the twin view;
+- ``view+api``: also ``--http``, with a client sending ``--rps`` requests per second, half twin
+  lists (``GET /api/v1/twins?limit=100&offset=random``) and half twin details
+  (``GET /api/v1/twins/pump-XXXX``, a random twin), timing each.
+
+Prints readings/s per configuration (median of the rounds) and the p50/p99 latency of list and
+detail, and the cost of the view and the API as the throughput lost against the baseline.
+
+    python benchmarks/bench_api.py --twins 10000 --seconds 30 --rounds 2 --rps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+PY = sys.executable
+# The baseline switches the view off inside the demo process (the benchmark's only hook).
+NO_VIEW = (
+    "import sys, dte_stream.dataflow as d; d.ViewHub = lambda spec: None; "
+    "from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+WITH_VIEW = "import sys; from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
+RATE = re.compile(r"([\d,]+) readings processed \(([\d,]+) readings/s\)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_args(twins: int, seconds: float, data_dir: Path) -> list[str]:
+    return ["demo", "--twins", str(twins), "--rate", "0", "--duration", str(seconds),
+            "--data-dir", str(data_dir), "--quiet"]  # fmt: skip
+
+
+def parse_rate(stderr: str) -> float:
+    match = RATE.search(stderr)
+    if match is None:
+        raise RuntimeError(f"no throughput in the demo's output:\n{stderr[-2000:]}")
+    return float(match.group(2).replace(",", ""))
+
+
+def run_plain(code: str, twins: int, seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([PY, "-c", code, *demo_args(twins, seconds, Path(tmp))],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return parse_rate(out.stderr)
+
+
+def run_with_api(twins: int, seconds: float, rps: float) -> tuple[float, list[float], list[float]]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        token = subprocess.run(
+            [PY, "-c", WITH_VIEW, "token", "create", "--name", "bench", "--scope", "read", "--data-dir", tmp],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        proc = subprocess.Popen(
+            [PY, "-c", WITH_VIEW, *demo_args(twins, seconds, data), "--http", f"127.0.0.1:{port}"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lists: list[float] = []
+        details: list[float] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            rng = random.Random(1)
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=10) as client:
+                while not stop.is_set():
+                    try:
+                        client.get("/healthz")
+                        break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+                k = 0
+                next_at = time.monotonic()
+                while not stop.is_set():
+                    k += 1
+                    start = time.perf_counter()
+                    try:
+                        if k % 2:
+                            r = client.get(
+                                "/api/v1/twins", params={"limit": 100, "offset": rng.randrange(twins)}
+                            )
+                            target = lists
+                        else:
+                            r = client.get(f"/api/v1/twins/pump-{rng.randrange(twins):04d}")
+                            target = details
+                    except httpx.HTTPError:
+                        break  # the demo ended
+                    if r.status_code == 200:
+                        target.append(time.perf_counter() - start)
+                    next_at += 1.0 / rps
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        _, err = proc.communicate()
+        stop.set()
+        thread.join(15)
+        if proc.returncode != 0:
+            raise RuntimeError(f"demo --http failed:\n{err[-2000:]}")
+        return parse_rate(err), lists, details
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return 1000 * s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--twins", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rps", type=float, default=20.0, help="API requests per second during view+api")
+    args = parser.parse_args()
+    rates: dict[str, list[float]] = {"no-view": [], "view": [], "view+api": []}
+    lists: list[float] = []
+    details: list[float] = []
+    for r in range(args.rounds):
+        rates["no-view"].append(run_plain(NO_VIEW, args.twins, args.seconds))
+        rates["view"].append(run_plain(WITH_VIEW, args.twins, args.seconds))
+        rate, lat_list, lat_detail = run_with_api(args.twins, args.seconds, args.rps)
+        rates["view+api"].append(rate)
+        lists += lat_list
+        details += lat_detail
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
+    base = statistics.median(rates["no-view"])
+    print(f"\n{args.twins:,} twins, demo at full speed for {args.seconds:g} s, {args.rounds} rounds (median)")
+    for name, values in rates.items():
+        med = statistics.median(values)
+        print(f"  {name:<9} {med:>12,.0f} readings/s  ({100 * (med / base - 1):+.1f} % vs no-view)")
+    print(f"  API at {args.rps:g} requests/s: twin list (100 rows) p50 {pct(lists, 0.5):.1f} ms, "
+          f"p99 {pct(lists, 0.99):.1f} ms ({len(lists)} requests); "
+          f"twin detail p50 {pct(details, 0.5):.1f} ms, "
+          f"p99 {pct(details, 0.99):.1f} ms ({len(details)} requests)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The API under ``/api/v1/``: twins, history, alerts, what-if, and live updates (SSE).
+
+Every route reads the twin view (:mod:`dte_stream.view`) or the stores of the data directory,
+never a running dataflow; acknowledgements go through :func:`dte_stream.alerts.store.acknowledge`
+like ``dte-stream alerts ack``. Scopes: ``read`` for everything that looks, ``operate`` to
+acknowledge and simulate. Times are int64 nanoseconds since the epoch (UTC); durations and ages
+are seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Annotated, Any, Literal
+
+import polars as pl
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from dte_stream.alerts.store import acknowledge, alert_table
+from dte_stream.api import live
+from dte_stream.api.auth import require
+from dte_stream.api.state import ApiState
+from dte_stream.api.tokens import TokenInfo
+from dte_stream.errors import ConfigError, StoreError
+from dte_stream.spec.twins import TwinTypeSpec
+from dte_stream.store.local import LocalStore
+from dte_stream.times import NS_PER_S, now_ns
+from dte_stream.view.records import alert_row
+from dte_stream.view.store import TwinQuery
+from dte_stream.whatif import Scenario, simulate
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+
+Reader = Annotated[TokenInfo, Depends(require("read"))]
+Operator = Annotated[TokenInfo, Depends(require("operate"))]
+TwinId = Annotated[str, Path(min_length=1, max_length=256, description="the twin's id")]
+_MAX_LABELS = 16
+_AlertFilter = Literal["firing", "resolved", "all"]
+
+
+def _ctx(request: Request) -> ApiState:
+    ctx: ApiState = request.app.state.dte
+    return ctx
+
+
+def _store_error(exc: StoreError) -> HTTPException:
+    return HTTPException(503, f"the data directory cannot be read: {exc}")
+
+
+# -- twins ---------------------------------------------------------------------------------------
+
+
+class TwinSummary(BaseModel):
+    """A twin in a list: what to filter and sort by."""
+
+    twin_id: str
+    twin_type: str
+    labels: dict[str, str]
+    last_seen_ns: int | None
+    age_s: float | None = Field(description="seconds since the twin's latest reading")
+    updated_ns: int
+    alert_state: Literal["firing", "pending", "ok"]
+    anomaly_score: float | None
+
+
+class TwinList(BaseModel):
+    """One page of twins."""
+
+    total: int = Field(description="twins matching the filters, in all")
+    limit: int
+    offset: int
+    twins: list[TwinSummary]
+
+
+def _age(time_ns: int | None, now: int) -> float | None:
+    return None if time_ns is None else (now - time_ns) / NS_PER_S
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    if len(items) > _MAX_LABELS:
+        raise HTTPException(422, f"at most {_MAX_LABELS} label filters")
+    out = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise HTTPException(422, f"label filter {item[:80]!r}: write KEY:VALUE")
+        out[key] = value
+    return out
+
+
+@router.get("/twins", response_model=TwinList, tags=["twins"])
+def list_twins(
+    request: Request,
+    _: Reader,
+    twin_type: Annotated[str | None, Query(alias="type", max_length=128)] = None,
+    label: Annotated[list[str], Query(max_length=256, description="KEY:VALUE, repeatable")] = [],  # noqa: B006
+    alert_state: Literal["firing", "pending", "ok"] | None = None,
+    search: Annotated[str | None, Query(max_length=256, description="part of the twin id")] = None,
+    seen_within: Annotated[float | None, Query(gt=0, le=1e9, description="seconds: fresh twins")] = None,
+    silent_for: Annotated[float | None, Query(gt=0, le=1e9, description="seconds: stale twins")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> TwinList:
+    """Twins from the view, filtered by type, labels, alert state, id and freshness; paged by id."""
+    now = now_ns()
+    query = TwinQuery(
+        twin_type, _labels(label), alert_state, search, seen_within, silent_for, now, limit, offset
+    )
+    try:
+        page = _ctx(request).view.list_twins(query)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    twins = [TwinSummary(**t, age_s=_age(t["last_seen_ns"], now)) for t in page.twins]
+    return TwinList(total=page.total, limit=limit, offset=offset, twins=twins)
+
+
+def _twin(ctx: ApiState, twin_id: str) -> dict[str, Any]:
+    try:
+        record = ctx.view.get_twin(twin_id)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    if record is None:
+        raise HTTPException(404, f"no twin {twin_id!r} in the view (GET /api/v1/twins lists them)")
+    return record
+
+
+def with_ages(record: dict[str, Any], now: int) -> dict[str, Any]:
+    """The record with ``age_s`` of the twin and of each channel's latest reading."""
+    record["age_s"] = _age(record.get("last_seen_ns"), now)
+    for channel in record.get("channels", {}).values():
+        channel["age_s"] = _age(channel.get("time_ns"), now)
+    return record
+
+
+@router.get("/twins/{twin_id}", tags=["twins"])
+def get_twin(request: Request, _: Reader, twin_id: TwinId) -> dict[str, Any]:
+    """One twin: latest readings, estimates with std and age, flags, scores, alerts, filter states."""
+    return with_ages(_twin(_ctx(request), twin_id), now_ns())
+
+
+@router.get("/twins/{twin_id}/history", tags=["twins"])
+def twin_history(
+    request: Request,
+    _: Reader,
+    twin_id: TwinId,
+    channel: Annotated[str | None, Query(max_length=256)] = None,
+    since: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: an hour back")] = None,
+    until: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: now")] = None,
+    points: Annotated[int, Query(ge=2, le=5000, description="at most this many points per channel")] = 500,
+) -> dict[str, Any]:
+    """A twin's readings and estimates from the local store, downsampled to ``points`` buckets.
+
+    Each bucket gives its first time, the mean, min and max reading, the mean estimate and std,
+    the highest anomaly score and the flags of any reading (bitwise or).
+    """
+    ctx = _ctx(request)
+    end = until if until is not None else now_ns() + NS_PER_S
+    start = since if since is not None else end - 3600 * NS_PER_S
+    if start >= end:
+        raise HTTPException(422, "since must be before until")
+    store = LocalStore(ctx.data_dir)
+    if "readings" not in store.tables():
+        return {"twin_id": twin_id, "since": start, "until": end, "channels": {}}
+    try:
+        frame = store.scan(
+            "readings", twin_id=twin_id, channel=channel, since_ns=start, until_ns=end
+        ).collect()
+    except (StoreError, pl.exceptions.PolarsError) as exc:
+        raise HTTPException(503, f"the local store cannot be read: {str(exc).splitlines()[0]}") from None
+    width = max(1, math.ceil((end - start) / points))
+    out: dict[str, Any] = {}
+    if frame.height:
+        binned = (
+            frame.with_columns(pl.col("time").dt.epoch("ns").alias("t"))
+            .with_columns(((pl.col("t") - start) // width).alias("bucket"))
+            .group_by("channel", "bucket")
+            .agg(
+                pl.col("t").min().alias("time_ns"),
+                pl.col("value").mean().alias("value"),
+                pl.col("value").min().alias("min"),
+                pl.col("value").max().alias("max"),
+                pl.col("estimate").mean().alias("estimate"),
+                pl.col("std").mean().alias("std"),
+                pl.col("anomaly_score").max().alias("anomaly_score"),
+                pl.col("flags").fill_null(0).cast(pl.Int64).alias("flags_list"),
+                pl.len().alias("readings"),
+            )
+            .with_columns(
+                pl.col("flags_list").list.eval(pl.element().bitwise_or()).list.first().alias("flags")
+            )
+            .drop("flags_list", "bucket")
+            .sort("channel", "time_ns")
+        )
+        for name, part in binned.partition_by("channel", as_dict=True).items():
+            cols = part.drop("channel").fill_nan(None)
+            out[str(name[0])] = {c: cols[c].to_list() for c in cols.columns}
+    return {"twin_id": twin_id, "since": start, "until": end, "bucket_ns": width, "channels": out}
+
+
+# -- what-if -----------------------------------------------------------------------------------------
+
+
+class ScenarioBody(BaseModel):
+    """Assumptions over the horizon (seconds from the start)."""
+
+    model_config = ConfigDict(extra="forbid")
+    controls: dict[str, list[tuple[float, float]]] = Field(
+        default_factory=dict, description="control channel -> [[at_s, value], ...] (held from each time)"
+    )
+    hold: dict[str, float] = Field(
+        default_factory=dict, description="observed channel -> value read every step"
+    )
+    silent: dict[str, float] = Field(default_factory=dict, description="sensor -> at_s it stops reporting")
+
+
+class SimulateBody(BaseModel):
+    """A what-if request."""
+
+    model_config = ConfigDict(extra="forbid")
+    horizon: float = Field(3600.0, gt=0, le=30 * 86400, description="seconds to look ahead")
+    step: float = Field(60.0, gt=0, le=86400, description="seconds between points")
+    samples: int = Field(500, ge=1, le=10_000, description="sampled trajectories")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    scenario: ScenarioBody = Field(default_factory=ScenarioBody)
+
+
+def twin_type_spec(ctx: ApiState, name: str) -> TwinTypeSpec:
+    """The twin type as the dataflow declared it (stored in the view)."""
+    spec = ctx.view.types().get(name)
+    if spec is None:
+        raise HTTPException(409, f"twin type {name!r} is not in the view: run its dataflow once")
+    return TwinTypeSpec.model_validate(spec)
+
+
+@router.post("/twins/{twin_id}/simulate", tags=["what-if"])
+def simulate_twin(
+    request: Request, _: Operator, twin_id: TwinId, body: Annotated[SimulateBody, Body()]
+) -> dict[str, Any]:
+    """What-if from the twin's current state in the view: bands of every state and channel, and the
+    probability and time (median, 90th percentile) of each threshold alert rule firing."""
+    ctx = _ctx(request)
+    record = _twin(ctx, twin_id)
+    spec = twin_type_spec(ctx, record["twin_type"])
+    s = body.scenario
+    try:
+        result = simulate(
+            spec, record, horizon_s=body.horizon, step_s=body.step, samples=body.samples, seed=body.seed,
+            scenario=Scenario(s.controls, s.hold, s.silent),
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return result.to_json_dict()
+
+
+# -- alerts --------------------------------------------------------------------------------------------
+
+
+@router.get("/alerts", tags=["alerts"])
+def list_alerts(
+    request: Request,
+    _: Reader,
+    state: _AlertFilter = "all",
+    twin_id: Annotated[str | None, Query(max_length=256)] = None,
+    rule: Annotated[str | None, Query(max_length=128)] = None,
+    severity: Literal["info", "warning", "critical"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    """The current state of each alert (from the alert log): firing first, then the newest."""
+    ctx = _ctx(request)
+    if not ctx.data_dir.is_dir():
+        return {"total": 0, "limit": limit, "offset": offset, "alerts": []}
+    try:
+        table = alert_table(ctx.data_dir, state, twin_id=twin_id)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    if rule is not None:
+        table = table.filter(pl.col("rule") == rule)
+    if severity is not None:
+        table = table.filter(pl.col("severity") == severity)
+    times = [c for c, t in table.schema.items() if isinstance(t, pl.Datetime)]
+    page = (
+        table.slice(offset, limit)
+        .with_columns([pl.col(c).dt.epoch("ns").alias(f"{c}_ns") for c in times])
+        .drop(times)
+    )
+    return {"total": table.height, "limit": limit, "offset": offset, "alerts": page.fill_nan(None).to_dicts()}
+
+
+@router.post("/alerts/{alert_id:path}/ack", tags=["alerts"])
+def ack_alert(request: Request, token: Operator, alert_id: str) -> dict[str, Any]:
+    """Acknowledge a firing alert; recorded with the token's name (like ``dte-stream alerts ack``)."""
+    ctx = _ctx(request)
+    try:
+        event = acknowledge(ctx.data_dir, alert_id, by=token.name)
+    except ConfigError as exc:
+        text = str(exc)
+        raise HTTPException(404 if text.startswith("unknown alert") else 409, text) from None
+    except StoreError as exc:
+        raise HTTPException(404 if "no data directory" in str(exc) else 503, str(exc)) from None
+    row = alert_row(event)
+    with contextlib.suppress(StoreError):  # the ack is recorded; the view catches up from the dataflow
+        ctx.view.put_alerts([dict(row)])
+    return row
+
+
+# -- live updates ----------------------------------------------------------------------------------------
+
+
+@router.get(
+    "/twins/{twin_id}/events",
+    tags=["live"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
+def twin_events(request: Request, _: Reader, twin_id: TwinId) -> StreamingResponse:
+    """Server-Sent Events: ``twin`` with the twin's record now and whenever the view changes it."""
+    ctx = _ctx(request)
+    _twin(ctx, twin_id)
+    return live.stream(request, live.twin_updates(ctx, twin_id, with_ages))
+
+
+@router.get(
+    "/alerts/events",
+    tags=["live"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
+def alert_events(
+    request: Request,
+    _: Reader,
+    after: Annotated[
+        int | None, Query(ge=0, description="send changes after this seq (the events' id)")
+    ] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: ``alert`` with an alert's latest state each time it changes."""
+    ctx = _ctx(request)
+    last = request.headers.get("last-event-id")
+    start = after if after is not None else int(last) if last and last.isdigit() else None
+    return live.stream(request, live.alert_updates(ctx, start))
+
+
+@router.get("/twin-types", tags=["twins"])
+def twin_types(request: Request, _: Reader) -> dict[str, Any]:
+    """The twin types the dataflows declared: channels, models and alert rules."""
+    return {"twin_types": list(_ctx(request).view.types().values())}

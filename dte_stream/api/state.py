@@ -1,0 +1,35 @@
+"""What the API routes share at run time (``app.state.dte``): data dir, twin view, tokens, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dte_stream.api.tokens import TokenFile, default_tokens_path
+from dte_stream.view.store import TwinView
+
+__all__ = ["ApiState"]
+
+
+@dataclass
+class ApiState:
+    """The API's view of one data directory.
+
+    ``poll_s`` is how often live streams look at the view for changes (one indexed integer
+    read); ``max_body`` bounds request bodies (413 beyond); ``cors_origins`` lists the web
+    origins allowed to call the API from a browser (none by default).
+    """
+
+    data_dir: Path
+    tokens: TokenFile
+    view: TwinView
+    poll_s: float = 0.1
+    max_body: int = 64 * 1024
+    heartbeat_s: float = 15.0
+    cors_origins: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, data_dir: Path, tokens_path: Path | None = None, **options: object) -> ApiState:
+        """The context of ``data_dir`` (its view is created if missing)."""
+        tokens = TokenFile(tokens_path if tokens_path is not None else default_tokens_path(data_dir))
+        return cls(data_dir, tokens, TwinView.open(data_dir), **options)  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""The twin state view: records from a real twin bank and alert engine, the SQLite file, pacing."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dte_stream.alerts.rules import AlertEngine
+from dte_stream.readings import ReadingBatch
+from dte_stream.spec.twins import TwinTypeSpec
+from dte_stream.twins.bank import BankUpdate, TwinBank
+from dte_stream.twins.routing import TypedBatch
+from dte_stream.view import AlertQuery, TwinQuery, TwinView, ViewCollector, ViewPublisher
+
+S = 10**9
+
+ROOM = TwinTypeSpec.model_validate(
+    {
+        "name": "room",
+        "channels": {"temp": {"unit": "degC"}, "heater": {}, "humidity": {"unit": "%"}},
+        "models": [
+            {
+                "name": "air",
+                "preset": {"model": "thermal", "tau": 600, "noise": 0.001, "measurement_noise": 0.04},
+                "observes": ["temp"],
+                "controls": ["heater"],
+            }
+        ],
+        "alerts": {"rules": [{"kind": "threshold", "name": "hot", "channels": ["temp"], "above": 30}]},
+    }
+)
+
+
+def feed(bank: TwinBank, engine: AlertEngine, rows: list[tuple[str, str, int, float]]) -> BankUpdate:
+    ids, chans, times, values = zip(*rows, strict=True)
+    rb = ReadingBatch.from_columns(list(ids), list(chans), list(times), list(values))
+    index = np.array([bank.channels.index(c) for c in chans])
+    update = bank.update(TypedBatch("room", rb, index), now_ns=max(times))
+    events = engine.update(update.estimates, max(times))
+    return BankUpdate(update.estimates, update.rejected, events)
+
+
+def test_records_carry_state_estimates_and_alerts(tmp_path: Path) -> None:
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    collector = ViewCollector()
+    collector.note(
+        feed(
+            bank,
+            engine,
+            [
+                ("r1", "heater", 0, 25.0),
+                ("r1", "temp", S, 20.0),
+                ("r2", "temp", S, 35.0),
+                ("r2", "humidity", 2 * S, 40.0),
+            ],
+        )
+    )
+    records, alerts = collector.records(bank, engine, labels={"site": "north"})
+    by_id = {r["twin_id"]: r for r in records}
+    assert sorted(by_id) == ["r1", "r2"]
+    r1 = by_id["r1"]
+    (air,) = [m for m in r1["models"] if m["group"] == "air"]
+    assert air["channels"] == ["temp"]
+    assert air["controls"] == ["heater"]
+    assert air["u"] == [25.0]
+    assert air["time_ns"] == S
+    assert r1["channels"]["temp"]["estimate"] == pytest.approx(air["mean"][0])
+    assert r1["channels"]["temp"]["std"] == pytest.approx(np.sqrt(air["cov"][0][0]))
+    assert r1["channels"]["temp"]["value"] == 20.0
+    assert r1["channels"]["temp"]["unit"] == "degC"
+    assert r1["alert_state"] == "ok"
+    assert r1["labels"] == {"site": "north"}
+    r2 = by_id["r2"]
+    assert r2["alert_state"] == "firing"
+    assert [a["rule"] for a in r2["alerts"]] == ["hot"]
+    assert {m["group"] for m in r2["models"]} == {"air", "random_walk"}
+    assert [a["alert_id"] for a in alerts] == ["r2/hot"]
+    # nothing changed since: nothing to publish
+    assert not collector
+    assert collector.records(bank, engine) == ([], [])
+
+
+def test_view_file_lists_filters_and_reports_changes(tmp_path: Path) -> None:
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    view = TwinView.open(tmp_path)
+    publisher = ViewPublisher(view, min_interval_s=10.0)
+    rows = [(f"r{i}", "temp", S, 20.0 + i * 5) for i in range(4)]  # r3 is at 35: hot
+    publisher.note(feed(bank, engine, rows))
+    assert publisher.publish(bank, engine, now_ns=5 * S)
+    seq = view.seq()
+    page = view.list_twins(TwinQuery(limit=2))
+    assert page.total == 4
+    assert [t["twin_id"] for t in page.twins] == ["r0", "r1"]
+    assert view.list_twins(TwinQuery(alert_state="firing")).twins[0]["twin_id"] == "r3"
+    assert view.list_twins(TwinQuery(search="r2")).total == 1
+    assert view.list_twins(TwinQuery(twin_type="pump")).total == 0
+    assert view.list_twins(TwinQuery(seen_within_s=1, now_ns=2 * S)).total == 4
+    assert view.list_twins(TwinQuery(silent_for_s=1, now_ns=3 * S)).total == 4
+    assert view.list_alerts(AlertQuery(state="firing"))[0]["alert_id"] == "r3/hot"
+    # paced: a second batch within the interval waits, unless forced (end of an epoch)
+    publisher.note(feed(bank, engine, [("r1", "temp", 2 * S, 21.0)]))
+    assert not publisher.publish(bank, engine, now_ns=6 * S)
+    assert publisher.due_ns() is not None
+    assert publisher.publish(bank, engine, now_ns=6 * S, force=True)
+    changed = view.changed_twins(seq)
+    assert [r["twin_id"] for r in changed] == ["r1"]
+    assert changed[0]["channels"]["temp"]["value"] == 21.0
+    assert view.twin_seq("r1") == view.seq() > seq
+    publisher.evicted(["r0"])
+    assert view.get_twin("r0") is None
+    assert view.counts()["total"] == 3
+    view.close()
+
+
+WRITER = """
+import sys
+from dte_stream.view.store import TwinView
+view = TwinView.open(sys.argv[1])
+for i in range(50):
+    rec = {"twin_id": f"{sys.argv[2]}{i}", "twin_type": "t", "labels": {}, "last_seen_ns": i,
+           "alert_state": "ok"}
+    view.put([rec], now_ns=i)
+view.close()
+"""
+
+
+def test_two_processes_write_one_view(tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), p], stderr=subprocess.PIPE, text=True)
+        for p in ("a", "b")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    view = TwinView.open(tmp_path)
+    assert view.list_twins(TwinQuery(limit=1000)).total == 100
+    assert view.seq() == 100  # every write got its own change number
+    assert (
+        sqlite3.connect(tmp_path / "twin_view.sqlite3").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    )
+    view.close()
