@@ -37,6 +37,7 @@ from dte_stream.connectors.influxdb.alerts import InfluxDBAlertSink
 from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
+from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
@@ -258,26 +259,55 @@ def _dead_letter_sink(
     return KafkaDeadLetterSink(spec)
 
 
-def recovery_config(recovery_dir: Path, partitions: int = 1) -> RecoveryConfig:
+def recovery_config(
+    recovery_dir: Path, partitions: int = 1, *, process_id: int | None = None, processes: int = 1
+) -> RecoveryConfig:
     """Bytewax recovery in ``recovery_dir``, created (with ``partitions`` stores) on first use.
 
-    The twin banks' state and every source's position (Kafka offsets, file offsets, simulator
+    The shards' state and every source's position (Kafka offsets, file offsets, simulator
     ticks) are snapshotted there at the end of each epoch; a restart with the same folder
-    resumes from the last complete epoch.
+    resumes from the last complete epoch. A process of a cluster keeps its own partition in
+    ``recovery_dir/process-I`` (:func:`~dte_stream.cli.cluster.cluster_recovery_dir`).
     """
+    if process_id is not None:
+        from dte_stream.cli.cluster import cluster_recovery_dir
+
+        return RecoveryConfig(str(cluster_recovery_dir(recovery_dir, process_id, processes)))  # type: ignore[no-untyped-call]
     recovery_dir.mkdir(parents=True, exist_ok=True)
     if not any(recovery_dir.glob("part-*.sqlite3")):
+        if any(recovery_dir.glob("process-*")):
+            raise ConfigError(
+                f"--recovery-dir {recovery_dir} holds the state of a cluster of processes; "
+                "run it with as many (--processes), or use a fresh --recovery-dir"
+            )
         init_db_dir(recovery_dir, partitions)  # type: ignore[no-untyped-call]  # untyped in bytewax's stub
     return RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
 
 
-def run_flow(spec: DataflowSpec, flow: Dataflow | None = None, recovery_dir: Path | None = None) -> None:
-    """Run the dataflow in this process with ``spec.engine.workers`` worker threads; blocks."""
+def run_flow(
+    spec: DataflowSpec,
+    flow: Dataflow | None = None,
+    recovery_dir: Path | None = None,
+    *,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Run the dataflow with ``spec.engine.workers`` worker threads; blocks.
+
+    Alone, or as process ``process_id`` of the Bytewax cluster at ``addresses`` (every
+    process runs the same spec and connects to the others; see :mod:`dte_stream.cli.cluster`).
+    """
     from bytewax.run import cli_main
 
+    processes = len(addresses) if addresses is not None else 1
+    recovery = None
+    if recovery_dir is not None:
+        recovery = recovery_config(recovery_dir, process_id=process_id, processes=processes)
     cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
-        flow if flow is not None else build_flow(spec),
+        flow if flow is not None else build_flow(spec, processes=processes),
         workers_per_process=spec.engine.workers,
+        process_id=process_id,
+        addresses=addresses,
         epoch_interval=timedelta(seconds=spec.engine.epoch_seconds),
-        recovery_config=None if recovery_dir is None else recovery_config(recovery_dir),
+        recovery_config=recovery,
     )

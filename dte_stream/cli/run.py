@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from dte_stream.cli.cluster import check_cluster, check_recovery_layout, parse_addresses, run_cluster
 from dte_stream.cli.progress import Progress
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
@@ -15,47 +16,60 @@ from dte_stream.metrics import METRICS
 from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
 
-__all__ = ["add_parsers", "execute", "non_negative_float", "positive_int"]
+__all__ = ["add_cluster_arguments", "add_parsers", "execute", "non_negative_float", "positive_int"]
 
 
-def execute(spec: DataflowSpec, *, quiet: bool = False, recovery_dir: Path | None = None) -> int:
-    """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end."""
+def execute(
+    spec: DataflowSpec,
+    *,
+    quiet: bool = False,
+    recovery_dir: Path | None = None,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
+) -> int:
+    """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
+
+    With ``addresses`` and ``process_id`` this process is one of a Bytewax cluster
+    (:mod:`dte_stream.cli.cluster`); only process 0 shows progress, each prints its summary.
+    """
     from dte_stream.dataflow import build_flow, run_flow
 
-    flow = build_flow(spec)
+    processes = len(addresses) if addresses is not None else 1
+    flow = build_flow(spec, processes=processes)
     err = sys.stderr
-    if not quiet:
+    who = "dte-stream" if addresses is None else f"dte-stream [process {process_id} of {processes}]"
+    if not quiet and not process_id:
         print(f"dte-stream: running {summary(spec)}", file=err)
         print("dte-stream: press Ctrl-C to stop", file=err)
     METRICS.reset()
     install_signal_handlers()
     started = time.monotonic()
     interrupted = False  # stopped at once (second signal): exit 130
-    progress = Progress() if not quiet else None
+    progress = Progress() if not quiet and not process_id else None
     try:
         if progress is not None:
             with progress:
-                run_flow(spec, flow, recovery_dir)
+                run_flow(spec, flow, recovery_dir, addresses=addresses, process_id=process_id)
         else:
-            run_flow(spec, flow, recovery_dir)
+            run_flow(spec, flow, recovery_dir, addresses=addresses, process_id=process_id)
     except KeyboardInterrupt:
         interrupted = True
     except Exception as exc:  # Bytewax wraps a second signal as a runtime error
         if not STOP.is_set():
             raise
         interrupted = True
-        print(f"dte-stream: stopped at once: {exc}", file=err)
+        print(f"{who}: stopped at once: {exc}", file=err)
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
     print(
-        f"dte-stream: {'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
+        f"{who}: {'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
         f"{n:,} readings processed ({n / max(elapsed, 1e-9):,.0f} readings/s), "
         f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters",
         file=err,
     )
     data_dir = spec.data_dir()
-    if data_dir is not None and not quiet:
+    if data_dir is not None and not quiet and not process_id:
         print(f"dte-stream: data in {data_dir}; dead letters in {spec.dead_letter_path()}", file=err)
         print(f"dte-stream: try  dte-stream query --data-dir {data_dir} --limit 10", file=err)
     return 130 if interrupted else 0
@@ -65,7 +79,42 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
-    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir)
+    addresses = parse_addresses(args.addresses) if args.addresses is not None else None
+    check_cluster(addresses, args.process_id)
+    if args.processes > 1:
+        if addresses is not None:
+            raise ConfigError("--processes starts a cluster on this host; --addresses joins one: not both")
+        if args.recovery_dir is not None:
+            check_recovery_layout(args.recovery_dir, args.processes)
+        return run_cluster(list(getattr(args, "argv", sys.argv[1:])), args.processes)
+    return execute(
+        spec,
+        quiet=args.quiet,
+        recovery_dir=args.recovery_dir,
+        addresses=addresses,
+        process_id=args.process_id,
+    )
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """``--processes`` (a cluster on this host), ``--addresses``/``--process-id`` (one of several hosts)."""
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="run as a Bytewax cluster of this many processes on this host (default 1)",
+    )
+    p.add_argument(
+        "--addresses",
+        metavar="HOST:PORT,...",
+        help="every process of a multi-host cluster, in order (with --process-id)",
+    )
+    p.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="this process's index in --addresses (0-based)",
+    )
 
 
 def positive_int(text: str) -> int:
@@ -112,6 +161,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=Path,
         help="snapshot state and source positions here; a restart with it resumes where it stopped",
     )
+    add_cluster_arguments(p)
     p.set_defaults(handler=_run)
 
     d = sub.add_parser(

@@ -167,7 +167,7 @@ def _resume_snapshots(recovery_dir: Path, step: str) -> dict[str, Any]:
     Bytewax resumes at the smallest worker frontier of the last execution that recorded one
     for every worker, from each key's latest snapshot of an earlier epoch (None: discarded).
     """
-    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
+    parts = sorted(recovery_dir.rglob("part-*.sqlite3"))  # a cluster: one folder per process
     fronts: dict[int, list[int]] = {}
     workers: dict[int, int] = {}
     rows: list[tuple[str, int, bytes | None]] = []
