@@ -31,6 +31,7 @@ number of processes (a different one is refused with the count the folder was ma
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -60,18 +61,23 @@ _MARKER = "cluster.txt"
 STOP_GRACE_S = 10.0
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` TCP ports free on 127.0.0.1 right now (the OS picks them)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+def free_ports(count: int, low: int = 20_000, high: int = 32_000) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 right now, below the usual ephemeral range.
+
+    Ports the OS hands out for outgoing connections (32768 and up) could be taken by another
+    connection between this check and the cluster's own bind; these are not.
+    """
+    found: list[int] = []
+    for port in random.sample(range(low, high), high - low):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise ConfigError(f"no {count} free TCP ports on 127.0.0.1 between {low} and {high}")
 
 
 def loopback_addresses(ports: list[int]) -> list[str]:

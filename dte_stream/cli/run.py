@@ -62,12 +62,12 @@ def execute(
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
-    print(
+    err.write(  # one write: the processes of a cluster share the terminal
         f"{who}: {'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
         f"{n:,} readings processed ({n / max(elapsed, 1e-9):,.0f} readings/s), "
-        f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters",
-        file=err,
+        f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters\n"
     )
+    err.flush()
     data_dir = spec.data_dir()
     if data_dir is not None and not quiet and not process_id:
         print(f"dte-stream: data in {data_dir}; dead letters in {spec.dead_letter_path()}", file=err)

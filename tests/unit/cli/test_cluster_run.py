@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +33,9 @@ def test_two_processes_store_every_reading_once_and_keep_one_recovery_partition_
     run = _dte("run", str(spec), "--processes", "2", "--recovery-dir", str(recovery))
     assert run.returncode == 0, run.stderr
     assert "starting 2 processes" in run.stderr
-    processed = []
-    for i in (0, 1):
-        line = next(x for x in run.stderr.splitlines() if f"[process {i} of 2]: finished" in x)
-        processed.append(int(line.split(" readings processed")[0].rsplit(" ", 1)[1].replace(",", "")))
+    summaries = re.findall(r"\[process (\d) of 2\]: finished after [\d.]+ s: ([\d,]+) readings", run.stderr)
+    assert sorted(i for i, _ in summaries) == ["0", "1"], run.stderr
+    processed = [int(n.replace(",", "")) for _, n in summaries]
     assert sum(processed) == 40 * 25 * 2  # each reading went through one shard of one process
     assert all(n > 0 for n in processed)  # both processes held shards
     rows = pl.read_parquet(tmp_path / "data" / "readings" / "**" / "*.parquet")
