@@ -25,7 +25,7 @@ here as well.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,7 +70,9 @@ class SourceBatch:
 class RawBatch:
     """Payloads to decode with one codec: MQTT messages, Kafka records, chunks of a file.
 
-    Each payload has its own :class:`DecodeContext` (its topic, its receive time).
+    Each payload has its own :class:`DecodeContext` (its topic, its receive time); a source
+    reading many at once may hand a :class:`~dte_stream.codecs.base.PayloadBatch`, whose
+    contexts are made only when a decoder asks.
     ``errors`` carries what the source itself refused before decoding (a topic that does not
     fit its template, a Kafka record without a value, an oversize message): the dataflow
     sends them to the dead-letter output with the decoder's own dead letters.
@@ -78,7 +80,7 @@ class RawBatch:
 
     source: str
     codec: str
-    payloads: list[tuple[bytes, DecodeContext]] = field(default_factory=list)
+    payloads: Sequence[tuple[bytes, DecodeContext]] = field(default_factory=list)
     twin_type: str | None = None
     errors: list[DeadLetter] = field(default_factory=list)
 

@@ -15,16 +15,18 @@ Everything about twins, alerts and time is in :class:`~dte_stream.twins.shard.Tw
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from dte_stream.alerts.store import AckInbox
@@ -39,12 +41,13 @@ from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSpec, SimulatorSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
-from dte_stream.times import now_ns
+from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.routing import Router, RouteResult, TypedBatch
 from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
 from dte_stream.view.hub import ViewHub
@@ -72,7 +75,10 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
             shard.on_evicted = self._evicted
 
     def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[ShardUpdate], bool]:
-        return self._published(self.shard.on_batch(values)), StatefulBatchLogic.RETAIN
+        started = time.perf_counter()
+        update = self.shard.on_batch(values)
+        METRICS.observe("batch_seconds", time.perf_counter() - started)
+        return self._published(update), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[ShardUpdate], bool]:
         return self._published(self.shard.on_timer()), StatefulBatchLogic.RETAIN
@@ -88,7 +94,11 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         self._published(ShardUpdate(), force=True)
         if self.on_epoch is not None:
             self.on_epoch(self.shard)
-        return self.shard.snapshot()
+        started = time.perf_counter()
+        snap = self.shard.snapshot()
+        METRICS.observe("snapshot_seconds", time.perf_counter() - started)
+        METRICS.set_gauge("snapshot_bytes", self.shard.key, _nbytes(snap))
+        return snap
 
     def _published(self, update: ShardUpdate, *, force: bool = False) -> list[ShardUpdate]:
         if self.view is not None:
@@ -107,16 +117,58 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
             publisher.evicted(twin_ids)
 
 
+def _nbytes(value: object) -> int:
+    """About how many bytes a snapshot holds (arrays and byte strings; other leaves count 8)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 8
+
+
 def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
     result = get_codec(raw.codec).decode_many(raw.payloads)
-    METRICS.add("payloads_in", len(raw.payloads))
+    METRICS.add("payloads_in", len(raw.payloads), source=raw.source)
     return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
 
 
-def _count_errors(letters: list[DeadLetter]) -> list[DeadLetter]:
+def _count_decode_errors(decoded: tuple[SourceBatch, list[DeadLetter]]) -> list[DeadLetter]:
+    letters = decoded[1]
     if letters:
-        METRICS.add("dead_letters", len(letters))
+        METRICS.add_reasons("decode_errors", (d.reason for d in letters), source=decoded[0].source)
+    return _count_errors(letters, "decode")
+
+
+def _count_errors(letters: list[DeadLetter], stage: str) -> list[DeadLetter]:
+    if letters:
+        METRICS.add_reasons("dead_letters", (d.reason for d in letters), stage=stage)
     return letters
+
+
+def _observe_lag(step_id: str, item: tuple[str, EstimateBatch]) -> None:
+    """End-to-end lag: wall time as the batch goes to the sinks minus its newest event time."""
+    batch = item[1]
+    lag = max(0.0, (now_ns() - int(batch.time_ns.max())) / NS_PER_S)
+    METRICS.observe("end_to_end_lag_seconds", lag)
+    METRICS.set_gauge("end_to_end_lag_last", "", lag)
+    READINESS.observe_lag(lag)
+
+
+class _StartedProbe(DynamicSink[Any]):
+    """Takes nothing; Bytewax builds it with the other sinks, which tells /readyz the dataflow runs."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Any]:
+        READINESS.ok("dataflow", "running")
+        return _NoPartition()
+
+
+class _NoPartition(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
 
 
 def _keyed_estimates(kv: tuple[str, ShardUpdate]) -> list[tuple[str, EstimateBatch]]:
@@ -152,14 +204,14 @@ def build_flow(
             raw = op.input(f"source_{source.name}", flow, _raw_source(source, spec.name))
             decoded = op.map(f"decode_{source.name}", raw, _decode)
             readings.append(op.map(f"decoded_{source.name}", decoded, lambda d: d[0]))
-            dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, lambda d: _count_errors(d[1])))
+            dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, _count_decode_errors))
     merged = op.merge("merge_sources", *readings) if len(readings) > 1 else readings[0]
     merged = op.filter("non_empty", merged, lambda b: len(b.readings) > 0)
 
     clock = InputClock()
 
     def count_in(batch: SourceBatch) -> SourceBatch:
-        METRICS.add("readings_in", len(batch.readings))
+        METRICS.add("readings_in", len(batch.readings), source=batch.source)
         clock.advance(int(batch.readings.time_ns.max()))
         return batch
 
@@ -168,7 +220,7 @@ def build_flow(
     routed: Stream[RouteResult] = op.map(
         "route", merged, lambda b: router.route(b.readings, b.source, b.twin_type)
     )
-    dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors)))
+    dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors, "route")))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
@@ -180,7 +232,8 @@ def build_flow(
     updates = op.stateful_batch("twin_bank", keyed, shard_logic)
     keyed_batches = op.flat_map("estimate_batches", updates, _keyed_estimates)
     batches = op.map("unkeyed_batches", keyed_batches, lambda kv: kv[1])
-    dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected)))
+    dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected, "twin_bank")))
+    op.inspect("end_to_end_lag", keyed_batches, _observe_lag)
     if any(t.alerts.rules for t in spec.twin_types):
         _alert_outputs(
             spec, op.flat_map("alert_events", updates, lambda kv: kv[1].alerts), outputs is not None
@@ -201,6 +254,7 @@ def build_flow(
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
     letters = op.merge("merge_dead_letters", *dead) if len(dead) > 1 else dead[0]
+    op.output("started", op.filter("nothing", letters, lambda _: False), _StartedProbe())
     if dead_letter_output is not None:
         op.output("dead_letters", letters, dead_letter_output)
         return flow

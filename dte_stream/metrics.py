@@ -1,44 +1,288 @@
-"""Process-wide counters and gauges: what the progress display, summaries and (later) the
-Prometheus endpoint read. Updated once per batch, never per reading, so a lock is cheap.
+"""Process-wide counters, gauges and histograms, exported in Prometheus' text format.
+
+Everything that runs in a dataflow counts here: the progress line and the summary read
+:data:`METRICS` directly, and ``/metrics`` (:mod:`dte_stream.api.health`) serves it through
+prometheus-client with :data:`REGISTRY`. Updates are made once per batch, never per reading,
+so one lock is cheap; the Prometheus names and labels are worked out only when scraped.
+
+A metric is named by a short snake_case name (``readings_in``) and optional labels, given as
+keyword arguments (``METRICS.add("readings_in", 5, source="plant")``) or written into the
+name (``'alerts_sent{notifier="ops"}'``). :data:`CATALOGUE` maps the names dte-stream uses to
+their Prometheus names and help texts; a name missing from it is still exported, as
+``dte_<name>_total`` (counters) or ``dte_<name>`` (gauges), so a connector's new counter is
+never lost.
 
 >>> m = Metrics()
->>> m.add("readings_in", 5); m.add("readings_in", 2); m.get("readings_in")
+>>> m.add("readings_in", 5, source="a"); m.add("readings_in", 2, source="b"); m.get("readings_in")
 7
+>>> m.get("readings_in", source="b")
+2
+>>> m.set_gauge("twins", "pump/0001", 40); m.set_gauge("twins", "pump/0002", 2); m.gauge("twins")
+42
+>>> m.observe("batch_seconds", 0.002)
+>>> text = exposition(m).decode()
+>>> 'dte_readings_in_total{source="a"} 5.0' in text
+True
+>>> 'dte_twins_active{shard="0001",twin_type="pump"} 40.0' in text
+True
 """
 
 from __future__ import annotations
 
+import bisect
+import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
-__all__ = ["METRICS", "Metrics"]
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "CATALOGUE",
+    "METRICS",
+    "REGISTRY",
+    "MetricInfo",
+    "Metrics",
+    "exposition",
+    "reason_class",
+]
+
+Labels = tuple[tuple[str, str], ...]
+
+#: Upper bounds (seconds) of the latency histograms: micro-batches take about a millisecond,
+#: end-to-end lag is seconds (epochs, sink buffers), snapshots tens of milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+#: At most this many reason classes per metric; more are counted as ``other``.
+MAX_REASONS = 64
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How one dte-stream metric is exported: Prometheus name, help text, gauge key labels."""
+
+    name: str
+    help: str
+    #: for gauges: the labels a part's key is split into (``"pump/0003"`` -> twin_type, shard)
+    key_labels: Callable[[str], dict[str, str]] | None = None
+    buckets: Sequence[float] = field(default=LATENCY_BUCKETS)
+
+
+def _shard_labels(key: str) -> dict[str, str]:
+    twin_type, _, shard = key.rpartition("/")
+    return {"twin_type": twin_type, "shard": shard} if twin_type else {"part": key}
+
+
+def _partition_labels(key: str) -> dict[str, str]:
+    source, _, rest = key.partition(":")
+    topic, _, partition = rest.rpartition("/")
+    if not topic:
+        return {"part": key}
+    return {"source": source, "topic": topic, "partition": partition}
+
+
+#: The metrics dte-stream records, by the short name used in the code.
+CATALOGUE: dict[str, MetricInfo] = {
+    # data path
+    "payloads_in": MetricInfo(
+        "dte_payloads_in_total", "Payloads (messages, records, lines) received per source"
+    ),
+    "readings_in": MetricInfo("dte_readings_in_total", "Readings decoded per source"),
+    "readings_processed": MetricInfo("dte_readings_processed_total", "Readings applied to twin state"),
+    "decode_errors": MetricInfo("dte_decode_errors_total", "Payloads or rows refused by a codec, by reason"),
+    "dead_letters": MetricInfo("dte_dead_letters_total", "Dead letters by stage and reason"),
+    "stale_sensors": MetricInfo("dte_stale_sensor_reports_total", "Sensors reported stale"),
+    "twins_evicted": MetricInfo("dte_twins_evicted_total", "Twins evicted after their idle TTL"),
+    "twins": MetricInfo("dte_twins_active", "Twins held in state, per twin type and shard", _shard_labels),
+    "batch_seconds": MetricInfo("dte_batch_seconds", "Time to apply one micro-batch to a shard"),
+    "end_to_end_lag_seconds": MetricInfo(
+        "dte_end_to_end_lag_seconds",
+        "Wall time at the sinks minus the newest event time of the batch",
+        buckets=LAG_BUCKETS,
+    ),
+    "end_to_end_lag_last": MetricInfo(
+        "dte_end_to_end_lag_last_seconds", "End-to-end lag of the latest batch", lambda key: {}
+    ),
+    "snapshot_seconds": MetricInfo("dte_snapshot_seconds", "Time to snapshot one shard's state"),
+    "snapshot_bytes": MetricInfo(
+        "dte_snapshot_bytes", "Size of the latest state snapshot per twin type and shard", _shard_labels
+    ),
+    # alerts
+    "alerts_active": MetricInfo("dte_alerts_active", "Alerts currently in each state", lambda key: {}),
+    "alerts_sent": MetricInfo("dte_notifier_sent_total", "Alert events delivered per notifier"),
+    "alerts_failed_attempts": MetricInfo(
+        "dte_notifier_failed_attempts_total", "Notifier attempts that failed (each retry counts)"
+    ),
+    "alerts_dropped": MetricInfo("dte_notifier_dropped_total", "Alert events a notifier gave up on"),
+    "alerts_queued": MetricInfo(
+        "dte_notifier_queued", "Alert events waiting per notifier", lambda key: {"notifier": key}
+    ),
+    # Kafka
+    "kafka_lag": MetricInfo(
+        "dte_kafka_consumer_lag", "Records behind the partition's high watermark", _partition_labels
+    ),
+    "kafka_records_in": MetricInfo("dte_kafka_records_in_total", "Kafka records consumed"),
+    "kafka_consumer_errors": MetricInfo("dte_kafka_consumer_errors_total", "Kafka consumer error events"),
+    "kafka_records_out": MetricInfo("dte_kafka_records_out_total", "Kafka records produced"),
+    "kafka_delivery_errors": MetricInfo("dte_kafka_delivery_errors_total", "Kafka records not delivered"),
+    # InfluxDB
+    "influxdb_points_written": MetricInfo("dte_influxdb_points_written_total", "Points InfluxDB stored"),
+    "influxdb_retries": MetricInfo("dte_influxdb_retries_total", "InfluxDB write attempts repeated"),
+    "influxdb_write_failures": MetricInfo(
+        "dte_influxdb_write_failures_total", "InfluxDB write attempts that failed for want of a server"
+    ),
+    "influxdb_points_dropped": MetricInfo(
+        "dte_influxdb_points_dropped_total", "Points lost by the InfluxDB sink's drop policy"
+    ),
+    "influxdb_buffer_lines": MetricInfo(
+        "dte_influxdb_buffer_lines",
+        "Lines waiting in the InfluxDB sink's buffer",
+        lambda key: {"worker": key},
+    ),
+    # MQTT
+    "mqtt_messages_in": MetricInfo("dte_mqtt_messages_in_total", "MQTT messages received"),
+    "mqtt_buffer_full": MetricInfo(
+        "dte_mqtt_buffer_full_total", "Times the MQTT source's buffer was full (the broker waits)"
+    ),
+}
+
+_ALERT_STATE = re.compile(r"^alerts_(pending|firing|resolved|acknowledged|renotified|[a-z_]+)$")
+_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+_LABELLED = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)\{(.*)\}$")
+_ESCAPED = re.compile(r"\\(.)")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _key(name: str, labels: Mapping[str, str]) -> str:
+    if not labels:
+        return name
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPED.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _split(key: str) -> tuple[str, dict[str, str]]:
+    """``'alerts_sent{notifier="ops"}'`` -> ``("alerts_sent", {"notifier": "ops"})``."""
+    match = _LABELLED.match(key)
+    if match is None:
+        return key, {}
+    return match.group(1), {m.group(1): _unescape(m.group(2)) for m in _LABEL.finditer(match.group(2))}
+
+
+def reason_class(reason: str) -> str:
+    """The label value of a free-text reason: its stem, without the values that vary.
+
+    Dead-letter reasons carry the offending value (``"not JSON: unexpected character at 5"``);
+    a label must not, or every payload makes a new series. The stem is the text before the
+    first colon, quote or digit, lower case, at most 48 characters.
+
+    >>> reason_class("row 12: 'temp' is not a number")
+    'row'
+    >>> reason_class("not JSON: unexpected character at 5")
+    'not json'
+    >>> reason_class("twin 'pump-1' is not declared")
+    'twin'
+    """
+    stem = re.split(r"[:'\"0-9(\[{]", reason, maxsplit=1)[0].strip().lower()
+    return stem[:48] or "other"
+
+
+class _Histogram:
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
 
 
 class Metrics:
-    """Named integer counters and gauges, safe to update from several worker threads."""
+    """Named counters, gauges (summed over parts) and histograms, safe across worker threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counters: dict[str, int] = {}
-        self._gauges: dict[tuple[str, str], int] = {}
+        self._gauges: dict[tuple[str, str], float] = {}
+        self._histograms: dict[str, _Histogram] = {}
+        self._reasons: dict[str, set[str]] = {}
 
-    def add(self, name: str, amount: int = 1) -> None:
+    def add(self, name: str, amount: int = 1, **labels: str) -> None:
+        """Add ``amount`` to a counter (labels as keyword arguments, or written into ``name``)."""
+        key = _key(name, labels)
         with self._lock:
-            self._counters[name] = self._counters.get(name, 0) + amount
+            self._counters[key] = self._counters.get(key, 0) + amount
 
-    def get(self, name: str) -> int:
+    def add_reasons(self, name: str, reasons: Iterable[str], **labels: str) -> None:
+        """Count one event per reason, labelled by :func:`reason_class` (at most :data:`MAX_REASONS`)."""
+        counts: dict[str, int] = {}
+        for reason in reasons:
+            stem = reason_class(reason)
+            counts[stem] = counts.get(stem, 0) + 1
         with self._lock:
-            return self._counters.get(name, 0)
+            known = self._reasons.setdefault(name, set())
+            for stem, n in counts.items():
+                label = stem
+                if stem not in known:
+                    if len(known) >= MAX_REASONS:
+                        label = "other"
+                    known.add(label)
+                key = _key(name, {**labels, "reason": label})
+                self._counters[key] = self._counters.get(key, 0) + n
 
-    def set_gauge(self, name: str, key: str, value: int) -> None:
+    def get(self, name: str, **labels: str) -> int:
+        """A counter's value: the sum over every label set that has ``labels``."""
+        prefix = name + "{"
+        with self._lock:
+            total = 0 if labels else self._counters.get(name, 0)
+            for key, value in self._counters.items():
+                if key.startswith(prefix) and _has(key, labels):
+                    total += value
+            return total
+
+    def set_gauge(self, name: str, key: str, value: float) -> None:
         """Set one part of a gauge (for example the twin count of one shard)."""
         with self._lock:
             self._gauges[(name, key)] = value
 
+    def drop_gauge(self, name: str, key: str) -> None:
+        """Forget one part of a gauge (a shard that closed, a partition no longer read)."""
+        with self._lock:
+            self._gauges.pop((name, key), None)
+
     def gauge(self, name: str) -> int:
         """The sum of a gauge's parts."""
         with self._lock:
-            return sum(v for (n, _), v in self._gauges.items() if n == name)
+            return int(sum(v for (n, _), v in self._gauges.items() if n == name))
+
+    def observe(self, name: str, value: float) -> None:
+        """Record one observation (seconds) in a histogram."""
+        with self._lock:
+            hist = self._histograms.get(name)
+            if hist is None:
+                info = CATALOGUE.get(name)
+                hist = self._histograms[name] = _Histogram(info.buckets if info else LATENCY_BUCKETS)
+            hist.observe(value)
 
     def counters(self) -> Mapping[str, int]:
         with self._lock:
@@ -48,7 +292,126 @@ class Metrics:
         with self._lock:
             self._counters.clear()
             self._gauges.clear()
+            self._histograms.clear()
+            self._reasons.clear()
+
+    def families(self) -> Iterator[Metric]:
+        """The Prometheus metric families of everything recorded so far."""
+        with self._lock:
+            counters = dict(self._counters)
+            gauges = dict(self._gauges)
+            histograms = {
+                name: (h.bounds, list(h.counts), h.count, h.total) for name, h in self._histograms.items()
+            }
+        yield from _counter_families(counters)
+        yield from _gauge_families(gauges)
+        for name, (bounds, counts, _count, total) in sorted(histograms.items()):
+            info = CATALOGUE.get(name)
+            prom = info.name if info else f"dte_{_sanitise(name)}"
+            family = HistogramMetricFamily(prom, info.help if info else f"dte-stream histogram {name}")
+            cumulative, running = [], 0
+            for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+                running += n
+                cumulative.append((_bound(bound), float(running)))
+            family.add_metric([], cumulative, total)
+            yield family
+
+
+def _has(key: str, labels: Mapping[str, str]) -> bool:
+    if not labels:
+        return True
+    _, have = _split(key)
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+def _sanitise(name: str) -> str:
+    return _NAME_CHARS.sub("_", name)
+
+
+def _counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
+    series: dict[str, dict[Labels, float]] = {}
+    helps: dict[str, str] = {}
+    for key, value in counters.items():
+        name, labels = _split(key)
+        state = _ALERT_STATE.match(name)
+        info = CATALOGUE.get(name)
+        if info is not None:
+            prom, help_text = info.name, info.help
+        elif state is not None and state.group(1) not in ("sent", "failed_attempts", "dropped", "queued"):
+            prom, help_text = "dte_alert_events_total", "Alert state changes, by the state entered"
+            labels = {**labels, "state": state.group(1)}
+        else:
+            base = _sanitise(name)
+            prom = f"dte_{base}" if base.endswith("_total") else f"dte_{base}_total"
+            help_text = f"dte-stream counter {name}"
+        helps[prom] = help_text
+        label_key = tuple(sorted(labels.items()))
+        bucket = series.setdefault(prom, {})
+        bucket[label_key] = bucket.get(label_key, 0.0) + float(value)
+    for prom in sorted(series):
+        # CounterMetricFamily adds the _total suffix itself
+        yield _family(CounterMetricFamily, prom.removesuffix("_total"), helps[prom], series[prom])
+
+
+def _gauge_families(gauges: Mapping[tuple[str, str], float]) -> Iterator[Metric]:
+    series: dict[str, dict[Labels, float]] = {}
+    helps: dict[str, str] = {}
+    for (key_name, part), value in gauges.items():
+        name, labels = _split(key_name)
+        info = CATALOGUE.get(name)
+        if info is not None:
+            prom, help_text = info.name, info.help
+            labels = {**labels, **(info.key_labels(part) if info.key_labels else {"part": part})}
+        else:
+            prom, help_text = f"dte_{_sanitise(name)}", f"dte-stream gauge {name}"
+            labels = {**labels, "part": part}
+        helps[prom] = help_text
+        label_key = tuple(sorted(labels.items()))
+        bucket = series.setdefault(prom, {})
+        bucket[label_key] = bucket.get(label_key, 0.0) + float(value)
+    for prom in sorted(series):
+        yield _family(GaugeMetricFamily, prom, helps[prom], series[prom])
+
+
+def _family(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    help_text: str,
+    values: Mapping[Labels, float],
+) -> Metric:
+    names = sorted({k for labels in values for k, _ in labels})
+    family = kind(name, help_text, labels=names)
+    for labels, value in sorted(values.items()):
+        have = dict(labels)
+        family.add_metric([have.get(n, "") for n in names], value)
+    return family
+
+
+class _Exporter(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self.metrics.families())
 
 
 #: The metrics of this process.
 METRICS = Metrics()
+
+#: What ``/metrics`` serves: :data:`METRICS` and the process' CPU, memory and file descriptors.
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(_Exporter(METRICS))
+ProcessCollector(registry=REGISTRY)
+
+
+def exposition(metrics: Metrics | None = None) -> bytes:
+    """The Prometheus text exposition of ``metrics`` (default: this process, with process metrics)."""
+    if metrics is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Exporter(metrics))
+    return generate_latest(registry)

@@ -14,6 +14,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dte_stream.batches import AlertEvent
 from dte_stream.connectors.alerting.dispatcher import AlertDispatcher
+from dte_stream.errors import ConnectorError
 from dte_stream.spec.notify import NotifierSpec
 
 __all__ = ["NotifierSink"]
@@ -51,6 +52,9 @@ class _NotifierPartition(StatelessSinkPartition[AlertEvent]):
         self._closed = False
 
     def write_batch(self, items: list[AlertEvent]) -> None:
+        for item in items:
+            if not isinstance(item, AlertEvent):
+                raise ConnectorError(f"NotifierSink items must be AlertEvent, got {type(item).__name__}")
         self._dispatcher.send(items)
 
     def close(self) -> None:

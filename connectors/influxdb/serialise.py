@@ -128,8 +128,14 @@ class EstimateSerialiser:
         unit: UnitMode = "tag",
         escaping: Escaping = "portable",
         source: str = "influxdb",
+        fields: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
     ) -> None:
         self.measurement = measurement
+        self.fields = None if fields is None else frozenset(fields)
+        self.tags = frozenset(TAGS if tags is None else tags)
+        if "unit" not in self.tags:
+            unit = "omit"
         self.unit = unit
         self.escaping = escaping
         self.source = source
@@ -239,12 +245,24 @@ class EstimateSerialiser:
         twin_id = self._column("twin_id", batch.twin_id, bad, reasons)
         unit = self._column("unit", batch.unit, bad, reasons) if self.unit != "omit" else None
 
-        arrays = {name: np.asarray(getattr(batch, name), dtype=np.float64) for name in FIELDS}
+        wanted = self.fields
+        arrays = {
+            name: np.asarray(getattr(batch, name), dtype=np.float64)
+            for name in FIELDS
+            if wanted is None or name in wanted
+        }
         optional = {"anomaly_score": batch.score_column(), **batch.extra}
-        arrays.update({name: a for name, a in optional.items() if np.isfinite(a).any()})
+        arrays.update(
+            {
+                name: a
+                for name, a in optional.items()
+                if (wanted is None or name in wanted) and np.isfinite(a).any()
+            }
+        )
+        write_flags = wanted is None or "flags" in wanted
         flags = batch.flag_column()
         finite = {name: np.isfinite(a) for name, a in arrays.items()}
-        has_field = np.logical_or.reduce([*finite.values(), flags != 0])
+        has_field = np.logical_or.reduce([*finite.values(), flags != 0 if write_flags else np.zeros(n, bool)])
         skip = ~has_field & ~bad
         skipped = int(skip.sum())
         keep = ~(bad | skip)
@@ -259,7 +277,10 @@ class EstimateSerialiser:
         if not all_kept:
             frame = frame.filter(pl.Series(keep))
         all_finite = all(bool(f[keep].all()) for f in finite.values())
-        lines = frame.select(self._line_expr(frame, twin_type.escaped, list(arrays), all_finite=all_finite))
+        expr = self._line_expr(
+            frame, twin_type.escaped, list(arrays), all_finite=all_finite, flags=write_flags
+        )
+        lines = frame.select(expr)
         return SerialisedLines(
             lines.to_series().rename("line"),
             self._dead_letters(batch, reasons) if reasons else [],
@@ -273,7 +294,7 @@ class EstimateSerialiser:
         return key
 
     def _line_expr(
-        self, frame: pl.DataFrame, twin_type: str, names: list[str], *, all_finite: bool
+        self, frame: pl.DataFrame, twin_type: str, names: list[str], *, all_finite: bool, flags: bool = True
     ) -> pl.Expr:
         """One ``concat_str`` building every line; fast path when every field is finite."""
         k = self._keys
@@ -282,9 +303,9 @@ class EstimateSerialiser:
             pl.col("channel"),
             pl.lit(f",{k['twin_id']}="),
             pl.col("twin_id"),
-            # the twin type is the same for the whole batch: a literal
-            pl.lit(f",{k['twin_type']}={twin_type}"),
         ]
+        if "twin_type" in self.tags:  # the same for the whole batch: a literal
+            parts.append(pl.lit(f",{k['twin_type']}={twin_type}"))
         has_unit = self.unit != "omit" and "unit" in frame.columns and bool((frame["unit"] != "").any())
         if has_unit and self.unit == "tag":
             parts.append(
@@ -292,13 +313,14 @@ class EstimateSerialiser:
                 .then(pl.lit(f",{k['unit']}=") + pl.col("unit"))
                 .otherwise(pl.lit(""))
             )
-        flags = pl.lit(f"{self._field_key('flags')}=") + pl.col("flags").cast(pl.String) + pl.lit("i")
-        if all_finite and not (has_unit and self.unit == "field"):
+        flag_field = pl.lit(f"{self._field_key('flags')}=") + pl.col("flags").cast(pl.String) + pl.lit("i")
+        if all_finite and not (has_unit and self.unit == "field") and (flags or names):
             sep = " "
             for name in names:
                 parts += [pl.lit(f"{sep}{self._field_key(name)}="), pl.col(name).cast(pl.String)]
                 sep = ","
-            parts += [pl.lit(sep), flags]
+            if flags:
+                parts += [pl.lit(sep), flag_field]
         else:
             fields: list[pl.Expr] = [
                 pl.when(pl.col(name).is_finite()).then(
@@ -306,7 +328,8 @@ class EstimateSerialiser:
                 )
                 for name in names
             ]
-            fields.append(flags)
+            if flags:
+                fields.append(flag_field)
             if has_unit and self.unit == "field":
                 fields.append(
                     pl.when(pl.col("unit") != "").then(pl.lit('unit="') + pl.col("unit") + pl.lit('"'))

@@ -176,7 +176,12 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
         self._spec = spec
         self._key = key
         self._serialiser = EstimateSerialiser(
-            spec.measurement, unit=spec.unit, escaping=spec.escaping, source=spec.name
+            spec.measurement,
+            unit=spec.unit,
+            escaping=spec.escaping,
+            source=spec.name,
+            fields=spec.fields,
+            tags=spec.tags,
         )
         self._buffer = LineBuffer(spec.max_buffer_lines, spec.max_block)
         self._dead_letters = dead_letters

@@ -32,12 +32,13 @@ from typing import Protocol
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
 
 from dte_stream.batches import DeadLetter
-from dte_stream.codecs.base import DecodeContext
+from dte_stream.codecs.base import DecodeContext, PayloadBatch
 from dte_stream.times import now_ns
 
 __all__ = [
     "DEAD_LETTER_RAW_BYTES",
     "RECORD_ERRORS",
+    "KafkaPayloads",
     "MappedRecords",
     "RecordLike",
     "RecordMapper",
@@ -107,6 +108,57 @@ class RecordLike(Protocol):
     def timestamp(self) -> tuple[int, int]: ...
 
 
+class KafkaPayloads(PayloadBatch):
+    """The values of consumed records as a :class:`PayloadBatch`; contexts made on demand.
+
+    Holds the records themselves, so that the offset (for the source text), the key (the
+    twin id) and the timestamp (the receive time) of a record are read only when a decoder
+    needs them: a payload carrying its own twin id and time needs none of them.
+    """
+
+    __slots__ = ("_prefix", "_records", "_use_key", "_wall_ns")
+
+    def __init__(
+        self,
+        records: Sequence[RecordLike],
+        values: list[bytes],
+        prefix: str,
+        *,
+        key_is_twin_id: bool,
+        max_payload_bytes: int,
+        wall_ns: int,
+    ) -> None:
+        super().__init__(values, max_payload_bytes)
+        self._records = records
+        self._prefix = prefix
+        self._use_key = key_is_twin_id
+        self._wall_ns = wall_ns
+
+    def twin_id(self, index: int) -> str | None:
+        if not self._use_key:
+            return None
+        key = self._records[index].key()
+        if not key:
+            return None
+        try:
+            return key.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def channel(self, index: int) -> str | None:
+        return None
+
+    def received_ns(self, index: int) -> int:
+        ts_type, ts_ms = self._records[index].timestamp()
+        return ts_ms * _NS_PER_MS if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms >= 0 else self._wall_ns
+
+    def context(self, index: int) -> DecodeContext:
+        offset = self._records[index].offset()
+        return new_context(
+            f"{self._prefix}{offset}", self.twin_id(index), self.received_ns(index), self.max_payload_bytes
+        )
+
+
 @dataclass(slots=True)
 class MappedRecords:
     """What one ``consume()`` call gave: payloads, dead letters, and where to read next.
@@ -117,7 +169,7 @@ class MappedRecords:
     belong to no record (the source decides whether they are fatal).
     """
 
-    payloads: list[tuple[bytes, DecodeContext]] = field(default_factory=list)
+    payloads: list[tuple[bytes, DecodeContext]] | KafkaPayloads = field(default_factory=list)
     errors: list[DeadLetter] = field(default_factory=list)
     next_offset: int | None = None
     at_end: bool = False
@@ -140,14 +192,45 @@ class RecordMapper:
         self.key_is_twin_id = key_is_twin_id
         self.max_payload_bytes = max_payload_bytes
 
+    def _map_clean(self, messages: Sequence[RecordLike], end_offset: int | None) -> MappedRecords | None:
+        """The bulk path of :meth:`map`, or None when a record needs a look of its own."""
+        if any([m.error() for m in messages]):  # noqa: C419 - a list is faster than a generator here
+            return None
+        last = messages[-1].offset()
+        if last is None or last < 0 or (end_offset is not None and last >= end_offset):
+            return None
+        values = [m.value() for m in messages]
+        if None in values or max(map(len, values)) > self.max_payload_bytes:  # type: ignore[arg-type]
+            return None
+        payloads = KafkaPayloads(
+            messages,
+            values,  # type: ignore[arg-type]  # no None: checked above
+            self.prefix,
+            key_is_twin_id=self.key_is_twin_id,
+            max_payload_bytes=self.max_payload_bytes,
+            wall_ns=now_ns(),
+        )
+        at_end = end_offset is not None and last + 1 >= end_offset
+        return MappedRecords(payloads, [], last + 1, at_end)
+
     def source_of(self, offset: int | None) -> str:
         """The source text of a record: ``kafka://BROKERS/TOPIC/PARTITION@OFFSET``."""
         return f"{self.prefix}{offset if offset is not None and offset >= 0 else '?'}"
 
     def map(self, messages: Sequence[RecordLike], end_offset: int | None = None) -> MappedRecords:
-        """Map ``messages`` (in offset order); records at or past ``end_offset`` are left unread."""
+        """Map ``messages`` (in offset order); records at or past ``end_offset`` are left unread.
+
+        The common case, records that are all fine (no driver error, a value within the size
+        limit, none past ``end_offset``), is mapped in bulk into :class:`KafkaPayloads`
+        without a Python step per record; anything else goes record by record.
+        """
+        if messages:
+            fast = self._map_clean(messages, end_offset)
+            if fast is not None:
+                return fast
         out = MappedRecords()
-        payloads = out.payloads
+        payloads: list[tuple[bytes, DecodeContext]] = []
+        out.payloads = payloads
         prefix = self.prefix
         limit = self.max_payload_bytes
         use_key = self.key_is_twin_id

@@ -13,6 +13,7 @@ SenML to ``TOPIC/<twin id>/senml`` (the subscriptions of ``dataflows/mqtt_to_inf
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import orjson
 
 from dte_stream.batches import ReadingBatch
 from dte_stream.codecs import get_codec
@@ -31,7 +33,14 @@ from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.spec.model import SimulatedChannelSpec
 from dte_stream.times import NS_PER_S, now_ns
 
-__all__ = ["Destination", "SimulationPlan", "parse_destination", "publish", "simulated_messages"]
+__all__ = [
+    "Destination",
+    "SimulationPlan",
+    "default_start_ns",
+    "parse_destination",
+    "publish",
+    "simulated_messages",
+]
 
 DEFAULT_CHANNELS = ("temperature", "pressure", "flow")
 
@@ -82,11 +91,34 @@ class SimulationPlan:
     codec: str = "json"
 
 
+def default_start_ns(plan: SimulationPlan, rate: float | None = None) -> int:
+    """The event time of the first reading when none is given: never in the future.
+
+    Each twin's readings are ``interval_s`` apart. When they can be sent at least that slowly
+    (``rate`` readings per second at most one tick of every twin per ``interval_s``), they are
+    stamped from now on, as live sensors would be. Sent faster (or with no rate, as fast as
+    the broker takes), the ticks would run ahead of the wall clock, so they are moved back to
+    end when the sending ends: a backfill of the recent past, never readings stamped minutes
+    ahead that a twin's clock-skew check would flag.
+
+    >>> plan = SimulationPlan(twins=10, count=300)  # 10 ticks of 10 twins x 3 channels
+    >>> 9 <= (now_ns() - default_start_ns(plan)) / NS_PER_S <= 11  # as fast as possible: 10 s back
+    True
+    >>> 0 <= (now_ns() - default_start_ns(plan, rate=30.0)) / NS_PER_S <= 1  # real time: from now
+    True
+    """
+    now = now_ns() // NS_PER_S * NS_PER_S
+    ticks = math.ceil(plan.count / (plan.twins * len(plan.channels)))
+    span_ns = ticks * round(plan.interval_s * NS_PER_S)
+    sending_ns = round(plan.count / rate * NS_PER_S) if rate else 0
+    return now - max(0, span_ns - sending_ns)
+
+
 def simulated_messages(plan: SimulationPlan) -> Iterator[tuple[str, bytes, int]]:
     """Yield (twin id, payload, readings in it) until exactly ``plan.count`` readings are out."""
     codec = get_codec(plan.codec)
     ids = twin_ids(plan.twin_type, plan.twins)
-    start = plan.start_ns if plan.start_ns is not None else now_ns() // NS_PER_S * NS_PER_S
+    start = plan.start_ns if plan.start_ns is not None else default_start_ns(plan)
     profiles: list[SimulatedChannelSpec] = [profile_for(c, {}) for c in plan.channels]
     chunks = [
         ChunkSignals(
@@ -102,11 +134,24 @@ def simulated_messages(plan: SimulationPlan) -> Iterator[tuple[str, bytes, int]]
         for c in range(math.ceil(plan.twins / CHUNK_TWINS))
     ]
     channels = np.asarray(plan.channels, dtype=np.str_)
+    names = list(plan.channels)
     remaining = plan.count
     tick = 0
     while remaining > 0:
         for sig in chunks:
             t, values = sig.values(tick)
+            if plan.codec == "json" and np.isfinite(values).all():
+                # One reading per message, written by orjson directly: the bytes the json
+                # codec's encode gives for a one-reading batch (no batch per reading).
+                time_ns = int(t)
+                for twin, row in zip(sig.twin_ids.tolist(), values.tolist(), strict=True):
+                    for channel, value in zip(names, row, strict=True):
+                        if remaining <= 0:
+                            return
+                        remaining -= 1
+                        record = {"twin_id": twin, "channel": channel, "time_ns": time_ns, "value": value}
+                        yield twin, orjson.dumps([record]), 1
+                continue
             for i, twin in enumerate(sig.twin_ids.tolist()):
                 if remaining <= 0:
                     return
@@ -197,6 +242,7 @@ class _KafkaSender:
         self.topic = dest.topic
         self.failed = 0
         self.delivered = 0
+        self.sent = 0
         try:
             self.producer = Producer(
                 {
@@ -224,7 +270,9 @@ class _KafkaSender:
                 break
             except BufferError:
                 self.producer.poll(0.05)
-        self.producer.poll(0)
+        self.sent += 1
+        if self.sent % 1000 == 0:  # serve delivery reports now and then, not per record
+            self.producer.poll(0)
 
     def finish(self, timeout: float) -> int:
         self.producer.flush(timeout)
@@ -244,6 +292,8 @@ def publish(
 
     ``rate`` is readings per second (None or 0: as fast as possible).
     """
+    if plan.start_ns is None:
+        plan = dataclasses.replace(plan, start_ns=default_start_ns(plan, rate))
     sender: _Sender
     if dest.kind == "kafka":
         sender = _KafkaSender(dest)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real services that dte-stream's integration tests run against:
-#   - Debian packages: mosquitto, influxdb (1.6), victoria-metrics, prometheus-alertmanager
+#   - Debian packages: mosquitto, influxdb (1.6), victoria-metrics, prometheus-alertmanager, prometheus,
+#     systemd (systemd-analyze verify for the generated unit; not run as PID 1)
 #   - Apache Kafka broker jars, resolved from Maven Central with Maven (deploy/services/kafka/pom.xml)
 #     into ${DTE_CACHE_DIR:-<repo>/.cache}/kafka/libs
 #
@@ -18,13 +19,13 @@ CACHE_DIR="${DTE_CACHE_DIR:-$REPO/.cache}"
 KAFKA_LIBS="$CACHE_DIR/kafka/libs"
 KAFKA_POM="$HERE/kafka/pom.xml"
 
-DEB_PACKAGES=(mosquitto influxdb victoria-metrics prometheus-alertmanager)
+DEB_PACKAGES=(mosquitto influxdb victoria-metrics prometheus-alertmanager prometheus systemd)
 # binaries the tests need (checked after the install)
-BINARIES=(mosquitto mosquitto_passwd influxd victoria-metrics prometheus-alertmanager openssl)
+BINARIES=(mosquitto mosquitto_passwd influxd victoria-metrics prometheus-alertmanager prometheus systemd-analyze openssl)
 # systemd/init service names the packages ship
-DAEMONS=(mosquitto influxdb victoria-metrics prometheus-alertmanager)
-# default ports of those daemons: mosquitto, influxdb http + rpc, victoria-metrics, alertmanager + cluster
-DEFAULT_PORTS=(1883 8086 8088 8428 9093 9094)
+DAEMONS=(mosquitto influxdb victoria-metrics prometheus-alertmanager prometheus)
+# default ports of those daemons: mosquitto, influxdb http + rpc, victoria-metrics, alertmanager + cluster, prometheus
+DEFAULT_PORTS=(1883 8086 8088 8428 9093 9094 9090)
 
 DO_APT=1
 DO_KAFKA=1

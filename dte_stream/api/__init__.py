@@ -1,1 +1,23 @@
-"""The HTTP surface: API under /api/v1/, the dashboard, health and metrics."""
+"""The HTTP surface of a dte-stream process: one port, ``--http HOST:PORT``.
+
+Module layout (how a new part of the API plugs in):
+
+* :mod:`dte_stream.api.app`: :func:`create_app` builds the FastAPI app from an
+  :class:`ApiContext` (spec, data dir, tokens file, readiness) and a list of *extensions*,
+  functions ``(app, context) -> None`` that add routers (``app.include_router(router,
+  prefix=API_PREFIX)``) or mounts (the dashboard at ``/``). Add yours to
+  :func:`~dte_stream.api.app.default_extensions` so that ``run``, ``demo`` and ``serve`` all
+  serve it. OpenAPI at ``/api/v1/openapi.json``, docs at ``/api/v1/docs``.
+* :mod:`dte_stream.api.health`: ``/healthz`` (alive), ``/readyz`` (sources connected, sinks
+  writing, lag below the bound; :mod:`dte_stream.readiness`) and ``/metrics`` (Prometheus,
+  :mod:`dte_stream.metrics`). Open without a token.
+* :mod:`dte_stream.api.server`: uvicorn beside the dataflow in a background thread
+  (:class:`~dte_stream.api.server.BackgroundServer`, used by ``run``/``demo``), or in the
+  foreground (:func:`~dte_stream.api.server.serve_forever`, ``serve``); ``--http`` parsing.
+
+FastAPI is imported only when a command serves HTTP: ``import dte_stream.api`` is cheap.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

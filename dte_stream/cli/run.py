@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dte_stream.api.server import add_http_argument
 from dte_stream.cli.cluster import check_cluster, check_recovery_layout, parse_addresses, run_cluster
 from dte_stream.cli.progress import Progress
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import DEFAULT_MAX_LAG, READINESS
 from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
+
+if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
 
 __all__ = ["add_cluster_arguments", "add_parsers", "execute", "non_negative_float", "positive_int"]
 
@@ -24,19 +32,57 @@ def execute(
     *,
     quiet: bool = False,
     recovery_dir: Path | None = None,
+    http: tuple[str, int] | None = None,
     addresses: list[str] | None = None,
     process_id: int | None = None,
 ) -> int:
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
 
+    With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile.
     With ``addresses`` and ``process_id`` this process is one of a Bytewax cluster
-    (:mod:`dte_stream.cli.cluster`); only process 0 shows progress, each prints its summary.
+    (:mod:`dte_stream.cli.cluster`); only process 0 shows progress, each prints its summary,
+    and process I serves HTTP on port + I.
     """
-    from dte_stream.dataflow import build_flow, run_flow
+    from dte_stream.dataflow import build_flow
 
-    processes = len(addresses) if addresses is not None else 1
-    flow = build_flow(spec, processes=processes)
+    flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1)
+    if http is not None and process_id:
+        http = (http[0], http[1] + process_id)
+    with _http_server(spec, http):
+        return _execute(
+            spec, flow, quiet=quiet, recovery_dir=recovery_dir, addresses=addresses, process_id=process_id
+        )
+
+
+@contextlib.contextmanager
+def _http_server(spec: DataflowSpec, http: tuple[str, int] | None) -> Iterator[None]:
+    """Serve the HTTP surface beside the dataflow (nothing when ``http`` is None)."""
+    READINESS.reset(max_lag=None if spec.engine.clock == "event" else DEFAULT_MAX_LAG)
+    if http is None:
+        yield
+        return
+    from dte_stream.api.app import ApiContext, create_app
+    from dte_stream.api.server import BackgroundServer
+
+    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir()))
+    with BackgroundServer(app, *http) as server:
+        print(f"dte-stream: serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs", file=sys.stderr)
+        yield
+
+
+def _execute(
+    spec: DataflowSpec,
+    flow: Dataflow,
+    *,
+    quiet: bool,
+    recovery_dir: Path | None,
+    addresses: list[str] | None,
+    process_id: int | None,
+) -> int:
+    from dte_stream.dataflow import run_flow
+
     err = sys.stderr
+    processes = len(addresses) if addresses is not None else 1
     who = "dte-stream" if addresses is None else f"dte-stream [process {process_id} of {processes}]"
     if not quiet and not process_id:
         print(f"dte-stream: running {summary(spec)}", file=err)
@@ -79,18 +125,24 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
+    return _launch(args, spec, args.recovery_dir)
+
+
+def _launch(args: argparse.Namespace, spec: DataflowSpec, recovery_dir: Path | None) -> int:
+    """Run ``spec`` alone, as one process of a cluster, or start a cluster (``--processes``)."""
     addresses = parse_addresses(args.addresses) if args.addresses is not None else None
     check_cluster(addresses, args.process_id)
     if args.processes > 1:
         if addresses is not None:
             raise ConfigError("--processes starts a cluster on this host; --addresses joins one: not both")
-        if args.recovery_dir is not None:
-            check_recovery_layout(args.recovery_dir, args.processes)
+        if recovery_dir is not None:
+            check_recovery_layout(recovery_dir, args.processes)
         return run_cluster(list(getattr(args, "argv", sys.argv[1:])), args.processes)
     return execute(
         spec,
         quiet=args.quiet,
-        recovery_dir=args.recovery_dir,
+        recovery_dir=recovery_dir,
+        http=args.http,
         addresses=addresses,
         process_id=args.process_id,
     )
@@ -148,7 +200,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
     )
-    return execute(spec, quiet=args.quiet)
+    return _launch(args, spec, None)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -161,6 +213,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=Path,
         help="snapshot state and source positions here; a restart with it resumes where it stopped",
     )
+    add_http_argument(p)
     add_cluster_arguments(p)
     p.set_defaults(handler=_run)
 
@@ -188,4 +241,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
     d.add_argument("--workers", type=positive_int, default=1, help="worker threads (default 1)")
     d.add_argument("--quiet", action="store_true", help="no progress, only the summary")
+    add_http_argument(d)
+    add_cluster_arguments(d)
     d.set_defaults(handler=_demo)

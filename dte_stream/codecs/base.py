@@ -9,14 +9,14 @@ with its index and reason. ``encode`` is the inverse, used by the simulator and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, overload, runtime_checkable
 
 from dte_stream.readings import DeadLetter, ReadingBatch
 from dte_stream.times import now_ns
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Codec", "DecodeContext", "DecodeResult"]
+__all__ = ["MAX_PAYLOAD_BYTES", "Codec", "ContextPayloads", "DecodeContext", "DecodeResult", "PayloadBatch"]
 
 #: Default payload size limit; larger payloads are dead-lettered unread.
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -44,6 +44,84 @@ class DecodeResult:
 
     readings: ReadingBatch
     errors: list[DeadLetter]
+
+
+_Pair = tuple[bytes, "DecodeContext"]
+
+
+class PayloadBatch(Sequence[tuple[bytes, DecodeContext]]):
+    """Payloads of one source read, as columns: what a codec's batch fast path reads.
+
+    A sequence of ``(payload, context)`` pairs like any other, but the payloads are one list
+    (``values``) and the context of each is made only when asked for: a source that reads
+    thousands of records per call (Kafka) does not build a :class:`DecodeContext` per record
+    when the payloads carry their own twin ids and times, which is the common case. Every
+    payload shares ``max_payload_bytes``. Subclasses say where each payload came from.
+
+    >>> batch = ContextPayloads([(b"1.5", DecodeContext("a", twin_id="t", channel="c"))])
+    >>> batch.values, batch.twin_id(0), batch[0][1].source
+    ([b'1.5'], 't', 'a')
+    """
+
+    __slots__ = ("max_payload_bytes", "values")
+
+    def __init__(self, values: list[bytes], max_payload_bytes: int) -> None:
+        self.values = values
+        self.max_payload_bytes = max_payload_bytes
+
+    def context(self, index: int) -> DecodeContext:
+        """The full context of payload ``index``."""
+        raise NotImplementedError
+
+    def twin_id(self, index: int) -> str | None:
+        """The twin id the context gives payload ``index`` (None: none)."""
+        return self.context(index).twin_id
+
+    def channel(self, index: int) -> str | None:
+        """The channel the context gives payload ``index`` (None: none)."""
+        return self.context(index).channel
+
+    def received_ns(self, index: int) -> int:
+        """When payload ``index`` was received (the time of readings that carry none)."""
+        return self.context(index).received_ns
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[bytes, DecodeContext]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[bytes, DecodeContext]]: ...
+    def __getitem__(
+        self, index: int | slice
+    ) -> tuple[bytes, DecodeContext] | list[tuple[bytes, DecodeContext]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self.values)
+        return self.values[index], self.context(index)
+
+    def __iter__(self) -> Iterator[tuple[bytes, DecodeContext]]:
+        for index, value in enumerate(self.values):
+            yield value, self.context(index)
+
+    def __reduce__(self) -> tuple[type[list[_Pair]], tuple[list[_Pair]]]:
+        # Pickled (sent to another worker) as the plain list of pairs: every context is made.
+        return list, (list(self),)
+
+
+class ContextPayloads(PayloadBatch):
+    """A :class:`PayloadBatch` over ready ``(payload, context)`` pairs (tests, small sources)."""
+
+    __slots__ = ("_contexts",)
+
+    def __init__(self, pairs: Sequence[tuple[bytes, DecodeContext]]) -> None:
+        limit = min((c.max_payload_bytes for _, c in pairs), default=MAX_PAYLOAD_BYTES)
+        super().__init__([p for p, _ in pairs], limit)
+        self._contexts = [c for _, c in pairs]
+
+    def context(self, index: int) -> DecodeContext:
+        return self._contexts[index]
 
 
 @runtime_checkable

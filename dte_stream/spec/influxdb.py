@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -107,6 +107,19 @@ class InfluxDBSinkSpec(SpecModel):
     measurement: str = Field("dte_readings", min_length=1, max_length=256)
     unit: Literal["tag", "field", "omit"] = Field(
         "tag", description="the reading's unit as a tag (when not empty), a string field, or not at all"
+    )
+    fields: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "write only these fields (value, estimate, std, innovation, nis, anomaly_score, the "
+            "twin type's extra outputs, flags); unset = all. Fewer fields, less work for InfluxDB"
+        ),
+    )
+    tags: list[Literal["channel", "twin_id", "twin_type", "unit"]] | None = Field(
+        None,
+        min_length=1,
+        description="write only these tags; unset = all (unit as the unit setting says)",
     )
     escaping: Literal["portable", "spec"] = Field(
         "portable",
@@ -233,6 +246,10 @@ class InfluxDBSinkSpec(SpecModel):
                 f"max_buffer_lines: must be at least batch_size ({self.batch_size}), "
                 f"got {self.max_buffer_lines}"
             )
+        if self.tags is not None and not {"twin_id", "channel"} <= set(self.tags):
+            raise ValueError(f"tags: must include twin_id and channel (a point per reading), got {self.tags}")
+        if self.fields is not None and len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"fields: each field once, got {self.fields}")
         if self.ca_file is not None and not self.url.startswith("https://"):
             raise ValueError("ca_file: only used with an https:// url")
         return self

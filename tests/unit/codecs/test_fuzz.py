@@ -411,9 +411,11 @@ def test_csv_like_text(
     ],
 )
 def test_pathological_payloads_stay_fast(name: str, payload: bytes) -> None:
+    """Linear, not quadratic: well under a second on a quiet machine; the bound leaves room
+    for a machine shared by many jobs (a quadratic decoder would take minutes here)."""
     start = time.perf_counter()
     decode_checked(get_codec(name), payload)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0
 
 
 def test_fuzz_checks_cover_every_registered_codec() -> None:

@@ -272,3 +272,18 @@ def test_large_batch_in_bulk() -> None:
     assert len(decoded) == n * (len(FIELD_NAMES) + 1)  # + flags
     values = [d[3] for d in decoded if d[1] == "value"]
     assert values == batch.value.tolist()
+
+
+def test_fields_and_tags_limit_what_is_written() -> None:
+    """Only the chosen fields and tags; a row left with no chosen finite field is skipped."""
+    batch = estimates(
+        ["pump 1", "b"], units=["°C", "°C"], fields={"value": [0.5, math.nan], "std": [2.5, math.nan]}
+    )
+    serialiser = EstimateSerialiser(fields=["value", "std"], tags=["channel", "twin_id"])
+    out = serialiser.serialise(batch)
+    assert out.lines.to_list() == [f"dte_readings,channel=temp,twin_id=pump\\ 1 value=0.5,std=2.5 {T0}"]
+    assert out.skipped == 1
+    with_flags = EstimateSerialiser(fields=["estimate", "flags"], tags=["channel", "twin_id", "twin_type"])
+    assert with_flags.serialise(batch).lines.to_list()[0] == (
+        f"dte_readings,channel=temp,twin_id=pump\\ 1,twin_type=pump estimate=1.5,flags=0i {T0}"
+    )

@@ -188,3 +188,14 @@ def test_target_describes_where_points_go() -> None:
     assert spec.target() == "InfluxDB at http://db:8086 (database 'plant', retention policy 'a_year')"
     v2 = InfluxDBSinkSpec(kind="influxdb", org="acme", bucket="plant")
     assert v2.target() == "InfluxDB at http://127.0.0.1:8086 (org 'acme', bucket 'plant')"
+
+
+def test_fields_and_tags_are_checked() -> None:
+    spec = InfluxDBSinkSpec(kind="influxdb", fields=["value", "estimate"], tags=["twin_id", "channel"])
+    assert spec.fields == ["value", "estimate"]
+    with pytest.raises(ValidationError, match="must include twin_id and channel"):
+        InfluxDBSinkSpec(kind="influxdb", tags=["twin_id"])
+    with pytest.raises(ValidationError, match="each field once"):
+        InfluxDBSinkSpec(kind="influxdb", fields=["value", "value"])
+    with pytest.raises(ValidationError, match="fields"):
+        InfluxDBSinkSpec(kind="influxdb", fields=["bad name"])

@@ -150,3 +150,31 @@ def test_fast_contexts_are_ordinary_frozen_contexts() -> None:
     assert type(made) is DecodeContext
     with pytest.raises(FrozenInstanceError):
         made.source = "x"  # type: ignore[misc]
+
+
+def test_clean_records_map_in_bulk_with_the_same_contexts_as_one_by_one() -> None:
+    """Records without errors map into KafkaPayloads whose contexts equal the per-record ones."""
+    from dte_stream.connectors.kafka.records import KafkaPayloads
+
+    records = [Record(10 + i, b'{"v": %d}' % i, b"pump-%d" % i) for i in range(4)]
+    records[2].key_ = b"\xff"  # not UTF-8: no twin id
+    records[3].ts = (TIMESTAMP_NOT_AVAILABLE, -1)
+    mapper = RecordMapper(BOOT, "sensors", 3, key_is_twin_id=True, max_payload_bytes=100)
+    out = mapper.map(records)
+    assert isinstance(out.payloads, KafkaPayloads)
+    assert (out.next_offset, out.at_end, out.errors) == (14, False, [])
+    one_by_one = mapper.map([*records, Record(14, None)])  # a bad record: the per-record path
+    assert not isinstance(one_by_one.payloads, KafkaPayloads)
+    for (value, ctx), (value2, ctx2) in zip(out.payloads, one_by_one.payloads, strict=True):
+        assert value == value2
+        assert (ctx.source, ctx.twin_id, ctx.channel, ctx.max_payload_bytes) == (
+            ctx2.source,
+            ctx2.twin_id,
+            ctx2.channel,
+            ctx2.max_payload_bytes,
+        )
+        if ctx.source.endswith("@13"):  # no timestamp: the wall clock when mapped
+            assert abs(ctx.received_ns - ctx2.received_ns) < 10**10
+        else:
+            assert ctx.received_ns == ctx2.received_ns
+    assert mapper.map(records, end_offset=12).next_offset == 12  # the end cuts: per record

@@ -12,6 +12,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 
 from dte_stream.batches import SourceBatch
+from dte_stream.codecs.base import DecodeContext
 from dte_stream.connectors.simulator.signals import FAULT_KINDS, ChunkSignals, profile_for
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.spec.model import SimulatorSourceSpec
@@ -112,3 +113,35 @@ def test_stuck_fault_repeats_one_value() -> None:
     first = (start - START) // 10**9
     values = [sig.values(t)[1][tw, ch] for t in range(first, first + 5) if START + t * 10**9 < end]
     assert len(set(values)) == 1
+
+
+def test_simulated_json_messages_are_the_codec_s_bytes() -> None:
+    """The fast json path writes exactly what the json codec encodes for each reading."""
+    from dte_stream.codecs import get_codec
+    from dte_stream.connectors.simulator.publish import SimulationPlan, simulated_messages
+    from dte_stream.readings import ReadingBatch
+
+    plan = SimulationPlan(twins=4, count=50, start_ns=1_767_323_045_000_000_000)
+    messages = list(simulated_messages(plan))
+    assert sum(n for _, _, n in messages) == 50
+    codec = get_codec("json")
+    for twin, payload, _ in messages:
+        readings = codec.decode(payload, DecodeContext("test")).readings
+        assert readings.twin_id.tolist() == [twin]
+        again = ReadingBatch.from_columns(
+            readings.twin_id, readings.channel, readings.time_ns, readings.value
+        )
+        assert codec.encode(again) == payload
+    senml = list(simulated_messages(SimulationPlan(twins=4, count=50, codec="senml", start_ns=plan.start_ns)))
+    assert sum(n for _, _, n in senml) == 50
+
+
+def test_readings_sent_as_fast_as_possible_are_never_stamped_ahead() -> None:
+    from dte_stream.connectors.simulator.publish import SimulationPlan, default_start_ns
+    from dte_stream.times import NS_PER_S, now_ns
+
+    plan = SimulationPlan(twins=100, count=30_000)  # 100 ticks of 1 s
+    start = default_start_ns(plan)
+    last_tick = start + 99 * NS_PER_S
+    assert last_tick <= now_ns()
+    assert default_start_ns(plan, rate=300.0) >= now_ns() - 2 * NS_PER_S  # real time: from now on
