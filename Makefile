@@ -8,7 +8,7 @@ PY     := $(BIN)/python
 DATA   ?= dte-data
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-run demo services test test-unit test-integration lint typecheck check ci bench clean
+.PHONY: help install install-run demo services test test-unit test-integration chaos lint typecheck check ci bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ test-unit: install ## unit tests (no services)
 
 test-integration: install services ## integration tests against real services
 	$(PY) -m pytest tests/integration -q
+
+chaos: install services ## chaos tests, long mode: InfluxDB down 120 s, kills, broker restart (docs/reliability.md)
+	DTE_CHAOS_LONG=1 $(PY) -m pytest tests/integration/test_chaos_kafka_influxdb.py -q -s
 
 test: install services ## the whole suite: unit and integration tests
 	$(PY) -m pytest tests -q

@@ -124,6 +124,42 @@ def run_with_api(twins: int, seconds: float, rps: float) -> tuple[float, list[fl
         return parse_rate(err), lists, details
 
 
+def view_write_cost(twins: int = 2_500) -> tuple[float, float]:
+    """CPU and wall seconds per twin of one view write (records + SQLite), demo twin type, warm bank."""
+    import numpy as np
+
+    from dte_stream.alerts.rules import AlertEngine
+    from dte_stream.demo import demo_spec
+    from dte_stream.readings import ReadingBatch
+    from dte_stream.twins.bank import TwinBank
+    from dte_stream.twins.batches import TypedBatch
+    from dte_stream.view import TwinView, ViewCollector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = demo_spec(twins=10, data_dir=Path(tmp)).twin_types[0]
+        bank, engine = TwinBank(spec), AlertEngine(spec.name, spec.channel_names(), spec.alerts)
+        view, collector = TwinView.open(tmp), ViewCollector()
+        ids = np.repeat(np.array([f"pump-{i:05d}" for i in range(twins)]), 3)
+        channels = np.tile(np.array(["temperature", "pressure", "flow"]), twins)
+        cpu = wall = 0.0
+        for k in range(4):
+            values = np.random.default_rng(k).normal(50, 1, 3 * twins)
+            rb = ReadingBatch.from_columns(
+                ids.tolist(), channels.tolist(), [k * 10**9] * (3 * twins), values.tolist()
+            )
+            collector.note(
+                bank.update(TypedBatch("pump", rb, np.tile(np.arange(3), twins)), now_ns=k * 10**9)
+            )
+            c0, w0 = time.thread_time(), time.perf_counter()
+            records, alerts = collector.records(bank, engine)
+            view.put(records, k, alerts)
+            if k:  # the first write creates the rows
+                cpu += time.thread_time() - c0
+                wall += time.perf_counter() - w0
+        view.close()
+    return cpu / 3 / twins, wall / 3 / twins
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -138,6 +174,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rps", type=float, default=20.0, help="API requests per second during view+api")
     args = parser.parse_args()
+    cpu, wall = view_write_cost()
+    print(f"view write: {1e6 * cpu:.0f} us CPU ({1e6 * wall:.0f} us wall) per changed twin", flush=True)
     rates: dict[str, list[float]] = {"no-view": [], "view": [], "view+api": []}
     lists: list[float] = []
     details: list[float] = []

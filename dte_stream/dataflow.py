@@ -46,7 +46,7 @@ from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSpec, SimulatorSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
-from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
+from dte_stream.store.sink import DeadLetterOutput, DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.routing import Router, RouteResult, TypedBatch
 from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
@@ -248,8 +248,10 @@ def build_flow(
             )
             op.output(f"sink_{sink.name}", rows, store)
         elif isinstance(sink, InfluxDBSinkSpec):
-            dead_file = spec.dead_letter_path() if spec.dead_letters.writes_file() else None
-            influx = InfluxDBSink(sink, dead_file).per_epoch(spec.engine.workers * processes)
+            sink_letters = DeadLetterOutput(
+                spec.dead_letter_path(), max_bytes=spec.dead_letters.max_bytes, keep=spec.dead_letters.keep
+            )
+            influx = InfluxDBSink(sink, sink_letters).per_epoch(spec.engine.workers * processes)
             op.output(f"sink_{sink.name}", keyed_batches, influx)
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
@@ -259,7 +261,10 @@ def build_flow(
         op.output("dead_letters", letters, dead_letter_output)
         return flow
     if spec.dead_letters.writes_file():
-        op.output("dead_letters", letters, DeadLetterSink(spec.dead_letter_path()))
+        dead_file = DeadLetterSink(
+            spec.dead_letter_path(), max_bytes=spec.dead_letters.max_bytes, keep=spec.dead_letters.keep
+        )
+        op.output("dead_letters", letters, dead_file)
     for i, target in enumerate(spec.dead_letters.sinks):
         op.output(f"dead_letters_{target.kind}_{i}", letters, _dead_letter_sink(target, spec.name))
     return flow

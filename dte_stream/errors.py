@@ -28,8 +28,11 @@ class SpecError(DteStreamError):
     """
 
     def __init__(self, source: str, problems: list[str]) -> None:
+        from dte_stream.redaction import redact  # a value that failed validation may hold a password
+
         self.source = source
-        self.problems = problems
+        self.problems = [redact(p) for p in problems]
+        problems = self.problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid dataflow spec {source}:\n{lines}")
 

@@ -31,6 +31,7 @@ from dte_stream.batches import AlertEvent
 from dte_stream.connectors.alerting.errors import LOG, DeliveryError
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.retry import RetryPolicy
 from dte_stream.spec.notify import NotifierRetrySpec, NotifierSpec
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "backoff_delay",
     "make_notifier",
     "metric_name",
+    "retry_policy",
 ]
 
 
@@ -71,17 +73,22 @@ def metric_name(counter: str, notifier: str) -> str:
     return f'{counter}{{notifier="{notifier}"}}'
 
 
+def retry_policy(retries: NotifierRetrySpec) -> RetryPolicy:
+    """The project's one retry policy (:mod:`dte_stream.retry`) with a notifier's settings."""
+    return RetryPolicy(retries.backoff, retries.max_backoff, retries.max_attempts)
+
+
 def backoff_delay(attempt: int, retries: NotifierRetrySpec, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, jittered.
 
-    ``retries.backoff * 2**(attempt-1)`` capped at ``retries.max_backoff``, times 0.5-1.0.
+    ``retries.backoff * 2**(attempt-1)`` capped at ``retries.max_backoff``, times 0.5-1.0
+    (:class:`dte_stream.retry.RetryPolicy`, shared with the InfluxDB writer).
 
     >>> r = NotifierRetrySpec(backoff=1.0, max_backoff=8.0)
     >>> [round(backoff_delay(n, r, random.Random(0)), 3) for n in (1, 2, 3, 4, 5)]
     [0.922, 1.844, 3.689, 7.378, 7.378]
     """
-    base = min(retries.max_backoff, retries.backoff * 2.0 ** min(attempt - 1, 60))
-    return base * (0.5 + 0.5 * (rng or random).random())
+    return retry_policy(retries).delay(attempt, rng=rng)
 
 
 def make_notifier(spec: NotifierSpec) -> Notifier:
@@ -219,7 +226,7 @@ class _Lane:
             LOG.warning("notifier %s: resending active alerts failed: %s", self.name, _reason(exc))
 
     def _deliver(self, event: AlertEvent) -> None:
-        retries = self.spec.retries
+        policy = retry_policy(self.spec.retries)
         attempt = 0
         failing_since: float | None = None
         while True:
@@ -229,9 +236,7 @@ class _Lane:
             except Exception as exc:
                 METRICS.add(self._failed)
                 retryable = not isinstance(exc, DeliveryError) or exc.retryable
-                gave_up = not retryable or (
-                    retries.max_attempts is not None and attempt >= retries.max_attempts
-                )
+                gave_up = not retryable or policy.exhausted(attempt)
                 if gave_up:
                     METRICS.add(self._dropped)
                     LOG.error(
@@ -252,9 +257,8 @@ class _Lane:
                         event.alert_id,
                         _reason(exc),
                     )
-                delay = backoff_delay(attempt, retries, self._rng)
-                if isinstance(exc, DeliveryError) and exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
+                wish = exc.retry_after if isinstance(exc, DeliveryError) else None
+                delay = policy.delay(attempt, retry_after=wish, rng=self._rng)
                 with self._cond:
                     if self._cond.wait_for(lambda: self._stopping, delay):
                         self._drop(1, f"alert {event.alert_id} was still being retried at close")

@@ -9,7 +9,12 @@ Errors are :class:`InfluxDBError` (a :class:`~dte_stream.errors.ConnectorError`)
 from __future__ import annotations
 
 from dte_stream.connectors.influxdb.buffer import LineBuffer, PutResult
-from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
+from dte_stream.connectors.influxdb.errors import (
+    InfluxDBError,
+    InfluxDBRejected,
+    InfluxDBStopped,
+    InfluxDBUnavailable,
+)
 from dte_stream.connectors.influxdb.serialise import FIELDS, TAGS, EstimateSerialiser, SerialisedLines
 from dte_stream.connectors.influxdb.sink import InfluxDBEpochSink, InfluxDBSink
 from dte_stream.connectors.influxdb.transport import Transport, V1Transport, V2Transport, make_transport
@@ -22,6 +27,7 @@ __all__ = [
     "InfluxDBError",
     "InfluxDBRejected",
     "InfluxDBSink",
+    "InfluxDBStopped",
     "InfluxDBUnavailable",
     "LineBuffer",
     "PutResult",

@@ -5,10 +5,16 @@ serialised batch); the writer thread :meth:`~LineBuffer.take` s up to ``batch_si
 time, as soon as that many wait or the oldest line is ``flush_interval`` old.
 
 When the buffer is full, ``put`` blocks: a slow server slows the dataflow down instead of
-losing readings. Only when the server has been failing for ``max_block`` seconds (the writer
-reports every failed and every successful attempt) does ``put`` make room by dropping the
-oldest buffered lines, and it returns how many it dropped so the caller can say so. A server
+losing readings (with ``max_block=None``, the default, for as long as the server fails). Only
+when a ``max_block`` is set and the server has been failing that long (the writer reports
+every failed and every successful attempt) does ``put`` make room by dropping the oldest
+buffered lines, and it returns them so the caller can count and dead-letter them. A server
 that answers again ends the outage, and ``put`` blocks again.
+
+A graceful stop (``stop_requested`` returns True) bounds every wait: ``put`` and ``flush``
+wait at most ``stop_wait`` seconds more for the server (none once ``stop_now`` is True), then
+raise :class:`InfluxDBStopped`, so the epoch with unwritten lines is never committed (a
+re-readable source reads it again).
 
 >>> buffer = LineBuffer(capacity=3, max_block=None)
 >>> buffer.put(pl.Series(["a", "b"])).dropped
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from dte_stream.connectors.influxdb.errors import InfluxDBError
+from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBStopped
 
 __all__ = ["LineBuffer", "PutResult"]
 
@@ -37,23 +43,40 @@ _POLL = 0.5
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
-    """What a ``put`` cost: lines dropped to make room, and seconds spent blocked."""
+    """What a ``put`` cost: the lines dropped to make room (oldest first), and seconds blocked."""
 
-    dropped: int = 0
+    dropped_lines: tuple[pl.Series, ...] = ()
     blocked: float = 0.0
+
+    @property
+    def dropped(self) -> int:
+        """How many lines were dropped."""
+        return sum(chunk.len() for chunk in self.dropped_lines)
 
 
 class LineBuffer:
     """A FIFO of at most ``capacity`` lines, shared by one producer and one consumer thread."""
 
     def __init__(
-        self, capacity: int, max_block: float | None, clock: Callable[[], float] = time.monotonic
+        self,
+        capacity: int,
+        max_block: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        stop_requested: Callable[[], bool] = lambda: False,
+        stop_now: Callable[[], bool] = lambda: False,
+        stop_wait: float = 30.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self.max_block = max_block
         self._clock = clock
+        self._stop_requested = stop_requested
+        self._stop_now = stop_now
+        self._stop_wait = stop_wait
+        self._stop_deadline: float | None = None  # set when a waiting call first sees the stop
+        self._gave_up = False  # a stop gave up waiting: what is left is not committed
         self._cond = threading.Condition()
         self._chunks: deque[tuple[pl.Series, float]] = deque()  # lines, arrival time
         self._size = 0
@@ -80,8 +103,11 @@ class LineBuffer:
     # ------------------------------------------------------------------------------------
 
     def put(self, lines: pl.Series) -> PutResult:
-        """Append ``lines``; block while full, drop the oldest lines past ``max_block`` of outage."""
-        dropped = 0
+        """Append ``lines``; block while full, drop the oldest lines past ``max_block`` of outage.
+
+        Raises :class:`InfluxDBStopped` when a graceful stop has waited ``stop_wait`` seconds.
+        """
+        dropped: list[pl.Series] = []
         blocked = 0.0
         remaining = lines
         with self._cond:
@@ -100,13 +126,14 @@ class LineBuffer:
                 if self._dropping(now):
                     dropped += self._evict(min(remaining.len(), self.capacity))
                     continue
+                self._check_stop(now, "the buffer is full")
                 wait = _POLL
                 if self.max_block is not None and self._outage_since is not None:
                     wait = min(wait, max(self._outage_since + self.max_block - now, 0.0))
                 start = self._clock()
                 self._cond.wait(wait)
                 blocked += self._clock() - start
-        return PutResult(dropped, blocked)
+        return PutResult(tuple(dropped), blocked)
 
     def _dropping(self, now: float) -> bool:
         return (
@@ -115,21 +142,54 @@ class LineBuffer:
             and now - self._outage_since >= self.max_block
         )
 
-    def _evict(self, count: int) -> int:
-        """Remove the ``count`` oldest lines (or all there are); return how many."""
+    def _evict(self, count: int) -> list[pl.Series]:
+        """Remove the ``count`` oldest lines (or all there are); return them, oldest first."""
         removed = 0
+        out: list[pl.Series] = []
         while removed < count and self._chunks:
             chunk, arrived = self._chunks[0]
             need = count - removed
             if chunk.len() <= need:
                 self._chunks.popleft()
+                out.append(chunk)
                 removed += chunk.len()
             else:
+                out.append(chunk.slice(0, need))
                 self._chunks[0] = (chunk.slice(need), arrived)
                 removed += need
         self._size -= removed
         self._settled += removed
-        return removed
+        return out
+
+    def _check_stop(self, now: float, why: str) -> None:
+        """Raise InfluxDBStopped once a graceful stop has waited ``stop_wait`` for the server."""
+        at_once = self._stop_now()
+        if not at_once and not self._stop_requested():
+            return
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self._stop_wait
+        if at_once or now >= self._stop_deadline:
+            waited = "at once" if at_once else f"within {self._stop_wait:g} s (close_timeout)"
+            unwritten = self._accepted - self._settled
+            self._gave_up = True
+            raise InfluxDBStopped(
+                f"stopped with {unwritten} points not written ({why}, the server did not take them "
+                f"{waited}); they are not committed: a restart with the same recovery directory "
+                "writes them",
+                unwritten,
+            )
+
+    @property
+    def gave_up(self) -> bool:
+        """True once a stop gave up waiting for the server (the epoch is not committed)."""
+        with self._cond:
+            return self._gave_up
+
+    @property
+    def stop_deadline(self) -> float | None:
+        """When a graceful stop stops waiting for the server (clock time), once one is under way."""
+        with self._cond:
+            return self._stop_deadline
 
     def _raise_if_unusable(self) -> None:
         if self._failure is not None:
@@ -235,16 +295,17 @@ class LineBuffer:
                 while self._settled < target and not self._aborted:
                     if self._failure is not None:
                         raise self._failure
+                    self._check_stop(self._clock(), "the epoch's lines are not all written")
                     self._cond.wait(poll)
             finally:
                 self._flushing -= 1
 
-    def drain(self) -> int:
-        """Remove every buffered line; return how many there were."""
+    def drain(self) -> list[pl.Series]:
+        """Remove every buffered line; return them, oldest first."""
         with self._cond:
-            count = self._size
+            out = [chunk for chunk, _ in self._chunks]
+            self._settled += self._size
             self._chunks.clear()
             self._size = 0
-            self._settled += count
             self._cond.notify_all()
-            return count
+            return out

@@ -3,8 +3,10 @@
     ConnectorError
     └── InfluxDBError               the server could not be reached or refused a request
         ├── InfluxDBUnavailable     retry later: network error, timeout, 429, 5xx
-        └── InfluxDBRejected        permanent for this request: another 4xx (bad line, no such
-                                    database, no permission); retrying would fail again
+        ├── InfluxDBRejected        permanent for this request: another 4xx (bad line, no such
+        │                           database, no permission); retrying would fail again
+        └── InfluxDBStopped         a graceful stop gave up waiting for the server: the epoch
+                                    with unwritten lines is not committed
 
 Messages name the server and what it said, never a password or token. influxdb-client,
 urllib3 and http.client exceptions are converted where they are caught (the transports).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dte_stream.errors import ConnectorError
 
-__all__ = ["InfluxDBError", "InfluxDBRejected", "InfluxDBUnavailable"]
+__all__ = ["InfluxDBError", "InfluxDBRejected", "InfluxDBStopped", "InfluxDBUnavailable"]
 
 
 class InfluxDBError(ConnectorError):
@@ -38,3 +40,15 @@ class InfluxDBUnavailable(InfluxDBError):  # noqa: N818 - reads as a state, like
 
 class InfluxDBRejected(InfluxDBError):  # noqa: N818 - reads as a state
     """The server refused the request for good (a 4xx other than 429); ``status`` says which."""
+
+
+class InfluxDBStopped(InfluxDBError):  # noqa: N818 - reads as a state
+    """A graceful stop waited long enough for a failing server; ``unwritten`` lines were not stored.
+
+    Raised into the dataflow on purpose: Bytewax then ends without committing the epoch, so
+    the source's position stays before the unwritten points and a restart writes them.
+    """
+
+    def __init__(self, message: str, unwritten: int) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten

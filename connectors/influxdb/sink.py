@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import polars as pl
 from bytewax.outputs import (
     DynamicSink,
     FixedPartitionedSink,
@@ -41,14 +42,20 @@ from bytewax.outputs import (
 
 from dte_stream.batches import DeadLetter, EstimateBatch
 from dte_stream.connectors.influxdb.buffer import LineBuffer
-from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
+from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.connectors.influxdb.serialise import EstimateSerialiser
 from dte_stream.connectors.influxdb.transport import Transport, make_transport
-from dte_stream.connectors.influxdb.writer import MAX_LOGGED_REJECTIONS, REPEAT_LOG, BatchWriter
+from dte_stream.connectors.influxdb.writer import (
+    MAX_LOGGED_REJECTIONS,
+    REPEAT_LOG,
+    BatchWriter,
+    DeadLetterOut,
+)
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.shutdown import stop_now_requested, stop_requested
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
-from dte_stream.store.dead_letters import DeadLetterLog
+from dte_stream.store.sink import DeadLetterOutput
 
 __all__ = ["InfluxDBEpochSink", "InfluxDBSink", "concat_by_type"]
 
@@ -77,15 +84,19 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
     Delivery: at-least-once for every point that leaves the buffer, and idempotent, so repeats
     are harmless: a point is identified by measurement, tags and time, and writing it again
     overwrites it with the same values. Network errors, timeouts, 429 and 5xx answers are
-    retried with exponential backoff and jitter (honouring ``Retry-After``). A full buffer
-    blocks ``write_batch`` and so slows the whole dataflow down; points are dropped only when
-    the server has been failing for ``max_block`` seconds with the buffer full (oldest lines
-    first), when a batch used up ``retries.max_attempts``, or when ``close_timeout`` ends a
-    close, and every drop is logged as an error and counted in ``influxdb_points_dropped``.
-    Points the server refuses for good (a 4xx other than 429) and rows whose ids cannot be
-    written exactly are dead letters (logged once per reason, counted, and appended to the
-    dead-letter file). Used as is (a dynamic sink), Bytewax counts an item as delivered when
-    ``write_batch`` returns, so lines still buffered when the process dies abruptly are lost;
+    retried with exponential backoff and jitter (honouring ``Retry-After``;
+    :class:`dte_stream.retry.RetryPolicy`). A full buffer blocks ``write_batch`` and so holds
+    the whole dataflow (and a Kafka source's partitions) for as long as the server fails.
+    Points are dropped only when the spec allows it: ``max_block`` set and the server failing
+    that long with the buffer full (oldest lines first), ``retries.max_attempts`` used up, or
+    ``close_timeout`` ending a close; every drop is logged, counted in
+    ``influxdb_points_dropped`` and sent with its lines to the dead-letter output. Points the
+    server refuses for good (a 4xx other than 429; of a partial write only the refused lines)
+    and rows whose ids cannot be written exactly are dead letters too (logged once per reason,
+    counted). A graceful stop waits at most ``close_timeout`` for a failing server, then ends
+    the dataflow without committing the epoch. Used as is (a dynamic sink), Bytewax counts an
+    item as delivered when ``write_batch`` returns, so lines still buffered when the process
+    dies abruptly are lost;
     :meth:`per_epoch` makes the sink the dataflow uses: the end of every epoch waits until the
     epoch's lines are written, before Bytewax commits the epoch, so a restart after a crash
     rewrites what was lost (idempotently) and never skips it.
@@ -98,17 +109,38 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
     def __init__(
         self,
         spec: InfluxDBSinkSpec,
-        dead_letter_path: Path | str | None = None,
+        dead_letters: DeadLetterOutput | Path | str | None = None,
         *,
         transport_factory: TransportFactory = make_transport,
     ) -> None:
         self.spec = spec
-        path = spec.dead_letters if spec.dead_letters is not None else dead_letter_path
-        self.dead_letter_path = Path(path) if path is not None else None
+        if spec.dead_letters is not None:
+            dead_letters = spec.dead_letters
+        if dead_letters is None:
+            dead_letters = DeadLetterOutput.default()
+        if not isinstance(dead_letters, DeadLetterOutput):
+            dead_letters = DeadLetterOutput(Path(dead_letters))
+        #: the dataflow's dead-letter output: counted in ``dead_letters``, written to its file
+        self.dead_letters: DeadLetterOut = dead_letters
         self._transport_factory = transport_factory
 
     def __repr__(self) -> str:
         return f"InfluxDBSink({self.spec.target()})"
+
+    def preflight(self) -> None:
+        """The start-up check, before the dataflow starts: the server answers and takes writes.
+
+        Raises :class:`~dte_stream.errors.ConnectorError` with one line naming the cause and
+        the fix: not reachable (refused, no such host, TLS), bad credentials, no such database
+        or bucket, no permission. Creates the database first when ``create_database`` says so.
+        """
+        transport = self._transport_factory(self.spec)
+        try:
+            transport.check()
+        except InfluxDBError as exc:
+            raise ConnectorError(f"sink {self.spec.name}: {exc}") from None
+        finally:
+            transport.close()
 
     def per_epoch(self, partitions: int) -> InfluxDBEpochSink:
         """The sink whose epochs end only once their points are written (see the class docs)."""
@@ -130,9 +162,8 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
             raise ConnectorError(str(exc)) from None
         except InfluxDBUnavailable as exc:
             log.warning("%s; the sink starts anyway and retries", exc)
-        dead_letters = DeadLetterLog(self.dead_letter_path) if self.dead_letter_path is not None else None
         return _InfluxDBPartition(
-            self.spec, transport, dead_letters, f"{step_id}/{worker_index}", checked=checked
+            self.spec, transport, self.dead_letters, f"{step_id}/{worker_index}", checked=checked
         )
 
 
@@ -168,7 +199,7 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
         self,
         spec: InfluxDBSinkSpec,
         transport: Transport,
-        dead_letters: DeadLetterLog | None,
+        dead_letters: DeadLetterOut,
         key: str,
         *,
         checked: bool,
@@ -183,7 +214,13 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
             fields=spec.fields,
             tags=spec.tags,
         )
-        self._buffer = LineBuffer(spec.max_buffer_lines, spec.max_block)
+        self._buffer = LineBuffer(
+            spec.max_buffer_lines,
+            spec.max_block,
+            stop_requested=stop_requested,
+            stop_now=stop_now_requested,
+            stop_wait=spec.close_timeout,
+        )
         self._dead_letters = dead_letters
         self._writer = BatchWriter(spec, transport, self._buffer, dead_letters, key, checked=checked)
         self._last_drop_log = -REPEAT_LOG
@@ -213,7 +250,7 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
                 if result.blocked:
                     METRICS.add("influxdb_blocked_ms", int(result.blocked * 1000))
                 if result.dropped:
-                    self._dropped(result.dropped)
+                    self._dropped(result.dropped_lines)
         METRICS.set_gauge("influxdb_buffer_lines", self._key, len(self._buffer))
 
     def snapshot(self) -> None:
@@ -225,8 +262,7 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
 
     def _dead_letter(self, letters: list[DeadLetter]) -> None:
         METRICS.add("influxdb_points_invalid", len(letters))
-        if self._dead_letters is not None:
-            self._dead_letters.append(letters)
+        self._dead_letters(letters)
         for letter in letters:
             reason = letter.reason
             if reason not in self._logged_invalid and len(self._logged_invalid) < MAX_LOGGED_REJECTIONS:
@@ -237,9 +273,16 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
                     letter.reason,
                 )
 
-    def _dropped(self, count: int) -> None:
-        """Count dropped lines; say so at once, then at most once a minute (and on close)."""
+    def _dropped(self, chunks: tuple[pl.Series, ...]) -> None:
+        """Count dropped lines and dead-letter them; say so at once, then at most once a minute."""
+        count = sum(c.len() for c in chunks)
         METRICS.add("influxdb_points_dropped", count)
+        reason = (
+            f"dropped: the server was failing for max_block ({self._spec.max_block} s) with the "
+            f"buffer of {self._spec.max_buffer_lines} lines full"
+        )
+        source = f"influxdb:{self._spec.name}"
+        self._dead_letters([DeadLetter(source, reason, line.encode("utf-8")) for c in chunks for line in c])
         self._dropped_since_log += count
         now = time.monotonic()
         if now - self._last_drop_log >= REPEAT_LOG:
@@ -262,13 +305,27 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
         self._dropped_since_log = 0
 
     def close(self) -> None:
-        """Write what is buffered, waiting at most ``close_timeout``; then end the writer."""
+        """Write what is buffered, waiting at most ``close_timeout``; then end the writer.
+
+        After a stop gave up waiting for the server (the epoch is not committed; see
+        :class:`~dte_stream.connectors.influxdb.buffer.LineBuffer`), or after a second signal,
+        it waits no more and drops nothing: the lines are left for the restart to write.
+        """
         if self._closed:
             return
         self._closed = True
         self._finalizer.detach()
         self._log_drops(time.monotonic())
         try:
+            if self._buffer.gave_up or stop_now_requested():
+                left = self._writer.abandon()
+                log.warning(
+                    "%s: stopped without writing %d buffered lines; their epoch is not committed, "
+                    "a restart writes them",
+                    self._spec.target(),
+                    left,
+                )
+                return
             self._writer.close(self._spec.close_timeout)
         finally:
             METRICS.set_gauge("influxdb_buffer_lines", self._key, 0)

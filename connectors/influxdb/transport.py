@@ -20,6 +20,7 @@ import gzip
 import http.client
 import json
 import logging
+import socket
 import ssl
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -118,10 +119,42 @@ def classify(
 
 
 def _network_error(target: str, exc: BaseException) -> InfluxDBUnavailable:
+    """A transport failure as one line with its likely fix (the driver error table)."""
     reason = str(exc) or type(exc).__name__
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-        reason = "connection refused" if "refused" in reason.lower() else reason
+    inner: BaseException = exc
+    for _ in range(4):  # urllib3 wraps the socket error (NewConnectionError, MaxRetryError)
+        nested = getattr(inner, "reason", None) or inner.__cause__ or inner.__context__
+        if not isinstance(nested, BaseException):
+            break
+        inner = nested
+    for kinds, say in _NETWORK_CAUSES:
+        if isinstance(exc, kinds) or isinstance(inner, kinds) or any(k.__name__ in reason for k in kinds):
+            return InfluxDBUnavailable(f"{target} is not reachable: {say}")
+    if "refused" in reason.lower():
+        return InfluxDBUnavailable(f"{target} is not reachable: {_NETWORK_CAUSES[0][1]}")
     return InfluxDBUnavailable(f"{target} is not reachable: {reason}")
+
+
+#: Transport failures, most specific first, with what to check.
+_NETWORK_CAUSES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    (
+        (ConnectionRefusedError, urllib3.exceptions.NewConnectionError),
+        "connection refused (is InfluxDB running at this address? check url)",
+    ),
+    (
+        (ssl.SSLCertVerificationError,),
+        "the server's TLS certificate is not trusted (set ca_file to the CA that signed it)",
+    ),
+    (
+        (ssl.SSLError, urllib3.exceptions.SSLError),
+        "the TLS handshake failed (is the server speaking https? check url, ca_file, verify_tls)",
+    ),
+    ((socket.gaierror,), "the host name does not resolve (check url)"),
+    (
+        (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError),
+        "no answer in time (check url, timeout)",
+    ),
+)
 
 
 #: Answers to the empty start-up write that mean the settings can never work.

@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import polars as pl
 
@@ -23,10 +24,13 @@ from dte_stream.connectors.influxdb.serialise import join_lines
 from dte_stream.connectors.influxdb.transport import Transport
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.retry import RetryPolicy
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
-from dte_stream.store.dead_letters import DeadLetterLog
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "DeadLetterOut"]
+
+#: Where the writer's dead letters go: the dataflow's dead-letter output (counts and stores them).
+DeadLetterOut = Callable[[list[DeadLetter]], None]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 REPEAT_LOG = 60.0
 #: How many distinct rejection messages are logged in full per worker.
 MAX_LOGGED_REJECTIONS = 32
+#: Refusals of a batch that are sent again in halves: too large, or some lines are bad.
+_SPLIT_STATUSES = frozenset({400, 413, 422})
 
 
 class BatchWriter:
@@ -44,7 +50,7 @@ class BatchWriter:
         spec: InfluxDBSinkSpec,
         transport: Transport,
         buffer: LineBuffer,
-        dead_letters: DeadLetterLog | None,
+        dead_letters: DeadLetterOut,
         key: str,
         *,
         checked: bool,
@@ -55,7 +61,12 @@ class BatchWriter:
         self._dead_letters = dead_letters
         self._checked = checked
         self._target = spec.target()
+        self._policy = RetryPolicy(
+            spec.retries.initial_backoff, spec.retries.max_backoff, spec.retries.max_attempts
+        )
+        self._rng = random.Random()
         self._abort = threading.Event()
+        self._abandon = threading.Event()  # abandon: stop, write nothing more, drop nothing
         self._deadline: float | None = None
         self._error: BaseException | None = None
         self._outage_start: float | None = None
@@ -105,20 +116,23 @@ class BatchWriter:
                 METRICS.add("influxdb_write_failures")
                 self._buffer.mark_failure()
                 self._note_failure(exc, count)
-                limit = self._spec.retries.max_attempts
-                if limit is not None and attempt >= limit:
-                    self._drop(count, f"{attempt} attempts failed, the last: {exc}")
+                if self._policy.exhausted(attempt):
+                    self._drop(chunks, f"{attempt} attempts failed (retries.max_attempts), the last: {exc}")
                     return
-                wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                wait = self._policy.delay(attempt, exc.retry_after, self._rng)
                 if not self._sleep(wait):
-                    self._drop(count, f"close_timeout passed while retrying: {exc}")
+                    if not self._abandon.is_set():  # abandoned lines are not committed: not lost
+                        self._drop(chunks, f"close_timeout passed while retrying: {exc}")
                     return
                 METRICS.add("influxdb_retries")
                 continue
             except InfluxDBRejected as exc:
                 self._buffer.mark_success()
                 self._note_recovery()
-                if exc.status == 413 and count > 1:
+                if exc.status in _SPLIT_STATUSES and count > 1:
+                    # Too large (413), or some lines refused (400/422: InfluxDB 1.x stored the
+                    # others, a "partial write"): send the halves again, so that only the lines
+                    # the server refuses become dead letters. Writes are idempotent.
                     lines = pl.concat(chunks)
                     half = count // 2
                     self._deliver([lines.slice(0, half)])
@@ -140,11 +154,6 @@ class BatchWriter:
         except InfluxDBRejected as exc:
             raise ConnectorError(str(exc)) from None
         self._checked = True
-
-    def _backoff(self, attempt: int) -> float:
-        retries = self._spec.retries
-        ceiling = min(retries.max_backoff, retries.initial_backoff * 2.0 ** min(attempt - 1, 30))
-        return ceiling * random.uniform(0.5, 1.0)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait before the next attempt; False when the close deadline or an abort cuts it short."""
@@ -205,21 +214,29 @@ class BatchWriter:
         message = str(exc)
         if message not in self._logged_rejections and len(self._logged_rejections) < MAX_LOGGED_REJECTIONS:
             self._logged_rejections.add(message)
-            where = "written to the dead-letter file" if self._dead_letters is not None else "not kept"
             log.error(
-                "%s (a batch of %d points is refused, %s; repeats are counted only)", message, count, where
+                "%s (%d point%s refused, dead letters; repeats are counted only)",
+                message,
+                count,
+                "" if count == 1 else "s",
             )
-        if self._dead_letters is not None:
-            source = f"influxdb:{self._spec.name}"
-            reason = f"refused by the server ({exc.status}): {message}"
-            lines = pl.concat(chunks).to_list() if len(chunks) > 1 else chunks[0].to_list()
-            self._dead_letters.append([DeadLetter(source, reason, line.encode("utf-8")) for line in lines])
+        source = f"influxdb:{self._spec.name}"
+        reason = f"refused by the server ({exc.status}): {message}"
+        self._dead_letters(
+            [DeadLetter(source, reason, line.encode("utf-8")) for chunk in chunks for line in chunk]
+        )
 
-    def _drop(self, count: int, why: str) -> None:
+    def _drop(self, chunks: list[pl.Series], why: str) -> None:
+        """Give up lines: count them, say so, and hand them to the dead-letter output."""
+        count = sum(c.len() for c in chunks)
         if count <= 0:
             return
         METRICS.add("influxdb_points_dropped", count)
-        log.error("%s: DROPPED %d points: %s", self._target, count, why)
+        log.error("%s: DROPPED %d points (dead letters): %s", self._target, count, why)
+        source = f"influxdb:{self._spec.name}"
+        self._dead_letters(
+            [DeadLetter(source, f"dropped: {why}", line.encode("utf-8")) for c in chunks for line in c]
+        )
 
     # ------------------------------------------------------------------------------------
     # the owner
@@ -252,3 +269,13 @@ class BatchWriter:
         """Stop at once, dropping what is buffered (the partition was discarded unclosed)."""
         self._abort.set()
         self._buffer.abort()
+
+    def abandon(self) -> int:
+        """Stop at once and leave what is not written: its epoch is not committed, so the
+        source delivers it again after a restart. Returns how many lines were left."""
+        self._abandon.set()
+        self._abort.set()
+        self._buffer.abort()
+        left = sum(c.len() for c in self._buffer.drain())
+        self._thread.join(1.0)
+        return left

@@ -119,6 +119,8 @@ class Service:
     #: seconds from launch until the service answered
     startup_seconds: float | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    #: the command that runs the service (without the setpriv wrapper): `restart` runs it again
+    command: list[str] | None = field(default=None, repr=False, compare=False)
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_file, lines)
@@ -176,11 +178,20 @@ class MosquittoService(Service):
 
 @dataclass(kw_only=True)
 class KafkaService(Service):
-    """A single KRaft broker+controller. ``url`` is the bootstrap servers string."""
+    """A single KRaft broker+controller. ``url`` is the bootstrap servers string (PLAINTEXT).
+
+    Two more listeners take SCRAM-SHA-512 logins of ``username``/``password``: ``sasl_port``
+    (SASL_PLAINTEXT) and ``sasl_ssl_port`` (SASL_SSL, server certificate signed by
+    ``ca_file``, made with openssl; SAN 127.0.0.1 and localhost)."""
 
     controller_port: int | None = None
     cluster_id: str | None = None
     version: str | None = None
+    sasl_port: int | None = None
+    sasl_ssl_port: int | None = None
+    ca_file: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -312,7 +323,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
 
 
 def _run(cmd: list[str], log: Path, cwd: Path | None = None, secret: str | None = None) -> None:
-    shown = " ".join("***" if secret is not None and a == secret else a for a in cmd)
+    shown = " ".join(a.replace(secret, "***") if secret else a for a in cmd)
     with log.open("ab") as out:
         out.write(("$ " + shown + "\n").encode())
         out.flush()
@@ -617,6 +628,28 @@ def stop(service: Service, timeout: float = 20.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def restart(service: Service, down_seconds: float = 0.0, timeout: float | None = None) -> None:
+    """Stop a service started by `start` (if it still runs) and start it again: same command,
+    ports and data.
+
+    The chaos tests use it for an outage of ``down_seconds`` (a broker restart, a database
+    that is down for a while); ``service.process`` and ``service.pid`` are the new process."""
+    if service.external or service.command is None or service.state_dir is None:
+        raise DevServiceError(f"{service.name}: only a service started by this process can restart")
+    stop(service)
+    time.sleep(down_seconds)
+    assert service.log_file is not None
+    service.process = _launch(service.command, service.log_file, service.state_dir, detach=False)
+    service.pid = service.process.pid
+    wait_ready(service, DEFAULT_TIMEOUTS[service.name] if timeout is None else timeout)
+
+
+def _unwrapped(args: Any) -> list[str]:
+    """A child's command without the setpriv wrapper that `_launch` adds."""
+    cmd = [str(a) for a in args]
+    return cmd[cmd.index("--") + 1 :] if "--pdeathsig" in cmd else cmd
+
+
 # --------------------------------------------------------------------------------------------
 # Starting each service
 # --------------------------------------------------------------------------------------------
@@ -914,7 +947,16 @@ def _start_kafka(state: Path, log: Path, detach: bool) -> Service:
     java = java_binary()
     libs, version = kafka_jars()
     classpath = str(libs / "*")
-    plain, controller = free_ports(2)
+    plain, controller, sasl, sasl_ssl = free_ports(4)
+    ca, _, _ = _make_certs(state / "certs", log)
+    # Kafka reads a PEM key store: the server's (PKCS#8) key followed by its certificate.
+    keystore = _write(
+        state / "certs" / "server-keystore.pem",
+        (state / "certs" / "server.key").read_text() + (state / "certs" / "server.crt").read_text(),
+        0o600,
+    )
+    username, password = "dte", base64.urlsafe_b64encode(os.urandom(12)).decode()
+    scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
     log4j = _write(state / "log4j2.properties", KAFKA_LOG4J2)
     props = _write(
@@ -923,11 +965,19 @@ def _start_kafka(state: Path, log: Path, detach: bool) -> Service:
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{LOOPBACK}:{controller}
-listeners=PLAINTEXT://{LOOPBACK}:{plain},CONTROLLER://{LOOPBACK}:{controller}
-advertised.listeners=PLAINTEXT://{LOOPBACK}:{plain}
+listeners=PLAINTEXT://{LOOPBACK}:{plain},CONTROLLER://{LOOPBACK}:{controller},\
+SASL_PLAINTEXT://{LOOPBACK}:{sasl},SASL_SSL://{LOOPBACK}:{sasl_ssl}
+advertised.listeners=PLAINTEXT://{LOOPBACK}:{plain},SASL_PLAINTEXT://{LOOPBACK}:{sasl},\
+SASL_SSL://{LOOPBACK}:{sasl_ssl}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,\
+SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram_login}
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login}
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
 log.dirs={state / "kraft-logs"}
 num.partitions=1
 default.replication.factor=1
@@ -961,19 +1011,28 @@ log.retention.hours=168
             cluster_id,
             "-c",
             str(props),
+            # the SCRAM user, created with Kafka's own tool as the storage is formatted
+            "--add-scram",
+            f"SCRAM-SHA-512=[name={username},password={password}]",
         ],
         log,
         state,
+        secret=password,
     )
     proc = _launch([*jvm, "kafka.Kafka", str(props)], log, state, detach=detach)
     return KafkaService(
         name="kafka",
         url=f"{LOOPBACK}:{plain}",
         port=plain,
-        ports={"plaintext": plain, "controller": controller},
+        ports={"plaintext": plain, "controller": controller, "sasl_plaintext": sasl, "sasl_ssl": sasl_ssl},
         controller_port=controller,
         cluster_id=cluster_id,
         version=version,
+        sasl_port=sasl,
+        sasl_ssl_port=sasl_ssl,
+        ca_file=ca,
+        username=username,
+        password=password,
         process=proc,
         pid=proc.pid,
     )
@@ -1013,6 +1072,8 @@ def start(
         t0 = time.monotonic()
         service = _STARTERS[name](state, log, detach)
         service.state_dir, service.log_file = state, log
+        if service.process is not None:
+            service.command = _unwrapped(service.process.args)
         try:
             wait_ready(service, timeout)
         except DevServiceError as e:
@@ -1138,14 +1199,30 @@ def _print_env(service: Service) -> None:
         print(f"export {key}={value}")
 
 
+def _masked(url: str | None) -> str | None:
+    """``url`` with its password replaced by stars: status lines never show a secret."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _describe(service: Service) -> str:
     lines = [f"{service.name}: {service.url} (pid {service.pid})"]
     if isinstance(service, MosquittoService):
         lines.append(f"  tls  {service.tls_url}  ca={service.ca_file}")
         lines.append(f"       cert={service.cert_file} key={service.key_file}")
-        lines.append(f"  auth {service.auth_url}")
+        lines.append(f"  auth {_masked(service.auth_url)}  (password: see `env`)")
     if isinstance(service, KafkaService):
         lines.append(f"  Kafka {service.version}, controller port {service.controller_port}")
+        if service.sasl_port:
+            lines.append(
+                f"  SCRAM-SHA-512 user {service.username} (password: ****): SASL_PLAINTEXT port "
+                f"{service.sasl_port}, SASL_SSL port {service.sasl_ssl_port} (ca {service.ca_file})"
+            )
     lines.append(f"  log  {service.log_file}")
     return "\n".join(lines)
 

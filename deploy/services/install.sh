@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real services that dte-stream's integration tests run against:
 #   - Debian packages: mosquitto, influxdb (1.6), victoria-metrics, prometheus-alertmanager, prometheus,
-#     systemd (systemd-analyze verify for the generated unit; not run as PID 1)
+#     systemd (systemd-analyze verify for the generated unit; not run as PID 1), chromium (headless, for the
+#     dashboard test through Playwright with the system browser)
 #   - Apache Kafka broker jars, resolved from Maven Central with Maven (deploy/services/kafka/pom.xml)
 #     into ${DTE_CACHE_DIR:-<repo>/.cache}/kafka/libs
 #
@@ -19,9 +20,9 @@ CACHE_DIR="${DTE_CACHE_DIR:-$REPO/.cache}"
 KAFKA_LIBS="$CACHE_DIR/kafka/libs"
 KAFKA_POM="$HERE/kafka/pom.xml"
 
-DEB_PACKAGES=(mosquitto influxdb victoria-metrics prometheus-alertmanager prometheus systemd)
+DEB_PACKAGES=(mosquitto influxdb victoria-metrics prometheus-alertmanager prometheus systemd chromium)
 # binaries the tests need (checked after the install)
-BINARIES=(mosquitto mosquitto_passwd influxd victoria-metrics prometheus-alertmanager prometheus systemd-analyze openssl)
+BINARIES=(mosquitto mosquitto_passwd influxd victoria-metrics prometheus-alertmanager prometheus systemd-analyze openssl chromium)
 # systemd/init service names the packages ship
 DAEMONS=(mosquitto influxdb victoria-metrics prometheus-alertmanager prometheus)
 # default ports of those daemons: mosquitto, influxdb http + rpc, victoria-metrics, alertmanager + cluster, prometheus

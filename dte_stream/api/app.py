@@ -55,7 +55,9 @@ Extension = Callable[[FastAPI, ApiContext], None]
 
 def default_extensions() -> list[Extension]:
     """The extensions every dte-stream command serves (the API routers, the dashboard)."""
-    return []
+    from dte_stream.api.v1 import api_extension
+
+    return [api_extension]
 
 
 def create_app(

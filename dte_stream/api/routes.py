@@ -10,7 +10,6 @@ are seconds.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Annotated, Any, Literal
 
 import polars as pl
@@ -21,11 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from dte_stream.alerts.store import acknowledge, alert_table
 from dte_stream.api import live
 from dte_stream.api.auth import require
+from dte_stream.api.history import HistoryUnavailableError, bucket_width, influxdb_history, local_history
 from dte_stream.api.state import ApiState
 from dte_stream.api.tokens import TokenInfo
 from dte_stream.errors import ConfigError, StoreError
 from dte_stream.spec.twins import TwinTypeSpec
-from dte_stream.store.local import LocalStore
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.view.records import alert_row
 from dte_stream.view.store import TwinQuery
@@ -152,53 +151,38 @@ def twin_history(
     until: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: now")] = None,
     points: Annotated[int, Query(ge=2, le=5000, description="at most this many points per channel")] = 500,
 ) -> dict[str, Any]:
-    """A twin's readings and estimates from the local store, downsampled to ``points`` buckets.
+    """A twin's readings and estimates, downsampled to at most ``points`` buckets per channel.
 
-    Each bucket gives its first time, the mean, min and max reading, the mean estimate and std,
-    the highest anomaly score and the flags of any reading (bitwise or).
+    From the local store when the data directory has one, else from the dataflow's InfluxDB
+    (1.x) sink. Per bucket: its first time, the mean, min and max reading, the mean estimate and
+    std, the highest anomaly score, the flags of any reading and the number of readings.
     """
     ctx = _ctx(request)
     end = until if until is not None else now_ns() + NS_PER_S
     start = since if since is not None else end - 3600 * NS_PER_S
     if start >= end:
         raise HTTPException(422, "since must be before until")
-    store = LocalStore(ctx.data_dir)
-    if "readings" not in store.tables():
-        return {"twin_id": twin_id, "since": start, "until": end, "channels": {}}
+    width = bucket_width(start, end, points)
     try:
-        frame = store.scan(
-            "readings", twin_id=twin_id, channel=channel, since_ns=start, until_ns=end
-        ).collect()
-    except (StoreError, pl.exceptions.PolarsError) as exc:
-        raise HTTPException(503, f"the local store cannot be read: {str(exc).splitlines()[0]}") from None
-    width = max(1, math.ceil((end - start) / points))
-    out: dict[str, Any] = {}
-    if frame.height:
-        binned = (
-            frame.with_columns(pl.col("time").dt.epoch("ns").alias("t"))
-            .with_columns(((pl.col("t") - start) // width).alias("bucket"))
-            .group_by("channel", "bucket")
-            .agg(
-                pl.col("t").min().alias("time_ns"),
-                pl.col("value").mean().alias("value"),
-                pl.col("value").min().alias("min"),
-                pl.col("value").max().alias("max"),
-                pl.col("estimate").mean().alias("estimate"),
-                pl.col("std").mean().alias("std"),
-                pl.col("anomaly_score").max().alias("anomaly_score"),
-                pl.col("flags").fill_null(0).cast(pl.Int64).alias("flags_list"),
-                pl.len().alias("readings"),
-            )
-            .with_columns(
-                pl.col("flags_list").list.eval(pl.element().bitwise_or()).list.first().alias("flags")
-            )
-            .drop("flags_list", "bucket")
-            .sort("channel", "time_ns")
-        )
-        for name, part in binned.partition_by("channel", as_dict=True).items():
-            cols = part.drop("channel").fill_nan(None)
-            out[str(name[0])] = {c: cols[c].to_list() for c in cols.columns}
-    return {"twin_id": twin_id, "since": start, "until": end, "bucket_ns": width, "channels": out}
+        channels = local_history(ctx.data_dir, twin_id, channel, start, end, width)
+        source = "local_store"
+        if channels is None and ctx.influxdb is not None:
+            channels = influxdb_history(ctx.influxdb, twin_id, channel, start, end, width)
+            source = f"influxdb:{ctx.influxdb.name}"
+    except HistoryUnavailableError as exc:
+        raise HTTPException(501, str(exc)) from None
+    except StoreError as exc:
+        raise HTTPException(503, str(exc)) from None
+    if channels is None:
+        channels, source = {}, "none"
+    return {
+        "twin_id": twin_id,
+        "since": start,
+        "until": end,
+        "bucket_ns": width,
+        "source": source,
+        "channels": channels,
+    }
 
 
 # -- what-if -----------------------------------------------------------------------------------------
@@ -222,7 +206,7 @@ class SimulateBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     horizon: float = Field(3600.0, gt=0, le=30 * 86400, description="seconds to look ahead")
-    step: float = Field(60.0, gt=0, le=86400, description="seconds between points")
+    step: float = Field(60.0, ge=0.001, le=86400, description="seconds between points")
     samples: int = Field(500, ge=1, le=10_000, description="sampled trajectories")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     scenario: ScenarioBody = Field(default_factory=ScenarioBody)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dte_stream.api.tokens import TokenFile, default_tokens_path
+from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.view.store import TwinView
 
 __all__ = ["ApiState"]
@@ -27,6 +28,7 @@ class ApiState:
     max_body: int = 64 * 1024
     heartbeat_s: float = 15.0
     cors_origins: list[str] = field(default_factory=list)
+    influxdb: InfluxDBSinkSpec | None = None  # where history comes from without a local store
 
     @classmethod
     def open(cls, data_dir: Path, tokens_path: Path | None = None, **options: object) -> ApiState:

@@ -19,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dte_stream.api.routes import router
 from dte_stream.api.state import ApiState
+from dte_stream.spec.influxdb import InfluxDBSinkSpec
+from dte_stream.spec.model import DataflowSpec
 
 __all__ = ["STATIC_DIR", "BodyLimit", "api_extension", "install_api"]
 
@@ -103,6 +105,8 @@ class _AppContext(Protocol):
     @property
     def tokens_file(self) -> Path | None: ...
     @property
+    def spec(self) -> DataflowSpec | None: ...
+    @property
     def options(self) -> dict[str, Any]: ...
 
 
@@ -114,10 +118,13 @@ def api_extension(app: FastAPI, context: _AppContext) -> None:
     from dte_stream.view.hub import DEFAULT_VIEW_DIR
 
     data_dir = context.data_dir if context.data_dir is not None else DEFAULT_VIEW_DIR
+    sinks = context.spec.sinks if context.spec is not None else []
+    influxdb = next((s for s in sinks if isinstance(s, InfluxDBSinkSpec)), None)
     state = ApiState.open(
         data_dir,
         context.tokens_file,
         cors_origins=list(context.options.get("cors_origins", [])),
         max_body=int(context.options.get("max_body", 64 * 1024)),
+        influxdb=influxdb,
     )
     install_api(app, state)

@@ -1,13 +1,21 @@
-"""Entry point of the ``dte-stream`` command: one subcommand per module."""
+"""Entry point of the ``dte-stream`` command: one subcommand per module.
+
+A command that fails says why in one line on stderr (``dte-stream: error: ...``, the cause
+and the fix) and exits non-zero: 2 for dte-stream's own errors (a bad spec or setting, a
+service that cannot be reached or refuses the credentials), 1 for anything unexpected. No
+traceback and no engine panic is printed unless ``--debug`` is given
+(:mod:`dte_stream.cli.failures`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from dte_stream import __version__
-from dte_stream.errors import DteStreamError
+from dte_stream.cli.failures import exit_code, one_line, quiet_engine_panics
 
 __all__ = ["main"]
 
@@ -18,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream-processing core of a Digital Twin Engine.",
     )
     parser.add_argument("--version", action="version", version=f"dte-stream {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on failure, show the traceback and the engine's own report"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from dte_stream.cli import alerts, query, replay, run, simulate, token, validate, whatif
+    from dte_stream.cli import alerts, query, replay, run, serve, simulate, token, validate, whatif
 
     run.add_parsers(sub)
     validate.add_parser(sub)
@@ -29,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parser(sub)
     alerts.add_parser(sub)
     token.add_parser(sub)
+    serve.add_parser(sub)
     whatif.add_parser(sub)
     return parser
 
@@ -37,13 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # a cluster starts its children with it
+    debug = bool(getattr(args, "debug", False))
     try:
-        code: int = args.handler(args)
-    except DteStreamError as exc:
-        print(f"dte-stream: error: {exc}", file=sys.stderr)
-        return 2
+        with quiet_engine_panics(enabled=not debug):
+            code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"dte-stream: error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     return code
 
 

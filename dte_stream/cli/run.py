@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 
 from dte_stream.api.server import add_http_argument
 from dte_stream.cli.cluster import check_cluster, check_recovery_layout, parse_addresses, run_cluster
+from dte_stream.cli.failures import one_line
+from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
+from dte_stream.cli.token import add_tokens_argument
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
 from dte_stream.errors import ConfigError
@@ -33,29 +36,32 @@ def execute(
     quiet: bool = False,
     recovery_dir: Path | None = None,
     http: tuple[str, int] | None = None,
+    tokens: Path | None = None,
     addresses: list[str] | None = None,
     process_id: int | None = None,
 ) -> int:
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
 
-    With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile.
+    With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile,
+    with the API tokens of ``tokens`` (default: the tokens file in the data directory).
     With ``addresses`` and ``process_id`` this process is one of a Bytewax cluster
     (:mod:`dte_stream.cli.cluster`); only process 0 shows progress, each prints its summary,
     and process I serves HTTP on port + I.
     """
     from dte_stream.dataflow import build_flow
 
+    preflight(spec)  # every service answers, or one line says which does not and why
     flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1)
     if http is not None and process_id:
         http = (http[0], http[1] + process_id)
-    with _http_server(spec, http):
+    with _http_server(spec, http, tokens):
         return _execute(
             spec, flow, quiet=quiet, recovery_dir=recovery_dir, addresses=addresses, process_id=process_id
         )
 
 
 @contextlib.contextmanager
-def _http_server(spec: DataflowSpec, http: tuple[str, int] | None) -> Iterator[None]:
+def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path | None) -> Iterator[None]:
     """Serve the HTTP surface beside the dataflow (nothing when ``http`` is None)."""
     READINESS.reset(max_lag=None if spec.engine.clock == "event" else DEFAULT_MAX_LAG)
     if http is None:
@@ -64,9 +70,12 @@ def _http_server(spec: DataflowSpec, http: tuple[str, int] | None) -> Iterator[N
     from dte_stream.api.app import ApiContext, create_app
     from dte_stream.api.server import BackgroundServer
 
-    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir()))
+    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir(), tokens_file=tokens))
     with BackgroundServer(app, *http) as server:
         print(f"dte-stream: serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs", file=sys.stderr)
+        print(
+            f"dte-stream: dashboard at {server.url}/ (dte-stream token create gives a token)", file=sys.stderr
+        )
         yield
 
 
@@ -100,11 +109,11 @@ def _execute(
             run_flow(spec, flow, recovery_dir, addresses=addresses, process_id=process_id)
     except KeyboardInterrupt:
         interrupted = True
-    except Exception as exc:  # Bytewax wraps a second signal as a runtime error
+    except Exception as exc:  # a sink that gave up waiting during a stop ends the dataflow
         if not STOP.is_set():
             raise
         interrupted = True
-        print(f"{who}: stopped at once: {exc}", file=err)
+        print(f"{who}: stopped at once: {one_line(exc)}", file=err)
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
@@ -143,6 +152,7 @@ def _launch(args: argparse.Namespace, spec: DataflowSpec, recovery_dir: Path | N
         quiet=args.quiet,
         recovery_dir=recovery_dir,
         http=args.http,
+        tokens=args.tokens,
         addresses=addresses,
         process_id=args.process_id,
     )
@@ -214,6 +224,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="snapshot state and source positions here; a restart with it resumes where it stopped",
     )
     add_http_argument(p)
+    add_tokens_argument(p)
     add_cluster_arguments(p)
     p.set_defaults(handler=_run)
 
@@ -242,5 +253,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--workers", type=positive_int, default=1, help="worker threads (default 1)")
     d.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     add_http_argument(d)
+    add_tokens_argument(d)
     add_cluster_arguments(d)
     d.set_defaults(handler=_demo)

@@ -134,10 +134,11 @@ class InfluxDBSinkSpec(SpecModel):
     flush_interval: PositiveSeconds = Field(1.0, description="longest wait of a line before it is sent")
     max_buffer_lines: int = Field(200_000, ge=1, description="lines waiting per worker before it blocks")
     max_block: Seconds | None = Field(
-        60.0,
+        None,
         description=(
             "how long the server may fail while the buffer is full before the oldest lines are "
-            "dropped; unset = block until it answers, never drop"
+            "dropped (to the dead letters); unset (the default) = hold the dataflow until it answers, "
+            "never drop"
         ),
     )
     retries: InfluxDBRetrySpec = Field(default_factory=InfluxDBRetrySpec)

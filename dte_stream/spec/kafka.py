@@ -34,6 +34,7 @@ __all__ = [
     "KafkaProducerSpec",
     "KafkaSinkSpec",
     "KafkaSourceSpec",
+    "KafkaTopicCreationSpec",
     "is_secret_setting",
     "masked_settings",
 ]
@@ -100,6 +101,13 @@ BootstrapServers = Annotated[
 ]
 
 
+class KafkaTopicCreationSpec(SpecModel):
+    """How to create a topic that does not exist yet when the dataflow starts (``create_topic``)."""
+
+    partitions: int = Field(1, ge=1, le=100_000, description="partitions of the new topic")
+    replication_factor: int = Field(1, ge=1, le=100, description="copies of each partition")
+
+
 class KafkaConnectionSpec(SpecModel):
     """What every Kafka spec shares: the brokers and the librdkafka settings passed through."""
 
@@ -112,6 +120,16 @@ class KafkaConnectionSpec(SpecModel):
     bootstrap_servers: BootstrapServers
     settings: KafkaSettings = Field(
         default_factory=dict, description="librdkafka settings passed through (SASL, SSL, ...)"
+    )
+    create_topic: KafkaTopicCreationSpec | None = Field(
+        None,
+        description=(
+            "create the topic(s) with these settings when missing at start; unset = a missing "
+            "topic stops the start with the command that creates it"
+        ),
+    )
+    startup_timeout: PositiveSeconds = Field(
+        10.0, description="how long the start-up check waits for the brokers to answer"
     )
 
     @field_validator("bootstrap_servers")

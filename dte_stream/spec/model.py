@@ -105,12 +105,20 @@ DeadLetterSinkSpec = Annotated[KafkaDeadLetterSinkSpec | MqttDeadLetterSinkSpec,
 class DeadLetterSpec(SpecModel):
     """Where input that cannot be decoded or validated goes, with its reason.
 
-    By default a JSON lines file in the local store's folder; with ``sinks`` (Kafka, MQTT) the
-    dead letters go there instead, and also to ``path`` if it is given.
+    By default a JSON lines file in the local store's folder (``dte-data/`` without a local
+    store); with ``sinks`` (Kafka, MQTT) the dead letters go there instead, and also to ``path``
+    if it is given. Points an InfluxDB sink refuses or drops always go to the file. The file
+    rotates at ``max_bytes`` (``NAME.1`` ... ``NAME.<keep>``).
     """
 
-    path: Path | None = Field(None, description="JSON lines file; default <data_dir>/dead_letters.jsonl")
+    path: Path | None = Field(
+        None, description="JSON lines file; default <data_dir>/dead_letters.jsonl (dte-data/ without a store)"
+    )
     sinks: list[DeadLetterSinkSpec] = Field(default_factory=list, description="Kafka or MQTT outputs")
+    max_bytes: int | None = Field(
+        100 * 1024 * 1024, ge=1024, description="rotate the file at this size (bytes); null = never"
+    )
+    keep: int = Field(3, ge=0, le=100, description="rotated files kept (NAME.1 ... NAME.<keep>)")
 
     def writes_file(self) -> bool:
         return self.path is not None or not self.sinks
@@ -187,4 +195,4 @@ class DataflowSpec(SpecModel):
         if self.dead_letters.path is not None:
             return self.dead_letters.path
         data_dir = self.data_dir()
-        return (data_dir if data_dir is not None else Path(".")) / "dead_letters.jsonl"
+        return (data_dir if data_dir is not None else Path("dte-data")) / "dead_letters.jsonl"

@@ -6,6 +6,10 @@ one ``write`` system call on a file opened with ``O_APPEND``, under a lock share
 of the same file in the process: several Bytewax workers can share one file without
 interleaving lines, and so can processes on a local Linux file system (not over NFS).
 
+The file rotates by size: an append that finds it at ``max_bytes`` or more first renames it
+to ``NAME.1`` (``NAME.1`` to ``NAME.2`` and so on; the oldest beyond ``keep`` is deleted), so
+a stream of bad input never fills the disk. :meth:`DeadLetterLog.read` reads the current file.
+
 >>> import tempfile
 >>> tmp = tempfile.TemporaryDirectory()
 >>> log = DeadLetterLog(Path(tmp.name) / "dead-letters.jsonl")
@@ -28,7 +32,11 @@ import orjson
 from dte_stream.errors import StoreError
 from dte_stream.readings import DeadLetter
 
-__all__ = ["DeadLetterLog"]
+__all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_BYTES", "DeadLetterLog"]
+
+#: Size at which the dead-letter file is rotated (bytes), and how many old files are kept.
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+DEFAULT_KEEP = 3
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -64,8 +72,12 @@ class DeadLetterLog:
     before :meth:`append` returns (no fsync: a dead letter is diagnostics, not data).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self, path: Path | str, *, max_bytes: int | None = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
+    ) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.keep = max(keep, 0)
 
     def __repr__(self) -> str:
         return f"DeadLetterLog({str(self.path)!r})"
@@ -79,6 +91,7 @@ class DeadLetterLog:
         with _lock_for(self.path):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._rotate_if_full()
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
                     view = memoryview(data)
@@ -89,6 +102,29 @@ class DeadLetterLog:
             except OSError as exc:
                 raise StoreError(f"cannot write dead letters to {self.path}: {exc.strerror or exc}") from None
         return len(lines)
+
+    def rotated(self, n: int) -> Path:
+        """The ``n``-th older file (1 = the most recent rotation)."""
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+    def _rotate_if_full(self) -> None:
+        """Rename a file at ``max_bytes`` or more out of the way (under the path's lock)."""
+        if self.max_bytes is None:
+            return
+        try:
+            if os.stat(self.path).st_size < self.max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        if self.keep == 0:
+            os.unlink(self.path)
+            return
+        self.rotated(self.keep).unlink(missing_ok=True)
+        for n in range(self.keep - 1, 0, -1):
+            older = self.rotated(n)
+            if older.exists():
+                older.rename(self.rotated(n + 1))
+        self.path.rename(self.rotated(1))
 
     def read(self) -> list[DeadLetter]:
         """All dead letters in the file, oldest first; an absent file gives an empty list.

@@ -35,11 +35,23 @@ import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dte_stream.errors import ConfigError, StoreError
+from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter
-from dte_stream.store.dead_letters import DeadLetterLog
+from dte_stream.store.dead_letters import DEFAULT_KEEP, DEFAULT_MAX_BYTES, DeadLetterLog
 from dte_stream.store.local import LocalStore
 
-__all__ = ["ColumnarBatch", "DeadLetterSink", "LocalStoreSink", "TableFrame"]
+__all__ = [
+    "DEFAULT_DEAD_LETTER_PATH",
+    "ColumnarBatch",
+    "DeadLetterOutput",
+    "DeadLetterSink",
+    "LocalStoreSink",
+    "TableFrame",
+]
+
+#: The dead-letter file when nothing says where: in the default data directory, never the
+#: working directory itself (which is often a repository).
+DEFAULT_DEAD_LETTER_PATH = Path("dte-data") / "dead_letters.jsonl"
 
 
 @runtime_checkable
@@ -232,20 +244,61 @@ def _flush_on_time(
         del part
 
 
+class DeadLetterOutput:
+    """The dataflow's dead-letter file for letters that arise outside the stream (in a sink).
+
+    A sink cannot put items back into the dataflow, so the InfluxDB sink hands the points it
+    refuses or drops to this object: they are counted in the ``dead_letters`` metric (the run's
+    summary shows it) and appended to the same file as the dataflow's other dead letters, with
+    the same size-based rotation.
+
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = DeadLetterOutput(Path(tmp.name) / "dead_letters.jsonl")
+    >>> out([DeadLetter("influxdb:influxdb", "refused by the server (400): bad line", b"m x=")])
+    >>> [d.reason for d in out.log.read()]
+    ['refused by the server (400): bad line']
+    >>> tmp.cleanup()
+    """
+
+    def __init__(
+        self, path: Path | str, *, max_bytes: int | None = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
+    ) -> None:
+        self.log = DeadLetterLog(path, max_bytes=max_bytes, keep=keep)
+
+    @classmethod
+    def default(cls) -> DeadLetterOutput:
+        """The output used when nothing says where: :data:`DEFAULT_DEAD_LETTER_PATH`."""
+        return cls(DEFAULT_DEAD_LETTER_PATH)
+
+    def __repr__(self) -> str:
+        return f"DeadLetterOutput({str(self.log.path)!r})"
+
+    def __call__(self, letters: list[DeadLetter]) -> None:
+        if letters:
+            METRICS.add("dead_letters", len(letters))
+            self.log.append(letters)
+
+
 class DeadLetterSink(DynamicSink[DeadLetter]):
     """Append :class:`~dte_stream.readings.DeadLetter` items to the JSON-lines file ``path``.
 
     Every batch is written and flushed before ``write_batch`` returns, so with Bytewax
     recovery delivery is at-least-once (a replay can repeat lines). All workers of the
-    process share the file safely; give each process its own file.
+    process share the file safely; give each process its own file. The file rotates at
+    ``max_bytes`` (see :class:`~dte_stream.store.dead_letters.DeadLetterLog`).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self, path: Path | str, *, max_bytes: int | None = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
+    ) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.keep = keep
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
         """Build the partition of one worker; they all append to the same file."""
-        return _DeadLetterPartition(DeadLetterLog(self.path))
+        return _DeadLetterPartition(DeadLetterLog(self.path, max_bytes=self.max_bytes, keep=self.keep))
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):

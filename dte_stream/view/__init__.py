@@ -5,7 +5,7 @@ Shards publish the state of the twins that changed (:class:`ViewCollector` build
 data directory that every process of a dataflow writes and readers read. See docs/api.md.
 """
 
-from dte_stream.view.publisher import ViewPublisher
+from dte_stream.view.publisher import ViewPacer, ViewPublisher
 from dte_stream.view.records import ViewCollector, alert_row
 from dte_stream.view.store import VIEW_FILE, AlertQuery, TwinPage, TwinQuery, TwinView
 
@@ -16,6 +16,7 @@ __all__ = [
     "TwinQuery",
     "TwinView",
     "ViewCollector",
+    "ViewPacer",
     "ViewPublisher",
     "alert_row",
 ]

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from dte_stream.spec.model import DataflowSpec
-from dte_stream.view.publisher import ViewPublisher
+from dte_stream.view.publisher import ViewPacer, ViewPublisher
 from dte_stream.view.store import TwinView
 
 __all__ = ["DEFAULT_VIEW_DIR", "ViewHub", "view_dir"]
@@ -32,6 +32,7 @@ class ViewHub:
         self.spec = spec
         self._lock = threading.Lock()
         self._view: TwinView | None = None
+        self.pacer = ViewPacer()  # one writing budget for all the shards of this process
 
     def view(self) -> TwinView:
         """The view, opened (and the twin types stored in it) on first use."""
@@ -43,4 +44,4 @@ class ViewHub:
 
     def publisher(self) -> ViewPublisher:
         """A publisher for one shard."""
-        return ViewPublisher(self.view())
+        return ViewPublisher(self.view(), self.pacer)

@@ -1,17 +1,26 @@
-"""Pacing of the view writes of one shard: soon enough for live pages, cheap enough for the dataflow.
+"""Pacing of the view writes: soon enough for live pages, cheap enough for the dataflow.
 
-A :class:`ViewPublisher` takes every update of its shard (:meth:`note`) and writes the changed
-twins to the :class:`~dte_stream.view.store.TwinView` when :meth:`publish` is called and the
-last write is at least ``min_interval_s`` ago (live pages see a reading within about that long),
-and always at the end of an epoch (``force=True``, from the engine's snapshot). Writing costs
-time proportional to the twins that changed; the publisher measures it and stretches the
-interval so that writes take at most ``max_share`` of the shard's wall time: with thousands of
-busy twins per shard the view is refreshed less often instead of slowing the dataflow.
+A :class:`ViewPublisher` per shard takes every update (:meth:`~ViewPublisher.note`) and writes
+the changed twins to the :class:`~dte_stream.view.store.TwinView` when
+:meth:`~ViewPublisher.publish` is called and
+
+- its last write is at least ``min_interval_s`` ago (live pages see a reading within about
+  that long), and
+- the process's :class:`ViewPacer` allows a write: writing costs time in proportion to the
+  twins that changed, so the pacer measures each write (wall time: CPU, I/O and waits alike)
+  and keeps all the shards of the process together to at most ``max_share`` of the time. With
+  thousands of busy twins the view is refreshed less often instead of slowing the dataflow;
+- or its changes have waited ``max_wait_s`` (the view is never staler than that).
+
+``force=True`` (the end of an epoch) writes whenever the pacer allows, whatever the interval.
 Engine-free: the Bytewax adapter calls it from its stateful logic.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -23,43 +32,95 @@ if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
     from dte_stream.twins.bank import BankUpdate, TwinBank
 
-__all__ = ["ViewPublisher"]
+__all__ = ["ViewPacer", "ViewPublisher"]
+
+#: Which process wrote a record (host and process id): a cluster's processes each write their twins.
+_WRITER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ViewPacer:
+    """The view-writing budget of one process, shared by its shards' publishers.
+
+    >>> pacer = ViewPacer(max_share=0.1)
+    >>> pacer.ready(0), pacer.spent(end_ns=10**9, cost_s=0.2), pacer.ready(2 * 10**9), pacer.ready(3 * 10**9)
+    (True, None, False, True)
+    """
+
+    def __init__(self, max_share: float = 0.05) -> None:
+        self.max_share = max_share
+        self._next_ns = 0
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.write_seconds = 0.0
+
+    def ready(self, now_ns: int) -> bool:
+        """Whether a write may start now."""
+        with self._lock:
+            return now_ns >= self._next_ns
+
+    def next_ns(self) -> int:
+        with self._lock:
+            return self._next_ns
+
+    def spent(self, end_ns: int, cost_s: float) -> None:
+        """A write that ended at ``end_ns`` took ``cost_s``: the next may start after ``cost / share``."""
+        with self._lock:
+            self.writes += 1
+            self.write_seconds += cost_s
+            self._next_ns = max(self._next_ns, end_ns + round(cost_s * (1 / self.max_share - 1) * NS_PER_S))
 
 
 class ViewPublisher:
     """Changes of one shard's twin bank, written to the view at a measured pace."""
 
-    def __init__(self, view: TwinView, min_interval_s: float = 0.25, max_share: float = 0.05) -> None:
+    def __init__(
+        self,
+        view: TwinView,
+        pacer: ViewPacer | None = None,
+        *,
+        min_interval_s: float = 0.25,
+        max_wait_s: float = 60.0,
+    ) -> None:
         self.view = view
+        self.pacer = pacer if pacer is not None else ViewPacer()
         self.min_interval_ns = round(min_interval_s * NS_PER_S)
-        self.max_share = max_share
+        self.max_wait_ns = round(max_wait_s * NS_PER_S)
         self.collector = ViewCollector()
-        self.next_ns = 0
-        self.writes = 0
-        self.write_seconds = 0.0
+        self.last_ns = -(2**62)  # never written: the first write may happen at once
+        self.pending_since = 0  # wall time of the oldest change not yet written
 
     def note(self, update: BankUpdate) -> None:
         """Remember what ``update`` changed (cheap; nothing is written)."""
+        if not self.collector:
+            self.pending_since = time.time_ns()
         self.collector.note(update)
 
     def due_ns(self) -> int | None:
-        """Wall-clock time of the next write when changes wait for one, else None."""
-        return self.next_ns if self.collector else None
+        """Wall-clock time from which a write may happen, when changes wait for one; else None."""
+        if not self.collector:
+            return None
+        paced = max(self.last_ns + self.min_interval_ns, self.pacer.next_ns())
+        return min(paced, self.pending_since + self.max_wait_ns)
 
     def publish(
         self, bank: TwinBank, alerts: AlertEngine | None, now_ns: int, *, force: bool = False
     ) -> bool:
-        """Write the changed twins if there are any and it is time (or ``force``); True if written."""
-        if not self.collector or (not force and now_ns < self.next_ns):
+        """Write the changed twins if there are any and it is time; True if written."""
+        if not self.collector:
             return False
-        start = time.perf_counter()
+        overdue = now_ns - self.pending_since >= self.max_wait_ns
+        interval_over = force or now_ns - self.last_ns >= self.min_interval_ns
+        if not overdue and not (interval_over and self.pacer.ready(now_ns)):
+            return False
+        start = time.perf_counter()  # wall time: what a write takes from the shard (CPU, I/O, waits)
         records, alert_rows = self.collector.records(bank, alerts)
+        for record in records:
+            record["written_by"] = _WRITER
         if records or alert_rows:
             self.view.put(records, now_ns, alert_rows)
         cost = time.perf_counter() - start
-        self.writes += 1
-        self.write_seconds += cost
-        self.next_ns = now_ns + max(self.min_interval_ns, round(cost / self.max_share * NS_PER_S))
+        self.last_ns = now_ns
+        self.pacer.spent(now_ns + round(cost * NS_PER_S), cost)
         return True
 
     def evicted(self, twin_ids: list[str]) -> None:

@@ -15,9 +15,12 @@ run deploy/services/install.sh.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -129,3 +132,36 @@ def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """devservices.Service for Prometheus Alertmanager: `url`, API under /api/v2."""
     yield from _service("alertmanager", tmp_path_factory)
+
+
+def _influxql(url: str, query: str, auth: tuple[str, str] | None = None) -> int:
+    """POST one InfluxQL statement; the HTTP status."""
+    request = urllib.request.Request(f"{url}/query", data=urllib.parse.urlencode({"q": query}).encode())
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(response.status)
+
+
+@pytest.fixture
+def influxdb_with_auth(devservices_api: Any, tmp_path: Path) -> Any:
+    """A private InfluxDB restarted with auth on, and an admin user ``admin`` / ``right-password``."""
+    try:
+        devservices_api.check_installed("influxdb")
+    except devservices_api.ServiceUnavailable as e:
+        if _in_ci():
+            pytest.fail(str(e), pytrace=False)
+        pytest.skip(str(e))
+    svc = devservices_api.start("influxdb", tmp_path / "influxdb-auth")
+    try:
+        conf = svc.state_dir / "influxdb.conf"
+        conf.write_text(conf.read_text().replace("auth-enabled = false", "auth-enabled = true"))
+        devservices_api.restart(svc)
+        # With no user yet, InfluxDB takes this one statement without credentials.
+        create = "CREATE USER admin WITH PASSWORD 'right-password' WITH ALL PRIVILEGES"
+        assert _influxql(svc.url, create) == 200
+        assert _influxql(svc.url, "CREATE DATABASE dte", auth=("admin", "right-password")) == 200
+        yield svc
+    finally:
+        devservices_api.stop(svc)

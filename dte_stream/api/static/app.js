@@ -104,8 +104,9 @@ window.addEventListener("hashchange", route);
 // -- the list of twins and the firing alerts ---------------------------------------------------------
 
 function alertRow(a, refresh) {
-  const ack = a.acked_by
-    ? el("span", {}, `${a.acked_by}`)
+  const firing = !a.state || a.state === "firing";
+  const ack = a.acked_by || !firing
+    ? el("span", {}, "")
     : el("button", {
       class: "ack", "data-testid": "ack", onclick: async (e) => {
         e.target.disabled = true;
@@ -115,8 +116,8 @@ function alertRow(a, refresh) {
     }, "Acknowledge");
   return el("tr", { "data-alert": a.alert_id },
     el("td", {}, el("a", { href: `#/twin/${encodeURIComponent(a.twin_id)}` }, a.alert_id)),
-    el("td", {}, badge(a.severity || "info")), el("td", {}, when(a.since_ns ?? a.starts_ns)),
-    el("td", { class: "msg" }, a.message || ""), el("td", { class: "acked" }, a.acked_by ? `by ${a.acked_by}` : "no"), el("td", {}, a.acked_by ? "" : ack));
+    el("td", {}, badge(a.severity || "info"), " ", firing ? "" : badge(a.state)), el("td", {}, when(a.since_ns ?? a.starts_ns)),
+    el("td", { class: "msg" }, a.message || ""), el("td", { class: "acked" }, a.acked_by ? `by ${a.acked_by}` : "no"), el("td", {}, ack));
 }
 
 function listPage() {

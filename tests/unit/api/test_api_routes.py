@@ -17,9 +17,9 @@ from fastapi import FastAPI
 from dte_stream.alerts.log import ALERTS_TABLE, events_frame
 from dte_stream.alerts.rules import AlertEngine
 from dte_stream.alerts.store import alerts_store
-from dte_stream.api.state import ApiState
+from dte_stream.api.app import ApiContext, create_app
 from dte_stream.api.tokens import TokenFile
-from dte_stream.api.v1 import install_api
+from dte_stream.api.v1 import api_extension
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.store.local import LocalStore
@@ -47,9 +47,7 @@ ROOM = TwinTypeSpec.model_validate(
 
 
 def build_app(data_dir: Path) -> FastAPI:
-    app = FastAPI(openapi_url="/api/v1/openapi.json")
-    install_api(app, ApiState.open(data_dir, max_body=4096))
-    return app
+    return create_app(ApiContext(data_dir=data_dir, options={"max_body": 4096}), extensions=[api_extension])
 
 
 @pytest.fixture(scope="module")

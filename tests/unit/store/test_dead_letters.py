@@ -67,3 +67,16 @@ def test_torn_last_line_is_skipped_corrupt_line_is_an_error(tmp_path: Path) -> N
         fh.write(b"\n")
     with pytest.raises(StoreError, match="line 2 is not a dead letter"):
         log.read()
+
+
+def test_the_file_rotates_by_size_and_keeps_the_newest(tmp_path: Path) -> None:
+    log = DeadLetterLog(tmp_path / "dead.jsonl", max_bytes=2000, keep=2)
+    for n in range(60):
+        log.append([DeadLetter("test", f"reason {n}", b"x" * 100, received_ns=n)])
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["dead.jsonl", "dead.jsonl.1", "dead.jsonl.2"]
+    assert all(p.stat().st_size < 2000 + 300 for p in tmp_path.iterdir())
+    newest = [d.received_ns for d in log.read()]
+    previous = [d.received_ns for d in DeadLetterLog(log.rotated(1)).read()]
+    assert newest[-1] == 59
+    assert previous[-1] == newest[0] - 1  # nothing lost between files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,7 +163,9 @@ def test_refuses_impossible_requests_naming_the_problem() -> None:
     with pytest.raises(ConfigError, match="not an observed channel"):
         simulate(ROOM, record, horizon_s=60, step_s=10, scenario=Scenario(hold={"heater": 1.0}))
     with pytest.raises(ConfigError, match="samples x steps"):
-        simulate(ROOM, record, horizon_s=1e6, step_s=1, samples=1000)
+        simulate(ROOM, record, horizon_s=5000, step_s=1, samples=1000)
+    with pytest.raises(ConfigError, match="at most 10,000"):
+        simulate(ROOM, record, horizon_s=3600, step_s=5e-324, samples=1)
     with pytest.raises(ConfigError, match="horizon and step"):
         simulate(ROOM, record, horizon_s=10, step_s=60)
 
@@ -190,3 +193,24 @@ def test_predicted_crossing_matches_what_the_thermal_twin_then_did() -> None:
     assert fired_at is not None
     spread = hot["p90_s"] - hot["median_s"]
     assert abs(fired_at - hot["median_s"]) <= 2.5 * spread + 10, (fired_at, hot)
+
+
+def test_whatif_command_reads_the_view_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from dte_stream.cli.main import main
+    from dte_stream.view import TwinView
+
+    bank, _, _ = warm_room()
+    view = TwinView.open(tmp_path)
+    view.put_types([ROOM.model_dump(mode="json")])
+    view.put([record_of(bank)], now_ns=1)
+    args = ["whatif", "r1", "--data-dir", str(tmp_path), "--horizon", "30m", "--step", "1m", "--seed", "1"]
+    plot = str(tmp_path / "w.png")
+    assert main([*args, "--control", "heater=40@5m", "--format", "json", "--plot", plot]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["times_s"]) == 31
+    assert (tmp_path / "w.png").stat().st_size > 10_000
+    assert main([*args, "--control", "heater=warm"]) == 2
+    assert "--control 'heater=warm'" in capsys.readouterr().err
+    assert main(["whatif", "nope", "--data-dir", str(tmp_path)]) == 2

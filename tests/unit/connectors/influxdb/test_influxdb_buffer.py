@@ -122,7 +122,7 @@ def test_abort_fail_and_drain() -> None:
     buffer.put(_lines(0, 3))
     buffer.abort()
     assert buffer.take(max_lines=10, max_age=60) is None
-    assert buffer.drain() == 3
+    assert [s.to_list() for s in buffer.drain()] == [["l0", "l1", "l2"]]
     with pytest.raises(InfluxDBError, match="closed"):
         buffer.put(_lines(0, 1))
     failed = LineBuffer(capacity=10, max_block=None)

@@ -76,7 +76,7 @@ def test_defaults() -> None:
     spec = InfluxDBSinkSpec(kind="influxdb", database="plant")
     assert (spec.measurement, spec.batch_size, spec.flush_interval) == ("dte_readings", 5000, 1.0)
     assert spec.max_buffer_lines == 200_000
-    assert spec.max_block == 60.0
+    assert spec.max_block is None  # hold the dataflow, never drop
     assert spec.retries.max_attempts is None
     assert spec.unit == "tag"
     assert spec.escaping == "portable"

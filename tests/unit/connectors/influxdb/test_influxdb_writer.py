@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.dead_letters import DeadLetterLog
+from dte_stream.store.sink import DeadLetterOutput
 
 Step = Callable[[bytes], None]
 
@@ -105,7 +107,14 @@ def _spec(**fields: Any) -> InfluxDBSinkSpec:
 
 
 def _sink(transport: ScriptedTransport, flow_dead_letters: Path | None = None, **fields: Any) -> InfluxDBSink:
+    if flow_dead_letters is None:  # never the default dte-data/ of the working directory
+        flow_dead_letters = Path(tempfile.mkdtemp(prefix="dte-dead-")) / "dead_letters.jsonl"
     return InfluxDBSink(_spec(**fields), flow_dead_letters, transport_factory=lambda spec: transport)
+
+
+def _dead_twins(sink: InfluxDBSink) -> list[str]:
+    assert isinstance(sink.dead_letters, DeadLetterOutput)
+    return [parse_line(d.raw.decode())[1]["twin_id"] for d in sink.dead_letters.log.read()]
 
 
 def _run(sink: InfluxDBSink, items: list[Any]) -> None:
@@ -176,25 +185,41 @@ def test_backoff_grows_and_is_capped(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_max_attempts_drops_the_batch_loudly(caplog: pytest.LogCaptureFixture) -> None:
     transport = ScriptedTransport([unavailable()] * 3)
+    sink = _sink(transport, retries={"max_attempts": 3, "initial_backoff": 0.01})
     with caplog.at_level(logging.ERROR):
-        _run(_sink(transport, retries={"max_attempts": 3, "initial_backoff": 0.01}), [estimates(["a", "b"])])
+        _run(sink, [estimates(["a", "b"])])
     assert transport.lines() == []
     assert METRICS.get("influxdb_points_dropped") == 2
     assert any("DROPPED 2 points" in r.getMessage() for r in caplog.records)
+    assert _dead_twins(sink) == ["a", "b"]  # a drop is a dead letter with its line
+    assert METRICS.get("dead_letters") == 2
 
 
-def test_rejected_batches_are_dead_letters_and_writing_goes_on(
+def test_only_the_refused_lines_of_a_partial_write_are_dead_letters(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    transport = ScriptedTransport([rejected(400, "field type conflict")] * 2)
+    """InfluxDB 1.x stores the good lines of a batch and answers 400: only the bad ones are dead."""
+    bad = {"t3", "t7", "t12"}
+
+    def partial_write(body: bytes) -> None:
+        refused = [line for line in body.decode().split("\n") if parse_line(line)[1]["twin_id"] in bad]
+        if refused:
+            raise InfluxDBRejected(
+                f"InfluxDB at test refused the write (400): partial write: field type conflict "
+                f"dropped={len(refused)}",
+                400,
+            )
+
+    transport = ScriptedTransport([partial_write] * 100)
     path = tmp_path / "dead.jsonl"
     with caplog.at_level(logging.ERROR):
         _run(_sink(transport, path), [estimates([f"t{i}" for i in range(15)])])
-    assert _twins(transport.lines()) == [f"t{i}" for i in range(10, 15)]
+    assert sorted(_twins(transport.lines())) == sorted(f"t{i}" for i in range(15) if f"t{i}" not in bad)
     letters = list(DeadLetterLog(path).read())
-    assert [parse_line(d.raw.decode())[1]["twin_id"] for d in letters] == [f"t{i}" for i in range(10)]
+    assert sorted(parse_line(d.raw.decode())[1]["twin_id"] for d in letters) == sorted(bad)
     assert all("field type conflict" in d.reason and d.source == "influxdb:influxdb" for d in letters)
-    assert METRICS.get("influxdb_points_rejected") == 10
+    assert METRICS.get("influxdb_points_rejected") == 3
+    assert METRICS.get("dead_letters") == 3  # the run's summary counts them
     refusals = [r for r in caplog.records if "field type conflict" in r.getMessage()]
     assert len(refusals) == 1  # said once, then counted
 
@@ -251,6 +276,7 @@ def test_outage_past_max_block_drops_the_oldest(caplog: pytest.LogCaptureFixture
     assert 0.2 <= blocked < 3
     assert METRICS.get("influxdb_points_dropped") == 30
     assert METRICS.get("influxdb_points_written") == 0
+    assert sorted(_dead_twins(sink)) == sorted(f"t{k}-{i}" for k in range(6) for i in range(5))
     messages = [r.getMessage() for r in caplog.records]
     assert any("DROPPING POINTS" in m for m in messages)
     assert any("close_timeout" in m for m in messages)
@@ -265,6 +291,7 @@ def test_close_gives_up_after_close_timeout() -> None:
     part.close()
     assert time.monotonic() - start < 3
     assert METRICS.get("influxdb_points_dropped") == 3
+    assert sorted(_dead_twins(sink)) == ["a", "b", "c"]
     assert transport.closed
 
 
@@ -330,3 +357,50 @@ def test_batches_of_one_twin_type_are_serialised_together() -> None:
     assert len(transport.stored) == 1  # one request
     types = [parse_line(line)[1]["twin_type"] for line in transport.lines()]
     assert sorted(types) == ["pump", "pump", "valve"]
+
+
+def test_a_stop_while_the_server_is_down_gives_up_without_dropping() -> None:
+    """A stop waits close_timeout for the server, then raises (the epoch is not committed);
+    close then leaves the lines for the restart: nothing dropped, nothing dead-lettered."""
+    from dte_stream import shutdown
+    from dte_stream.connectors.influxdb import InfluxDBStopped
+
+    transport = ScriptedTransport([unavailable()] * 10_000)
+    sink = _sink(transport, close_timeout=0.5)
+    part = sink.build("influxdb", 0, 1)
+    part.write_batch([estimates(["a", "b", "c"])])
+    shutdown.STOP.set()
+    try:
+        start = time.monotonic()
+        with pytest.raises(InfluxDBStopped, match="stopped with 3 points not written"):
+            part.snapshot()
+        assert 0.4 <= time.monotonic() - start < 3
+        start = time.monotonic()
+        part.close()
+        assert time.monotonic() - start < 2  # no second close_timeout
+    finally:
+        shutdown.STOP.clear()
+    assert METRICS.get("influxdb_points_dropped") == 0
+    assert _dead_twins(sink) == []
+    assert transport.lines() == []
+
+
+def test_a_second_signal_stops_waiting_at_once() -> None:
+    from dte_stream import shutdown
+    from dte_stream.connectors.influxdb import InfluxDBStopped
+
+    transport = ScriptedTransport([unavailable()] * 10_000)
+    part = _sink(transport, close_timeout=30).build("influxdb", 0, 1)
+    part.write_batch([estimates(["a"])])
+    shutdown.STOP.set()
+    shutdown.STOP_NOW.set()
+    try:
+        start = time.monotonic()
+        with pytest.raises(InfluxDBStopped, match="at once"):
+            part.snapshot()
+        part.close()
+        assert time.monotonic() - start < 2
+    finally:
+        shutdown.STOP.clear()
+        shutdown.STOP_NOW.clear()
+    assert METRICS.get("influxdb_points_dropped") == 0

@@ -1,0 +1,90 @@
+"""``dte-stream serve``: the HTTP API and dashboard over an existing data directory, no dataflow.
+
+Examples::
+
+    dte-stream serve --http 127.0.0.1:8080 --data-dir ./data
+    dte-stream serve --http 0.0.0.0:8080 --data-dir /var/lib/dte --tokens /etc/dte/tokens.json
+
+It reads what the dataflows wrote there: the twin view, the local store and the alert log;
+acknowledgements reach a running dataflow through the data directory. TLS belongs to a reverse
+proxy in front (see docs/api.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dte_stream.api.server import add_http_argument, serve_forever
+from dte_stream.cli.query import DEFAULT_DATA_DIR
+from dte_stream.cli.token import add_tokens_argument, tokens_path
+from dte_stream.errors import ConfigError
+from dte_stream.spec import load_spec
+
+__all__ = ["add_cors_argument", "add_parser"]
+
+
+def add_cors_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cors-origin`` (repeatable): browser origins allowed to call the API; none by default."""
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow a browser page from ORIGIN (e.g. https://ops.example.org) to call the API; repeatable",
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the HTTP API and dashboard over a data directory (no dataflow)",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_http_argument(parser)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(DEFAULT_DATA_DIR),
+        metavar="DIR",
+        help=f"the data directory the dataflows write (default: ./{DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--spec",
+        type=Path,
+        default=None,
+        metavar="SPEC",
+        help="the dataflow's spec: history from its InfluxDB sink when the data dir has no local store",
+    )
+    add_tokens_argument(parser)
+    add_cors_argument(parser)
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dte_stream.api.app import ApiContext, create_app
+
+    if args.http is None:
+        raise ConfigError("serve needs --http HOST:PORT, for example --http 127.0.0.1:8080")
+    if not args.data_dir.is_dir():
+        raise ConfigError(
+            f"no data directory {args.data_dir}: point --data-dir at the directory a dataflow writes to"
+        )
+    tokens = tokens_path(args.tokens, args.data_dir)
+    spec = load_spec(args.spec) if args.spec is not None else None
+    context = ApiContext(
+        spec=spec, data_dir=args.data_dir, tokens_file=tokens, options={"cors_origins": args.cors_origin}
+    )
+    host, port = args.http
+    print(
+        f"dte-stream: serving {args.data_dir} at http://{host}:{port}/ (API: /api/v1/docs)", file=sys.stderr
+    )
+    if not tokens.exists():
+        print(
+            f"dte-stream: no tokens yet in {tokens}: dte-stream token create --name NAME --scope read",
+            file=sys.stderr,
+        )
+    serve_forever(create_app(context), host, port)
+    return 0
