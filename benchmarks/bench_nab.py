@@ -38,8 +38,9 @@ from nab import (
 )
 
 from dte_stream.twins.anomaly import ANOMALY_LEVEL, AnomalyScorer
+from dte_stream.twins.kalman import StateSpaceKernel
 from dte_stream.twins.presets import local_linear_trend, random_walk
-from dte_stream.twins.statespace import CHI2_1DOF_999, StateSpaceKernel, StateSpaceModel, StateSpaceState
+from dte_stream.twins.statespace import CHI2_1DOF_999, StateSpaceModel, StateSpaceState
 
 ONE = np.zeros(1, dtype=np.intp)
 
