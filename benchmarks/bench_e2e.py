@@ -508,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", action="store_true", help="also p50/p99 latency at half of dte's rate")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument(
+        "--latency-rate", type=float, help="readings/s of the latency runs (default: half of dte's best)"
+    )
+    parser.add_argument(
         "--latency-variants", nargs="+", default=["bare", "dte", "dte-flush", "naive"], choices=list(LABELS)
     )
     parser.add_argument("--sample-twins", type=int, default=3, help="twins whose estimates are compared")
@@ -573,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                 best_dte = max(
                     (r.rate for r in results if r.variant == "dte" and r.twins == twins), default=0
                 )
-                rate = best_dte / 2 if best_dte else 10_000
+                rate = args.latency_rate or (best_dte / 2 if best_dte else 10_000)
                 for variant in [v for v in args.latency_variants if v in [*variants, "dte-flush"]]:
                     say(
                         f"latency of {variant} at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s ..."

@@ -4,7 +4,9 @@ One twin type, ``pump``: 3 channels (``temperature`` with quality limits, ``pres
 a random-walk Kalman filter per channel, a 60 s forecast, the anomaly scorer, and a river
 ``page_hinkley`` drift detector per (twin, channel) cell. Configuration ``hst`` adds a river
 ``half_space_trees`` per cell (16 us/reading, ~5 kB/cell): run only at ``--hst-twins`` twins.
-Configuration ``nolearn`` is ``core`` without the learner: the vectorised part alone.
+Configuration ``nolearn`` is ``core`` without the learner: the vectorised part alone;
+``core_innovation`` is ``core`` with ``anomaly.method: innovation`` (the scorer before the
+contextual default), to compare the two scorers in one run.
 
 Readings: every twin reports its 3 channels once per second (fixed per-twin phase, a few ms of
 jitter), values are per-twin levels that wander plus noise with rare spikes, in arrival (time)
@@ -79,13 +81,17 @@ SIGNAL = {
     "pressure": (3.0, 0.3, 0.001, 0.05),
     "flow": (40.0, 4.0, 0.05, 2.0),
 }
-CONFIGS = ["core", "nolearn", "hst"]
+CONFIGS = ["core", "core_innovation", "nolearn", "hst"]
 SPIKE_RATE = 1e-4  # share of readings with a 12-sigma spike
 REF_HAS_R_SCALE = "r_scale" in inspect.signature(ReferenceFilter.update).parameters
 
 
 def make_spec(config: str) -> TwinTypeSpec:
-    """The pump twin type; ``hst`` adds a HalfSpaceTrees per cell, ``nolearn`` has no learner."""
+    """The pump twin type; ``hst`` adds a HalfSpaceTrees per cell, ``nolearn`` has no learner.
+
+    ``core_innovation`` is ``core`` with the innovation-only anomaly scorer (the default before
+    the contextual one), for a same-run comparison of the scorers' cost.
+    """
     learners: list[dict[str, Any]] = (
         [] if config == "nolearn" else [{"name": "drift", "kind": "page_hinkley"}]
     )
@@ -105,6 +111,7 @@ def make_spec(config: str) -> TwinTypeSpec:
             },
             "kalman": {"horizons": [60.0]},
             "learners": learners,
+            "anomaly": {"method": "innovation" if config == "core_innovation" else "contextual"},
         }
     )
 

@@ -1,25 +1,18 @@
-"""Evaluation library for streaming anomaly detectors on the labelled NAB series.
+"""The labelled NAB series, baseline detectors, and NAB scoring of a detector over them.
 
 A :data:`Detector` gets a whole series (event times in int64 ns, values) and returns one score
 per reading; it must behave as a streaming detector (each score computed before the next value
-is seen, no tuning per series): the library cannot check that, the detectors in
-``bench_nab.py`` are written that way. Flags are ``scores >= level``.
+is seen, no tuning per series): the library cannot check that, the detectors here and in
+``bench_nab.py`` are written that way. Scores are judged by :mod:`nab_scoring` (NAB's own
+rules: probation, sigmoid-weighted windows, three profiles, one optimised threshold per
+profile over all series together).
 
-Metrics per series (:func:`evaluate`) and summed over series (:func:`summarise`):
+Baselines:
 
-- windows detected: a flag inside ``[start, end]``; delay from the window's start to the first
-  flag in it, in readings and in hours;
-- false flags outside every window: raw flagged readings and *episodes* (runs of consecutive
-  flagged readings, so one long excursion counts once);
-- a NAB-like score: NAB's standard profile weights the first detection in a window by its
-  scaled sigmoid ``2 / (1 + exp(5 y)) - 1`` with ``y = (t - end) / (end - start)`` (about 0.99
-  at the start, 0 at the end), a missed window counts -1 and each false flagged reading -0.11;
-  normalised as NAB does, ``100 (S - S_null) / (S_perfect - S_null)`` (null: no flag at all,
-  perfect: every window flagged at its start and nothing else). NAB's probationary period is
-  not applied: flags anywhere count.
-
-The windowed z-score baseline (:func:`zscore_detector`) scores ``|x - mean| / std`` over the
-previous ``W`` readings.
+- :func:`windowed_gaussian_scores`: NAB's "windowed Gaussian" detector as NAB describes it (the
+  mean and standard deviation of the last 6,400 values, refreshed every 100 values; the score
+  is ``1 - Q(|z|)``), published at 39.6 standard on NAB's full corpus;
+- :func:`zscore_scores`: ``|x - mean| / std`` over the previous ``W`` readings.
 """
 
 from __future__ import annotations
@@ -27,12 +20,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from nab_scoring import PROFILES, ProfileResult, ScoringSeries, score_all, score_profile
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -41,10 +36,19 @@ Bool = npt.NDArray[np.bool_]
 #: A streaming detector: (time_ns, value) of one series -> one score per reading.
 Detector = Callable[[I64, F64], F64]
 
-#: Where the NAB series are when the repository is cloned next to ``shared/``.
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
-#: NAB standard profile: weight of a false positive (true positives weigh 1, misses -1).
-FP_WEIGHT = 0.11
+
+def _find_root() -> Path:
+    """``shared/data/nab`` in the nearest folder above the repository that has one."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared" / "data" / "nab"
+        if candidate.is_dir():
+            return candidate
+    return here.parents[2] / "shared" / "data" / "nab"
+
+
+#: Where the NAB series are: ``shared/data/nab`` beside the repository (or a folder further up).
+DEFAULT_ROOT = _find_root()
 NS_PER_HOUR = 3_600 * 10**9
 
 
@@ -64,6 +68,10 @@ class Series:
         for start, end in self.windows:
             inside |= (self.time_ns >= start) & (self.time_ns <= end)
         return inside
+
+    def scoring(self) -> ScoringSeries:
+        """The series as NAB's scorer sees it."""
+        return ScoringSeries.from_times(self.name, self.time_ns, self.windows)
 
 
 def _ns(stamps: Sequence[str]) -> I64:
@@ -86,95 +94,85 @@ def load_series(root: Path = DEFAULT_ROOT) -> list[Series]:
 
 
 @dataclass(frozen=True)
-class SeriesResult:
-    """Detection metrics of one detector on one series (delays NaN for missed windows)."""
+class Evaluation:
+    """A detector's scores per series and its NAB result for each profile."""
 
     name: str
-    readings: int
-    windows: int
-    detected: int
-    delay_readings: F64
-    delay_hours: F64
-    false_readings: int
-    false_episodes: int
-    nab_raw: float
-    nab_perfect: float
-    nab_null: float
+    scores: list[F64]
+    results: dict[str, ProfileResult]
+    seconds: float
+
+    def at_level(self, series: Sequence[Series], level: float) -> dict[str, ProfileResult]:
+        """Every profile at one fixed threshold (what a deployment with that level gets)."""
+        scoring = [s.scoring() for s in series]
+        return {n: score_profile(scoring, self.scores, p, level) for n, p in PROFILES.items()}
 
 
-def _episodes(mask: Bool) -> int:
-    """Runs of consecutive True values."""
-    if not mask.any():
-        return 0
-    return int(mask[0]) + int(np.count_nonzero(mask[1:] & ~mask[:-1]))
+#: Scores every series at once (for example all of them as twins of one bank): one array per series.
+BatchDetector = Callable[[Sequence[Series]], list[F64]]
 
 
-def evaluate(series: Series, flags: Bool) -> SeriesResult:
-    """Metrics of ``flags`` (one per reading) against the series' windows."""
-    t = series.time_ns
-    delays_r, delays_h = [], []
-    raw = 0.0
-    perfect = 0.0
-    for start, end in series.windows:
-        idx = np.flatnonzero((t >= start) & (t <= end))
-        if idx.size:
-            first_in = idx[0]
-            perfect += _sigmoid_weight(int(t[first_in]), int(start), int(end))
-        hits = idx[flags[idx]] if idx.size else idx
-        if hits.size:
-            first = int(hits[0])
-            delays_r.append(float(first - idx[0]))
-            delays_h.append((int(t[first]) - int(start)) / NS_PER_HOUR)
-            raw += _sigmoid_weight(int(t[first]), int(start), int(end))
-        else:
-            delays_r.append(math.nan)
-            delays_h.append(math.nan)
-            raw -= 1.0
-    outside = flags & ~series.in_window
-    false_readings = int(np.count_nonzero(outside))
-    raw -= FP_WEIGHT * false_readings
-    k = int(series.windows.shape[0])
-    return SeriesResult(
-        series.name, int(t.shape[0]), k, int(np.count_nonzero(~np.isnan(delays_r))),
-        np.array(delays_r), np.array(delays_h), false_readings, _episodes(outside),
-        raw, perfect, -float(k),
-    )  # fmt: skip
+def evaluate(
+    name: str, detector: Detector | BatchDetector, series: Sequence[Series], batch: bool = False
+) -> Evaluation:
+    """Run ``detector`` on every series (all at once if ``batch``) and score it with every NAB profile."""
+    start = time.perf_counter()
+    raw = detector(series) if batch else [detector(s.time_ns, s.value) for s in series]  # type: ignore[call-arg]
+    scores = [np.nan_to_num(np.asarray(r, dtype=float), nan=0.0) for r in raw]
+    seconds = time.perf_counter() - start
+    return Evaluation(name, scores, score_all([s.scoring() for s in series], scores), seconds)
 
 
-def _sigmoid_weight(t: int, start: int, end: int) -> float:
-    """NAB's scaled sigmoid for a detection at ``t`` inside ``[start, end]``."""
-    y = (t - end) / max(end - start, 1)
-    return 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
+def _normal_sf(z: F64) -> F64:
+    """Upper tail ``Q(z)`` of the standard normal."""
+    return 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2.0))
 
 
-@dataclass(frozen=True)
-class Summary:
-    """A detector's metrics summed over series."""
+def windowed_gaussian_scores(value: F64, window: int = 6400, step: int = 100) -> F64:
+    """NAB's windowed Gaussian: ``1 - Q(|x - mean| / std)`` against a window of past values.
 
-    windows: int
-    detected: int
-    mean_delay_readings: float
-    median_delay_hours: float
-    false_readings: int
-    false_episodes: int
-    nab_score: float
+    Streaming: reading ``i`` is scored with the statistics of the values before it. While
+    fewer than ``window`` values have been seen, the statistics are those of all of them; after
+    that, the window is the last ``window`` values as of the latest multiple of ``step`` (the
+    window slides ``step`` values at a time). A zero std counts as 1e-6. The first reading scores 0.
+    """
+    x = np.asarray(value, dtype=float)
+    n = x.shape[0]
+    mean = np.zeros(n)
+    std = np.ones(n)
+    grow = min(n, window + 1)
+    # Readings 1..grow-1: the statistics of values[0:i] (shifted sums for accuracy).
+    shifted = x[:grow] - x[0]
+    c1 = np.cumsum(shifted)
+    c2 = np.cumsum(shifted * shifted)
+    k = np.arange(1, grow)
+    m = c1[: grow - 1] / k
+    mean[1:grow] = m + x[0]
+    std[1:grow] = np.sqrt(np.maximum(c2[: grow - 1] / k - m * m, 0.0))
+    # Readings window+j*step .. : the window values[j*step : window + j*step], refreshed per step.
+    for begin in range(window + step, n, step):
+        block = x[begin - window : begin]
+        stop = min(begin + step, n)
+        mean[begin:stop] = block.mean()
+        std[begin:stop] = block.std()
+    if n > window:
+        first = x[:window]
+        mean[window : min(window + step, n)] = first.mean()
+        std[window : min(window + step, n)] = first.std()
+    std = np.where(std == 0.0, 1e-6, std)
+    scores = 1.0 - _normal_sf(np.abs(x - mean) / std)
+    scores[:1] = 0.0
+    return scores
 
 
-def summarise(results: Sequence[SeriesResult]) -> Summary:
-    """Totals over series; delays over detected windows; the NAB-like score normalised to 0..100."""
-    delays_r = np.concatenate([r.delay_readings for r in results])
-    delays_h = np.concatenate([r.delay_hours for r in results])
-    hit = ~np.isnan(delays_r)
-    raw = sum(r.nab_raw for r in results)
-    perfect = sum(r.nab_perfect for r in results)
-    null = sum(r.nab_null for r in results)
-    return Summary(
-        sum(r.windows for r in results), sum(r.detected for r in results),
-        float(delays_r[hit].mean()) if hit.any() else math.nan,
-        float(np.median(delays_h[hit])) if hit.any() else math.nan,
-        sum(r.false_readings for r in results), sum(r.false_episodes for r in results),
-        100.0 * (raw - null) / (perfect - null),
-    )  # fmt: skip
+def windowed_gaussian_detector() -> Detector:
+    """:func:`windowed_gaussian_scores` as a :data:`Detector`."""
+
+    def detect(time_ns: I64, value: F64) -> F64:
+        del time_ns
+        return windowed_gaussian_scores(value)
+
+    return detect
 
 
 def zscore_scores(value: F64, window: int = 100) -> F64:
@@ -197,7 +195,7 @@ def zscore_scores(value: F64, window: int = 100) -> F64:
 
 
 def zscore_detector(window: int = 100) -> Detector:
-    """The windowed z-score baseline as a :data:`Detector` (flag it at level 3)."""
+    """The windowed z-score baseline as a :data:`Detector`."""
 
     def detect(time_ns: I64, value: F64) -> F64:
         del time_ns
@@ -206,10 +204,9 @@ def zscore_detector(window: int = 100) -> Detector:
     return detect
 
 
-def run(detector: Detector, level: float, series: Sequence[Series]) -> list[tuple[SeriesResult, Bool]]:
-    """Run ``detector`` on every series; results and flags per series."""
+def delays_hours(series: Series, first_rows: I64) -> list[float]:
+    """Hours from each window's start to its first counted flag (NaN when missed)."""
     out = []
-    for s in series:
-        flags = np.asarray(detector(s.time_ns, s.value)) >= level
-        out.append((evaluate(s, flags), flags))
+    for (start, _end), row in zip(series.windows, first_rows, strict=True):
+        out.append(math.nan if row < 0 else (int(series.time_ns[row]) - int(start)) / NS_PER_HOUR)
     return out

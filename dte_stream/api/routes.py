@@ -36,8 +36,10 @@ router = APIRouter(prefix="/api/v1")
 
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Operator = Annotated[TokenInfo, Depends(require("operate"))]
+Admin = Annotated[TokenInfo, Depends(require("admin"))]
 TwinId = Annotated[str, Path(min_length=1, max_length=256, description="the twin's id")]
 _MAX_LABELS = 16
+_MAX_NS = 2**63 - 1  # int64 nanoseconds: the store's time type
 _AlertFilter = Literal["firing", "resolved", "all"]
 
 
@@ -147,8 +149,12 @@ def twin_history(
     _: Reader,
     twin_id: TwinId,
     channel: Annotated[str | None, Query(max_length=256)] = None,
-    since: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: an hour back")] = None,
-    until: Annotated[int | None, Query(ge=0, description="ns since the epoch; default: now")] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=_MAX_NS, description="ns since the epoch; default: an hour back")
+    ] = None,
+    until: Annotated[
+        int | None, Query(ge=0, le=_MAX_NS, description="ns since the epoch; default: now")
+    ] = None,
     points: Annotated[int, Query(ge=2, le=5000, description="at most this many points per channel")] = 500,
 ) -> dict[str, Any]:
     """A twin's readings and estimates, downsampled to at most ``points`` buckets per channel.
@@ -332,3 +338,13 @@ def alert_events(
 def twin_types(request: Request, _: Reader) -> dict[str, Any]:
     """The twin types the dataflows declared: channels, models and alert rules."""
     return {"twin_types": list(_ctx(request).view.types().values())}
+
+
+@router.get("/tokens", tags=["admin"])
+def list_tokens(request: Request, _: Admin) -> dict[str, Any]:
+    """The API tokens (name, scope, creation time; never the tokens or their hashes)."""
+    try:
+        tokens = _ctx(request).tokens.tokens()
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return {"tokens": [{"name": t.name, "scope": t.scope, "created_ns": t.created_ns} for t in tokens]}

@@ -30,6 +30,7 @@ from dte_stream.spec.base import Identifier, PositiveSeconds, Seconds, SpecModel
 from dte_stream.spec.learners import LearnerSpec
 from dte_stream.spec.quality import QualitySpec
 from dte_stream.twins.anomaly import ANOMALY_LEVEL
+from dte_stream.twins.contextual import CONTEXT_AFTER_S, CONTEXT_BINS, CONTEXT_HALFLIFE_S, QUIET_READINGS
 from dte_stream.twins.presets import (
     daily_seasonal,
     damped_oscillator,
@@ -261,11 +262,37 @@ class KalmanSettings(SpecModel):
 
 
 class AnomalySpec(SpecModel):
-    """The built-in anomaly score (from the filter's innovations) and the level that flags a reading."""
+    """The built-in anomaly score and the level that flags a reading.
+
+    ``method: contextual`` (the default) scores the filter's innovation and a time-of-day
+    profile of the value (:class:`~dte_stream.twins.contextual.ContextualScorer`);
+    ``innovation`` scores the innovation alone (:class:`~dte_stream.twins.anomaly.AnomalyScorer`,
+    the default before December 2026: less state, no daily context, no quiet period).
+    The ``context_*`` settings and ``quiet`` apply to ``contextual`` only.
+    """
 
     enabled: bool = True
+    method: Literal["contextual", "innovation"] = Field(
+        "contextual",
+        description="contextual: innovation and time-of-day context; innovation: innovation alone",
+    )
     level: float = Field(
         ANOMALY_LEVEL, gt=0, le=1, description="score at or above which a reading is flagged anomalous"
+    )
+    quiet: int = Field(
+        QUIET_READINGS,
+        ge=0,
+        le=1_000_000,
+        description="readings after a flag during which scores no larger than the flag's are halved",
+    )
+    context_bins: int = Field(
+        CONTEXT_BINS, ge=1, le=1440, description="slots of the day in the time-of-day profile"
+    )
+    context_halflife: PositiveSeconds = Field(
+        CONTEXT_HALFLIFE_S, description="half-life of the time-of-day profile (a duration, e.g. 3d)"
+    )
+    context_after: Seconds = Field(
+        CONTEXT_AFTER_S, description="data a cell must have seen before its time-of-day context counts"
     )
 
 
@@ -396,7 +423,7 @@ class TwinTypeSpec(SpecModel):
                 for m in self.models
             ],
             "adaptive_noise": self.kalman.adaptive_noise,
-            "anomaly": self.anomaly.enabled,
+            "anomaly": [self.anomaly.enabled, self.anomaly.method, self.anomaly.context_bins],
             "learners": [learner.model_dump(mode="json") for learner in self.learners],
         }
         return hashlib.sha256(orjson.dumps(layout, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

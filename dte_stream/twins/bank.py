@@ -8,7 +8,8 @@ order, see :func:`rounds_of`):
    trust (measurement-variance factor) the filter gives each reading;
 2. the Kalman filters (:mod:`dte_stream.twins.filters`): one kernel step per round per filter
    group, rounds per twin for shared models, per cell otherwise;
-3. the anomaly score from the innovations (:class:`~dte_stream.twins.anomaly.AnomalyScorer`);
+3. the anomaly score (:func:`~dte_stream.twins.scorers.build_scorer`: the innovations and, by
+   default, a time-of-day context);
 4. the river learners, per reading in time order (the only per-reading Python work, and
    only when the twin type declares learners).
 
@@ -35,12 +36,12 @@ from dte_stream.readings import DeadLetter
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, format_time_ns
 from dte_stream.twins import flags as fl
-from dte_stream.twins.anomaly import AnomalyScorer
 from dte_stream.twins.filters import FilterGroup, build_groups
 from dte_stream.twins.idindex import IdIndex
 from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
 from dte_stream.twins.routing import TypedBatch
+from dte_stream.twins.scorers import build_scorer
 
 __all__ = ["CELL_ARRAYS", "BankUpdate", "TwinBank", "rounds_of"]
 
@@ -122,7 +123,7 @@ class TwinBank:
             self.group_of[group.channels] = g
             self.observed[group.channels] = group.local[group.channels] < group.model.m
         self.quality = QualityBank([spec.channels[c].quality for c in self.channels], capacity)
-        self.scorer = AnomalyScorer(self.width, capacity) if spec.anomaly.enabled else None
+        self.scorer = build_scorer(spec.anomaly, self.width, capacity) if spec.anomaly.enabled else None
         self.learners = LearnerBank(list(spec.learners), self.channels) if spec.learners else None
         self.horizons = spec.horizon_names()
         self.extra_columns = self._extra_columns()

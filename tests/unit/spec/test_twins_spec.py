@@ -202,6 +202,14 @@ def test_custom_matrices() -> None:
             },
             "readings 5 can never be reached",
         ),
+        ({"name": "p", "channels": {"a": {}}, "anomaly": {"method": "magic"}}, "anomaly.method"),
+        ({"name": "p", "channels": {"a": {}}, "anomaly": {"context_bins": 0}}, "anomaly.context_bins"),
+        (
+            {"name": "p", "channels": {"a": {}}, "anomaly": {"context_halflife": "0s"}},
+            "anomaly.context_halflife",
+        ),
+        ({"name": "p", "channels": {"a": {}}, "anomaly": {"context_after": "soon"}}, "anomaly.context_after"),
+        ({"name": "p", "channels": {"a": {}}, "anomaly": {"quiet": -1}}, "anomaly.quiet"),
     ],
 )
 def test_errors_name_the_field_and_the_problem(twin_type: dict[str, Any], message: str) -> None:
@@ -218,7 +226,7 @@ def test_fingerprint_follows_layout_not_tuning() -> None:
             "b": {"filter": {"model": "local_linear_trend", "level_noise": 2}},
         },
         "kalman": {"gate": 30, "horizons": [60]},
-        "anomaly": {"level": 0.5},
+        "anomaly": {"level": 0.5, "quiet": 3, "context_halflife": "1d", "context_after": "1h"},
     }
     assert TwinTypeSpec.model_validate(tuned).state_fingerprint() == fp
     for changed in (
@@ -227,6 +235,8 @@ def test_fingerprint_follows_layout_not_tuning() -> None:
         {**base, "channels": {"a": {}, "b": {}}},
         {**base, "kalman": {"adaptive_noise": True}},
         {**base, "learners": [{"name": "d", "kind": "adwin"}]},
+        {**base, "anomaly": {"method": "innovation"}},
+        {**base, "anomaly": {"context_bins": 48}},
     ):
         assert TwinTypeSpec.model_validate(changed).state_fingerprint() != fp
 

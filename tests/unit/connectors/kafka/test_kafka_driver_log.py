@@ -37,15 +37,6 @@ def test_a_broker_that_is_down_is_logged_once_then_counted(caplog: pytest.LogCap
         },
         errors,
     )
-    seen = 0
-
-    class Counter(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            nonlocal seen
-            seen += 1
-
-    counter = Counter()
-    DRIVER_LOG.addHandler(counter)
     try:
         with caplog.at_level(logging.INFO, logger=DRIVER_LOG.name):
             deadline = time.monotonic() + 2.0
@@ -53,7 +44,6 @@ def test_a_broker_that_is_down_is_logged_once_then_counted(caplog: pytest.LogCap
                 consumer.poll(0.05)
             errors.clear()  # the client works again
     finally:
-        DRIVER_LOG.removeHandler(counter)
         consumer.close()
     driver = [r for r in caplog.records if r.name == DRIVER_LOG.name]
     warnings = [r.getMessage() for r in driver if r.levelno >= logging.WARNING]
@@ -62,7 +52,6 @@ def test_a_broker_that_is_down_is_logged_once_then_counted(caplog: pytest.LogCap
     (summary,) = [r.getMessage() for r in driver if "during the outage" in r.getMessage()]
     hidden = int(summary.split(" wrote ")[1].split()[0])
     assert hidden >= 5, summary  # librdkafka did repeat itself; those lines were counted, not shown
-    assert seen == len(warnings) + 1
     assert len(caplog.records) <= 6  # with ErrorLog's once-per-kind lines, the whole outage
 
 

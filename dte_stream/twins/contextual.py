@@ -1,0 +1,340 @@
+"""The default anomaly score: the filter's surprise and a time-of-day context, vectorised over cells.
+
+Pure numpy, like :mod:`dte_stream.twins.anomaly`, whose robust scale, tail probabilities and
+recurring-surprise memory it reuses. What the strongest streaming detectors on the Numenta
+Anomaly Benchmark have in common, and what this scorer takes from them:
+
+- **Two views of normal.** The Kalman filter's innovation says "this reading is not what the
+  last few readings predicted" (spikes, steps, sudden changes of noise). A *context* model says
+  "this is not what this time of day usually looks like": a per-cell profile of the value in
+  ``bins`` slots of the day, learned with a half-life in days. It sees what a filter tracks
+  away (a daily cycle that fails to rise, a holiday's low demand, a flat stretch where a wave
+  should be), which is what time-of-day and contextual detectors (CAD OSE, HTM with date
+  encoders) exploit. The context view only counts once the cell has seen ``context_days``
+  of data.
+- **Learned, not assumed, scales.** Each view's residual is standardised by its own robust
+  exponentially weighted centre and mean absolute deviation, so scores are scale-free and no
+  setting depends on the sensor's unit.
+- **Rare, early flags from noisy surprises** (the idea of HTM's anomaly likelihood): a point
+  tail probability for one large surprise, and the chi-square tail of a short window of capped
+  squared surprises for a run of moderate ones; surprises that recur (the peak memory of
+  :class:`~dte_stream.twins.anomaly.AnomalyScorer`) stop counting as surprising.
+- **One flag per episode.** After a reading scores at or above ``level``, the cell's scores are
+  damped for ``quiet`` readings unless a surprise exceeds the one that flagged, so a long
+  excursion raises one alert, not hundreds.
+
+The four tail probabilities (two views, point and window) are combined by the smallest, with a
+Bonferroni factor, into ``score = min(1, -log10(p) / decades)``. Scores are computed before
+the reading updates its cell; a NaN innovation scores 0.0 and is not learned.
+
+State per cell: 15 numbers and the ``bins`` profile (24 by default): 312 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dte_stream.twins.anomaly import ANOMALY_LEVEL, gaussian_log_sf
+
+__all__ = ["CONTEXT_AFTER_S", "CONTEXT_BINS", "CONTEXT_HALFLIFE_S", "QUIET_READINGS", "ContextualScorer"]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+IntP = npt.NDArray[np.intp]
+
+_NS_PER_DAY = 86_400 * 10**9
+_SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
+_LN10 = math.log(10.0)
+_U_MAX = 1e150
+_Z_MAX = 1e6
+_NEVER = np.iinfo(np.int64).min
+
+#: Defaults, the same for every sensor (chosen on the 13 NAB series in shared/, see docs/anomaly.md).
+CONTEXT_BINS = 24
+CONTEXT_HALFLIFE_S = 7 * 86_400.0
+CONTEXT_AFTER_S = 2 * 86_400.0
+QUIET_READINGS = 100
+
+
+def _abs_z(u: F64, centre: F64, spread: F64) -> F64:
+    """``|u - centre| / sigma`` with sigma from a mean absolute deviation (inf when sigma is 0)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        dev = u - centre
+        sigma = spread * _SQRT_HALF_PI
+        z = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.inf))
+    return np.minimum(np.abs(np.where(np.isnan(z), 0.0, z)), _Z_MAX)
+
+
+class ContextualScorer:
+    """Anomaly scores in ``[0, 1]`` from innovations and a time-of-day profile; struct-of-arrays.
+
+    Arrays have shape ``(capacity, channels)`` (the profile ``(capacity, channels, bins)``);
+    :meth:`score` takes a round of readings, each cell at most once, with the same call as
+    :class:`~dte_stream.twins.anomaly.AnomalyScorer`.
+
+    >>> scorer = ContextualScorer(channels=1, capacity=1)
+    >>> one, rng = np.zeros(1, dtype=np.intp), np.random.default_rng(0)
+    >>> minute = 60 * 10**9
+    >>> def day_cycle(t):  # a daily wave with noise; its innovations are the noise
+    ...     return 10 * math.sin(2 * math.pi * t / (1440 * minute)) + rng.normal()
+    >>> def score(t, value, innov):
+    ...     return scorer.score(one, one, np.array([t]), np.array([value]), np.array([innov]), one + 1.0)[0]
+    >>> scores = [score(k * 5 * minute, day_cycle(k * 5 * minute), rng.normal()) for k in range(6 * 288)]
+    >>> bool(max(scores[-288:]) < 0.5)  # six days of 5-minute readings: the sixth day is normal
+    True
+    >>> t = 6 * 288 * 5 * minute + 360 * minute  # the next morning, 10 below the usual value
+    >>> bool(score(t, day_cycle(t) - 10.0, 0.3) >= ANOMALY_LEVEL)  # the filter saw nothing; the context did
+    True
+    """
+
+    _FIELDS = (
+        "count", "last_time", "interval",
+        "i_centre", "i_spread", "i_window", "i_peak",
+        "c_spread", "c_window", "c_peak", "c_count",
+        "quiet_left", "quiet_score", "profile", "profile_spread",
+    )  # fmt: skip
+    _ONES = frozenset({"i_window", "c_window"})
+    _NANS = frozenset({"profile", "profile_spread"})
+    _PROFILES = frozenset({"profile", "profile_spread"})
+
+    def __init__(
+        self,
+        channels: int,
+        capacity: int = 64,
+        *,
+        level: float = ANOMALY_LEVEL,
+        long_halflife: float = 500.0,
+        short_halflife: float = 3.0,
+        clip: float = 4.0,
+        window_cap: float = 4.0,
+        warmup: int = 20,
+        decades: float = 10.0,
+        peak_halflife: float = 300.0,
+        peak_time: float = 2 * 86_400.0,
+        peak_max_halflife: float = 3_000.0,
+        peak_ref: float = 4.0,
+        context_bins: int = CONTEXT_BINS,
+        context_halflife: float = CONTEXT_HALFLIFE_S,
+        context_after: float = CONTEXT_AFTER_S,
+        quiet: int = QUIET_READINGS,
+    ) -> None:
+        if channels < 1 or capacity < 0 or context_bins < 1:
+            raise ValueError(f"need channels >= 1, capacity >= 0 and context_bins >= 1, "
+                             f"not {channels!r}, {capacity!r}, {context_bins!r}")  # fmt: skip
+        for name, value in (
+            ("long_halflife", long_halflife), ("short_halflife", short_halflife), ("clip", clip),
+            ("window_cap", window_cap), ("decades", decades), ("peak_halflife", peak_halflife),
+            ("peak_ref", peak_ref), ("context_halflife", context_halflife), ("peak_time", peak_time),
+            ("peak_max_halflife", peak_max_halflife),
+        ):  # fmt: skip
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+        if warmup < 2 or quiet < 0 or not 0 < level <= 1 or not context_after >= 0:
+            raise ValueError(f"need warmup >= 2, quiet >= 0, 0 < level <= 1 and context_after >= 0, "
+                             f"not {warmup!r}, {quiet!r}, {level!r}, {context_after!r}")  # fmt: skip
+        self.channels = int(channels)
+        self.bins = int(context_bins)
+        self.level = float(level)
+        self.clip = float(clip)
+        self.window_cap = float(window_cap)
+        self.warmup = int(warmup)
+        self.decades = float(decades)
+        self.peak_ref = float(peak_ref)
+        self.context_halflife = float(context_halflife)
+        self.context_after = float(context_after)
+        self.quiet = int(quiet)
+        self._alpha_long = 1.0 - 0.5 ** (1.0 / long_halflife)
+        self._alpha_short = 1.0 - 0.5 ** (1.0 / short_halflife)
+        self.peak_halflife = float(peak_halflife)
+        self.peak_time = float(peak_time)
+        self.peak_max_halflife = max(float(peak_max_halflife), self.peak_halflife)
+        self._window_dof = (2.0 - self._alpha_short) / self._alpha_short
+        self._arrays: dict[str, npt.NDArray[Any]] = {}
+        for name in self._FIELDS:
+            self._arrays[name] = self._blank(name, 0)
+        self.grow(capacity)
+
+    def _blank(self, name: str, rows: int) -> npt.NDArray[Any]:
+        shape: tuple[int, ...] = (
+            (rows, self.channels, self.bins) if name in self._PROFILES else (rows, self.channels)
+        )
+        if name in ("count", "c_count", "quiet_left"):
+            return np.zeros(shape, dtype=np.int64)
+        if name == "last_time":
+            return np.full(shape, _NEVER, dtype=np.int64)
+        return np.full(shape, 1.0 if name in self._ONES else np.nan if name in self._NANS else 0.0)
+
+    @property
+    def capacity(self) -> int:
+        return int(self._arrays["count"].shape[0])
+
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` rows in place; existing rows keep their statistics."""
+        extra = int(capacity) - self.capacity
+        if extra <= 0:
+            return
+        for name in self._FIELDS:
+            self._arrays[name] = np.concatenate([self._arrays[name], self._blank(name, extra)])
+
+    def take(self, index: IntP) -> None:
+        """Keep only rows ``index``, in that order (compaction after eviction); capacity is kept."""
+        index = np.asarray(index, dtype=np.intp)
+        capacity = self.capacity
+        for name in self._FIELDS:
+            new = self._blank(name, capacity)
+            new[: index.shape[0]] = self._arrays[name][index]
+            self._arrays[name] = new
+
+    def reset_rows(self, index: IntP) -> None:
+        """Forget the given rows (eviction or a new twin in a reused row)."""
+        index = np.asarray(index, dtype=np.intp)
+        for name in self._FIELDS:
+            self._arrays[name][index] = self._blank(name, index.shape[0])
+
+    def snapshot(self, n_rows: int) -> dict[str, npt.NDArray[np.generic]]:
+        """Copies of the first ``n_rows`` rows of every array, by name."""
+        return {name: self._arrays[name][:n_rows].copy() for name in self._FIELDS}
+
+    def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Load a :meth:`snapshot` into rows ``0..n-1`` (growing if needed); other rows are reset."""
+        missing = [name for name in self._FIELDS if name not in arrays]
+        if missing:
+            raise ValueError(f"anomaly scorer snapshot lacks {missing}")
+        n = int(np.asarray(arrays["count"]).shape[0])
+        for name in self._FIELDS:
+            want = self._blank(name, n).shape
+            if np.asarray(arrays[name]).shape != want:
+                raise ValueError(f"anomaly scorer snapshot field {name} has shape "
+                                 f"{np.asarray(arrays[name]).shape}, expected {want}")  # fmt: skip
+        self.grow(n)
+        self.reset_rows(np.arange(self.capacity, dtype=np.intp))
+        for name in self._FIELDS:
+            self._arrays[name][:n] = arrays[name]
+
+    def nbytes_per_cell(self) -> int:
+        """Bytes of state per (twin, channel) cell."""
+        return sum(a.itemsize * (self.bins if n in self._PROFILES else 1) for n, a in self._arrays.items())
+
+    def score(self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64) -> F64:
+        """Scores of one round (each cell at most once), then learn the round's readings."""
+        del s  # the innovation variance follows the engine's distrust of suspect readings: not a scale
+        a = self._arrays
+        cell = (rows, ch)
+        count = a["count"][cell]
+        valid = np.isfinite(innovation) & np.isfinite(value)
+        time_ns = np.asarray(time_ns, dtype=np.int64)
+        # Sampling interval (seconds), for the context's learning rate and readiness.
+        last = a["last_time"][cell]
+        gap = np.where(last != _NEVER, (time_ns - last) / 1e9, np.nan)
+        interval = a["interval"][cell]
+        new_interval = np.where(
+            np.isfinite(gap) & (gap > 0),
+            np.where(interval > 0, interval + 0.05 * (gap - interval), gap),
+            interval,
+        )
+        # -- the filter's surprise
+        u = np.clip(np.where(valid, innovation, 0.0), -_U_MAX, _U_MAX)
+        i_state = (a["i_centre"][cell], a["i_spread"][cell], a["i_window"][cell], a["i_peak"][cell])
+        # Recurring surprises are remembered for about `peak_time` (two days: a daily event
+        # stays known from one day to the next), within peak_halflife..peak_max_halflife readings.
+        per_time = np.where(
+            new_interval > 0, self.peak_time / np.where(new_interval > 0, new_interval, 1.0), 0.0
+        )
+        peak_decay = 0.5 ** (1.0 / np.clip(per_time, self.peak_halflife, self.peak_max_halflife))
+        i_logp, i_new = self._view(u, count, peak_decay, *i_state)
+        # -- the time-of-day context
+        bin_ = ((time_ns % _NS_PER_DAY) * self.bins // _NS_PER_DAY).astype(np.intp)
+        profile = a["profile"][rows, ch, bin_]
+        seen = np.isfinite(profile)
+        v = np.clip(np.where(valid, value, 0.0), -_U_MAX, _U_MAX)
+        resid = np.where(seen, v - np.where(seen, profile, 0.0), 0.0)
+        c_count = a["c_count"][cell]
+        c_spread = a["c_spread"][cell]
+        bin_spread = a["profile_spread"][rows, ch, bin_]
+        # Each slot's own scale (slots around a daily step vary more than flat ones), started
+        # from the cell's overall residual scale when the slot is new.
+        spread_eff = np.where(np.isfinite(bin_spread), bin_spread, c_spread)
+        zero = np.zeros_like(resid)
+        c_state = (zero, spread_eff, a["c_window"][cell], a["c_peak"][cell])
+        c_logp, c_new = self._view(resid, c_count, peak_decay, *c_state)
+        seen_s = count * np.where(new_interval > 0, new_interval, 0.0)
+        c_ready = seen & (seen_s >= self.context_after) & (c_count >= self.warmup)
+        log_p = np.where(c_ready, np.minimum(i_logp, c_logp) + math.log(2.0), i_logp)
+        log_p = np.minimum(log_p, 0.0)
+        ready = valid & (count >= self.warmup)
+        raw = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0) + 0.0
+        # -- one flag per episode: damp scores for `quiet` readings after a flag, unless larger.
+        quiet_left = a["quiet_left"][cell]
+        quiet_score = a["quiet_score"][cell]
+        damped = (quiet_left > 0) & (raw <= quiet_score)
+        scores = np.where(damped, raw * 0.5, raw)
+        flag = valid & (scores >= self.level)
+        new_quiet_left = np.where(flag, self.quiet, np.maximum(quiet_left - 1, 0))
+        new_quiet_score = np.where(flag, raw, quiet_score)
+        # -- learn
+        keep = valid
+        r, c = rows[keep], ch[keep]
+        for name, new in zip(("i_centre", "i_spread", "i_window", "i_peak"), i_new, strict=True):
+            a[name][r, c] = new[keep]
+        learn_c = keep & seen
+        for name, new, old in zip(("c_window", "c_peak"), c_new[2:], c_state[2:], strict=True):
+            a[name][r, c] = np.where(learn_c, new, old)[keep]
+        _, new_c_spread = self._scale_step(resid, zero, c_spread, c_count, self._alpha_long)
+        a["c_spread"][r, c] = np.where(learn_c, new_c_spread, c_spread)[keep]
+        a["c_count"][r, c] = np.where(learn_c, c_count + 1, c_count)[keep]
+        positive = new_interval > 0
+        visits_per_day = np.where(
+            positive, 86_400.0 / (np.where(positive, new_interval, 1.0) * self.bins), 1.0
+        )
+        halflife_visits = np.maximum(self.context_halflife / 86_400.0 * visits_per_day, 1.0)
+        alpha_p = 1.0 - 0.5 ** (1.0 / halflife_visits)
+        new_profile = np.where(seen, profile + alpha_p * (v - np.where(seen, profile, 0.0)), v)
+        a["profile"][r, c, bin_[keep]] = new_profile[keep]
+        _, new_bin_spread = self._scale_step(resid, zero, spread_eff, c_count, alpha_p)
+        new_bin_spread = np.where(learn_c & (c_count >= 3), new_bin_spread, bin_spread)
+        a["profile_spread"][r, c, bin_[keep]] = new_bin_spread[keep]
+        a["count"][r, c] = count[keep] + 1
+        a["interval"][r, c] = new_interval[keep]
+        a["last_time"][r, c] = np.maximum(time_ns, last)[keep]
+        a["quiet_left"][r, c] = new_quiet_left[keep]
+        a["quiet_score"][r, c] = new_quiet_score[keep]
+        return scores
+
+    def _view(
+        self, u: F64, count: I64, peak_decay: F64, centre: F64, spread: F64, window: F64, peak: F64
+    ) -> tuple[F64, tuple[F64, F64, F64, F64]]:
+        """Log tail probability of residual ``u`` (point and short window) and the learned state."""
+        z = _abs_z(u, centre, spread)
+        z_seen = z / np.maximum(peak / self.peak_ref, 1.0)
+        log_p_point = gaussian_log_sf(z_seen) + math.log(2.0)
+        z2 = np.minimum(z_seen * z_seen, self.window_cap**2)
+        young = count < self.warmup
+        new_window = np.where(young, 1.0, (1.0 - self._alpha_short) * window + self._alpha_short * z2)
+        k = self._window_dof
+        wh = (np.cbrt(new_window) - (1.0 - 2.0 / (9.0 * k))) / math.sqrt(2.0 / (9.0 * k))
+        log_p = np.minimum(log_p_point, gaussian_log_sf(wh)) + math.log(2.0)
+        new_centre, new_spread = self._scale_step(u, centre, spread, count, self._alpha_long)
+        new_peak = np.where(count >= 3, np.maximum(peak * peak_decay, z), 0.0)
+        return log_p, (new_centre, new_spread, new_window, new_peak)
+
+    def _scale_step(
+        self, u: F64, centre: F64, spread: F64, count: I64, alpha_long: F64 | float
+    ) -> tuple[F64, F64]:
+        """One robust update of a centre and mean absolute deviation (winsorised at ``clip`` sigma).
+
+        Bias-corrected weights while young (``1 / (count + 1)``), then ``alpha_long``.
+        """
+        alpha = np.maximum(alpha_long, 1.0 / (count + 1.0))
+        dev = u - centre
+        # No winsorising while the spread is 0 (a flat start), or it could never grow.
+        limit = np.where((count >= 3) & (spread > 0), self.clip * spread * _SQRT_HALF_PI, np.inf)
+        with np.errstate(invalid="ignore"):
+            step = np.clip(dev, -limit, limit)
+            new_centre = centre + alpha * step
+            new_spread = spread + alpha * (np.minimum(np.abs(dev), limit) - spread)
+        return new_centre, new_spread
