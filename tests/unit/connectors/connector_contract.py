@@ -5,7 +5,7 @@ fresh target, how to read back what it wrote, how to feed it a refused input), a
 :func:`source_checks` / :func:`sink_checks` yield the checks to run on it. A new connector
 gets its case and is tested without new test code. Cases that need no service live in
 ``test_connector_contract.py``; those with a broker or a database in
-``tests/integration/test_connector_contract.py`` (same checks, real services).
+``tests/integration/test_connector_contract_services.py`` (same checks, real services).
 
 Source checks:
 

@@ -1,7 +1,7 @@
 """The connector contract (connector_contract.py) run on every connector that needs no service.
 
 Each case is a factory over a fresh folder; the same checks run on each. Kafka, MQTT and
-InfluxDB get theirs in tests/integration/test_connector_contract.py.
+InfluxDB get theirs in tests/integration/test_connector_contract_services.py.
 """
 
 from __future__ import annotations
