@@ -244,7 +244,13 @@ def build_flow(
         if isinstance(sink, LocalStoreSinkSpec):
             rows = op.map(f"store_rows_{sink.name}", batches, lambda b: ("readings", b))
             store = LocalStoreSink(
-                sink.data_dir, flush_rows=sink.flush_rows, flush_seconds=sink.flush_seconds
+                sink.data_dir,
+                flush_rows=sink.flush_rows,
+                flush_seconds=sink.flush_seconds,
+                retention=sink.retention,
+                compact_min_files=sink.compact_min_files,
+                compact_file_bytes=sink.compact_file_bytes,
+                housekeeping_interval=sink.housekeeping_interval,
             )
             op.output(f"sink_{sink.name}", rows, store)
         elif isinstance(sink, InfluxDBSinkSpec):

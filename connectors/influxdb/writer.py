@@ -24,6 +24,7 @@ from dte_stream.connectors.influxdb.serialise import join_lines
 from dte_stream.connectors.influxdb.transport import Transport
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.retry import RetryPolicy
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 
@@ -65,6 +66,11 @@ class BatchWriter:
             spec.retries.initial_backoff, spec.retries.max_backoff, spec.retries.max_attempts
         )
         self._rng = random.Random()
+        self._ready = f"sink {key}"  # the /readyz check of this writer
+        if checked:
+            READINESS.ok(self._ready, f"{self._target} answers")
+        else:
+            READINESS.failed(self._ready, f"{self._target} did not answer the start-up check")
         self._abort = threading.Event()
         self._abandon = threading.Event()  # abandon: stop, write nothing more, drop nothing
         self._deadline: float | None = None
@@ -114,6 +120,7 @@ class BatchWriter:
             except InfluxDBUnavailable as exc:
                 attempt += 1
                 METRICS.add("influxdb_write_failures")
+                READINESS.failed(self._ready, str(exc))
                 self._buffer.mark_failure()
                 self._note_failure(exc, count)
                 if self._policy.exhausted(attempt):
@@ -143,6 +150,7 @@ class BatchWriter:
             self._buffer.mark_success()
             self._note_recovery()
             METRICS.add("influxdb_points_written", count)
+            READINESS.ok(self._ready, f"{self._target} takes writes")
             METRICS.add("influxdb_batches_written")
             METRICS.add("influxdb_bytes_written", len(body))
             return

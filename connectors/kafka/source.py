@@ -13,6 +13,7 @@ from dte_stream.connectors.kafka.client import LOG, ErrorLog, connector_error, m
 from dte_stream.connectors.kafka.records import RecordMapper
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.shutdown import stop_requested
 from dte_stream.spec.kafka import KafkaSourceSpec
 
@@ -104,6 +105,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             max_payload_bytes=spec.max_payload_bytes,
         )
         self._lag_key = f"{spec.name}:{topic}/{partition}"
+        READINESS.ok(self._where, f"reading from offset {start}")
         LOG.info(
             "%s: reading from offset %d (%s)",
             self._where,
@@ -131,6 +133,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             self._next = mapped.next_offset
             self._errors.clear()
             self._track_lag(len(mapped.payloads))
+            READINESS.ok(self._where, "reading")
         if mapped.at_end and self._end is not None:
             self._done = True  # emit this batch; the next call ends the partition
         if idle:
@@ -142,6 +145,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if event.fatal() or event.code() in _FATAL_EVENTS:
             raise connector_error(f"{self._where}: cannot read", self._spec, event)
         METRICS.add("kafka_consumer_errors")
+        READINESS.failed(self._where, str(event))
         self._errors(event)
 
     def _track_lag(self, records: int) -> None:
@@ -179,6 +183,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
+        READINESS.forget(self._where)
         if consumer is not None:
             consumer.close()
 

@@ -29,6 +29,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.spec.mqtt import MqttConnectionSpec
 
 __all__ = ["LOG", "MqttConnection", "reason_text"]
@@ -228,6 +229,8 @@ class MqttConnection:
         self._session_resumed = False
         self._short_lived = 0
         self._stable_after = max(_STABLE_SECONDS, 3 * spec.reconnect_min_delay)
+        self._ready = f"mqtt: {who}"  # the /readyz check of this connection
+        READINESS.expect(self._ready, f"connecting to {spec.url}")
 
     @property
     def where(self) -> str:
@@ -308,6 +311,7 @@ class MqttConnection:
         if self._started:
             self.check(closing=True)
         self._closed = True
+        READINESS.forget(self._ready)
         client = self.client
         client.disconnect()
         client.loop_stop()
@@ -372,6 +376,7 @@ class MqttConnection:
         self._session_resumed = flags.session_present
         self._connected_at = time.monotonic()
         self.connected = True
+        READINESS.ok(self._ready, f"connected to {self.where}")
         if self._outage_since is not None:
             LOG.debug("%s: connected again (session present: %s)", self.who, flags.session_present)
         if self._subscriptions and (self._v5 or not flags.session_present):
@@ -415,6 +420,7 @@ class MqttConnection:
         self._connected_at = None
         if self._closed:
             return
+        READINESS.failed(self._ready, f"not connected to {self.where}: {reason_text(reason)}")
         if not self._started:
             self._answered.set()
             return

@@ -31,7 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from dte_stream.cli import alerts, query, replay, run, serve, simulate, token, validate, whatif
+    from dte_stream.cli import (
+        alerts,
+        deadletters,
+        deploy,
+        query,
+        replay,
+        run,
+        serve,
+        simulate,
+        token,
+        validate,
+        whatif,
+    )
 
     run.add_parsers(sub)
     validate.add_parser(sub)
@@ -39,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     replay.add_parser(sub)
     alerts.add_parser(sub)
+    deploy.add_parser(sub)
+    deadletters.add_parser(sub)
     token.add_parser(sub)
     serve.add_parser(sub)
     whatif.add_parser(sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from dte_stream.cli.token import add_tokens_argument
 from dte_stream.cli.validate import summary
 from dte_stream.demo import demo_spec
 from dte_stream.errors import ConfigError
+from dte_stream.logs import add_logging_arguments, configure, json_logs
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import DEFAULT_MAX_LAG, READINESS
 from dte_stream.shutdown import STOP, install_signal_handlers
@@ -28,6 +30,17 @@ if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
 
 __all__ = ["add_cluster_arguments", "add_parsers", "execute", "non_negative_float", "positive_int"]
+
+log = logging.getLogger("dte_stream.run")
+
+
+def _say(text: str) -> None:
+    """One line for the person running it: on stderr, or a log record when logs are JSON."""
+    if json_logs():
+        log.info(text.replace("%", "%%"))
+    else:
+        sys.stderr.write(f"dte-stream: {text}\n")  # one write: a cluster's processes share stderr
+        sys.stderr.flush()
 
 
 def execute(
@@ -72,10 +85,8 @@ def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path 
 
     app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir(), tokens_file=tokens))
     with BackgroundServer(app, *http) as server:
-        print(f"dte-stream: serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs", file=sys.stderr)
-        print(
-            f"dte-stream: dashboard at {server.url}/ (dte-stream token create gives a token)", file=sys.stderr
-        )
+        _say(f"serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs")
+        _say(f"dashboard at {server.url}/ (dte-stream token create gives a token)")
         yield
 
 
@@ -90,17 +101,16 @@ def _execute(
 ) -> int:
     from dte_stream.dataflow import run_flow
 
-    err = sys.stderr
     processes = len(addresses) if addresses is not None else 1
-    who = "dte-stream" if addresses is None else f"dte-stream [process {process_id} of {processes}]"
+    who = "" if addresses is None else f"[process {process_id} of {processes}]: "
     if not quiet and not process_id:
-        print(f"dte-stream: running {summary(spec)}", file=err)
-        print("dte-stream: press Ctrl-C to stop", file=err)
+        _say(f"running {summary(spec)}")
+        _say("press Ctrl-C to stop")
     METRICS.reset()
     install_signal_handlers()
     started = time.monotonic()
     interrupted = False  # stopped at once (second signal): exit 130
-    progress = Progress() if not quiet and not process_id else None
+    progress = Progress() if not quiet and not json_logs() and not process_id else None
     try:
         if progress is not None:
             with progress:
@@ -113,24 +123,24 @@ def _execute(
         if not STOP.is_set():
             raise
         interrupted = True
-        print(f"{who}: stopped at once: {one_line(exc)}", file=err)
+        _say(f"{who}stopped at once: {one_line(exc)}")
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
-    err.write(  # one write: the processes of a cluster share the terminal
-        f"{who}: {'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
+    _say(
+        f"{who}{'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
         f"{n:,} readings processed ({n / max(elapsed, 1e-9):,.0f} readings/s), "
-        f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters\n"
+        f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters"
     )
-    err.flush()
     data_dir = spec.data_dir()
     if data_dir is not None and not quiet and not process_id:
-        print(f"dte-stream: data in {data_dir}; dead letters in {spec.dead_letter_path()}", file=err)
-        print(f"dte-stream: try  dte-stream query --data-dir {data_dir} --limit 10", file=err)
+        _say(f"data in {data_dir}; dead letters in {spec.dead_letter_path()}")
+        _say(f"try  dte-stream query --data-dir {data_dir} --limit 10")
     return 130 if interrupted else 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    configure(args.log_level, args.log_format)
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
@@ -200,6 +210,7 @@ def non_negative_float(text: str) -> float:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    configure(args.log_level, args.log_format)
     if args.duration is not None and args.duration <= 0:
         raise ConfigError(f"--duration must be > 0 seconds, got {args.duration}")
     spec = demo_spec(
@@ -224,6 +235,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="snapshot state and source positions here; a restart with it resumes where it stopped",
     )
     add_http_argument(p)
+    add_logging_arguments(p)
     add_tokens_argument(p)
     add_cluster_arguments(p)
     p.set_defaults(handler=_run)
@@ -253,6 +265,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--workers", type=positive_int, default=1, help="worker threads (default 1)")
     d.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     add_http_argument(d)
+    add_logging_arguments(d)
     add_tokens_argument(d)
     add_cluster_arguments(d)
     d.set_defaults(handler=_demo)

@@ -94,6 +94,14 @@ class LocalStoreSinkSpec(SpecModel):
     data_dir: Path = Path("dte-data")
     flush_rows: int = Field(100_000, ge=1)
     flush_seconds: PositiveSeconds = 2.0
+    retention: Seconds | None = Field(
+        None, description="delete day partitions older than this (for example 30d); unset = keep all"
+    )
+    compact_min_files: int = Field(
+        8, ge=0, description="merge a day's small files once there are this many; 0 = never"
+    )
+    compact_file_bytes: int = Field(64 * 2**20, ge=1, description="files from this size on are not merged")
+    housekeeping_interval: PositiveSeconds = Field(60.0, description="how often retention and compaction run")
 
 
 SinkSpec = Annotated[

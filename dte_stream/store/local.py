@@ -70,6 +70,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _time_literal(time_ns: int) -> pl.Expr:
     return pl.lit(time_ns, dtype=pl.Int64).cast(TIME_DTYPE)
 
@@ -389,10 +396,49 @@ class LocalStore:
         except _READ_ERRORS as exc:
             raise self._read_error(table, files, exc) from None
 
+    # ----------------------------------------------------------------------------- retention
+
+    def expire(self, table: str, before_ns: int) -> list[date]:
+        """Delete the days of ``table`` that end at or before ``before_ns``; returns those days.
+
+        Whole day partitions go (files are never rewritten to drop rows), so up to a day more
+        than asked for is kept. Readers that listed a deleted file see it missing and list
+        again (see :meth:`query`).
+        """
+        gone = []
+        table_dir = self._table_dir(table)
+        for day_dir in sorted(table_dir.iterdir()):
+            match = _DAY_DIR.match(day_dir.name)
+            if match is None or not day_dir.is_dir():
+                continue
+            day = date.fromisoformat(match.group(1))
+            day_end_ns = ((day - _EPOCH_DAY).days + 1) * _NS_PER_DAY
+            if day_end_ns > before_ns:
+                break  # sorted: the later days are younger still
+            for path in sorted(day_dir.iterdir()):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            with contextlib.suppress(OSError):  # a writer may have put a file in meanwhile
+                day_dir.rmdir()
+            gone.append(day)
+        return gone
+
+    def size_bytes(self) -> int:
+        """Bytes of every file under the data directory (tables, view, logs)."""
+        total = 0
+        for root, _dirs, names in os.walk(self.data_dir):
+            for name in names:
+                total += _size(Path(root) / name)
+        return total
+
     # ----------------------------------------------------------------------------- compaction
 
-    def compact(self, table: str, *, min_files: int = 2) -> int:
+    def compact(self, table: str, *, min_files: int = 2, max_file_bytes: int | None = None) -> int:
         """Merge the files of each day of ``table`` into one file sorted by time.
+
+        With ``max_file_bytes``, only the files smaller than that are merged (a day that
+        already holds a large merged file is not rewritten whole each time): what the
+        automatic housekeeping (:mod:`dte_stream.store.housekeeping`) does.
 
         Frequent small flushes leave many small files, which slow scans down; compaction is
         maintenance to run now and then (for example daily). It is safe alongside writers
@@ -411,12 +457,14 @@ class LocalStore:
                 raise StoreError(f"another compaction of {table_dir} is running") from None
             for day_dir in sorted(table_dir.iterdir()):
                 if _DAY_DIR.match(day_dir.name) and day_dir.is_dir():
-                    removed += self._compact_day(table, day_dir, min_files)
+                    removed += self._compact_day(table, day_dir, min_files, max_file_bytes)
         return removed
 
-    def _compact_day(self, table: str, day_dir: Path, min_files: int) -> int:
+    def _compact_day(self, table: str, day_dir: Path, min_files: int, max_file_bytes: int | None) -> int:
         finish_journals(day_dir)
         files = live_files(day_dir)
+        if max_file_bytes is not None:
+            files = [f for f in files if _size(f) < max_file_bytes]
         if len(files) < max(min_files, 2):
             return 0
         schema = self._table_schema(table, files)

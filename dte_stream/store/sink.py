@@ -38,6 +38,7 @@ from dte_stream.errors import ConfigError, StoreError
 from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter
 from dte_stream.store.dead_letters import DEFAULT_KEEP, DEFAULT_MAX_BYTES, DeadLetterLog
+from dte_stream.store.housekeeping import Housekeeper, housekeeper_for
 from dte_stream.store.local import LocalStore
 
 __all__ = [
@@ -92,6 +93,11 @@ class LocalStoreSink(DynamicSink[TableFrame]):
 
     Each worker writes under its own writer id (process id, worker index, random suffix),
     so any number of workers and processes can share one data directory.
+
+    Housekeeping (off unless asked for): worker 0 runs a
+    :class:`~dte_stream.store.housekeeping.Housekeeper` every ``housekeeping_interval``
+    seconds that deletes day partitions older than ``retention`` seconds and merges a day's
+    small files once there are ``compact_min_files`` of them.
     """
 
     def __init__(
@@ -101,6 +107,10 @@ class LocalStoreSink(DynamicSink[TableFrame]):
         flush_seconds: float = 2.0,
         *,
         fsync: bool = True,
+        retention: float | None = None,
+        compact_min_files: int = 0,
+        compact_file_bytes: int = 64 * 2**20,
+        housekeeping_interval: float = 60.0,
     ) -> None:
         if flush_rows < 1:
             raise ConfigError(f"flush_rows must be >= 1, got {flush_rows}")
@@ -110,19 +120,42 @@ class LocalStoreSink(DynamicSink[TableFrame]):
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.fsync = fsync
+        self.retention = retention
+        self.compact_min_files = compact_min_files
+        self.compact_file_bytes = compact_file_bytes
+        self.housekeeping_interval = housekeeping_interval
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _LocalStorePartition:
         """Build the partition of one worker, with a writer id unique to it."""
         writer_id = f"{os.getpid()}_w{worker_index}_{secrets.token_hex(4)}"
         store = LocalStore(self.data_dir, writer_id=writer_id, fsync=self.fsync)
-        return _LocalStorePartition(store, self.flush_rows, self.flush_seconds, step_id)
+        keeper = None
+        if worker_index == 0:
+            keeper = housekeeper_for(
+                self.data_dir,
+                retention=self.retention,
+                min_files=self.compact_min_files,
+                small_file_bytes=self.compact_file_bytes,
+                interval=self.housekeeping_interval,
+            )
+            if keeper is not None:
+                keeper.start(f"{step_id}-housekeeping")
+        return _LocalStorePartition(store, self.flush_rows, self.flush_seconds, step_id, keeper)
 
 
 class _LocalStorePartition(StatelessSinkPartition[TableFrame]):
     """One worker's buffer; written by ``write_batch``, the flush timer thread and ``close``."""
 
-    def __init__(self, store: LocalStore, flush_rows: int, flush_seconds: float, step_id: str) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        flush_rows: int,
+        flush_seconds: float,
+        step_id: str,
+        housekeeper: Housekeeper | None = None,
+    ) -> None:
         self._store = store
+        self._housekeeper = housekeeper
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._buffers: dict[str, list[pl.DataFrame | ColumnarBatch]] = {}
@@ -187,6 +220,8 @@ class _LocalStorePartition(StatelessSinkPartition[TableFrame]):
 
     def close(self) -> None:
         self._stop.set()
+        if self._housekeeper is not None:
+            self._housekeeper.stop()
         if self._timer is not None:
             self._timer.join()
         self._raise_timer_error()
@@ -212,7 +247,12 @@ class _LocalStorePartition(StatelessSinkPartition[TableFrame]):
                 extra = outputs_of(batches) if outputs_of is not None else None
                 if extra is not None:
                     self._store.append("outputs", self._store.prepare("outputs", extra))
-            self._store.append(table, frames[0] if len(frames) == 1 else pl.concat(frames))
+            frame = frames[0] if len(frames) == 1 else pl.concat(frames)
+            self._store.append(table, frame)
+            if self._housekeeper is not None and frame.height:
+                latest = frame.get_column("time").cast(pl.Int64).max()
+                if isinstance(latest, int):
+                    self._housekeeper.saw(latest)
 
     def _flush_if_due(self) -> bool:
         """Flush when the oldest frame is due; False once a flush failed (the timer stops)."""
