@@ -10,7 +10,7 @@ Anomaly Benchmark have in common, and what this scorer takes from them:
   ``bins`` slots of the day, learned with a half-life in days. It sees what a filter tracks
   away (a daily cycle that fails to rise, a holiday's low demand, a flat stretch where a wave
   should be), which is what time-of-day and contextual detectors (CAD OSE, HTM with date
-  encoders) exploit. The context view only counts once the cell has seen ``context_days``
+  encoders) exploit. The context view only counts once the cell has seen ``context_after``
   of data.
 - **Learned, not assumed, scales.** Each view's residual is standardised by its own robust
   exponentially weighted centre and mean absolute deviation, so scores are scale-free and no
@@ -27,7 +27,8 @@ The four tail probabilities (two views, point and window) are combined by the sm
 Bonferroni factor, into ``score = min(1, -log10(p) / decades)``. Scores are computed before
 the reading updates its cell; a NaN innovation scores 0.0 and is not learned.
 
-State per cell: 15 numbers and the ``bins`` profile (24 by default): 312 bytes.
+State per cell: 13 numbers and two profiles (mean and scale) of ``context_bins`` numbers:
+488 bytes with the default 24 slots.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class ContextualScorer:
         decades: float = 10.0,
         peak_halflife: float = 300.0,
         peak_time: float = 2 * 86_400.0,
-        peak_max_halflife: float = 3_000.0,
+        peak_max_halflife: float = 600.0,
         peak_ref: float = 4.0,
         context_bins: int = CONTEXT_BINS,
         context_halflife: float = CONTEXT_HALFLIFE_S,
