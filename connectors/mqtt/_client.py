@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -59,6 +59,8 @@ _SESSION_TAKEN_OVER = 0x8E
 _STABLE_SECONDS = 3.0
 #: Connections lost right after reconnecting, in a row, that are reported as a tug of war.
 _FLAPS = 3
+#: How long closing waits for paho to write what is queued and the DISCONNECT (s).
+_CLOSE_WAIT = 5.0
 
 
 def reason_text(reason: ReasonCode | int) -> str:
@@ -74,12 +76,50 @@ class _HandshakeError(OSError):
 
 
 class _Client(mqtt.Client):
-    """paho's client with one repair: a socket whose TLS handshake fails is closed.
+    """paho's client with one repair and one addition.
 
-    paho (2.x) leaves such a socket to the garbage collector (a ``ResourceWarning``, and a
-    file descriptor held meanwhile), on the first connection and on every reconnect attempt.
-    The TLS context is always ours (:func:`_tls_context`), with the hostname check in it.
+    The repair: a socket whose TLS handshake fails is closed. paho (2.x) leaves such a socket
+    to the garbage collector (a ``ResourceWarning``, and a file descriptor held meanwhile), on
+    the first connection and on every reconnect attempt. The TLS context is always ours
+    (:func:`_tls_context`), with the hostname check in it.
+
+    The addition: PINGREQ/PINGRESP counted per socket, so that the source knows which of its
+    PUBACKs the broker has (a broker handles a connection's packets in order: the PINGRESP to
+    a PINGREQ sent after some PUBACKs means they arrived). ``socket_no`` counts the sockets
+    (from 1, raised before each CONNECT), ``pings``/``pongs`` the PINGREQs sent and PINGRESPs
+    received on the current one. ``ping_lock`` is held while a reconnect replaces the socket
+    (paho drops the packets still queued for the old one then) and while the source queues
+    its PUBACKs and PINGREQ, so both always belong to one socket.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ping_lock = threading.RLock()
+        self.socket_no = 0
+        self.pings = 0
+        self.pongs = 0
+
+    def reconnect(self) -> MQTTErrorCode:
+        with self.ping_lock:
+            self.socket_no += 1
+            self.pings = self.pongs = 0
+            return super().reconnect()
+
+    def _send_pingreq(self) -> MQTTErrorCode:
+        with self.ping_lock:
+            rc = super()._send_pingreq()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.pings += 1
+            return rc
+
+    def send_pingreq(self) -> None:
+        """Queue a PINGREQ behind what is queued (the source's confirmation of its PUBACKs)."""
+        self._send_pingreq()
+
+    def _handle_pingresp(self) -> MQTTErrorCode:
+        rc = super()._handle_pingresp()
+        self.pongs += 1
+        return rc
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         context = self._ssl_context
@@ -156,8 +196,8 @@ class MqttConnection:
     ``subscriptions`` (``(filter, qos)`` pairs) are subscribed on every connect that starts a
     new session, and on every MQTT 5 connect with retain handling 1 (retained messages only
     for subscriptions the session did not have), so a changed spec takes effect.
-    ``on_new_session`` is called (in the network thread) when the broker starts a fresh session:
-    unacknowledged message ids of the old one are void then.
+    ``on_new_session`` is called (in the network thread) when the broker starts a fresh session,
+    also at the first connect: unacknowledged message ids of an old one are void then.
 
     Attributes read by the owner: ``connected``, ``session`` (a counter of fresh sessions),
     ``client`` (the paho client: set ``on_message``/``on_publish`` before :meth:`start`).
@@ -218,6 +258,7 @@ class MqttConnection:
         self.fatal: str | None = None
         self._started = False
         self._closed = False
+        self._gone = threading.Event()  # the socket closed (set by on_disconnect)
         self._answered = threading.Event()  # first CONNACK, or the connection closed before it
         self._refused: ReasonCode | None = None
         self._subscribed = threading.Event()
@@ -292,12 +333,28 @@ class MqttConnection:
                     else "(is this a TLS port? then use mqtts://)"
                 )
             )
-        if self._subscriptions and not self._subscribed.wait(max(1.0, deadline - time.monotonic())):
+        if self._subscriptions and not self._wait_for_suback(deadline):
             raise self._fail("the broker did not answer SUBSCRIBE in time")
         if self._sub_failures:
             raise self._fail("the broker refused " + "; ".join(self._sub_failures))
         self._started = True
         LOG.info("%s: connected to %s as %s", self.who, self.where, self.client_id)
+
+    def _wait_for_suback(self, deadline: float) -> bool:
+        """Wait for the SUBACK; True when it came.
+
+        A resumed session's backlog arrives ahead of it (up to ``receive_maximum`` messages:
+        60,000 take longer than ``connect_timeout`` on a busy machine), so the wait lasts while
+        the broker keeps sending, until ``connect_timeout`` passes without a byte from it.
+        Starting the dataflow before the SUBACK lets a re-subscription cross the source's first
+        acknowledgements, and Mosquitto then delivered some messages twice.
+        """
+        client = self.client
+        while not self._subscribed.wait(max(0.5, min(1.0, deadline - time.monotonic()))):
+            quiet = mqtt.time_func() - client._last_bytes_received
+            if time.monotonic() >= deadline and quiet >= self.spec.connect_timeout:
+                return False
+        return True
 
     def _fail(self, reason: str) -> ConnectorError:
         """Close everything and return the error to raise (``from None``: no paho traceback)."""
@@ -313,7 +370,11 @@ class MqttConnection:
         self._closed = True
         READINESS.forget(self._ready)
         client = self.client
-        client.disconnect()
+        self._gone.clear()
+        if client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS and client._thread is not None:
+            # paho writes what is queued (the last PUBACKs), then the DISCONNECT, then closes the
+            # socket; stopping its thread before that drops the PUBACKs (the broker resends).
+            self._gone.wait(_CLOSE_WAIT)
         client.loop_stop()
         # paho closes its wake-up socket pair only in __del__; close it now so no socket is left
         # for the garbage collector (a ResourceWarning) whatever order it collects objects in.
@@ -365,8 +426,9 @@ class MqttConnection:
             return
         if not flags.session_present:
             self.session += 1
-            if self._on_new_session is not None and self._started:
+            if self._on_new_session is not None:
                 self._on_new_session()
+            if self._on_new_session is not None and self._started:
                 LOG.warning(
                     "%s: %s had no session for %s: messages queued for it while it was away are lost",
                     self.who,
@@ -418,6 +480,7 @@ class MqttConnection:
     ) -> None:
         self.connected = False
         self._connected_at = None
+        self._gone.set()
         if self._closed:
             return
         READINESS.failed(self._ready, f"not connected to {self.where}: {reason_text(reason)}")

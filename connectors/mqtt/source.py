@@ -12,7 +12,9 @@ Acknowledgements (``ack``) and what they guarantee are described on :class:`Mqtt
 
 from __future__ import annotations
 
+import threading
 import time
+from array import array
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +23,7 @@ import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.connectors.mqtt._client import LOG, MqttConnection
+from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, AckLedger, digest
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
@@ -36,10 +39,27 @@ _STOP_POLL = 0.02
 _FULL_WAIT = 0.005
 
 
-class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
-    """One MQTT client of a source. Resume state: none (the broker's session is the state)."""
+#: Resume state of a client: the message ids and digests (``array('H')``/``array('I')`` bytes)
+#: of messages already applied that the broker may deliver again (see :mod:`._ledger`).
+ResumeState = tuple[bytes, bytes]
 
-    def __init__(self, spec: MqttSourceSpec, client_id: str) -> None:
+
+def _pack(pairs: list[tuple[int, int]]) -> ResumeState:
+    return array("H", [m for m, _ in pairs]).tobytes(), array("I", [c for _, c in pairs]).tobytes()
+
+
+def _unpack(state: ResumeState) -> list[tuple[int, int]]:
+    mids, crcs = array("H"), array("I")
+    mids.frombytes(state[0])
+    crcs.frombytes(state[1])
+    return list(zip(mids, crcs, strict=True))
+
+
+class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
+    """One MQTT client of a source. The broker's session holds the messages; the resume state
+    names those of committed epochs that the broker may still deliver again."""
+
+    def __init__(self, spec: MqttSourceSpec, client_id: str, resume_state: ResumeState | None = None) -> None:
         self._spec = spec
         self._who = f"source {spec.name} (client {client_id})"
         self._ack_mode = spec.ack
@@ -52,9 +72,16 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         self._last_message = time.monotonic()
         self._batcher = MessageBatcher(spec)
         self._queue: deque[Message] = deque()
-        # QoS 1 message ids of the current session held here (queued or emitted, not acked):
-        # a redelivery (DUP) of one of them after a reconnect is dropped, not emitted twice.
-        self._held: set[int] = set()
+        # QoS 1 messages of the current session that the broker may send again: a repeat
+        # after a reconnect is dropped (and acknowledged again if need be), never emitted twice.
+        self._ledger = AckLedger()
+        if resume_state is not None and self._manual:
+            self._ledger.restore(_unpack(resume_state))
+        self._reack: deque[int] = deque()  # repeats to acknowledge again (network thread appends)
+        # ack on_receive: a message is acknowledged and queued, or (closing) neither, atomically;
+        # a PUBACK queued behind the DISCONNECT is never sent, so its message must not be emitted.
+        self._gate = threading.Lock()
+        self._closing = False
         self._unsealed: list[Ack] = []  # emitted in the current epoch (ack: after_epoch)
         self._due: list[Ack] = []  # to acknowledge as soon as the client is connected
         self._stopping = False
@@ -69,7 +96,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
             clean_start=spec.clean_start,
             session_expiry=round(spec.session_expiry),
             receive_maximum=spec.receive_maximum,
-            manual_ack=self._manual,
+            manual_ack=True,  # on_receive too: acknowledged in _on_message, see _closing
             subscriptions=[(s.topic, s.qos) for s in spec.subscriptions],
             on_new_session=self._on_new_session,
         )
@@ -89,9 +116,25 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         qos = message.qos
         mid = message.mid
         if qos and self._manual:
-            if message.dup and mid in self._held:
-                return  # a redelivery of a message this client already holds
-            self._held.add(mid)
+            verdict = self._ledger.receive(
+                mid, message.dup, digest(message._topic, message.payload), self._conn.client.socket_no
+            )
+            if verdict != NEW:
+                METRICS.add("mqtt_repeats_dropped")
+                if verdict == ACK_AGAIN:
+                    self._reack.append(mid)
+                return
+        elif not self._manual:
+            with self._gate:
+                if self._closing:
+                    return  # not acknowledged: the broker delivers it again to the next run
+                self._enqueue(message)
+                if qos:
+                    client.ack(mid, 1)
+            return
+        self._enqueue(message)
+
+    def _enqueue(self, message: mqtt.MQTTMessage) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:  # brokers check UTF-8; keep the message as a dead letter
@@ -100,7 +143,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         if len(queue) >= self._limit and self._conn.running:  # never block CONNACK/SUBACK handling
             self._wait_for_room()
         # paho decodes payloads with struct ("s"), which gives bytes; it types them bytes | bytearray.
-        queue.append((topic, message.payload, time.time_ns(), mid, qos, self._conn.session))  # type: ignore[arg-type]
+        queue.append((topic, message.payload, time.time_ns(), message.mid, message.qos, self._conn.session))  # type: ignore[arg-type]
 
     def _wait_for_room(self) -> None:
         """Block the network thread while the queue is full: TCP backpressure, nothing dropped.
@@ -122,14 +165,17 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
 
     def _on_new_session(self) -> None:
         # The broker forgot the old session: its message ids are void, nothing to redeliver.
-        self._held.clear()
+        self._ledger.clear()
+        self._reack.clear()
 
     # -- Bytewax thread ---------------------------------------------------------------------
 
     def next_batch(self) -> list[RawBatch]:
         self._conn.check()
-        if self._due:
+        if self._due or self._reack:
             self._acknowledge()
+        elif self._manual:
+            self._confirm()
         if self._stopping or self._should_stop():
             return self._stop()
         count = min(len(self._queue), self._batch_size)
@@ -145,7 +191,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         out = self._batcher.take(self._queue, count, acks)
         if self._ack_mode == "on_emit":
             self._acknowledge()
-        elif self._window is not None and not self._window_logged and len(self._held) >= self._window:
+        elif self._window is not None and not self._window_logged and self._unacked() >= self._window:
             self._window_logged = True
             LOG.warning(
                 "%s: receive_maximum=%d messages await the end of their epoch, so the broker holds "
@@ -160,22 +206,48 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
         METRICS.add("mqtt_messages_in", count)
         return out
 
-    def _acknowledge(self) -> None:
-        """Acknowledge the due messages, in the order received; keep them while disconnected.
+    def _unacked(self) -> int:
+        """Messages received and not yet acknowledged (what the receive maximum counts)."""
+        return len(self._queue) + len(self._unsealed) + len(self._due)
 
-        Acks of an earlier session are dropped: that session is gone, and with it the need.
+    def _acknowledge(self) -> None:
+        """Acknowledge the due messages (in the order received) and the repeats to ack again.
+
+        Kept while disconnected or while paho replaces its socket; acks of an earlier session
+        are dropped (that session is gone, and with it the need). A PINGREQ follows the PUBACKs:
+        its PINGRESP confirms them, and the ledger forgets what is confirmed (:meth:`_confirm`).
         """
         conn = self._conn
         if not conn.connected:
             return
-        session = conn.session
-        held = self._held
-        ack = conn.client.ack
-        for mid, msg_session in self._due:
-            if msg_session == session:
-                held.discard(mid)  # before the ack: the broker may reuse the id right after it
-                ack(mid, 1)
-        self._due = []
+        client = conn.client
+        if not client.ping_lock.acquire(blocking=False):
+            return  # paho is reconnecting: the next call sends them on the new socket
+        try:
+            session = conn.session
+            mids = [mid for mid, msg_session in self._due if msg_session == session]
+            reack = self._reack
+            while reack:
+                mids.append(reack.popleft())
+            if mids:
+                # noted before the acks: the broker's repeat of one may arrive at once
+                self._ledger.acknowledged(mids, client.socket_no, client.pings + 1)
+                ack = client.ack
+                for mid in mids:
+                    ack(mid, 1)
+                client.send_pingreq()
+            self._due = []
+        finally:
+            client.ping_lock.release()
+
+    def _confirm(self) -> None:
+        """Forget the acknowledgements the broker confirmed (PINGRESPs on the current socket)."""
+        client = self._conn.client
+        if client.ping_lock.acquire(blocking=False):
+            try:
+                self._ledger.confirm(client.socket_no, client.pongs)
+            finally:
+                client.ping_lock.release()
 
     def _should_stop(self) -> bool:
         if stop_requested() or (self._remaining is not None and self._remaining <= 0):
@@ -197,13 +269,13 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
             self._stopping = True
             self._stop_deadline = time.monotonic() + self._spec.connect_timeout
             if not self._manual:
-                self._conn.close()
+                self._close()
         if not self._manual:
             if self._queue:
                 self._remaining = None
                 return self._take(min(len(self._queue), self._batch_size))
             raise StopIteration
-        if self._unsealed or self._due:
+        if self._unsealed or self._due or self._reack:
             if self._conn.connected or time.monotonic() < self._stop_deadline:
                 return []
             LOG.warning(
@@ -212,7 +284,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
                 self._who,
                 len(self._unsealed) + len(self._due),
             )
-        self._conn.close()
+        self._close()
         raise StopIteration
 
     def next_awake(self) -> datetime | None:
@@ -222,22 +294,34 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, None]):
             return None
         return datetime.now(UTC) + self._latency
 
-    def snapshot(self) -> None:
+    def snapshot(self) -> ResumeState | None:
         """End of an epoch: its messages are acknowledged at the next ``next_batch``.
 
         Bytewax calls ``next_batch`` of the next epoch only once every output step finished
-        this one (its epoch backpressure), so those acks follow the sinks' writes.
+        this one (its epoch backpressure), so those acks follow the sinks' writes. The resume
+        state names the messages of this and earlier epochs that the broker may still send
+        again (due, or acknowledged without confirmation): a process restarted from this
+        snapshot drops them instead of applying them a second time.
         """
         if self._unsealed:
             self._due.extend(self._unsealed)
             self._unsealed = []
+        if not self._manual:
+            return None
+        session = self._conn.session
+        return _pack(self._ledger.resume_state(mid for mid, s in self._due if s == session))
 
     def close(self) -> None:
         self._stopping = True
+        self._close()
+
+    def _close(self) -> None:
+        with self._gate:
+            self._closing = True
         self._conn.close()
 
 
-class MqttSource(FixedPartitionedSource[RawBatch, None]):
+class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):
     """Payloads from MQTT subscriptions, one :class:`~dte_stream.sources.RawBatch` per subscription.
 
     Each of ``spec.clients`` MQTT clients is one Bytewax partition (key ``{name}-{i}``, client
@@ -259,8 +343,9 @@ class MqttSource(FixedPartitionedSource[RawBatch, None]):
 
     A graceful stop (:func:`~dte_stream.shutdown.stop_requested`, ``stop_after_*``) loses
     nothing in any mode, and after it messages published while dte-stream was down are
-    delivered on the next start. A reconnect can repeat messages whose acknowledgement was in
-    flight when the connection broke. QoS 0 subscriptions are at-most-once.
+    delivered on the next start. A reconnect or a broker restart repeats nothing: what the
+    broker sends again is recognised and dropped (:mod:`._ledger`). QoS 0 subscriptions are
+    at-most-once.
 
     >>> from dte_stream.spec.mqtt import MqttSourceSpec
     >>> spec = MqttSourceSpec(kind="mqtt", name="plant", url="mqtt://127.0.0.1:1883", clients=2,
@@ -277,7 +362,7 @@ class MqttSource(FixedPartitionedSource[RawBatch, None]):
         """One partition per client: ``{name}-0`` ... ``{name}-{clients-1}``."""
         return [f"{self.spec.name}-{i}" for i in range(self.spec.clients)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MqttPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: ResumeState | None) -> _MqttPartition:
         """Connect the client of ``for_part``; a broker that refuses is a ConnectorError."""
         name, _, index_text = for_part.rpartition("-")
         if name != self.spec.name or not index_text.isdigit() or int(index_text) >= self.spec.clients:
@@ -285,4 +370,4 @@ class MqttSource(FixedPartitionedSource[RawBatch, None]):
                 f"source {self.spec.name}: the recovery state names partition {for_part!r}, which this "
                 f"spec (clients: {self.spec.clients}) does not have; use a fresh recovery directory"
             )
-        return _MqttPartition(self.spec, self.client_ids[int(index_text)])
+        return _MqttPartition(self.spec, self.client_ids[int(index_text)], resume_state)

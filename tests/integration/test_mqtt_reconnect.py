@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
+from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dte_stream.connectors.mqtt import MqttSource
@@ -36,7 +37,7 @@ def private_broker(devservices_api: Any, tmp_path: Path) -> Iterator[Any]:
     try:
         devservices_api.check_installed("mosquitto")
     except devservices_api.ServiceUnavailable as exc:
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
     svc = devservices_api.start("mosquitto", tmp_path / "mosquitto")
     try:
         yield svc

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink
@@ -197,7 +198,7 @@ def test_sink_over_tls_and_with_a_password(mosquitto: Any) -> None:
             )
         )
     if not specs:
-        pytest.skip("the broker has neither a TLS nor a password listener")
+        skip_or_fail("the broker has neither a TLS nor a password listener")
     with subscriber(mosquitto, f"{base}/#") as got:
         for spec in specs:
             run_sink([estimates("pump", ["p-1"])], MqttSink(spec))

@@ -21,6 +21,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 from bytewax.testing import TestingSink, run_main
+from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dte_stream import shutdown
@@ -267,7 +268,7 @@ def test_shared_subscription_splits_messages_over_two_workers(mosquitto: Any) ->
 
 def test_tls_with_a_client_certificate(mosquitto: Any) -> None:
     if not (mosquitto.tls_port and mosquitto.ca_file and mosquitto.cert_file):
-        pytest.skip("the broker has no TLS listener with client certificates")
+        skip_or_fail("the broker has no TLS listener with client certificates")
     p = prefix()
     tls = {
         "ca_file": str(mosquitto.ca_file),
@@ -291,7 +292,7 @@ def test_tls_with_a_client_certificate(mosquitto: Any) -> None:
 
 def test_tls_errors_are_clear(mosquitto: Any) -> None:
     if not (mosquitto.tls_port and mosquitto.ca_file and mosquitto.cert_file):
-        pytest.skip("the broker has no TLS listener with client certificates")
+        skip_or_fail("the broker has no TLS listener with client certificates")
     url = f"mqtts://{mosquitto.host}:{mosquitto.tls_port}"
     no_client_cert = source_spec(mosquitto, prefix(), url=url, tls={"ca_file": str(mosquitto.ca_file)})
     with pytest.raises(ConnectorError) as info:
@@ -318,7 +319,7 @@ def test_tls_errors_are_clear(mosquitto: Any) -> None:
 
 def test_password_auth_and_a_wrong_password(mosquitto: Any) -> None:
     if not (mosquitto.auth_port and mosquitto.username):
-        pytest.skip("the broker has no password listener")
+        skip_or_fail("the broker has no password listener")
     p = prefix()
     url = f"mqtt://{mosquitto.host}:{mosquitto.auth_port}"
     spec = source_spec(mosquitto, p, url=url, username=mosquitto.username, password=mosquitto.password)

@@ -46,7 +46,12 @@ def templates_with_values(draw: st.DrawFn) -> tuple[str, dict[str, str], list[st
     values: dict[str, str] = {}
     for kind in kinds:
         if kind == "literal":
-            literal = draw(LEVEL_TEXT.filter(lambda s: "{" not in s and "}" not in s))
+            # (a template may not start with $share: that prefix belongs to the filter)
+            literal = draw(
+                LEVEL_TEXT.filter(
+                    lambda s: "{" not in s and "}" not in s and not (not levels and s.startswith("$share"))
+                )
+            )
             levels.append(literal)
             topic.append(literal)
         elif kind == "plus":
@@ -61,7 +66,7 @@ def templates_with_values(draw: st.DrawFn) -> tuple[str, dict[str, str], list[st
     return "/".join(levels), values, topic
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # a loaded machine is slow, not wrong
 @given(templates_with_values())
 def test_template_matching_recovers_twin_and_channel_exactly(
     case: tuple[str, dict[str, str], list[str]],
@@ -76,7 +81,7 @@ def test_template_matching_recovers_twin_and_channel_exactly(
         assert isinstance(template.match("/".join(levels[:-1])), str)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)  # a loaded machine is slow, not wrong
 @given(templates_with_values(), st.data())
 def test_a_changed_literal_level_does_not_match(
     case: tuple[str, dict[str, str], list[str]], data: st.DataObject
@@ -122,7 +127,7 @@ def test_topics_that_do_not_fit_say_why(topic: str, words: str) -> None:
     assert words in reason
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # a loaded machine is slow, not wrong
 @given(filters(), SMALL_TOPIC)
 def test_filter_matching_agrees_with_paho(text: str, topic: str) -> None:
     topic_filter = TopicFilter.parse(text)
@@ -169,7 +174,7 @@ def _witness(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
     return "/".join(out)
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # a loaded machine is slow, not wrong
 @given(filters(), filters(), SMALL_TOPIC)
 def test_overlap_is_exact(a_text: str, b_text: str, topic: str) -> None:
     a, b = TopicFilter.parse(a_text), TopicFilter.parse(b_text)
@@ -183,7 +188,7 @@ def test_overlap_is_exact(a_text: str, b_text: str, topic: str) -> None:
         assert b.matches(witness), (a_text, b_text, witness)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # a loaded machine is slow, not wrong
 @given(st.text(min_size=1, max_size=60))
 def test_escaped_levels_are_safe_and_reversible(text: str) -> None:
     escaped = escape_level(text)
@@ -192,7 +197,7 @@ def test_escaped_levels_are_safe_and_reversible(text: str) -> None:
     assert unquote(escaped, errors="surrogatepass") == text
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)  # a loaded machine is slow, not wrong
 @given(VALID_ID | st.sampled_from(["p/1", "p+1", "p#1", "100%", "$p", "a\x00b"]), VALID_ID)
 def test_output_topics_keep_their_shape(twin_id: str, twin_type: str) -> None:
     topic = OutputTopic.parse("dte/{twin_type}/{twin_id}/estimates").render(twin_type, twin_id)
