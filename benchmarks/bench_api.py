@@ -132,7 +132,7 @@ def view_write_cost(twins: int = 2_500) -> tuple[float, float]:
     from dte_stream.demo import demo_spec
     from dte_stream.readings import ReadingBatch
     from dte_stream.twins.bank import TwinBank
-    from dte_stream.twins.batches import TypedBatch
+    from dte_stream.twins.routing import TypedBatch
     from dte_stream.view import TwinView, ViewCollector
 
     with tempfile.TemporaryDirectory() as tmp:

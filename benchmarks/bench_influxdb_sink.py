@@ -44,10 +44,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from private_service import private_service
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.influxdb import EstimateSerialiser, InfluxDBSink
 from dte_stream.metrics import METRICS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
-from dte_stream.twins.batches import EstimateBatch
 
 REPO = Path(__file__).resolve().parents[1]
 T0_NS = 1_767_323_045_000_000_000

@@ -41,10 +41,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from private_service import private_service
 
+from dte_stream.batches import RawBatch
 from dte_stream.codecs.base import DecodeResult
 from dte_stream.connectors.kafka import KafkaSource
 from dte_stream.readings import DeadLetter, ReadingBatch
-from dte_stream.sources import RawBatch
 from dte_stream.spec.kafka import KafkaSourceSpec
 
 REPO = Path(__file__).resolve().parents[1]

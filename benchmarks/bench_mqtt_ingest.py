@@ -51,10 +51,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from private_service import private_service
 
+from dte_stream.batches import RawBatch
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MqttSource
 from dte_stream.readings import ReadingBatch
-from dte_stream.sources import RawBatch
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -49,7 +49,7 @@ from dte_stream.readings import ReadingBatch
 from dte_stream.spec import load_spec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import TwinBank
-from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.routing import TypedBatch
 
 ANOMALY_SPEC = Path(__file__).resolve().parent.parent / "dataflows" / "anomaly.yaml"
 #: Readings per bank update in the bank replay (the dataflow's replay uses batches of this order).

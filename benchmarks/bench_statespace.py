@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from dte_stream.twins.kalman import StateSpaceKernel
 from dte_stream.twins.presets import local_linear_trend, random_walk
-from dte_stream.twins.statespace import StateSpaceKernel, StateSpaceModel, StateSpaceState
+from dte_stream.twins.statespace import StateSpaceModel, StateSpaceState
 from dte_stream.twins.statespace_reference import ReferenceFilter
 
 TREND = local_linear_trend(level_noise=1e-3, slope_noise=1e-7, measurement_noise=[0.25, 1.0])

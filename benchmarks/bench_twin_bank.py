@@ -64,12 +64,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S
 from dte_stream.twins import flags as fl
 from dte_stream.twins.bank import TwinBank
-from dte_stream.twins.batches import EstimateBatch, TypedBatch
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.statespace_reference import ReferenceFilter, _Twin
 
 BATCH = 2000

@@ -3,23 +3,20 @@
 This is the one module that knows Bytewax operators (sources and sinks implement Bytewax's
 contracts in their own modules). The graph, with stable step ids (they are recovery keys)::
 
-    source_<name> ─▶ [decode_<name>] ─▶ merge_sources ─▶ route ─▶ split_by_shard
-        ─▶ twin_bank (stateful_batch, key = twin type/shard) ─▶ estimate_batches ─▶ sink_<name>
+    source_<name> ─▶ [decode_<name>] ─▶ merge_sources ─▶ count_in ─▶ route ─▶ split_by_shard
+        ─▶ twin_bank (stateful_batch, key = shard, a TwinShard) ─▶ estimate_batches ─▶ sink_<name>
     source, decode and route errors, readings too late for a twin ─▶ dead_letters (file) /
         dead_letters_<kind>_<i>
+    alert events ─▶ alert_log (local store), alert_log_<influxdb sink>, alert_notifiers
 
-The twin bank also wakes on a timer (stale sensors, idle-twin eviction).
-
-Readings travel as columnar batches; each twin bank shard applies a micro-batch with one
-vectorised step per round (see :mod:`dte_stream.twins.bank`).
+Everything about twins, alerts and time is in :class:`~dte_stream.twins.shard.TwinShard`;
+:class:`_ShardLogic` only translates Bytewax's stateful-logic calls into the shard's.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,8 +29,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from dte_stream.alerts.events import AlertEvent
-from dte_stream.alerts.rules import AlertEngine
+from dte_stream.alerts.store import AckInbox
+from dte_stream.batches import AlertEvent, DeadLetter, EstimateBatch, RawBatch, SourceBatch
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.alerting.sink import NotifierSink
 from dte_stream.connectors.file.source import FileSource
@@ -42,257 +39,82 @@ from dte_stream.connectors.influxdb.alerts import InfluxDBAlertSink
 from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
-from dte_stream.errors import SpecError
+from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import READINESS
-from dte_stream.readings import DeadLetter
-from dte_stream.sources import RawBatch, SourceBatch
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
-from dte_stream.spec.model import (
-    DataflowSpec,
-    FileSourceSpec,
-    LocalStoreSinkSpec,
-    SimulatorSourceSpec,
-)
+from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSpec, SimulatorSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
-from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.store.sink import DeadLetterOutput, DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
-from dte_stream.twins.bank import BankUpdate, TwinBank
-from dte_stream.twins.batches import EstimateBatch, TypedBatch
-from dte_stream.twins.routing import Router, RouteResult, shard_key, shard_of
+from dte_stream.twins.routing import Router, RouteResult, TypedBatch
+from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
 from dte_stream.view.hub import ViewHub
+from dte_stream.view.publisher import ViewPublisher
 
-NEVER = -(2**63)
+__all__ = ["build_flow", "recovery_config", "run_flow"]
 
-log = logging.getLogger(__name__)
-
-__all__ = ["build_flow", "run_flow"]
-
-
-def _count_decode_errors(decoded: tuple[SourceBatch, list[DeadLetter]]) -> list[DeadLetter]:
-    letters = decoded[1]
-    if letters:
-        METRICS.add_reasons("decode_errors", (d.reason for d in letters), source=decoded[0].source)
-    return _count_errors(letters, "decode")
+#: Called with each shard as it snapshots (once per epoch): the twin state view hooks in here.
+EpochHook = Callable[[TwinShard], None]
 
 
-def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
-    result = get_codec(raw.codec).decode_many(raw.payloads)
-    METRICS.add("payloads_in", len(raw.payloads), source=raw.source)
-    return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
+class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
+    """Bytewax keyed state of one shard: each Bytewax call is one :class:`TwinShard` call.
 
-
-class EventClock:
-    """The latest event time seen by any worker of this process: the twin clock of event-time runs.
-
-    One per dataflow, advanced as batches enter (before routing), so a shard whose twins went
-    quiet still sees time pass. Thread-safe; each process keeps its own.
+    Besides, it hands every update to the shard's twin view publishers (:mod:`dte_stream.view`,
+    one per twin type; they pace their own writes) and forces a write at each epoch's end.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._now = NEVER
+    def __init__(self, shard: TwinShard, view: ViewHub | None, on_epoch: EpochHook | None) -> None:
+        self.shard = shard
+        self.view = view
+        self.publishers: dict[str, ViewPublisher] = {}
+        self.on_epoch = on_epoch
+        if view is not None:
+            shard.on_evicted = self._evicted
 
-    def advance(self, time_ns: int) -> None:
-        with self._lock:
-            self._now = max(self._now, time_ns)
-
-    def now(self) -> int:
-        with self._lock:
-            return self._now
-
-
-class _BankLogic(StatefulBatchLogic[TypedBatch, BankUpdate, dict[str, Any]]):
-    """Keyed state of one (twin type, shard): a :class:`TwinBank`; snapshots are compact arrays.
-
-    Besides the batches it also wakes on a timer (Bytewax ``notify_at``), so that sensors that
-    stop sending are reported stale and idle twins are evicted even when nothing arrives. The
-    twin clock is the wall clock, or with ``engine.clock: event`` the latest event time seen
-    (replays), in which case the checks run after each batch instead.
-    """
-
-    def __init__(
-        self,
-        spec: DataflowSpec,
-        resume: dict[str, Any] | None,
-        clock: EventClock,
-        acks: AckInbox | None,
-        view: ViewHub | None = None,
-    ) -> None:
-        self.spec = spec
-        self.view = view.publisher() if view is not None else None
-        self.clock = clock
-        self.bank: TwinBank | None = None
-        self.gauge_key = ""
-        self.event_clock = spec.engine.clock == "event"
-        self.watermark = NEVER
-        self.next_eviction = 0
-        self.alerts: AlertEngine | None = None
-        self.acks = acks
-        self.next_ack_poll = 0
-        if resume:  # an empty snapshot is a shard that never saw a reading
-            twin_type = resume.get("twin_type", "?")
-            try:
-                type_spec = spec.twin_type(twin_type)
-            except KeyError:
-                raise SpecError(
-                    spec.name,
-                    [
-                        f"the recovery state holds twin type {twin_type!r}, which this spec does not "
-                        "declare; restore it in the spec or use a fresh --recovery-dir"
-                    ],
-                ) from None
-            try:
-                self.bank = TwinBank.restore(type_spec, resume)
-            except (KeyError, ValueError) as exc:
-                raise SpecError(
-                    spec.name,
-                    [
-                        f"the recovery state does not fit this spec: {exc}; "
-                        "use the old spec or a fresh --recovery-dir"
-                    ],
-                ) from None
-            self.watermark = int(resume.get("watermark", NEVER))
-            clock.advance(self.watermark)
-            self._start_alerts(type_spec, resume.get("alerts"))
-
-    def _start_alerts(self, type_spec: TwinTypeSpec, saved: dict[str, Any] | None) -> None:
-        if not type_spec.alerts.rules:
-            return
-        channels = type_spec.channel_names()
-        if saved:
-            try:
-                self.alerts = AlertEngine.restore(type_spec.name, channels, type_spec.alerts, saved)
-                return
-            except (KeyError, ValueError, TypeError) as exc:
-                log.warning(
-                    "alert state of twin type %r not restored (%s); alerts start afresh", type_spec.name, exc
-                )
-        self.alerts = AlertEngine(type_spec.name, channels, type_spec.alerts)
-
-    def _now(self) -> int:
-        return max(self.watermark, self.clock.now()) if self.event_clock else now_ns()
-
-    def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[BankUpdate], bool]:
-        batch = TypedBatch.concat(values)
-        if self.bank is None:
-            self.bank = TwinBank(self.spec.twin_type(batch.twin_type))
-            self._start_alerts(self.bank.spec, None)
-        if not self.gauge_key:
-            first = str(batch.readings.twin_id[0])
-            self.gauge_key = shard_key(batch.twin_type, shard_of(first, self.spec.engine.shards))
-        self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
+    def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[ShardUpdate], bool]:
         started = time.perf_counter()
-        update = self.bank.update(batch, self._now())
-        if self.alerts is not None:
-            events = self._acknowledged() + self.alerts.update(update.estimates, self._now())
-            update = BankUpdate(update.estimates, update.rejected, events)
-        out = [update]
+        update = self.shard.on_batch(values)
         METRICS.observe("batch_seconds", time.perf_counter() - started)
-        METRICS.add("readings_processed", len(batch))
-        if self.event_clock:
-            out += self._timers()
-        METRICS.set_gauge("twins", self.gauge_key, len(self.bank))
-        self._publish(out)
-        return out, StatefulBatchLogic.RETAIN
+        return self._published(update), StatefulBatchLogic.RETAIN
 
-    def _publish(self, updates: list[BankUpdate], *, force: bool = False) -> None:
-        """Tell the twin view what changed (written at its own pace, and at every epoch's end)."""
-        if self.view is None or self.bank is None:
-            return
-        for update in updates:
-            self.view.note(update)
-        self.view.publish(self.bank, self.alerts, now_ns(), force=force)
+    def on_notify(self) -> tuple[Iterable[ShardUpdate], bool]:
+        return self._published(self.shard.on_timer()), StatefulBatchLogic.RETAIN
 
-    def _timers(self) -> list[BankUpdate]:
-        if self.bank is None:
-            return []
-        now = self._now()
-        out = []
-        stale = self.bank.due(now)
-        if stale is not None:
-            METRICS.add("stale_sensors", len(stale))
-            events = self.alerts.update(stale, now) if self.alerts is not None else []
-            out.append(BankUpdate(stale, [], events))
-        if self.alerts is not None:
-            events = self.alerts.due(now) + self._acknowledged()
-            if events:
-                out.append(BankUpdate(_no_rows(self.bank.spec.name), [], events))
-        if self.bank.spec.ttl is not None and now >= self.next_eviction:
-            evicted = self.bank.evict_idle(now)
-            if evicted:
-                METRICS.add("twins_evicted", len(evicted))
-                if self.view is not None:
-                    self.view.evicted(evicted)
-                if self.alerts is not None:
-                    self.alerts.forget(evicted)
-            self.next_eviction = now + _EVICTION_CHECK_NS
-        return out
-
-    def _acknowledged(self) -> list[AlertEvent]:
-        """Acknowledgements recorded in the data dir since the last look (at most once a second)."""
-        if self.alerts is None or self.acks is None or self.bank is None:
-            return []
-        wall = now_ns()
-        if wall < self.next_ack_poll:
-            return []
-        self.next_ack_poll = wall + NS_PER_S
-        events = []
-        for ack in self.acks.new_for(f"{self.bank.spec.name}@{id(self):x}"):
-            event = self.alerts.acknowledge(str(ack["alert_id"]), str(ack["by"]), wall)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def on_notify(self) -> tuple[Iterable[BankUpdate], bool]:
-        if self.bank is None:
-            return [], StatefulBatchLogic.RETAIN
-        out = self._timers()
-        self._publish(out)
-        return out, StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[BankUpdate], bool]:
-        """The input ended (a replay, a finite file): a last look at stale sensors by the final clock."""
-        if self.bank is None or not self.event_clock:
-            return [], StatefulBatchLogic.RETAIN
-        return self._timers(), StatefulBatchLogic.RETAIN
+    def on_eof(self) -> tuple[Iterable[ShardUpdate], bool]:
+        return self._published(self.shard.on_eof()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self.bank is None:
-            return None
-        if self.event_clock:  # other shards move the clock: look again soon
-            return datetime.fromtimestamp((now_ns() + _EVENT_TIMER_NS) / NS_PER_S, tz=UTC)
-        due = self.bank.next_due_ns()
-        if self.alerts is not None:
-            alert_due = self.alerts.next_due_ns()
-            if alert_due is not None:
-                due = alert_due if due is None else min(due, alert_due)
-            if self.acks is not None:  # look for acknowledgements now and then
-                poll = now_ns() + _ACK_POLL_NS
-                due = poll if due is None else min(due, poll)
-        if self.bank.spec.ttl is not None:
-            due = self.next_eviction if due is None else min(due, self.next_eviction)
-        view_due = self.view.due_ns() if self.view is not None else None
-        if view_due is not None:
-            due = view_due if due is None else min(due, view_due)
-        if due is None:
-            return None
-        due = max(due, now_ns() + _MIN_TIMER_NS)
-        return datetime.fromtimestamp(due / NS_PER_S, tz=UTC)
+        due = [d for d in (self.shard.next_due(), *(p.due_ns() for p in self.publishers.values())) if d]
+        return datetime.fromtimestamp(min(due) / 1e9, tz=UTC) if due else None
 
     def snapshot(self) -> dict[str, Any]:
-        if self.bank is None:
-            return {}
-        self._publish([], force=True)
+        self._published(ShardUpdate(), force=True)
+        if self.on_epoch is not None:
+            self.on_epoch(self.shard)
         started = time.perf_counter()
-        snap = self.bank.snapshot()
-        snap["watermark"] = self.watermark
-        snap["alerts"] = self.alerts.snapshot() if self.alerts is not None else None
+        snap = self.shard.snapshot()
         METRICS.observe("snapshot_seconds", time.perf_counter() - started)
-        METRICS.set_gauge("snapshot_bytes", self.gauge_key, _nbytes(snap))
+        METRICS.set_gauge("snapshot_bytes", self.shard.key, _nbytes(snap))
         return snap
+
+    def _published(self, update: ShardUpdate, *, force: bool = False) -> list[ShardUpdate]:
+        if self.view is not None:
+            for twin_type, bank_update in update.per_type().items():
+                if twin_type not in self.publishers:
+                    self.publishers[twin_type] = self.view.publisher()
+                self.publishers[twin_type].note(bank_update)
+            for twin_type, publisher in self.publishers.items():
+                bank, engine = self.shard.banks[twin_type], self.shard.alert_engines.get(twin_type)
+                publisher.publish(bank, engine, now_ns(), force=force)
+        return [update]
+
+    def _evicted(self, twin_type: str, twin_ids: list[str]) -> None:
+        publisher = self.publishers.get(twin_type)
+        if publisher is not None:
+            publisher.evicted(twin_ids)
 
 
 def _nbytes(value: object) -> int:
@@ -308,43 +130,17 @@ def _nbytes(value: object) -> int:
     return 8
 
 
-#: How often idle twins are looked for (twin clock), and the shortest timer (wall clock).
-_EVICTION_CHECK_NS = 60 * NS_PER_S
-_MIN_TIMER_NS = NS_PER_S // 2
-_EVENT_TIMER_NS = NS_PER_S
-_ACK_POLL_NS = 2 * NS_PER_S
+def _decode(raw: RawBatch) -> tuple[SourceBatch, list[DeadLetter]]:
+    result = get_codec(raw.codec).decode_many(raw.payloads)
+    METRICS.add("payloads_in", len(raw.payloads), source=raw.source)
+    return SourceBatch(raw.source, result.readings, raw.twin_type), [*raw.errors, *result.errors]
 
 
-def _no_rows(twin_type: str) -> EstimateBatch:
-    """An estimate batch without rows (an update that only carries alert events)."""
-    f, t = np.empty(0), np.empty(0, dtype=np.str_)
-    return EstimateBatch(twin_type, t, t, np.empty(0, dtype=np.int64), f, t, f, f, f, f)
-
-
-class AckInbox:
-    """Acknowledgements that ``dte-stream alerts ack`` (or the API) wrote to the data dir.
-
-    One per dataflow process; each shard's bank asks, as its own reader, for the
-    acknowledgements it has not seen yet: every shard sees every acknowledgement (one for an
-    alert another shard owns is simply not found there).
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self._lock = threading.Lock()
-        self._offset = 0
-        self._pending: list[dict[str, Any]] = []
-        self._seen: dict[str, int] = {}  # reader -> how many of _pending it has seen
-
-    def new_for(self, reader: str) -> list[dict[str, Any]]:
-        from dte_stream.alerts.store import read_acks
-
-        with self._lock:
-            acks, self._offset = read_acks(self.data_dir, self._offset)
-            self._pending += acks
-            start = self._seen.get(reader, 0)
-            self._seen[reader] = len(self._pending)
-            return self._pending[start:]
+def _count_decode_errors(decoded: tuple[SourceBatch, list[DeadLetter]]) -> list[DeadLetter]:
+    letters = decoded[1]
+    if letters:
+        METRICS.add_reasons("decode_errors", (d.reason for d in letters), source=decoded[0].source)
+    return _count_errors(letters, "decode")
 
 
 def _count_errors(letters: list[DeadLetter], stage: str) -> list[DeadLetter]:
@@ -375,18 +171,25 @@ class _NoPartition(StatelessSinkPartition[Any]):
         pass
 
 
+def _keyed_estimates(kv: tuple[str, ShardUpdate]) -> list[tuple[str, EstimateBatch]]:
+    return [(kv[0], b) for b in kv[1].estimates if len(b)]
+
+
 def build_flow(
     spec: DataflowSpec,
     *,
     inputs: dict[str, Source[SourceBatch]] | None = None,
     outputs: dict[str, Sink[EstimateBatch]] | None = None,
     dead_letter_output: Sink[DeadLetter] | None = None,
+    processes: int = 1,
+    on_epoch: EpochHook | None = None,
 ) -> Dataflow:
     """Build the Bytewax dataflow of ``spec``. Connects to nothing until it runs.
 
     ``inputs``, ``outputs`` and ``dead_letter_output`` replace the spec's sources, sinks and
-    dead-letter targets (by step name): a replay feeds a file through the same twin banks
-    and collects what comes out.
+    dead-letter targets (by step name): tests feed and collect through them. ``processes``
+    is the cluster size (partitioned sinks get one partition per worker of every process);
+    ``on_epoch`` is called with every shard as it snapshots.
     """
     flow = Dataflow(spec.name)
     readings: list[Stream[SourceBatch]] = []
@@ -405,7 +208,7 @@ def build_flow(
     merged = op.merge("merge_sources", *readings) if len(readings) > 1 else readings[0]
     merged = op.filter("non_empty", merged, lambda b: len(b.readings) > 0)
 
-    clock = EventClock()
+    clock = InputClock()
 
     def count_in(batch: SourceBatch) -> SourceBatch:
         METRICS.add("readings_in", len(batch.readings), source=batch.source)
@@ -421,15 +224,13 @@ def build_flow(
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
-    view = ViewHub(spec) if outputs is None else None  # replays leave the view alone
-    updates = op.stateful_batch(
-        "twin_bank", keyed, lambda resume: _BankLogic(spec, resume, clock, acks, view)
-    )
-    keyed_batches = op.filter(
-        "estimate_batches",
-        op.map("estimates", updates, lambda kv: (kv[0], kv[1].estimates)),
-        lambda kv: len(kv[1]) > 0,
-    )
+    view = ViewHub(spec) if outputs is None else None  # tests and replays leave the view alone
+
+    def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
+        return _ShardLogic(TwinShard.restore(spec, None, resume, clock=clock, acks=acks), view, on_epoch)
+
+    updates = op.stateful_batch("twin_bank", keyed, shard_logic)
+    keyed_batches = op.flat_map("estimate_batches", updates, _keyed_estimates)
     batches = op.map("unkeyed_batches", keyed_batches, lambda kv: kv[1])
     dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected, "twin_bank")))
     op.inspect("end_to_end_lag", keyed_batches, _observe_lag)
@@ -456,7 +257,7 @@ def build_flow(
             sink_letters = DeadLetterOutput(
                 spec.dead_letter_path(), max_bytes=spec.dead_letters.max_bytes, keep=spec.dead_letters.keep
             )
-            influx = InfluxDBSink(sink, sink_letters).per_epoch(spec.engine.workers)
+            influx = InfluxDBSink(sink, sink_letters).per_epoch(spec.engine.workers * processes)
             op.output(f"sink_{sink.name}", keyed_batches, influx)
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
@@ -523,26 +324,55 @@ def _dead_letter_sink(
     return KafkaDeadLetterSink(spec)
 
 
-def recovery_config(recovery_dir: Path, partitions: int = 1) -> RecoveryConfig:
+def recovery_config(
+    recovery_dir: Path, partitions: int = 1, *, process_id: int | None = None, processes: int = 1
+) -> RecoveryConfig:
     """Bytewax recovery in ``recovery_dir``, created (with ``partitions`` stores) on first use.
 
-    The twin banks' state and every source's position (Kafka offsets, file offsets, simulator
+    The shards' state and every source's position (Kafka offsets, file offsets, simulator
     ticks) are snapshotted there at the end of each epoch; a restart with the same folder
-    resumes from the last complete epoch.
+    resumes from the last complete epoch. A process of a cluster keeps its own partition in
+    ``recovery_dir/process-I`` (:func:`~dte_stream.cli.cluster.cluster_recovery_dir`).
     """
+    if process_id is not None:
+        from dte_stream.cli.cluster import cluster_recovery_dir
+
+        return RecoveryConfig(str(cluster_recovery_dir(recovery_dir, process_id, processes)))  # type: ignore[no-untyped-call]
     recovery_dir.mkdir(parents=True, exist_ok=True)
     if not any(recovery_dir.glob("part-*.sqlite3")):
+        if any(recovery_dir.glob("process-*")):
+            raise ConfigError(
+                f"--recovery-dir {recovery_dir} holds the state of a cluster of processes; "
+                "run it with as many (--processes), or use a fresh --recovery-dir"
+            )
         init_db_dir(recovery_dir, partitions)  # type: ignore[no-untyped-call]  # untyped in bytewax's stub
     return RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
 
 
-def run_flow(spec: DataflowSpec, flow: Dataflow | None = None, recovery_dir: Path | None = None) -> None:
-    """Run the dataflow in this process with ``spec.engine.workers`` worker threads; blocks."""
+def run_flow(
+    spec: DataflowSpec,
+    flow: Dataflow | None = None,
+    recovery_dir: Path | None = None,
+    *,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Run the dataflow with ``spec.engine.workers`` worker threads; blocks.
+
+    Alone, or as process ``process_id`` of the Bytewax cluster at ``addresses`` (every
+    process runs the same spec and connects to the others; see :mod:`dte_stream.cli.cluster`).
+    """
     from bytewax.run import cli_main
 
+    processes = len(addresses) if addresses is not None else 1
+    recovery = None
+    if recovery_dir is not None:
+        recovery = recovery_config(recovery_dir, process_id=process_id, processes=processes)
     cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
-        flow if flow is not None else build_flow(spec),
+        flow if flow is not None else build_flow(spec, processes=processes),
         workers_per_process=spec.engine.workers,
+        process_id=process_id,
+        addresses=addresses,
         epoch_interval=timedelta(seconds=spec.engine.epoch_seconds),
-        recovery_config=None if recovery_dir is None else recovery_config(recovery_dir),
+        recovery_config=recovery,
     )

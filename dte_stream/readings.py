@@ -7,7 +7,7 @@ that cannot become a reading becomes a :class:`DeadLetter` carrying the raw payl
 came from and why it was refused.
 
 >>> batch = ReadingBatch.from_readings([Reading("pump-1", "temp", 1_000, 20.5)])
->>> len(batch), batch.twin_id[0], float(batch.value[0])
+>>> len(batch), str(batch.twin_id[0]), float(batch.value[0])
 (1, 'pump-1', 20.5)
 """
 

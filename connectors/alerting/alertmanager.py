@@ -23,7 +23,7 @@ import time
 
 import orjson
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
 from dte_stream.connectors.alerting.webhook import post_json
 from dte_stream.spec.notify import AlertmanagerNotifierSpec
 from dte_stream.times import NS_PER_S, format_time_ns

@@ -20,7 +20,6 @@ real ones from their specs, and tests pass their own ``factory``.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -28,7 +27,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
+from dte_stream.connectors.alerting.errors import LOG, DeliveryError
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.retry import RetryPolicy
@@ -44,21 +44,6 @@ __all__ = [
     "metric_name",
     "retry_policy",
 ]
-
-#: The logger of the alert integrations.
-LOG = logging.getLogger("dte_stream.connectors.alerting")
-
-
-class DeliveryError(ConnectorError):
-    """One delivery attempt failed; ``retryable`` says whether trying again can help.
-
-    ``retry_after`` (seconds) is the receiver's own wish (HTTP ``Retry-After``), when it said.
-    """
-
-    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 class Notifier(Protocol):

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from dte_stream.alerts.events import AlertEvent
-from dte_stream.connectors.alerting.dispatcher import DeliveryError
+from dte_stream.batches import AlertEvent
+from dte_stream.connectors.alerting.errors import DeliveryError
 from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.spec.mqtt import OutputTopic, escape_level
 from dte_stream.spec.notify import MQTT_TOPIC_FIELDS, KafkaNotifierSpec, MqttNotifierSpec

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
 from dte_stream.connectors.alerting.dispatcher import AlertDispatcher
 from dte_stream.errors import ConnectorError
 from dte_stream.spec.notify import NotifierSpec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
 from dte_stream.connectors.alerting.webhook import post_json
 from dte_stream.spec.notify import SlackNotifierSpec
 from dte_stream.times import format_time_ns

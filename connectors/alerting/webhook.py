@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from dte_stream.alerts.events import AlertEvent
-from dte_stream.connectors.alerting.dispatcher import DeliveryError
+from dte_stream.batches import AlertEvent
+from dte_stream.connectors.alerting.errors import DeliveryError
 from dte_stream.connectors.http_headers import parse_retry_after
 from dte_stream.spec.notify import WebhookNotifierSpec, http_target
 

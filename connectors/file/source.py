@@ -7,10 +7,10 @@ from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from dte_stream.batches import RawBatch
 from dte_stream.codecs.base import DecodeContext
 from dte_stream.errors import ConfigError
 from dte_stream.shutdown import stop_requested
-from dte_stream.sources import RawBatch
 from dte_stream.spec.model import FileSourceSpec
 
 __all__ = ["FileSource"]

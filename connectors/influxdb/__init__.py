@@ -1,6 +1,6 @@
 """InfluxDB out: every time series of the dataflow as line protocol, v1 ``/write`` or v2 API.
 
-:class:`InfluxDBSink` is a Bytewax sink of :class:`~dte_stream.twins.batches.EstimateBatch`
+:class:`InfluxDBSink` is a Bytewax sink of :class:`~dte_stream.batches.EstimateBatch`
 items; :class:`EstimateSerialiser` builds the line protocol in bulk (also usable alone).
 Settings: :class:`dte_stream.spec.influxdb.InfluxDBSinkSpec`; guide: docs/connectors/influxdb.md.
 Errors are :class:`InfluxDBError` (a :class:`~dte_stream.errors.ConnectorError`).

@@ -15,7 +15,7 @@ import time
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
 from dte_stream.codecs.escaping import escape_string_field, escape_tag
 from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.connectors.influxdb.transport import Transport, make_transport

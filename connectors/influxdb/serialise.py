@@ -25,7 +25,7 @@ before ``,``, ``=``, a space, another backslash or at the end, which InfluxDB's 
 literally while the line-protocol reference (and VictoriaMetrics) read it as an escape.
 
 >>> import numpy as np
->>> from dte_stream.twins.batches import EstimateBatch
+>>> from dte_stream.batches import EstimateBatch
 >>> def col(*v): return np.array(v)
 >>> batch = EstimateBatch("pump", col("pump 1"), col("temp"), col(1_000), col(20.5), col("Cel"),
 ...                       col(20.4), col(0.25), col(0.1), col(float("nan")))
@@ -45,14 +45,13 @@ import numpy.typing as npt
 import orjson
 import polars as pl
 
+from dte_stream.batches import DeadLetter, EstimateBatch
 from dte_stream.codecs.escaping import (
     escape_field_key,
     escape_measurement,
     escape_string_field,
     escape_tag,
 )
-from dte_stream.readings import DeadLetter
-from dte_stream.twins.batches import EstimateBatch
 
 __all__ = ["FIELDS", "TAGS", "EstimateSerialiser", "SerialisedLines"]
 
@@ -114,7 +113,7 @@ class _Tag:
 
 
 class EstimateSerialiser:
-    """Turn :class:`~dte_stream.twins.batches.EstimateBatch` items into line protocol in bulk.
+    """Turn :class:`~dte_stream.batches.EstimateBatch` items into line protocol in bulk.
 
     ``unit`` puts the reading's unit in a tag (left out when empty: line protocol has no empty
     tag values), in a string field, or nowhere. A tag is part of a series' identity, so a

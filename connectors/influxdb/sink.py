@@ -1,7 +1,7 @@
 """The InfluxDB sink: estimate batches in, line protocol out, batched by a writer thread per worker.
 
 Per worker partition: ``write_batch`` serialises the incoming
-:class:`~dte_stream.twins.batches.EstimateBatch` items in bulk and puts the lines in a bounded
+:class:`~dte_stream.batches.EstimateBatch` items in bulk and puts the lines in a bounded
 :class:`~dte_stream.connectors.influxdb.buffer.LineBuffer`; a writer thread takes batches of
 ``batch_size`` lines (or what is there after ``flush_interval``) and sends them through the
 v1 or v2 transport, retrying with backoff. See :class:`InfluxDBSink` for the guarantees.
@@ -40,6 +40,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 
+from dte_stream.batches import DeadLetter, EstimateBatch
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBError, InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.connectors.influxdb.serialise import EstimateSerialiser
@@ -52,11 +53,9 @@ from dte_stream.connectors.influxdb.writer import (
 )
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
-from dte_stream.readings import DeadLetter
 from dte_stream.shutdown import stop_now_requested, stop_requested
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.sink import DeadLetterOutput
-from dte_stream.twins.batches import EstimateBatch
 
 __all__ = ["InfluxDBEpochSink", "InfluxDBSink", "concat_by_type"]
 
@@ -76,7 +75,7 @@ def concat_by_type(batches: list[EstimateBatch]) -> list[EstimateBatch]:
 
 
 class InfluxDBSink(DynamicSink[EstimateBatch]):
-    """Write :class:`~dte_stream.twins.batches.EstimateBatch` items to InfluxDB (v1 or v2 API).
+    """Write :class:`~dte_stream.batches.EstimateBatch` items to InfluxDB (v1 or v2 API).
 
     One point per reading (tags ``twin_id``, ``twin_type``, ``channel``, ``unit``; fields
     ``value``, ``estimate``, ``std``, ``innovation``, ``nis``; the reading's time in ns), built

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import polars as pl
 
+from dte_stream.batches import DeadLetter
 from dte_stream.connectors.influxdb.buffer import LineBuffer
 from dte_stream.connectors.influxdb.errors import InfluxDBRejected, InfluxDBUnavailable
 from dte_stream.connectors.influxdb.serialise import join_lines
@@ -24,7 +25,6 @@ from dte_stream.connectors.influxdb.transport import Transport
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import READINESS
-from dte_stream.readings import DeadLetter
 from dte_stream.retry import RetryPolicy
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 

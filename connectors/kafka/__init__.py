@@ -1,6 +1,6 @@
 """Kafka in and out (confluent-kafka): :class:`KafkaSource`, :class:`KafkaSink`, :class:`KafkaDeadLetterSink`.
 
-The source reads topics partition by partition into :class:`~dte_stream.sources.RawBatch`
+The source reads topics partition by partition into :class:`~dte_stream.batches.RawBatch`
 items (offsets in Bytewax recovery state, at-least-once); the sinks write estimates and dead
 letters as JSON records. Settings: :mod:`dte_stream.spec.kafka`; guide: docs/connectors/kafka.md.
 """

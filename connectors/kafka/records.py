@@ -1,7 +1,7 @@
 """Kafka records to payloads: the pure part of the source, tested without a broker.
 
 :class:`RecordMapper` turns the messages of one ``consume()`` call on one partition into the
-payloads of a :class:`~dte_stream.sources.RawBatch`, each with its
+payloads of a :class:`~dte_stream.batches.RawBatch`, each with its
 :class:`~dte_stream.codecs.base.DecodeContext` (``kafka://BROKERS/TOPIC/PARTITION@OFFSET``, the
 key as twin id, the record timestamp as receive time), and into dead letters for records that
 cannot be payloads (no value, too large, a per-record driver error). It is the per-record hot
@@ -31,8 +31,8 @@ from typing import Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
 
+from dte_stream.batches import DeadLetter
 from dte_stream.codecs.base import DecodeContext, PayloadBatch
-from dte_stream.readings import DeadLetter
 from dte_stream.times import now_ns
 
 __all__ = [

@@ -9,12 +9,11 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from dte_stream.batches import DeadLetter, EstimateBatch
 from dte_stream.connectors.kafka.client import LOG, ErrorLog, connector_error, error_text, make_client
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
-from dte_stream.readings import DeadLetter
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaProducerSpec, KafkaSinkSpec
-from dte_stream.twins.batches import EstimateBatch
 
 __all__ = ["KafkaDeadLetterSink", "KafkaSink", "dead_letter_record", "estimate_records"]
 

@@ -8,13 +8,13 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from dte_stream.batches import RawBatch
 from dte_stream.connectors.kafka.client import LOG, ErrorLog, connector_error, make_client
 from dte_stream.connectors.kafka.records import RecordMapper
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import READINESS
 from dte_stream.shutdown import stop_requested
-from dte_stream.sources import RawBatch
 from dte_stream.spec.kafka import KafkaSourceSpec
 
 __all__ = ["KafkaSource", "consumer_config", "parse_part_key", "part_key"]
@@ -189,7 +189,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
 
 
 class KafkaSource(FixedPartitionedSource[RawBatch, int]):
-    """Payloads from Kafka topics, one :class:`~dte_stream.sources.RawBatch` per consume call.
+    """Payloads from Kafka topics, one :class:`~dte_stream.batches.RawBatch` per consume call.
 
     Every Kafka partition of ``spec.topics`` is one Bytewax partition (key ``TOPIC/PARTITION``);
     Bytewax spreads them over the workers and processes. Each is read by its own consumer,

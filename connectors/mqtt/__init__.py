@@ -1,7 +1,7 @@
 """MQTT in and out (paho-mqtt): :class:`MqttSource`, :class:`MqttSink`, :class:`MqttDeadLetterSink`.
 
 The source subscribes with persistent sessions and QoS 1, maps topic levels to twin ids and
-channels through templates, and emits :class:`~dte_stream.sources.RawBatch` items (refused
+channels through templates, and emits :class:`~dte_stream.batches.RawBatch` items (refused
 messages as dead letters in ``RawBatch.errors``); the sinks publish estimates and dead letters
 as JSON. Settings: :mod:`dte_stream.spec.mqtt`; guide: docs/connectors/mqtt.md.
 """

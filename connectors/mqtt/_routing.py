@@ -4,7 +4,7 @@ A source sees few distinct topics many times, so :class:`TopicRouter` computes e
 :class:`Route` once (which subscription it belongs to, the decode context's source, twin id
 and channel, or why it must be a dead letter) and looks it up afterwards: one dict lookup per
 message on the hot path. :class:`MessageBatcher` drains received messages into one
-:class:`~dte_stream.sources.RawBatch` per subscription.
+:class:`~dte_stream.batches.RawBatch` per subscription.
 
 >>> from dte_stream.spec.mqtt import MqttSubscriptionSpec
 >>> router = TopicRouter("mqtt://127.0.0.1:1883", [MqttSubscriptionSpec(
@@ -23,9 +23,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dte_stream.batches import DeadLetter, RawBatch
 from dte_stream.codecs.base import DecodeContext
-from dte_stream.readings import DeadLetter
-from dte_stream.sources import RawBatch
 from dte_stream.spec.mqtt import MqttSourceSpec, MqttSubscriptionSpec, TopicFilter, TopicTemplate
 
 __all__ = ["DEAD_LETTER_RAW_BYTES", "Ack", "Message", "MessageBatcher", "Route", "TopicRouter"]

@@ -19,12 +19,11 @@ import paho.mqtt.client as mqtt
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from paho.mqtt.reasoncodes import ReasonCode
 
+from dte_stream.batches import DeadLetter, EstimateBatch
 from dte_stream.connectors.mqtt._client import LOG, MqttConnection, reason_text
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
-from dte_stream.readings import DeadLetter
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttPublisherSpec, MqttSinkSpec, OutputTopic
-from dte_stream.twins.batches import EstimateBatch
 
 __all__ = ["MqttDeadLetterSink", "MqttSink", "dead_letter_message", "estimate_messages"]
 

@@ -3,7 +3,7 @@
 Each MQTT client is one Bytewax partition (:class:`MqttSource`). paho receives in its own
 thread and appends ``(topic, payload, receive time, message id, qos, session)`` tuples to a
 deque; ``next_batch`` takes up to ``batch_size`` of them without ever waiting, routes each
-topic (cached) and emits one :class:`~dte_stream.sources.RawBatch` per subscription that had
+topic (cached) and emits one :class:`~dte_stream.batches.RawBatch` per subscription that had
 messages. Messages the source refuses before decoding (a topic that does not fit its template,
 a payload over ``max_payload_bytes``) travel in ``RawBatch.errors`` as dead letters.
 
@@ -22,13 +22,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from dte_stream.batches import RawBatch
 from dte_stream.connectors.mqtt._client import LOG, MqttConnection
 from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, AckLedger, digest
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.shutdown import stop_requested
-from dte_stream.sources import RawBatch
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 __all__ = ["MqttSource"]
@@ -322,7 +322,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
 
 
 class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):
-    """Payloads from MQTT subscriptions, one :class:`~dte_stream.sources.RawBatch` per subscription.
+    """Payloads from MQTT subscriptions, one :class:`~dte_stream.batches.RawBatch` per subscription.
 
     Each of ``spec.clients`` MQTT clients is one Bytewax partition (key ``{name}-{i}``, client
     id ``{client_id}-{i}``: the same id on every run, whichever worker runs it, so the broker

@@ -25,11 +25,11 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import orjson
 
+from dte_stream.batches import ReadingBatch
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
 from dte_stream.connectors.simulator.source import CHUNK_TWINS, twin_ids
 from dte_stream.errors import ConfigError, ConnectorError
-from dte_stream.readings import ReadingBatch
 from dte_stream.spec.model import SimulatedChannelSpec
 from dte_stream.times import NS_PER_S, now_ns
 

@@ -13,10 +13,9 @@ import numpy as np
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from dte_stream.batches import ReadingBatch, SourceBatch
 from dte_stream.connectors.simulator.signals import ChunkSignals, profile_for
-from dte_stream.readings import ReadingBatch
 from dte_stream.shutdown import stop_requested
-from dte_stream.sources import SourceBatch
 from dte_stream.spec.model import SimulatorSourceSpec
 from dte_stream.times import NS_PER_S, now_ns
 

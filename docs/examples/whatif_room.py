@@ -13,7 +13,7 @@ from dte_stream.cli.whatif import plot_whatif
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import TwinBank
-from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.view import TwinView, ViewPublisher
 from dte_stream.whatif import Scenario, simulate
 

@@ -2,7 +2,7 @@
 
 The rule engine (:mod:`dte_stream.alerts.rules`) tells an :class:`AlertBook` when a rule's
 condition for a twin becomes true or false; the book turns that into alert state and
-:class:`~dte_stream.alerts.events.AlertEvent` notifications:
+:class:`~dte_stream.batches.AlertEvent` notifications:
 
 * a condition that turns true makes the alert ``pending``; after ``holds_for`` (at once when
   it is 0) it is ``firing`` and one ``firing`` event is sent; a condition that turns false
@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from dte_stream.alerts.events import AlertEvent, AlertState, alert_id
+from dte_stream.batches import AlertEvent, AlertState, alert_id
 from dte_stream.times import NS_PER_S
 
 __all__ = ["AlertBook", "AlertRecord", "RuleInfo", "Trigger", "render_message"]

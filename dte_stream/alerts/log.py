@@ -1,6 +1,6 @@
 """The alert log: every alert event as a row of the local store's ``alerts`` table.
 
->>> from dte_stream.alerts.events import AlertEvent
+>>> from dte_stream.batches import AlertEvent
 >>> e = AlertEvent("p1/hot", "p1", "pump", "hot", "firing", "critical", 10**18, 10**18, "91 > 90")
 >>> events_frame([e]).select("alert_id", "state", "sequence").row(0)
 ('p1/hot', 'firing', 0)
@@ -13,34 +13,13 @@ from collections.abc import Sequence
 import orjson
 import polars as pl
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
+from dte_stream.store.schema import ALERTS_SCHEMA
 
 __all__ = ["ALERTS_SCHEMA", "ALERTS_TABLE", "AlertRows", "events_frame"]
 
 #: The local store table alert events are appended to.
 ALERTS_TABLE = "alerts"
-
-#: One row per alert event; ``labels`` is a JSON object (text), ``ends`` null unless resolved.
-ALERTS_SCHEMA = pl.Schema(
-    {
-        "time": pl.Datetime("ns", "UTC"),
-        "alert_id": pl.String(),
-        "twin_id": pl.String(),
-        "twin_type": pl.String(),
-        "rule": pl.String(),
-        "state": pl.String(),
-        "severity": pl.String(),
-        "channel": pl.String(),
-        "message": pl.String(),
-        "value": pl.Float64(),
-        "starts": pl.Datetime("ns", "UTC"),
-        "ends": pl.Datetime("ns", "UTC"),
-        "renotify": pl.Boolean(),
-        "acked_by": pl.String(),
-        "sequence": pl.Int64(),
-        "labels": pl.String(),
-    }
-)
 
 
 def events_frame(events: Sequence[AlertEvent]) -> pl.DataFrame:

@@ -1,7 +1,7 @@
 """The alert rule engine: a twin type's rules evaluated over each batch of estimates.
 
-:class:`AlertEngine` takes the :class:`~dte_stream.twins.batches.EstimateBatch` of every
-micro-batch and returns the :class:`~dte_stream.alerts.events.AlertEvent` state changes.
+:class:`AlertEngine` takes the :class:`~dte_stream.batches.EstimateBatch` of every
+micro-batch and returns the :class:`~dte_stream.batches.AlertEvent` state changes.
 Conditions are column comparisons over the whole batch (rows sorted by twin and time); each
 rule's per-row signal (+1 condition true, -1 condition false, 0 no information, such as a
 reading between a threshold and its ``clear`` level) is forward-filled per twin and channel,
@@ -25,8 +25,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from dte_stream.alerts.events import AlertEvent
 from dte_stream.alerts.lifecycle import AlertBook, RuleInfo, Trigger, seconds_to_ns
+from dte_stream.batches import AlertEvent, EstimateBatch
 from dte_stream.errors import ConfigError
 from dte_stream.spec.alerts import (
     AlertingSpec,
@@ -42,7 +42,6 @@ from dte_stream.spec.alerts import (
     parse_expression,
 )
 from dte_stream.times import NS_PER_S
-from dte_stream.twins.batches import EstimateBatch
 from dte_stream.twins.flags import STALE
 
 __all__ = ["SNAPSHOT_VERSION", "AlertEngine"]

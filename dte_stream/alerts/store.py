@@ -7,7 +7,7 @@ The ``alerts`` table of the local store holds every alert event (:mod:`dte_strea
 dataflow polls with :func:`read_acks` so that its rule engine knows the alert was taken.
 
 >>> import tempfile
->>> from dte_stream.alerts.events import AlertEvent
+>>> from dte_stream.batches import AlertEvent
 >>> tmp = tempfile.TemporaryDirectory()
 >>> e = AlertEvent("p1/hot", "p1", "pump", "hot", "firing", "critical", 10**18, 10**18, "91 > 90")
 >>> _ = alerts_store(tmp.name).append("alerts", events_frame([e]))
@@ -27,6 +27,7 @@ import difflib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +35,8 @@ from typing import Any, Literal
 import orjson
 import polars as pl
 
-from dte_stream.alerts.events import AlertEvent
 from dte_stream.alerts.log import ALERTS_SCHEMA, ALERTS_TABLE, events_frame
+from dte_stream.batches import AlertEvent
 from dte_stream.errors import ConfigError, StoreError
 from dte_stream.store.local import LocalStore
 from dte_stream.store.schema import TABLE_SCHEMAS
@@ -47,6 +48,7 @@ __all__ = [
     "ALERT_COLUMNS",
     "MAX_ACK_BY_CHARS",
     "MAX_ALERT_ID_CHARS",
+    "AckInbox",
     "AlertStateFilter",
     "acknowledge",
     "alert_table",
@@ -124,7 +126,7 @@ def check_ack_by(by: object) -> str:
 def check_alert_id(alert_id: object) -> str:
     """Return ``alert_id`` if it looks like an alert id, else raise :class:`ConfigError`.
 
-    Alert ids are ``TWIN_ID/RULE`` (:func:`dte_stream.alerts.events.alert_id`): printable text
+    Alert ids are ``TWIN_ID/RULE`` (:func:`dte_stream.batches.alert_id`): printable text
     of at most 512 characters.
     """
     if not isinstance(alert_id, str):
@@ -382,3 +384,29 @@ def read_acks(data_dir: Path | str, offset: int) -> tuple[list[dict[str, Any]], 
     if skipped:
         log.warning("skipped %d malformed line(s) in %s after byte %d", skipped, path, offset)
     return acks, offset + end + 1
+
+
+class AckInbox:
+    """Acknowledgements that ``dte-stream alerts ack`` (or the API) wrote to the data dir.
+
+    One per dataflow process, shared by its shards; each asks for the new acknowledgements of
+    a twin type's alerts (an acknowledgement of an alert another shard owns is simply not
+    found there). Thread-safe.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._offset = 0
+        self._pending: list[dict[str, Any]] = []
+        self._seen: dict[tuple[int, str], int] = {}  # (reader, twin type) -> how many of _pending it saw
+
+    def new_for(self, twin_type: str, reader: object = None) -> list[dict[str, Any]]:
+        """Acknowledgements of ``twin_type`` alerts that ``reader`` (a shard) has not seen yet."""
+        with self._lock:
+            acks, self._offset = read_acks(self.data_dir, self._offset)
+            self._pending += acks
+            key = (id(reader), twin_type)
+            start = self._seen.get(key, 0)
+            self._seen[key] = len(self._pending)
+            return self._pending[start:]

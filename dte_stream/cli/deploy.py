@@ -4,8 +4,8 @@ The unit runs ``dte-stream run`` with the recovery directory under the unit's
 ``StateDirectory`` (``/var/lib/dte-stream-NAME``, also its working directory, so a spec's
 relative ``data_dir`` lands there), secrets from an ``EnvironmentFile``, a dynamic user, a
 read-only system and the usual sandboxing. ``Restart=on-failure`` brings it back after a
-crash (resuming from the recovery directory); SIGTERM drains the dataflow, SIGHUP
-(``systemctl reload``) reloads the spec's live settings.
+crash (resuming from the recovery directory); SIGTERM drains the dataflow. There is no
+``ExecReload``: live reload on SIGHUP is not built yet, and Python ends on SIGHUP by default.
 
 >>> text = unit_text(UnitSettings(name="plant", spec=Path("/etc/dte-stream/plant.yaml"),
 ...                               executable=Path("/opt/dte-stream/bin/dte-stream")))
@@ -81,7 +81,7 @@ def unit_text(s: UnitSettings) -> str:
 # Install: copy to /etc/systemd/system/{s.unit}.service, put secrets (MQTT/Kafka/InfluxDB
 # passwords, tokens) in {env_file} (mode 0600), then
 #   systemctl daemon-reload && systemctl enable --now {s.unit}
-# Logs: journalctl -u {s.unit}  (JSON lines). Reload alert rules etc.: systemctl reload {s.unit}
+# Logs: journalctl -u {s.unit}  (JSON lines). A spec change: systemctl restart {s.unit}
 
 [Unit]
 Description=dte-stream dataflow {s.name}
@@ -93,7 +93,6 @@ StartLimitBurst=5
 [Service]
 Type=exec
 ExecStart={command}
-ExecReload=/bin/kill -HUP $MAINPID
 EnvironmentFile=-{env_file}
 Environment=PYTHONUNBUFFERED=1
 WorkingDirectory={state}

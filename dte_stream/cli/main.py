@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # a cluster starts its children with it
     debug = bool(getattr(args, "debug", False))
     try:
         with quiet_engine_panics(enabled=not debug):

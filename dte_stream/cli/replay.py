@@ -1,4 +1,4 @@
-"""``dte-stream replay SPEC --input FILE.csv --output OUT.csv``: history through a dataflow's twins."""
+"""``dte-stream replay SPEC --input FILE.csv|FOLDER ... --output OUT.csv``: history through a spec's twins."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _run(args: argparse.Namespace) -> int:
     flagged = int(((frame["flags"] & ANOMALY) > 0).sum()) if frame.height else 0
     rate = result.readings / max(result.seconds, 1e-9)
     print(
-        f"dte-stream: replayed {result.readings:,} readings in {result.seconds:.2f} s "
+        f"dte-stream: replayed {result.readings:,} readings of {result.twins:,} twins "
+        f"in {result.seconds:.2f} s "
         f"({rate:,.0f} readings/s); {flagged:,} at or above the anomaly level; "
         f"{result.stale_events:,} stale-sensor events; "
         f"{len(result.dead_letters):,} dead letters",
@@ -41,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from dte_stream.plots import plot_replay
 
-        plot_replay(frame, args.plot, title=f"{args.input.name} through {spec.name}")
+        names = ", ".join(p.name for p in args.input)
+        plot_replay(frame, args.plot, title=f"{names} through {spec.name}")
         print(f"dte-stream: plot in {args.plot}", file=sys.stderr)
     return 0
 
@@ -49,19 +51,26 @@ def _run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "replay",
-        help="replay a CSV of readings through a spec's twins, in event time",
+        help="replay CSVs of readings (files or folders) through a spec's twins, in event time",
         description=(
-            "Replay a CSV (timestamp,value rows of one sensor, or readings with twin_id and channel "
-            "columns) through the twin banks of SPEC as fast as possible, in event time. Writes one "
-            "row per reading with estimate, std, innovation, NIS, anomaly_score, flags and every "
-            "optional output of the twin type."
+            "Replay CSVs (timestamp,value rows of one sensor each, or readings with twin_id and "
+            "channel columns; files or folders of them) through the twin shards of SPEC as fast as "
+            "possible, in event time; many series replay together as many twins. Writes one row per "
+            "reading with estimate, std, innovation, NIS, anomaly_score, flags and every optional "
+            "output of the twin type."
         ),
     )
     p.add_argument("spec", help="path of the YAML spec (its sources and sinks are not used)")
-    p.add_argument("--input", required=True, type=Path, help="CSV of readings")
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="CSV files of readings, or folders of them (each one-sensor file is one twin)",
+    )
     p.add_argument("--output", required=True, type=Path, help="CSV to write")
     p.add_argument("--twin-type", help="twin type of the readings (default: the spec's first)")
-    p.add_argument("--twin", help="twin id for a one-sensor CSV (default: the input file's name)")
+    p.add_argument("--twin", help="twin id for one one-sensor CSV (default: the input file's name)")
     p.add_argument("--channel", help="channel for a one-sensor CSV (default: the twin type's first)")
     p.add_argument("--plot", type=Path, help="also draw readings, estimate band and anomalies to this PNG")
     p.add_argument("--quiet", action="store_true", help="no progress, only the summary")

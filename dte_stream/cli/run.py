@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dte_stream.api.server import add_http_argument
+from dte_stream.cli.cluster import check_cluster, check_recovery_layout, parse_addresses, run_cluster
 from dte_stream.cli.failures import one_line
 from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
@@ -28,7 +29,7 @@ from dte_stream.spec import DataflowSpec, load_spec
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
 
-__all__ = ["add_parsers", "execute", "non_negative_float", "positive_int"]
+__all__ = ["add_cluster_arguments", "add_parsers", "execute", "non_negative_float", "positive_int"]
 
 log = logging.getLogger("dte_stream.run")
 
@@ -38,7 +39,8 @@ def _say(text: str) -> None:
     if json_logs():
         log.info(text.replace("%", "%%"))
     else:
-        print(f"dte-stream: {text}", file=sys.stderr)
+        sys.stderr.write(f"dte-stream: {text}\n")  # one write: a cluster's processes share stderr
+        sys.stderr.flush()
 
 
 def execute(
@@ -48,18 +50,27 @@ def execute(
     recovery_dir: Path | None = None,
     http: tuple[str, int] | None = None,
     tokens: Path | None = None,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
 ) -> int:
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
 
     With ``http`` (host, port), the HTTP surface (:mod:`dte_stream.api`) is served meanwhile,
     with the API tokens of ``tokens`` (default: the tokens file in the data directory).
+    With ``addresses`` and ``process_id`` this process is one of a Bytewax cluster
+    (:mod:`dte_stream.cli.cluster`); only process 0 shows progress, each prints its summary,
+    and process I serves HTTP on port + I.
     """
     from dte_stream.dataflow import build_flow
 
     preflight(spec)  # every service answers, or one line says which does not and why
-    flow = build_flow(spec)
+    flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1)
+    if http is not None and process_id:
+        http = (http[0], http[1] + process_id)
     with _http_server(spec, http, tokens):
-        return _execute(spec, flow, quiet=quiet, recovery_dir=recovery_dir)
+        return _execute(
+            spec, flow, quiet=quiet, recovery_dir=recovery_dir, addresses=addresses, process_id=process_id
+        )
 
 
 @contextlib.contextmanager
@@ -79,40 +90,50 @@ def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path 
         yield
 
 
-def _execute(spec: DataflowSpec, flow: Dataflow, *, quiet: bool, recovery_dir: Path | None) -> int:
+def _execute(
+    spec: DataflowSpec,
+    flow: Dataflow,
+    *,
+    quiet: bool,
+    recovery_dir: Path | None,
+    addresses: list[str] | None,
+    process_id: int | None,
+) -> int:
     from dte_stream.dataflow import run_flow
 
-    if not quiet:
+    processes = len(addresses) if addresses is not None else 1
+    who = "" if addresses is None else f"[process {process_id} of {processes}]: "
+    if not quiet and not process_id:
         _say(f"running {summary(spec)}")
         _say("press Ctrl-C to stop")
     METRICS.reset()
     install_signal_handlers()
     started = time.monotonic()
     interrupted = False  # stopped at once (second signal): exit 130
-    progress = Progress() if not quiet and not json_logs() else None
+    progress = Progress() if not quiet and not json_logs() and not process_id else None
     try:
         if progress is not None:
             with progress:
-                run_flow(spec, flow, recovery_dir)
+                run_flow(spec, flow, recovery_dir, addresses=addresses, process_id=process_id)
         else:
-            run_flow(spec, flow, recovery_dir)
+            run_flow(spec, flow, recovery_dir, addresses=addresses, process_id=process_id)
     except KeyboardInterrupt:
         interrupted = True
     except Exception as exc:  # a sink that gave up waiting during a stop ends the dataflow
         if not STOP.is_set():
             raise
         interrupted = True
-        _say(f"stopped at once: {one_line(exc)}")
+        _say(f"{who}stopped at once: {one_line(exc)}")
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
     _say(
-        f"{'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
+        f"{who}{'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
         f"{n:,} readings processed ({n / max(elapsed, 1e-9):,.0f} readings/s), "
         f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters"
     )
     data_dir = spec.data_dir()
-    if data_dir is not None and not quiet:
+    if data_dir is not None and not quiet and not process_id:
         _say(f"data in {data_dir}; dead letters in {spec.dead_letter_path()}")
         _say(f"try  dte-stream query --data-dir {data_dir} --limit 10")
     return 130 if interrupted else 0
@@ -123,7 +144,49 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.workers is not None:
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
-    return execute(spec, quiet=args.quiet, recovery_dir=args.recovery_dir, http=args.http, tokens=args.tokens)
+    return _launch(args, spec, args.recovery_dir)
+
+
+def _launch(args: argparse.Namespace, spec: DataflowSpec, recovery_dir: Path | None) -> int:
+    """Run ``spec`` alone, as one process of a cluster, or start a cluster (``--processes``)."""
+    addresses = parse_addresses(args.addresses) if args.addresses is not None else None
+    check_cluster(addresses, args.process_id)
+    if args.processes > 1:
+        if addresses is not None:
+            raise ConfigError("--processes starts a cluster on this host; --addresses joins one: not both")
+        if recovery_dir is not None:
+            check_recovery_layout(recovery_dir, args.processes)
+        return run_cluster(list(getattr(args, "argv", sys.argv[1:])), args.processes)
+    return execute(
+        spec,
+        quiet=args.quiet,
+        recovery_dir=recovery_dir,
+        http=args.http,
+        tokens=args.tokens,
+        addresses=addresses,
+        process_id=args.process_id,
+    )
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """``--processes`` (a cluster on this host), ``--addresses``/``--process-id`` (one of several hosts)."""
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="run as a Bytewax cluster of this many processes on this host (default 1)",
+    )
+    p.add_argument(
+        "--addresses",
+        metavar="HOST:PORT,...",
+        help="every process of a multi-host cluster, in order (with --process-id)",
+    )
+    p.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="this process's index in --addresses (0-based)",
+    )
 
 
 def positive_int(text: str) -> int:
@@ -158,7 +221,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
     )
-    return execute(spec, quiet=args.quiet, http=args.http, tokens=args.tokens)
+    return _launch(args, spec, None)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,6 +237,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_http_argument(p)
     add_logging_arguments(p)
     add_tokens_argument(p)
+    add_cluster_arguments(p)
     p.set_defaults(handler=_run)
 
     d = sub.add_parser(
@@ -203,4 +267,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_http_argument(d)
     add_logging_arguments(d)
     add_tokens_argument(d)
+    add_cluster_arguments(d)
     d.set_defaults(handler=_demo)

@@ -154,7 +154,7 @@ class _NotifierBase(SpecModel):
 class AlertmanagerNotifierSpec(_NotifierBase):
     """Prometheus Alertmanager: ``POST {url}/api/v2/alerts``, one alert per event.
 
-    Labels are the event's :meth:`~dte_stream.alerts.events.AlertEvent.all_labels` over the
+    Labels are the event's :meth:`~dte_stream.batches.AlertEvent.all_labels` over the
     spec's extra ``labels``; annotations carry ``message``, ``value``, ``alert_id`` (and
     ``acked_by``). A firing alert is sent with ``endsAt`` = now + ``firing_ttl`` and sent again
     every ``resend_interval`` while it fires, as Prometheus does: if dte-stream stops, the

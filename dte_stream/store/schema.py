@@ -18,10 +18,10 @@ import re
 
 import polars as pl
 
-from dte_stream.alerts.log import ALERTS_SCHEMA
 from dte_stream.errors import StoreError
 
 __all__ = [
+    "ALERTS_SCHEMA",
     "OUTPUTS_SCHEMA",
     "READINGS_SCHEMA",
     "TABLE_SCHEMAS",
@@ -63,6 +63,28 @@ OUTPUTS_SCHEMA = pl.Schema(
         "channel": pl.String(),
         "output": pl.String(),
         "value": pl.Float64(),
+    }
+)
+
+#: One row per alert event; ``labels`` is a JSON object (text), ``ends`` null unless resolved.
+ALERTS_SCHEMA = pl.Schema(
+    {
+        "time": TIME_DTYPE,
+        "alert_id": pl.String(),
+        "twin_id": pl.String(),
+        "twin_type": pl.String(),
+        "rule": pl.String(),
+        "state": pl.String(),
+        "severity": pl.String(),
+        "channel": pl.String(),
+        "message": pl.String(),
+        "value": pl.Float64(),
+        "starts": TIME_DTYPE,
+        "ends": TIME_DTYPE,
+        "renotify": pl.Boolean(),
+        "acked_by": pl.String(),
+        "sequence": pl.Int64(),
+        "labels": pl.String(),
     }
 )
 

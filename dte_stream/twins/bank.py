@@ -15,8 +15,11 @@ order, see :func:`rounds_of`):
 
 Readings too old for the lateness bound come back as dead letters. :meth:`due` reports cells
 that went stale (called by a timer, so it fires when nothing arrives) and :meth:`evict_idle`
-drops twins idle past the type's TTL. The bank imports no Bytewax: the wiring snapshots it
-with :meth:`snapshot` and rebuilds it with :meth:`restore`.
+drops twins idle past the type's TTL. The bank remembers which twins changed (``changed``,
+``removed``) for the twin state view, and keeps each cell's latest estimate, std, flags and
+score for it. The bank imports no engine and no alert code: the twin shard
+(:mod:`dte_stream.twins.shard`) drives it, snapshots it with :meth:`snapshot` and rebuilds it
+with :meth:`restore` (both in :mod:`dte_stream.twins.checkpoint`).
 """
 
 from __future__ import annotations
@@ -28,30 +31,34 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent, EstimateBatch
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, format_time_ns
 from dte_stream.twins import flags as fl
-from dte_stream.twins.batches import EstimateBatch, TypedBatch
 from dte_stream.twins.filters import FilterGroup, build_groups
 from dte_stream.twins.idindex import IdIndex
 from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.scorers import build_scorer
 
-__all__ = ["SNAPSHOT_FORMAT", "BankUpdate", "SnapshotMismatchError", "TwinBank", "rounds_of"]
-
-#: Version of the snapshot layout; bumped whenever it changes incompatibly.
-SNAPSHOT_FORMAT = 4
+__all__ = ["CELL_ARRAYS", "BankUpdate", "TwinBank", "rounds_of"]
 
 IntP = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
 NEVER = np.iinfo(np.int64).min
 
-
-class SnapshotMismatchError(ValueError):
-    """A snapshot that this twin type cannot load (other layout, other spec)."""
+#: The bank's own arrays with one element per (twin, channel) cell, and their fill value: the
+#: latest reading (value, event time) and what the twin made of it (estimate, std, flags, score).
+CELL_ARRAYS: dict[str, tuple[Any, Any]] = {
+    "last_value": (np.float64, np.nan),
+    "last_time": (np.int64, NEVER),
+    "last_estimate": (np.float64, np.nan),
+    "last_std": (np.float64, np.nan),
+    "last_flags": (np.uint16, 0),
+    "last_score": (np.float64, np.nan),
+}
 
 
 def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
@@ -79,7 +86,11 @@ def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
 
 @dataclass(frozen=True, slots=True)
 class BankUpdate:
-    """What one micro-batch (or timer) produced: output rows, readings refused as too late, alerts."""
+    """What one micro-batch produced: output rows, readings refused as too late, and alert events.
+
+    The bank itself never sets ``alerts``; the shard's alert engines do, and the twin view
+    notes updates of one twin type with their events in this shape.
+    """
 
     estimates: EstimateBatch
     rejected: list[DeadLetter]
@@ -121,6 +132,13 @@ class TwinBank:
         self.last_seen = np.full(capacity, NEVER, dtype=np.int64)
         self.last_value = np.full(capacity * self.width, np.nan)
         self.last_time = np.full(capacity * self.width, NEVER, dtype=np.int64)
+        self.last_estimate = np.full(capacity * self.width, np.nan)
+        self.last_std = np.full(capacity * self.width, np.nan)
+        self.last_flags = np.zeros(capacity * self.width, dtype=np.uint16)
+        self.last_score = np.full(capacity * self.width, np.nan)
+        #: Twins updated since the view last took them (:meth:`take_changed`), and twins evicted.
+        self.changed = np.zeros(capacity, dtype=bool)
+        self.removed: list[str] = []
         self.counters = {"late_readings": 0, "rejected_readings": 0, "gated_readings": 0, "evicted_twins": 0}
 
     def __len__(self) -> int:
@@ -161,8 +179,9 @@ class TwinBank:
         if self.scorer is not None:
             self.scorer.grow(capacity)
         self.last_seen = _pad(self.last_seen, capacity, NEVER)
-        self.last_value = _pad(self.last_value, capacity * self.width, np.nan)
-        self.last_time = _pad(self.last_time, capacity * self.width, NEVER)
+        self.changed = _pad(self.changed, capacity, False)
+        for name, (_, fill) in CELL_ARRAYS.items():
+            setattr(self, name, _pad(getattr(self, name), capacity * self.width, fill))
         self.capacity = capacity
 
     # -- the update -------------------------------------------------------------------------
@@ -270,6 +289,8 @@ class TwinBank:
             self.counters["rejected_readings"] += int(rejected.sum())
             dead = self._too_late(batch, np.flatnonzero(rejected), rows)
             keep = np.flatnonzero(~rejected)  # type: ignore[assignment]
+        self._remember(cells, rejected, time_ns, estimate, std, flags, score)
+        self.changed[rows] = True
         unit = np.where(r.unit == "", self.units[ch], r.unit)
         out_batch = EstimateBatch(
             batch.twin_type,
@@ -287,6 +308,27 @@ class TwinBank:
             {name: col[keep] for name, col in extra.items()},
         )
         return BankUpdate(out_batch, dead)
+
+    def _remember(
+        self, cells: IntP, rejected: npt.NDArray[np.bool_], time_ns: npt.NDArray[np.int64],
+        estimate: F64, std: F64, flags: npt.NDArray[np.uint16], score: F64,
+    ) -> None:  # fmt: skip
+        """Keep each cell's outputs of its latest reading (``last_time`` already holds its time)."""
+        latest = np.flatnonzero(~rejected)
+        latest = latest[time_ns[latest] >= self.last_time[cells[latest]]]
+        c = cells[latest]
+        self.last_estimate[c] = estimate[latest]
+        self.last_std[c] = std[latest]
+        self.last_flags[c] = flags[latest]
+        self.last_score[c] = score[latest]
+
+    def take_changed(self) -> tuple[IntP, list[str]]:
+        """Rows of the twins changed since the last call, and the ids evicted since; both reset."""
+        n = len(self.twin_ids)
+        rows = np.flatnonzero(self.changed[:n])
+        self.changed[:n] = False
+        removed, self.removed = self.removed, []
+        return rows, removed
 
     def _too_late(self, batch: TypedBatch, index: IntP, rows: IntP) -> list[DeadLetter]:
         r = batch.readings
@@ -319,6 +361,9 @@ class TwinBank:
         if k == 0:
             return None
         nan = np.full(k, np.nan)
+        cells = stale.rows * self.width + stale.ch
+        self.last_flags[cells] |= fl.STALE
+        self.changed[stale.rows] = True
         return EstimateBatch(
             self.spec.name,
             np.asarray(self.twin_ids, dtype=np.str_)[stale.rows],
@@ -354,6 +399,7 @@ class TwinBank:
         if self.learners is not None:
             self.learners.evict(gone)
         self.counters["evicted_twins"] += len(gone)
+        self.removed += gone
         return gone
 
     def _keep_rows(self, keep: IntP) -> None:
@@ -368,8 +414,9 @@ class TwinBank:
             self.scorer.grow(capacity)
         cells = (keep[:, None] * self.width + np.arange(self.width)).ravel()
         self.last_seen = _pad(self.last_seen[keep], capacity, NEVER)
-        self.last_value = _pad(self.last_value[cells], capacity * self.width, np.nan)
-        self.last_time = _pad(self.last_time[cells], capacity * self.width, NEVER)
+        self.changed = _pad(self.changed[keep], capacity, False)
+        for name, (_, fill) in CELL_ARRAYS.items():
+            setattr(self, name, _pad(getattr(self, name)[cells], capacity * self.width, fill))
         self.capacity = capacity
         self.twin_ids = ids
         self._index = IdIndex()
@@ -379,80 +426,18 @@ class TwinBank:
     # -- snapshots --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Compact, picklable copy of the state: numpy arrays trimmed to the twins present."""
-        n = len(self.twin_ids)
-        # Filter state by shared model name, and by channel for per-channel filters: which channels
-        # share a group depends on their tuning, which may change across a restart.
-        groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
-        for group in self.groups:
-            arrays = {name: a[: group.capacity_for(n)] for name, a in group.state.arrays().items()}
-            if not group.per_cell:
-                groups[f"model:{group.name}"] = {name: a.copy() for name, a in arrays.items()}
-                continue
-            for slot, c in enumerate(group.channels):
-                groups[f"channel:{self.channels[c]}"] = {
-                    name: a[slot :: group.cells].copy() for name, a in arrays.items()
-                }
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "twin_type": self.spec.name,
-            "version": self.spec.version,
-            "fingerprint": self.spec.state_fingerprint(),
-            "channels": list(self.channels),
-            "twin_ids": list(self.twin_ids),
-            "last_seen": self.last_seen[:n].copy(),
-            "last_value": self.last_value[: n * self.width].copy(),
-            "last_time": self.last_time[: n * self.width].copy(),
-            "groups": groups,
-            "quality": self.quality.snapshot(n),
-            "anomaly": self.scorer.snapshot(n) if self.scorer is not None else None,
-            "learners": self.learners.snapshot() if self.learners is not None else None,
-            "counters": dict(self.counters),
-        }
+        """Compact, picklable copy of the state (:func:`~dte_stream.twins.checkpoint.bank_snapshot`)."""
+        from dte_stream.twins.checkpoint import bank_snapshot
+
+        return bank_snapshot(self)
 
     @classmethod
     def restore(cls, spec: TwinTypeSpec, snap: dict[str, Any]) -> TwinBank:
-        """Rebuild a bank from :meth:`snapshot`; refuses a snapshot of another layout or spec."""
-        if snap.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotMismatchError(
-                f"twin bank snapshot format {snap.get('format')!r}, this version reads {SNAPSHOT_FORMAT}"
-            )
-        if snap["twin_type"] != spec.name:
-            raise SnapshotMismatchError(f"snapshot is of twin type {snap['twin_type']!r}, not {spec.name!r}")
-        if snap["fingerprint"] != spec.state_fingerprint():
-            raise SnapshotMismatchError(
-                f"twin type {spec.name!r}: the saved state was built from another spec (version "
-                f"{snap['version']}, channels {snap['channels']}); this spec (version {spec.version}, "
-                f"channels {spec.channel_names()}) changes the models, channels or learners"
-            )
-        ids: list[str] = snap["twin_ids"]
-        n = len(ids)
-        bank = cls(spec, capacity=max(64, n))
-        for group in bank.groups:
-            if not group.per_cell:
-                saved = snap["groups"][f"model:{group.name}"]
-                for name, array in group.state.arrays().items():
-                    array[: saved[name].shape[0]] = saved[name]
-                continue
-            for slot, c in enumerate(group.channels):
-                saved = snap["groups"][f"channel:{bank.channels[c]}"]
-                for name, array in group.state.arrays().items():
-                    array[slot : n * group.cells : group.cells] = saved[name]
-        bank.quality = QualityBank.restore([spec.channels[c].quality for c in bank.channels], snap["quality"])
-        bank.quality.grow(bank.capacity)
-        if bank.scorer is not None:
-            bank.scorer.restore(snap["anomaly"])
-            bank.scorer.grow(bank.capacity)
-        if bank.learners is not None:
-            bank.learners = LearnerBank.restore(list(spec.learners), bank.channels, snap["learners"])
-        bank.last_seen[:n] = snap["last_seen"]
-        bank.last_value[: n * bank.width] = snap["last_value"]
-        bank.last_time[: n * bank.width] = snap["last_time"]
-        bank.twin_ids = list(ids)
-        if ids:
-            bank._index.add(np.asarray(ids, dtype=np.str_), np.arange(n, dtype=np.intp))
-        bank.counters.update(snap.get("counters", {}))
-        return bank
+        """Rebuild a bank from :meth:`snapshot` (:func:`~dte_stream.twins.checkpoint.restore_bank`)."""
+        from dte_stream.twins.checkpoint import restore_bank
+
+        del cls  # always a TwinBank
+        return restore_bank(spec, snap)
 
 
 def _pad(array: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:

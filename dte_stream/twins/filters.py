@@ -22,7 +22,8 @@ import numpy.typing as npt
 
 from dte_stream.spec.twins import FilterPreset, TwinTypeSpec
 from dte_stream.times import NS_PER_S
-from dte_stream.twins.statespace import StateSpaceKernel, StateSpaceModel, StateSpaceState
+from dte_stream.twins.kalman import StateSpaceKernel
+from dte_stream.twins.statespace import StateSpaceModel, StateSpaceState
 
 __all__ = ["FilterGroup", "build_groups"]
 

@@ -21,12 +21,33 @@ import orjson
 
 from dte_stream.readings import DeadLetter, ReadingBatch
 from dte_stream.spec.model import DataflowSpec
-from dte_stream.twins.batches import TypedBatch
 from dte_stream.twins.idindex import IdIndex
 
-__all__ = ["RouteResult", "Router", "shard_key", "shard_of"]
+__all__ = ["RouteResult", "Router", "TypedBatch", "shard_key", "shard_of"]
 
 _CACHE_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TypedBatch:
+    """Readings of one twin type, each with the index of its channel in the type's channels."""
+
+    twin_type: str
+    readings: ReadingBatch
+    channel_index: npt.NDArray[np.intp]
+
+    def __len__(self) -> int:
+        return len(self.readings)
+
+    @classmethod
+    def concat(cls, batches: list[TypedBatch]) -> TypedBatch:
+        if len(batches) == 1:
+            return batches[0]
+        return cls(
+            batches[0].twin_type,
+            ReadingBatch.concat([b.readings for b in batches]),
+            np.concatenate([b.channel_index for b in batches]),
+        )
 
 
 def shard_of(twin_id: str, shards: int) -> int:
@@ -34,14 +55,18 @@ def shard_of(twin_id: str, shards: int) -> int:
     return zlib.crc32(twin_id.encode("utf-8")) % shards
 
 
-def shard_key(twin_type: str, shard: int) -> str:
-    """The Bytewax state key of a twin type's shard (a recovery key: keep it stable)."""
-    return f"{twin_type}/{shard:04d}"
+def shard_key(shard: int) -> str:
+    """The state key of a shard (a Bytewax recovery key: keep it stable).
+
+    >>> shard_key(shard_of("pump-1", 8))
+    'shard-0006'
+    """
+    return f"shard-{shard:04d}"
 
 
 @dataclass(frozen=True, slots=True)
 class RouteResult:
-    """Readings split by (twin type, shard) key, and dead letters for the rest."""
+    """Readings split by shard (one batch per twin type and shard), and dead letters for the rest."""
 
     routed: list[tuple[str, TypedBatch]]
     errors: list[DeadLetter]
@@ -72,7 +97,7 @@ class Router:
     >>> rb = ReadingBatch.from_columns(["p-1", "q-1"], ["t", "t"], [0, 0], [1.0, 2.0])
     >>> res = Router(spec).route(rb, source="test")
     >>> [(k, len(b)) for k, b in res.routed], [e.reason for e in res.errors]
-    ([('pump/0001', 1)], ["twin id 'q-1' matches no twin type (pump: p-.*)"])
+    ([('shard-0001', 1)], ["twin id 'q-1' matches no twin type (pump: p-.*)"])
     """
 
     def __init__(self, spec: DataflowSpec) -> None:
@@ -118,7 +143,7 @@ class Router:
         return type_idx, shard
 
     def route(self, batch: ReadingBatch, source: str, twin_type: str | None = None) -> RouteResult:
-        """Split ``batch`` by (twin type, shard); ``twin_type`` forces the type of every reading."""
+        """Split ``batch`` by twin type and shard; ``twin_type`` forces the type of every reading."""
         n = len(batch)
         if n == 0:
             return RouteResult([], [])
@@ -164,7 +189,7 @@ class Router:
                 t, s = divmod(key, self.shards)
                 routed.append(
                     (
-                        shard_key(self.types[t], s),
+                        shard_key(s),
                         TypedBatch(self.types[t], batch.take(idx), channel_idx[idx]),
                     )
                 )

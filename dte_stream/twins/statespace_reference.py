@@ -1,6 +1,6 @@
 """A straightforward per-twin, per-reading float64 implementation of the state-space filter.
 
-The yardstick of :class:`~dte_stream.twins.statespace.StateSpaceKernel`: the same model and
+The yardstick of :class:`~dte_stream.twins.kalman.StateSpaceKernel`: the same model and
 the same rules (gaps, late and rejected readings, gating and resets, control inputs, first
 observation from the prior, per-reading trust ``r_scale``, the adaptive noise scale), written one
 reading at a time with small numpy matrices and an
@@ -55,7 +55,7 @@ class _Twin:
 
 @dataclass
 class ReferenceOutput:
-    """The outputs of one reading, as in :class:`~dte_stream.twins.statespace.StateSpaceOutput`."""
+    """The outputs of one reading, as in :class:`~dte_stream.twins.kalman.StateSpaceOutput`."""
 
     estimate: F64
     std: F64

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent
 from dte_stream.connectors.alerting import AlertDispatcher, metric_name, verify_signature
 from dte_stream.metrics import METRICS
 from dte_stream.spec.notify import NOTIFIERS

@@ -20,9 +20,9 @@ from bytewax.testing import TestingSource, run_main
 from test_alert_integrations import am_alerts, receiver, unique, wait_until
 
 from dte_stream.alerts.store import acknowledge, alert_table
+from dte_stream.batches import SourceBatch
 from dte_stream.dataflow import build_flow, recovery_config
 from dte_stream.readings import ReadingBatch
-from dte_stream.sources import SourceBatch
 from dte_stream.spec import parse_spec
 
 T0 = 1_767_225_600 * 10**9

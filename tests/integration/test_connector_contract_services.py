@@ -24,12 +24,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "connectors"))
 from connector_contract import SinkCase, SourceCase, sink_checks, source_checks
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.influxdb import InfluxDBSink
 from dte_stream.connectors.kafka import KafkaSource
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaSourceSpec
 from dte_stream.store.dead_letters import DeadLetterLog
-from dte_stream.twins.batches import EstimateBatch
 
 pytestmark = pytest.mark.integration
 

@@ -28,10 +28,10 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.influxdb import InfluxDBSink
 from dte_stream.metrics import METRICS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
-from dte_stream.twins.batches import EstimateBatch
 
 pytestmark = pytest.mark.integration
 

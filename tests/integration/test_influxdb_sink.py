@@ -27,12 +27,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.testing import TestingSource, run_main
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.influxdb import InfluxDBSink
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.dead_letters import DeadLetterLog
-from dte_stream.twins.batches import EstimateBatch
 
 pytestmark = pytest.mark.integration
 

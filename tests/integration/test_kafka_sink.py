@@ -16,11 +16,11 @@ from bytewax.testing import TestingSource, run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.kafka import KafkaDeadLetterSink, KafkaSink
 from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec
-from dte_stream.twins.batches import EstimateBatch
 
 pytestmark = pytest.mark.integration
 

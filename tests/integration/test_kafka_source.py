@@ -22,9 +22,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dte_stream import shutdown
+from dte_stream.batches import RawBatch
 from dte_stream.connectors.kafka import KafkaSource
 from dte_stream.errors import ConnectorError
-from dte_stream.sources import RawBatch
 from dte_stream.spec.kafka import KafkaSourceSpec
 
 pytestmark = pytest.mark.integration

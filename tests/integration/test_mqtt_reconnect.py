@@ -23,9 +23,9 @@ from bytewax.testing import TestingSink, run_main
 from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 
+from dte_stream.batches import RawBatch
 from dte_stream.connectors.mqtt import MqttSource
 from dte_stream.metrics import METRICS
-from dte_stream.sources import RawBatch
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

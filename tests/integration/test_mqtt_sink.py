@@ -20,11 +20,11 @@ from bytewax.testing import TestingSource, run_main
 from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink
 from dte_stream.errors import ConnectorError
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec
-from dte_stream.twins.batches import EstimateBatch
 
 pytestmark = pytest.mark.integration
 

@@ -25,11 +25,11 @@ from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dte_stream import shutdown
+from dte_stream.batches import RawBatch
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MqttSource
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
-from dte_stream.sources import RawBatch
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 pytestmark = pytest.mark.integration

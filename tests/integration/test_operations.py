@@ -200,8 +200,11 @@ def test_the_generated_unit_verifies_and_its_daemon_is_scraped_and_follows_influ
             )
             if query.startswith("dte_readings_in_total"):
                 assert rows[0]["metric"]["daemon"] == "opsdaemon"
-        histogram = promql(prometheus, "histogram_quantile(0.99, rate(dte_batch_seconds_bucket[1m]))")
-        assert histogram
+        histogram = wait_for(  # a rate needs two scrapes of the buckets
+            "Prometheus computes the p99 batch time",
+            lambda: promql(prometheus, "histogram_quantile(0.99, rate(dte_batch_seconds_bucket[1m]))"),
+        )
+        assert float(histogram[0]["value"][1]) > 0
 
         devservices.stop(own_influxdb)
         down = wait_for(

@@ -41,8 +41,9 @@ from test_pipeline_kafka import _count
 
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins import flags as fl
-from dte_stream.twins.bank import TwinBank
+from dte_stream.twins.bank import CELL_ARRAYS, TwinBank
 from dte_stream.twins.routing import shard_key, shard_of
+from dte_stream.twins.shard import SHARD_FORMAT
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +167,7 @@ def _resume_snapshots(recovery_dir: Path, step: str) -> dict[str, Any]:
     Bytewax resumes at the smallest worker frontier of the last execution that recorded one
     for every worker, from each key's latest snapshot of an earlier epoch (None: discarded).
     """
-    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
+    parts = sorted(recovery_dir.rglob("part-*.sqlite3"))  # a cluster: one folder per process
     fronts: dict[int, list[int]] = {}
     workers: dict[int, int] = {}
     rows: list[tuple[str, int, bytes | None]] = []
@@ -215,16 +216,20 @@ def _twin_state(recovery_dir: Path) -> dict[str, dict[str, Any]]:
     spec = TwinTypeSpec.model_validate(TWIN_TYPE)
     width = len(spec.channel_names())
     out: dict[str, dict[str, Any]] = {}
-    for key, snap in _resume_snapshots(recovery_dir, "twin_recovery.twin_bank").items():
-        assert snap, f"shard {key} has no state"
+    for key, shard in _resume_snapshots(recovery_dir, "twin_recovery.twin_bank").items():
+        assert shard, f"shard {key} has no state"
+        assert shard["format"] == SHARD_FORMAT
+        assert shard["key"] == key
+        assert list(shard["banks"]) == ["pump"]
+        snap = shard["banks"]["pump"]
         bank = TwinBank.restore(spec, snap)  # the engine takes it back
         ids = list(snap["twin_ids"])
         n = len(ids)
         assert bank.twin_ids == ids
         assert snap["learners"] is None
         per_twin: dict[str, np.ndarray[Any, Any]] = {}
-        scalars: dict[str, Any] = {"counters": snap["counters"], "watermark": snap["watermark"]}
-        arrays = {name: snap[name] for name in ("last_seen", "last_value", "last_time")}
+        scalars: dict[str, Any] = {"counters": snap["counters"], "watermark": shard["watermark"]}
+        arrays = {name: snap[name] for name in ("last_seen", *CELL_ARRAYS)}
         arrays |= {
             f"groups.{g}.{name}": a for g, group in snap["groups"].items() for name, a in group.items()
         }
@@ -445,5 +450,5 @@ def test_two_workers_keep_each_twin_in_its_own_shard(kafka: Any, influxdb: Any, 
     state = _twin_state(tmp_path / "recovery")  # fails on a twin with state in two shards
     placed = {twin: fields["shard"] for twin, fields in state.items() if twin.startswith("pump-")}
     assert len(placed) == twins
-    wrong = {twin: key for twin, key in placed.items() if key != shard_key("pump", shard_of(twin, 4))}
+    wrong = {twin: key for twin, key in placed.items() if key != shard_key(shard_of(twin, 4))}
     assert not wrong, f"{len(wrong)} twins in the wrong shard, e.g. {list(wrong.items())[:3]}"

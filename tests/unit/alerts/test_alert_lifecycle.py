@@ -11,10 +11,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dte_stream.alerts.events import AlertEvent
 from dte_stream.alerts.rules import AlertEngine
+from dte_stream.batches import AlertEvent, EstimateBatch
 from dte_stream.spec.alerts import AlertingSpec
-from dte_stream.twins.batches import EstimateBatch
 
 S = 10**9
 CHANNELS = ["temperature", "flow"]

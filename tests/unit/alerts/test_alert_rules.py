@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from dte_stream.alerts.rules import AlertEngine
+from dte_stream.batches import EstimateBatch
 from dte_stream.errors import ConfigError
 from dte_stream.spec.alerts import AlertingSpec, parse_expression
-from dte_stream.twins.batches import EstimateBatch
 from dte_stream.twins.flags import SPIKE, STALE, STUCK
 
 S = 10**9

@@ -25,7 +25,7 @@ from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.store.local import LocalStore
 from dte_stream.times import now_ns
 from dte_stream.twins.bank import BankUpdate, TwinBank
-from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.view import TwinView, ViewPublisher
 
 S = 10**9

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dte_stream.alerts.events import AlertEvent
 from dte_stream.alerts.log import events_frame
 from dte_stream.alerts.store import (
     ACKS_FILE,
@@ -29,6 +28,7 @@ from dte_stream.alerts.store import (
     check_ack_by,
     read_acks,
 )
+from dte_stream.batches import AlertEvent
 from dte_stream.cli.main import main
 from dte_stream.errors import ConfigError, StoreError
 from dte_stream.times import format_time_ns

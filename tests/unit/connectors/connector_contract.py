@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from dte_stream.batches import RawBatch, SourceBatch
 from dte_stream.codecs import get_codec
 from dte_stream.errors import DteStreamError
 from dte_stream.readings import DeadLetter
-from dte_stream.sources import RawBatch, SourceBatch
 
 #: Stop reading a part after this many empty polls in a row (a live source with nothing left).
 MAX_IDLE_POLLS = 200

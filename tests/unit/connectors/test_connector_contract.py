@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from connector_contract import SinkCase, SourceCase, sink_checks, source_checks
 
-from dte_stream.alerts.events import AlertEvent
+from dte_stream.batches import AlertEvent, EstimateBatch
 from dte_stream.connectors.alerting.sink import NotifierSink
 from dte_stream.connectors.file.source import FileSource
 from dte_stream.connectors.simulator.source import SimulatorSource
@@ -27,7 +27,6 @@ from dte_stream.spec.notify import WebhookNotifierSpec
 from dte_stream.store.dead_letters import DeadLetterLog
 from dte_stream.store.local import LocalStore
 from dte_stream.store.sink import DeadLetterSink, LocalStoreSink
-from dte_stream.twins.batches import EstimateBatch
 
 T0 = 1_767_323_045_000_000_000
 BAD_LINE = b'{"twin_id": "pump-1", "channel": "temp", "value": '

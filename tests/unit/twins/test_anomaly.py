@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dte_stream.twins.anomaly import ANOMALY_LEVEL, AnomalyScorer, gaussian_log_sf
+from dte_stream.twins.kalman import StateSpaceKernel
 from dte_stream.twins.presets import random_walk
-from dte_stream.twins.statespace import StateSpaceKernel, StateSpaceState
+from dte_stream.twins.statespace import StateSpaceState
 
 S = 10**9
 ONE = np.zeros(1, dtype=np.intp)

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins import flags as fl
-from dte_stream.twins.bank import SnapshotMismatchError, TwinBank, rounds_of
-from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.bank import TwinBank, rounds_of
+from dte_stream.twins.checkpoint import SnapshotMismatchError
 from dte_stream.twins.presets import local_linear_trend, random_walk
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.statespace_reference import ReferenceFilter
 
 S = 10**9

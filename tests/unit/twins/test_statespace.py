@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dte_stream.twins.kalman import StateSpaceKernel
 from dte_stream.twins.presets import (
     DAY_S,
     daily_seasonal,
@@ -19,7 +20,6 @@ from dte_stream.twins.presets import (
     thermal,
 )
 from dte_stream.twins.statespace import (
-    StateSpaceKernel,
     StateSpaceModel,
     StateSpaceState,
     expm_batched,

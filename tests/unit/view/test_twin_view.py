@@ -14,7 +14,7 @@ from dte_stream.alerts.rules import AlertEngine
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import BankUpdate, TwinBank
-from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.view import AlertQuery, TwinQuery, TwinView, ViewCollector, ViewPublisher
 
 S = 10**9

@@ -13,7 +13,7 @@ from dte_stream.errors import ConfigError
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import TwinBank
-from dte_stream.twins.batches import TypedBatch
+from dte_stream.twins.routing import TypedBatch
 from dte_stream.view import ViewCollector
 from dte_stream.whatif import Scenario, simulate
 
@@ -62,8 +62,8 @@ def apply(bank: TwinBank, rows: list[tuple[str, str, int, float]]) -> None:
 def record_of(bank: TwinBank, twin: str = "r1") -> dict:
     collector = ViewCollector()
     # the collector publishes twins it saw change: tell it through one empty-score row per twin
+    from dte_stream.batches import EstimateBatch
     from dte_stream.twins.bank import BankUpdate
-    from dte_stream.twins.batches import EstimateBatch
 
     f = np.array([np.nan])
     one = EstimateBatch(

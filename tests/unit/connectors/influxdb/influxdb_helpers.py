@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.codecs.escaping import unescape_measurement, unescape_tag
-from dte_stream.twins.batches import EstimateBatch
 
 T0 = 1_767_323_045_000_000_000  # 2026-01-02T03:04:05Z
 FIELD_NAMES = ("value", "estimate", "std", "innovation", "nis")

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from influxdb_helpers import FIELD_NAMES, T0, estimates, parse_line, same_float
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.codecs import DecodeContext, get_codec
 from dte_stream.connectors.influxdb import EstimateSerialiser
 from dte_stream.readings import id_problem
-from dte_stream.twins.batches import EstimateBatch
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

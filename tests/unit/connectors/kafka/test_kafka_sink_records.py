@@ -10,13 +10,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.kafka import KafkaSink, KafkaSource, dead_letter_record, estimate_records
 from dte_stream.connectors.kafka.client import ErrorLog, error_text, make_client
 from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.kafka import KafkaSinkSpec, KafkaSourceSpec
-from dte_stream.twins.batches import EstimateBatch
 
 
 def _batch(twins: list[str], times: list[int]) -> EstimateBatch:

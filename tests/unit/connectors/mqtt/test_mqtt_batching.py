@@ -12,12 +12,12 @@ import numpy as np
 import orjson
 import pytest
 
+from dte_stream.batches import EstimateBatch
 from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MessageBatcher, TopicRouter, dead_letter_message, estimate_messages
 from dte_stream.connectors.mqtt._routing import CACHE_TOPICS, DEAD_LETTER_RAW_BYTES, Message
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.mqtt import MqttSourceSpec, OutputTopic
-from dte_stream.twins.batches import EstimateBatch
 
 URL = "mqtt://127.0.0.1:1883"
 

@@ -11,10 +11,10 @@ import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 
+from dte_stream.batches import SourceBatch
 from dte_stream.codecs.base import DecodeContext
 from dte_stream.connectors.simulator.signals import FAULT_KINDS, ChunkSignals, profile_for
 from dte_stream.connectors.simulator.source import SimulatorSource
-from dte_stream.sources import SourceBatch
 from dte_stream.spec.model import SimulatorSourceSpec
 
 START = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z

@@ -1,0 +1,214 @@
+"""A dataflow as a cluster of processes on Bytewax's own cluster mode.
+
+Bytewax runs a cluster as N processes, each told every process's address and its own index
+(``-a host:port;... -i I``); the processes connect to each other and the dataflow's work is
+spread over every worker of every process: Kafka partitions and the shards' keyed state
+(partitioned sources and state are assigned by key across all workers), one MQTT shared
+subscription member per process. dte-stream takes the same two forms:
+
+- ``dte-stream run SPEC --processes N`` on one host: this process picks N free loopback ports,
+  starts N children ``dte-stream run SPEC --addresses ... --process-id I`` and waits for them.
+  SIGINT/SIGTERM are passed on to every child (each drains gracefully); if one child fails,
+  the others get SIGTERM, and SIGKILL after ``STOP_GRACE_S`` (a cluster that lost a process
+  cannot drain). The exit code is the first non-zero code of a child, else 0; restart the
+  cluster with the same ``--recovery-dir`` to resume.
+- ``dte-stream run SPEC --addresses h0:p0,h1:p1,... --process-id I`` on each of several hosts
+  (same spec, same addresses everywhere, I = this host's index): the multi-host form.
+
+Recovery in a cluster (``--recovery-dir D``): process I keeps its own recovery partition in
+``D/process-I/part-I.sqlite3`` (one partition per process, N in all; see
+:func:`cluster_recovery_dir`). On one host all of them live under the same ``D``; across hosts
+each host has its own ``D`` holding its own process's folder. A restart must use the same
+number of processes (a different one is refused with the count the folder was made for).
+
+>>> addresses = loopback_addresses([7101, 7102])
+>>> addresses
+['127.0.0.1:7101', '127.0.0.1:7102']
+>>> child_argv(["run", "flow.yaml", "--processes", "2", "--quiet"], addresses, 1)[3:]
+['run', 'flow.yaml', '--quiet', '--addresses', '127.0.0.1:7101,127.0.0.1:7102', '--process-id', '1']
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from dte_stream.errors import ConfigError
+
+__all__ = [
+    "check_cluster",
+    "check_recovery_layout",
+    "child_argv",
+    "cluster_recovery_dir",
+    "free_ports",
+    "loopback_addresses",
+    "parse_addresses",
+    "run_cluster",
+]
+
+
+#: The file in a cluster's recovery folder that records the cluster size ("processes N").
+_MARKER = "cluster.txt"
+
+#: Seconds the other processes get to stop once one process of the cluster failed.
+STOP_GRACE_S = 10.0
+
+
+def free_ports(count: int, low: int = 20_000, high: int = 32_000) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 right now, below the usual ephemeral range.
+
+    Ports the OS hands out for outgoing connections (32768 and up) could be taken by another
+    connection between this check and the cluster's own bind; these are not.
+    """
+    found: list[int] = []
+    for port in random.sample(range(low, high), high - low):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise ConfigError(f"no {count} free TCP ports on 127.0.0.1 between {low} and {high}")
+
+
+def loopback_addresses(ports: list[int]) -> list[str]:
+    return [f"127.0.0.1:{port}" for port in ports]
+
+
+def parse_addresses(text: str) -> list[str]:
+    """``host:port,host:port,...`` (commas or semicolons) as a list; refuses a malformed entry.
+
+    >>> parse_addresses("a:1;b:2")
+    ['a:1', 'b:2']
+    """
+    out = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    for address in out:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--addresses: {address!r} is not host:port")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"--addresses: an address is given twice in {text!r}")
+    if not out:
+        raise ConfigError("--addresses: no address given")
+    return out
+
+
+def check_cluster(addresses: list[str] | None, process_id: int | None) -> None:
+    """Both or neither of --addresses and --process-id, and the id in range."""
+    if (addresses is None) != (process_id is None):
+        raise ConfigError("--addresses and --process-id go together: give both, or neither")
+    if addresses is not None and process_id is not None and not 0 <= process_id < len(addresses):
+        raise ConfigError(
+            f"--process-id must be 0..{len(addresses) - 1} for {len(addresses)} addresses, got {process_id}"
+        )
+
+
+def check_recovery_layout(recovery_dir: Path, processes: int) -> None:
+    """Refuse a recovery folder made for another cluster size (Bytewax needs the same partitions)."""
+    if any(recovery_dir.glob("part-*.sqlite3")):
+        raise ConfigError(
+            f"--recovery-dir {recovery_dir} holds the state of a one-process run; "
+            "run it with one process, or use a fresh --recovery-dir"
+        )
+    marker = recovery_dir / _MARKER
+    if marker.exists():
+        made_for = marker.read_text().split()
+        if made_for != ["processes", str(processes)]:
+            count = " ".join(made_for[1:]) or "another number of"
+            raise ConfigError(
+                f"--recovery-dir {recovery_dir} was made for {count} processes, not {processes}; "
+                "run with that many, or use a fresh --recovery-dir"
+            )
+
+
+def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) -> Path:
+    """The recovery folder of process ``process_id`` of ``processes`` (created with its partition).
+
+    Refuses a folder made for another number of processes (:func:`check_recovery_layout`).
+    """
+    from bytewax.recovery import init_db_dir
+
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    check_recovery_layout(recovery_dir, processes)
+    (recovery_dir / _MARKER).write_text(f"processes {processes}\n")
+    own = recovery_dir / f"process-{process_id}"
+    part = own / f"part-{process_id}.sqlite3"
+    if not part.exists():
+        scratch = recovery_dir / f".init-{process_id}-{os.getpid()}"
+        scratch.mkdir()
+        init_db_dir(scratch, processes)  # type: ignore[no-untyped-call]  # untyped in bytewax's stub
+        own.mkdir(exist_ok=True)
+        (scratch / part.name).rename(part)
+        for leftover in scratch.iterdir():
+            leftover.unlink()
+        scratch.rmdir()
+    return own
+
+
+def child_argv(argv: list[str], addresses: list[str], process_id: int) -> list[str]:
+    """The command line of one child: this one without ``--processes N``, plus its place in the cluster."""
+    args: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--processes":
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        args.append(arg)
+    return [
+        sys.executable, "-m", "dte_stream", *args,
+        "--addresses", ",".join(addresses), "--process-id", str(process_id),
+    ]  # fmt: skip
+
+
+def run_cluster(argv: list[str], processes: int) -> int:
+    """Start ``processes`` children of this command on loopback ports, pass signals on, wait for all."""
+    addresses = loopback_addresses(free_ports(processes))
+    print(f"dte-stream: starting {processes} processes ({', '.join(addresses)})", file=sys.stderr)
+    children = [subprocess.Popen(child_argv(argv, addresses, i)) for i in range(processes)]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    failed_at: float | None = None
+    try:
+        while any(child.poll() is None for child in children):
+            for i, child in enumerate(children):
+                rc = child.poll()
+                if rc not in (None, 0) and code == 0:
+                    code = rc if rc > 0 else 128 - rc
+                    print(f"dte-stream: process {i} exited with {rc}; stopping the others", file=sys.stderr)
+                    forward(signal.SIGTERM, None)
+                    failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > STOP_GRACE_S:
+                break  # a cluster that lost a process cannot drain: the finally kills the rest
+            time.sleep(0.1)
+        for child in children:
+            rc = child.returncode
+            if rc != 0 and code == 0:
+                code = rc if rc > 0 else 128 - rc
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    return code

@@ -1,0 +1,466 @@
+"""The twin shard: every twin whose id hashes to one shard, with its alerts, clock and timers.
+
+A :class:`TwinShard` is the unit of twin state. It owns one :class:`~dte_stream.twins.bank.TwinBank`
+per twin type (created when the type's first reading arrives), the
+:class:`~dte_stream.alerts.rules.AlertEngine` of each type with rules, the clock policy, the
+timers (stale sensors, alert holds and deadmen, idle-twin eviction) and the acknowledgements
+written by ``dte-stream alerts ack``. Whoever runs twins drives shards through six calls, each
+returning one :class:`ShardUpdate` (estimates, readings refused as too late, alert events):
+
+- :meth:`~TwinShard.on_batch` applies routed readings, :meth:`~TwinShard.on_timer` runs the
+  timers, :meth:`~TwinShard.on_eof` gives the end of a finite input a last look;
+- :meth:`~TwinShard.next_due` says when (wall clock) the shard wants its next timer;
+- :meth:`~TwinShard.snapshot` and :meth:`TwinShard.restore` checkpoint it.
+
+The Bytewax dataflow (:mod:`dte_stream.dataflow`) is a thin adapter around these calls, and
+replays (:mod:`dte_stream.replay`) call them directly with no engine. The shard imports no
+engine and no driver; it is the one module of ``dte_stream.twins`` that uses the alert rules.
+
+**Clocks.** Readings carry event times; timers need a *now*:
+
+- ``engine.clock: event`` (replays, backtests): now is the latest event time this process has
+  seen (:class:`InputClock`, shared by the shards of a process) or this shard has seen,
+  whichever is later, and the timers run after every batch.
+- ``engine.clock: wall`` (live runs): readings are checked against the wall clock (clock
+  skew), but the timers judge time by the *input's progress*: the latest event time seen plus
+  the wall time since it was seen (never past the wall clock). A live input is close to the
+  wall clock, so this is the wall clock; while a backlog is caught up it is the backlog's
+  event time, so sensors that report in the backlog are not stale just because the backlog is
+  old; and when the input goes silent it runs on with the wall clock, so silence is noticed.
+
+**Changed twins.** :meth:`~TwinShard.take_changed` returns the current state of every twin that
+changed since its last call (and the twins evicted), for the twin state view that shards
+publish once per epoch.
+
+>>> import numpy as np
+>>> from dte_stream.readings import ReadingBatch
+>>> from dte_stream.spec import parse_spec
+>>> from dte_stream.twins.routing import Router
+>>> spec = parse_spec({"name": "x", "sources": [{"kind": "simulator", "twin_type": "pump"}],
+...     "twin_types": [{"name": "pump", "channels": {"temp": {}}}],
+...     "sinks": [{"kind": "local_store"}], "engine": {"clock": "event"}})
+>>> readings = ReadingBatch.from_columns(["p1", "p1"], ["temp", "temp"], [0, 10**9], [20.0, 22.0])
+>>> [(key, batch)] = Router(spec).route(readings, source="doc", twin_type="pump").routed
+>>> shard = TwinShard(spec, key)
+>>> update = shard.on_batch([batch])
+>>> [len(b) for b in update.estimates], np.round(update.estimates[0].estimate, 2).tolist()
+([2], [20.0, 21.0])
+>>> [twin for twin, _ in shard.take_changed()[0].documents()]
+['p1']
+>>> TwinShard.restore(spec, key, shard.snapshot()).twins()
+1
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from dte_stream.alerts.rules import AlertEngine
+from dte_stream.batches import AlertEvent, DeadLetter, EstimateBatch, TwinStates
+from dte_stream.errors import SpecError
+from dte_stream.metrics import METRICS
+from dte_stream.spec.model import DataflowSpec
+from dte_stream.spec.twins import TwinTypeSpec
+from dte_stream.times import NS_PER_S, now_ns
+from dte_stream.twins.bank import BankUpdate, TwinBank
+from dte_stream.twins.routing import TypedBatch, shard_key, shard_of
+from dte_stream.twins.state_view import twin_states
+
+__all__ = ["SHARD_FORMAT", "AckSource", "InputClock", "ShardUpdate", "TwinShard"]
+
+#: Version of the shard snapshot layout (one state per shard, every twin type inside).
+SHARD_FORMAT = 1
+
+NEVER = -(2**63)
+
+#: How often idle twins are looked for (twin clock), the shortest timer, the timer of
+#: event-time runs (other shards move the clock) and how often acknowledgements are read.
+EVICTION_CHECK_NS = 60 * NS_PER_S
+MIN_TIMER_NS = NS_PER_S // 2
+EVENT_TIMER_NS = NS_PER_S
+ACK_POLL_NS = 2 * NS_PER_S
+
+log = logging.getLogger(__name__)
+
+
+class InputClock:
+    """How far the input of one process has got: its latest event time, and when that was seen.
+
+    Advanced by whoever feeds the shards, before routing (the dataflow's ``count_in`` step, the
+    replay loop), so a shard whose twins went quiet still sees the input's time pass.
+    Thread-safe: the worker threads of a process share one.
+
+    >>> clock = InputClock(wall=lambda: 5)
+    >>> clock.advance(100); clock.advance(50)
+    >>> clock.now(), clock.seen_at()
+    (100, 5)
+    """
+
+    def __init__(self, wall: Callable[[], int] = now_ns) -> None:
+        self._lock = threading.Lock()
+        self._wall = wall
+        self._now = NEVER
+        self._seen_at = NEVER
+
+    def advance(self, time_ns: int) -> None:
+        """Note a batch whose latest event time is ``time_ns``."""
+        with self._lock:
+            self._now = max(self._now, time_ns)
+            self._seen_at = self._wall()
+
+    def now(self) -> int:
+        """The latest event time seen (``NEVER`` before any)."""
+        with self._lock:
+            return self._now
+
+    def seen_at(self) -> int:
+        """Wall time (ns) of the last :meth:`advance`."""
+        with self._lock:
+            return self._seen_at
+
+
+class AckSource(Protocol):
+    """Where acknowledgements come from (:class:`~dte_stream.alerts.store.AckInbox`)."""
+
+    def new_for(self, twin_type: str, reader: object = None) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShardUpdate:
+    """What one call produced: estimate batches (one per twin type), refused readings, alert events.
+
+    Estimate rows with a NaN ``value`` are timer rows (a stale sensor).
+    """
+
+    estimates: list[EstimateBatch] = field(default_factory=list)
+    rejected: list[DeadLetter] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.estimates or self.rejected or self.alerts)
+
+    def readings(self) -> int:
+        """Estimate rows, timer rows included."""
+        return sum(len(b) for b in self.estimates)
+
+    def per_type(self) -> dict[str, BankUpdate]:
+        """The update split by twin type (estimates and alert events of each; refused readings not)."""
+        batches: dict[str, list[EstimateBatch]] = {}
+        for b in self.estimates:
+            batches.setdefault(b.twin_type, []).append(b)
+        events: dict[str, list[AlertEvent]] = {}
+        for e in self.alerts:
+            events.setdefault(e.twin_type, []).append(e)
+        return {
+            t: BankUpdate(
+                EstimateBatch.concat(batches[t]) if t in batches else _no_rows(t), [], events.get(t, [])
+            )
+            for t in sorted({*batches, *events})
+        }
+
+
+class TwinShard:
+    """The twins of one shard, every twin type; see the module docstring for the calls and clocks.
+
+    ``key`` names the shard (its state key, :func:`~dte_stream.twins.routing.shard_key`); when
+    None it is found from the first reading (engines that do not pass the key to the state).
+    ``clock`` is the input clock of the process (one is made when none is given); ``acks`` the
+    acknowledgement inbox (None: acknowledgements are not read); ``wall`` the wall clock.
+    """
+
+    def __init__(
+        self,
+        spec: DataflowSpec,
+        key: str | None = None,
+        *,
+        clock: InputClock | None = None,
+        acks: AckSource | None = None,
+        wall: Callable[[], int] = now_ns,
+    ) -> None:
+        self.spec = spec
+        self.key = key or ""
+        self.clock = clock if clock is not None else InputClock(wall)
+        self.acks = acks
+        self.wall = wall
+        self.event_clock = spec.engine.clock == "event"
+        self.banks: dict[str, TwinBank] = {}
+        self.alert_engines: dict[str, AlertEngine] = {}
+        self.watermark = NEVER
+        self.next_eviction = NEVER
+        self.next_ack_poll = 0
+        self._alert_twins: dict[str, set[str]] = {}  # twins whose alerts changed, for the view
+        #: Called with (twin type, twin ids) when idle twins are evicted (the twin view drops them).
+        self.on_evicted: Callable[[str, list[str]], None] | None = None
+
+    # -- the six calls ------------------------------------------------------------------------
+
+    def on_batch(self, batches: Sequence[TypedBatch]) -> ShardUpdate:
+        """Apply routed readings (any twin types, in any order; each twin's in time order)."""
+        by_type: dict[str, list[TypedBatch]] = {}
+        for b in batches:
+            if len(b):
+                by_type.setdefault(b.twin_type, []).append(b)
+        estimates: list[EstimateBatch] = []
+        rejected: list[DeadLetter] = []
+        events: list[AlertEvent] = self._acknowledged()
+        for twin_type, group in by_type.items():
+            batch = TypedBatch.concat(group)
+            self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
+            if not self.key:
+                self.key = shard_key(shard_of(str(batch.readings.twin_id[0]), self.spec.engine.shards))
+            bank = self._bank(twin_type)
+            update = bank.update(batch, self._reading_now())
+            estimates.append(update.estimates)
+            rejected += update.rejected
+            engine = self.alert_engines.get(twin_type)
+            if engine is not None:
+                events += self._noted(engine.update(update.estimates, self.now()))
+            METRICS.add("readings_processed", len(batch))
+        self._gauge()
+        out = ShardUpdate(estimates, rejected, events)
+        if self.event_clock:
+            return _merge(out, self.on_timer())
+        return out
+
+    def on_timer(self) -> ShardUpdate:
+        """Run the timers by the twin clock: stale sensors, alert timers, acknowledgements, eviction."""
+        now = self.now()
+        estimates: list[EstimateBatch] = []
+        events: list[AlertEvent] = []
+        for twin_type, bank in self.banks.items():
+            engine = self.alert_engines.get(twin_type)
+            stale = bank.due(now)
+            if stale is not None:
+                METRICS.add("stale_sensors", len(stale))
+                estimates.append(stale)
+                if engine is not None:
+                    events += self._noted(engine.update(stale, now))
+            if engine is not None:
+                events += self._noted(engine.due(now))
+        events += self._acknowledged()
+        if now >= self.next_eviction:
+            self._evict(now)
+            self.next_eviction = now + EVICTION_CHECK_NS
+        return ShardUpdate(estimates, [], events)
+
+    def on_eof(self) -> ShardUpdate:
+        """The input ended (a replay, a drained topic): in event time, a last look by the final clock."""
+        return self.on_timer() if self.event_clock and self.banks else ShardUpdate()
+
+    def next_due(self) -> int | None:
+        """Wall-clock time (ns) of the next timer this shard needs, or None when nothing is scheduled."""
+        if not self.banks:
+            return None
+        wall = self.wall()
+        if self.event_clock:  # other shards move the clock: look again soon
+            return wall + EVENT_TIMER_NS
+        now = self.now()
+        due: list[int] = []
+        for twin_type, bank in self.banks.items():
+            bank_due = bank.next_due_ns()
+            if bank_due is not None:
+                due.append(bank_due)
+            engine = self.alert_engines.get(twin_type)
+            if engine is not None:
+                alert_due = engine.next_due_ns()
+                if alert_due is not None:
+                    due.append(alert_due)
+            if bank.spec.ttl is not None:
+                due.append(self.next_eviction)
+        at = None if not due else wall + (min(due) - now)  # twin clock -> wall clock
+        if self.alert_engines and self.acks is not None:
+            poll = wall + ACK_POLL_NS
+            at = poll if at is None else min(at, poll)
+        return None if at is None else max(at, wall + MIN_TIMER_NS)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The shard's state: compact arrays per twin type (:mod:`dte_stream.twins.checkpoint`)."""
+        if not self.banks:
+            return {}
+        return {
+            "format": SHARD_FORMAT,
+            "key": self.key,
+            "watermark": self.watermark,
+            "banks": {name: bank.snapshot() for name, bank in self.banks.items()},
+            "alerts": {name: engine.snapshot() for name, engine in self.alert_engines.items()},
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        spec: DataflowSpec,
+        key: str | None,
+        snap: dict[str, Any] | None,
+        *,
+        clock: InputClock | None = None,
+        acks: AckSource | None = None,
+        wall: Callable[[], int] = now_ns,
+    ) -> TwinShard:
+        """A shard carrying on from :meth:`snapshot`; an empty snapshot is a shard that saw nothing.
+
+        Raises :class:`~dte_stream.errors.SpecError` (naming the fix) when the state does not
+        fit ``spec``: a twin type it no longer declares, a changed state layout, or the state
+        layout of an older dte-stream (one state per twin type and shard).
+        """
+        shard = cls(spec, key, clock=clock, acks=acks, wall=wall)
+        if not snap:
+            return shard
+        shard.key = shard.key or str(snap.get("key", ""))
+        if snap.get("format") != SHARD_FORMAT:
+            raise SpecError(
+                spec.name,
+                [
+                    f"the recovery state of {shard.key or 'a shard'!r} was written by an older "
+                    "dte-stream (one state per twin type and shard); use a fresh --recovery-dir"
+                ],
+            )
+        for name, saved in snap["banks"].items():
+            type_spec = _declared(spec, name)
+            try:
+                shard.banks[name] = TwinBank.restore(type_spec, saved)
+            except (KeyError, ValueError) as exc:
+                raise SpecError(
+                    spec.name,
+                    [
+                        f"the recovery state does not fit this spec: {exc}; "
+                        "use the old spec or a fresh --recovery-dir"
+                    ],
+                ) from None
+            shard._start_alerts(type_spec, snap.get("alerts", {}).get(name))
+        shard.watermark = int(snap.get("watermark", NEVER))
+        shard.clock.advance(shard.watermark)
+        return shard
+
+    # -- reading the shard --------------------------------------------------------------------
+
+    def twins(self) -> int:
+        """How many twins the shard holds."""
+        return sum(len(bank) for bank in self.banks.values())
+
+    def take_changed(self) -> list[TwinStates]:
+        """The current state of the twins changed since the last call, per twin type; then forgets.
+
+        A twin has changed when a reading reached it, a timer flagged one of its sensors stale,
+        or one of its alerts changed state. Each :class:`~dte_stream.twins.state_view.TwinStates`
+        holds, column-wise, every changed twin's last reading time, estimate, std, flags and
+        anomaly score per channel, the mean and covariance of every filter state, and its alert
+        states; ``removed`` lists the twins evicted since. Meant to be called once per epoch
+        (the dataflow adapter does it as it snapshots); cost grows with the changed twins only.
+        """
+        out = []
+        for twin_type, bank in self.banks.items():
+            rows, removed = bank.take_changed()
+            touched = self._alert_twins.pop(twin_type, set())
+            if touched:
+                extra = np.array(sorted(touched), dtype=np.str_)
+                known, found = bank._index.lookup(extra)
+                rows = np.union1d(rows, known[found])
+            if rows.size or removed:
+                engine = self.alert_engines.get(twin_type)
+                out.append(twin_states(bank, rows, removed, engine, self.now()))
+        return out
+
+    def now(self) -> int:
+        """The twin clock of the timers (see the module docstring)."""
+        if self.event_clock:
+            return max(self.watermark, self.clock.now())
+        wall = self.wall()
+        progress = max(self.watermark, self.clock.now())
+        if progress == NEVER:
+            return wall
+        seen_at = self.clock.seen_at()
+        return min(wall, progress + max(0, wall - seen_at)) if seen_at != NEVER else wall
+
+    # -- inside -------------------------------------------------------------------------------
+
+    def _reading_now(self) -> int:
+        """The clock readings are checked against (clock skew): event time, or the wall clock."""
+        return max(self.watermark, self.clock.now()) if self.event_clock else self.wall()
+
+    def _bank(self, twin_type: str) -> TwinBank:
+        bank = self.banks.get(twin_type)
+        if bank is None:
+            type_spec = self.spec.twin_type(twin_type)
+            bank = self.banks[twin_type] = TwinBank(type_spec)
+            self._start_alerts(type_spec, None)
+        return bank
+
+    def _start_alerts(self, type_spec: TwinTypeSpec, saved: dict[str, Any] | None) -> None:
+        if not type_spec.alerts.rules:
+            return
+        name, channels = type_spec.name, type_spec.channel_names()
+        if saved:
+            try:
+                self.alert_engines[name] = AlertEngine.restore(name, channels, type_spec.alerts, saved)
+                return
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("alert state of twin type %r not restored (%s); alerts start afresh", name, exc)
+        self.alert_engines[name] = AlertEngine(name, channels, type_spec.alerts)
+
+    def _noted(self, events: list[AlertEvent]) -> list[AlertEvent]:
+        """``events``, their twins noted as changed for the view."""
+        for e in events:
+            self._alert_twins.setdefault(e.twin_type, set()).add(e.twin_id)
+        return events
+
+    def _acknowledged(self) -> list[AlertEvent]:
+        """Acknowledgements recorded since the last look (at most once a second, wall clock)."""
+        if not self.alert_engines or self.acks is None:
+            return []
+        wall = self.wall()
+        if wall < self.next_ack_poll:
+            return []
+        self.next_ack_poll = wall + NS_PER_S
+        events = []
+        for twin_type, engine in self.alert_engines.items():
+            for ack in self.acks.new_for(twin_type, self):
+                event = engine.acknowledge(str(ack["alert_id"]), str(ack["by"]), wall)
+                if event is not None:
+                    events.append(event)
+        return self._noted(events)
+
+    def _evict(self, now: int) -> None:
+        for twin_type, bank in self.banks.items():
+            evicted = bank.evict_idle(now)
+            if evicted:
+                METRICS.add("twins_evicted", len(evicted))
+                if self.on_evicted is not None:
+                    self.on_evicted(twin_type, evicted)
+                engine = self.alert_engines.get(twin_type)
+                if engine is not None:
+                    engine.forget(evicted)
+        self._gauge()
+
+    def _gauge(self) -> None:
+        METRICS.set_gauge("twins", self.key, self.twins())
+
+
+def _declared(spec: DataflowSpec, twin_type: str) -> TwinTypeSpec:
+    try:
+        return spec.twin_type(twin_type)
+    except KeyError:
+        raise SpecError(
+            spec.name,
+            [
+                f"the recovery state holds twin type {twin_type!r}, which this spec does not "
+                "declare; restore it in the spec or use a fresh --recovery-dir"
+            ],
+        ) from None
+
+
+def _no_rows(twin_type: str) -> EstimateBatch:
+    """An estimate batch without rows (an update that only carries alert events)."""
+    f, t = np.empty(0), np.empty(0, dtype=np.str_)
+    return EstimateBatch(twin_type, t, t, np.empty(0, dtype=np.int64), f, t, f, f, f, f)
+
+
+def _merge(a: ShardUpdate, b: ShardUpdate) -> ShardUpdate:
+    if not b:
+        return a
+    return ShardUpdate(a.estimates + b.estimates, a.rejected + b.rejected, a.alerts + b.alerts)

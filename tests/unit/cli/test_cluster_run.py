@@ -1,0 +1,71 @@
+"""``dte-stream run --processes N``: a Bytewax cluster on this host, its recovery layout, its errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+SPEC = (
+    "name: cluster\n"
+    "sources: [{kind: simulator, twin_type: gauge, twins: 40, ticks: 25, rate: 0,"
+    " start: '2026-01-01T00:00:00Z'}]\n"
+    "twin_types: [{name: gauge, channels: {level: {}, humidity: {}}}]\n"
+    "sinks: [{kind: local_store, data_dir: DATA}]\n"
+    "engine: {epoch_seconds: 0.2}\n"
+)
+
+
+def _dte(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dte_stream", *args], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def test_two_processes_store_every_reading_once_and_keep_one_recovery_partition_each(tmp_path: Path) -> None:
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(SPEC.replace("DATA", str(tmp_path / "data")))
+    recovery = tmp_path / "recovery"
+    run = _dte("run", str(spec), "--processes", "2", "--recovery-dir", str(recovery))
+    assert run.returncode == 0, run.stderr
+    assert "starting 2 processes" in run.stderr
+    summaries = re.findall(r"\[process (\d) of 2\]: finished after [\d.]+ s: ([\d,]+) readings", run.stderr)
+    assert sorted(i for i, _ in summaries) == ["0", "1"], run.stderr
+    processed = [int(n.replace(",", "")) for _, n in summaries]
+    assert sum(processed) == 40 * 25 * 2  # each reading went through one shard of one process
+    assert all(n > 0 for n in processed)  # both processes held shards
+    rows = pl.read_parquet(tmp_path / "data" / "readings" / "**" / "*.parquet")
+    assert rows.height == 40 * 25 * 2
+    assert rows.select("twin_id", "channel", "time").n_unique() == rows.height
+    parts = sorted(p.relative_to(recovery).as_posix() for p in recovery.rglob("part-*.sqlite3"))
+    assert parts == ["process-0/part-0.sqlite3", "process-1/part-1.sqlite3"]
+    # Another cluster size, or one process, cannot take this state over.
+    for args, message in (
+        (["--processes", "3"], "was made for 2 processes, not 3"),
+        ([], "holds the state of a cluster of processes"),
+    ):
+        refused = _dte("run", str(spec), "--recovery-dir", str(recovery), *args)
+        assert refused.returncode == 2
+        assert message in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--addresses", "127.0.0.1:7000,127.0.0.1:7001"], "--addresses and --process-id go together"),
+        (["--addresses", "127.0.0.1:7000", "--process-id", "1"], "--process-id must be 0..0"),
+        (["--addresses", "nohost", "--process-id", "0"], "'nohost' is not host:port"),
+        (["--processes", "2", "--addresses", "a:1,b:2", "--process-id", "0"], "not both"),
+    ],
+)
+def test_bad_cluster_arguments_give_a_clear_message(tmp_path: Path, args: list[str], message: str) -> None:
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(SPEC.replace("DATA", str(tmp_path / "data")))
+    res = _dte("run", str(spec), *args)
+    assert res.returncode == 2
+    assert message in res.stderr
