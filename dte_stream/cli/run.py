@@ -65,12 +65,24 @@ def execute(
 
     preflight(spec)  # every service answers, or one line says which does not and why
     flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1)
-    if http is not None and process_id:
-        http = (http[0], http[1] + process_id)
+    if http is not None and process_id and addresses is not None and _one_host(addresses):
+        http = (http[0], http[1] + process_id)  # processes that share a host share no port
     with _http_server(spec, http, tokens):
         return _execute(
             spec, flow, quiet=quiet, recovery_dir=recovery_dir, addresses=addresses, process_id=process_id
         )
+
+
+def _one_host(addresses: list[str]) -> bool:
+    """True when every process of the cluster runs on one host (as ``--processes N`` starts them).
+
+    Then process I serves ``--http`` on port + I; on several hosts (Kubernetes) every process
+    keeps the port it was given, which its probes expect.
+
+    >>> _one_host(["127.0.0.1:7101", "127.0.0.1:7102"]), _one_host(["dte-0.c:2101", "dte-1.c:2101"])
+    (True, False)
+    """
+    return len({address.rpartition(":")[0] for address in addresses}) == 1
 
 
 @contextlib.contextmanager
