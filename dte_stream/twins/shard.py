@@ -438,7 +438,9 @@ class TwinShard:
         self._gauge()
 
     def _gauge(self) -> None:
-        METRICS.set_gauge("twins", self.key, self.twins())
+        """Twins held, one gauge part per twin type of this shard (``dte_twins_active{twin_type, shard}``)."""
+        for twin_type, bank in self.banks.items():
+            METRICS.set_gauge("twins", f"{twin_type}/{self.key}", len(bank))
 
 
 def _declared(spec: DataflowSpec, twin_type: str) -> TwinTypeSpec:
