@@ -35,7 +35,8 @@ gating; its innovation and NIS are reported as NaN (they measure the prior, not 
 Trust: ``r_scale`` multiplies a reading's ``R[c]`` (``>= 1``; data-quality flags). Adaptive noise
 (``adaptive_noise=True``): ``Q``, ``R``, ``P0`` are known up to a factor ``sigma^2`` per twin. The
 filter runs in the model's units; ``sigma^2`` is learned from the unit-scale NIS of applied
-readings (plain mean, then exponentially weighted with half-life ``noise_halflife`` readings);
+readings (plain mean, then exponentially weighted with half-life ``noise_halflife`` readings,
+held at ``NOISE_SCALE_FLOOR`` or above);
 NIS and gating use ``sigma^2`` from before the reading (score before learn), gating is off for
 the first ``warmup`` learned readings, and reported variances are in the estimated scale, which
 makes the filter scale-free. Scalar models (``n == 1``) take an elementwise fast path.
@@ -55,6 +56,7 @@ from dte_stream.times import NS_PER_S
 from dte_stream.twins.discretise import Discretiser
 from dte_stream.twins.statespace import (
     CHI2_1DOF_999,
+    NOISE_SCALE_FLOOR,
     StateSpaceModel,
     StateSpaceState,
 )
@@ -249,7 +251,7 @@ class StateSpaceKernel:
         """Update ``sigma^2`` from the unit-scale NIS of the applied readings; the scale after."""
         n_new = count + learn
         alpha = np.maximum(1.0 / np.maximum(n_new, 1), self._alpha)
-        new = np.where(learn, (1.0 - alpha) * scale + alpha * sample, scale)
+        new = np.where(learn, np.maximum((1.0 - alpha) * scale + alpha * sample, NOISE_SCALE_FLOOR), scale)
         state.scale[rows] = new
         state.scale_count[rows] = n_new
         return new

@@ -37,6 +37,11 @@ Bool = npt.NDArray[np.bool_]
 NEVER = np.iinfo(np.int64).min
 #: chi-square 99.9 % quantile for one degree of freedom: the default NIS gate.
 CHI2_1DOF_999 = 10.827566170662733
+#: the smallest learned noise scale ``sigma^2`` (a fraction of the model's nominal noise). A
+#: series that never changes (a stuck sensor) learns its scale from rounding noise, ~1e-31: the
+#: next real change would then have an NIS that rounding decides. Below 1e-12 (a standard deviation
+#: of 1e-6 of the nominal) the scale is held, so the change is still gated, with a finite NIS.
+NOISE_SCALE_FLOOR = 1e-12
 
 
 def _matrix(name: str, value: npt.ArrayLike, shape: tuple[int, int]) -> F64:

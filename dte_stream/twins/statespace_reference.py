@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dte_stream.times import NS_PER_S
-from dte_stream.twins.statespace import CHI2_1DOF_999, StateSpaceModel
+from dte_stream.twins.statespace import CHI2_1DOF_999, NOISE_SCALE_FLOOR, StateSpaceModel
 
 __all__ = ["ReferenceFilter", "ReferenceOutput", "expm_taylor"]
 
@@ -201,7 +201,7 @@ class ReferenceFilter:
         """Plain mean of the unit-scale NIS over the first readings, then exponentially weighted."""
         tw.scale_count += 1
         weight = max(1.0 / tw.scale_count, 1.0 - 0.5 ** (1.0 / self.noise_halflife))
-        tw.scale = (1.0 - weight) * tw.scale + weight * sample
+        tw.scale = max((1.0 - weight) * tw.scale + weight * sample, NOISE_SCALE_FLOOR)
 
     def _output(
         self,

@@ -326,7 +326,9 @@ def test_sigterm_while_influxdb_is_down_stops_promptly_and_loses_nothing(
 def test_sigkill_under_load_ten_times_loses_nothing(
     kafka: Any, influxdb: Any, topic: str, uninterrupted: Run, tmp_path: Path
 ) -> None:
-    run = _new_run(tmp_path, "b", kafka.bootstrap_servers, topic, influxdb.url)
+    # 0.2 s epochs and a kill within one epoch of the first commit after each start: each run
+    # commits about a tenth of the readings on a fast machine, so all ten kills land mid-stream
+    run = _new_run(tmp_path, "b", kafka.bootstrap_servers, topic, influxdb.url, epoch=0.2)
     rng = random.Random(SEED)
     killed_at = []
     for _ in range(KILLS):
@@ -334,7 +336,7 @@ def test_sigkill_under_load_ten_times_loses_nothing(
         try:
             before = run.consumed()
             _wait(proc, run, lambda before=before: run.consumed() > before, 120, "consumption")
-            time.sleep(rng.uniform(0.0, 0.5))
+            time.sleep(rng.uniform(0.0, 0.2))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(30)
