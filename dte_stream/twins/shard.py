@@ -340,8 +340,8 @@ class TwinShard:
                 raise SpecError(
                     spec.name,
                     [
-                        f"the recovery state does not fit this spec: {exc}; "
-                        "use the old spec or a fresh --recovery-dir"
+                        f"the recovery state does not fit this spec: {exc}; use the old spec, "
+                        "`dte-stream state migrate` when a migration exists, or a fresh --recovery-dir"
                     ],
                 ) from None
             shard._start_alerts(type_spec, snap.get("alerts", {}).get(name))
