@@ -58,20 +58,25 @@ def test_inspect_shows_what_the_state_holds_and_migrate_adds_a_channel(tmp_path:
     shown = dte("state", "inspect", str(recovery), "--json")
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)
-    assert info["dataflow"] == "gauges" and info["spec"] == [{"name": "gauges", "version": 1}]
+    assert info["dataflow"] == "gauges"
+    assert info["spec"] == [{"name": "gauges", "version": 1}]
     gauge = info["twin_types"]["gauge"]
-    assert gauge["twins"] == 6 and gauge["channels"] == ["level", "humidity"]
-    assert gauge["shards"] == info["shards"] <= 3 and gauge["bytes"] > 0
+    assert gauge["twins"] == 6
+    assert gauge["channels"] == ["level", "humidity"]
+    assert gauge["shards"] == info["shards"] <= 3
+    assert gauge["bytes"] > 0
     assert info["other_state"]["gauges.source_file"]["keys"] >= 1
     text = dte("state", "inspect", str(recovery)).stdout
-    assert "written by spec gauges version 1" in text and "gauge: 6 twins" in text
+    assert "written by spec gauges version 1" in text
+    assert "gauge: 6 twins" in text
 
     # a channel removed: no migration; nothing is written
     removed = write(tmp_path / "removed.yaml", data, 2, "level: {}")
     before = {p.name: p.read_bytes() for p in recovery.iterdir()}
     refused = dte("state", "migrate", str(recovery), "--spec", str(removed))
     assert refused.returncode == 2
-    assert "channels removed: humidity" in refused.stderr and "nothing was changed" in refused.stderr
+    assert "channels removed: humidity" in refused.stderr
+    assert "nothing was changed" in refused.stderr
     assert {p.name: p.read_bytes() for p in recovery.iterdir()} == before
 
     # a channel added with its own filter: migrated; a restart resumes the old channels' state
@@ -79,7 +84,8 @@ def test_inspect_shows_what_the_state_holds_and_migrate_adds_a_channel(tmp_path:
     fits = dte("state", "inspect", str(recovery), "--spec", str(v2)).stdout
     assert "fits after `dte-stream state migrate`: twin type 'gauge': channels added: flow" in fits
     not_yet = dte("run", str(v2), "--quiet", "--recovery-dir", str(recovery))
-    assert not_yet.returncode == 2 and "state migrate" in not_yet.stderr
+    assert not_yet.returncode == 2
+    assert "state migrate" in not_yet.stderr
     migrated = dte("state", "migrate", str(recovery), "--spec", str(v2))
     assert migrated.returncode == 0, migrated.stderr
     assert "channels added: flow" in migrated.stdout

@@ -51,11 +51,14 @@ def test_a_changed_file_is_reloaded_once_and_counted(
     write(spec_file, 2, 80)
     with caplog.at_level(logging.INFO, logger="dte_stream.reload"):
         result = watcher.check()
-    assert result is not None and result.applied
-    assert live.spec.version == 2 and live.generation == 1
+    assert result is not None
+    assert result.applied
+    assert live.spec.version == 2
+    assert live.generation == 1
     assert live.spec.twin_types[0].alerts.rules[0].above == 80  # type: ignore[union-attr]
     assert [r.getMessage() for r in caplog.records] == [
-        f"spec reloaded: version 1 -> 2; changed: twin_types.pump.alerts, version (the file changed: {spec_file})"
+        "spec reloaded: version 1 -> 2; changed: twin_types.pump.alerts, version "
+        f"(the file changed: {spec_file})"
     ]
     assert watcher.check() is None  # seen already
     assert METRICS.get("spec_reloads", result="applied") == 1
@@ -68,7 +71,9 @@ def test_a_touched_file_is_not_a_reload_but_sighup_always_is(spec_file: Path) ->
     os.utime(spec_file, ns=(1, 1))
     assert watcher.check() is None
     result = watcher.check(asked=True)
-    assert result is not None and result.applied and result.changed == []
+    assert result is not None
+    assert result.applied
+    assert result.changed == []
     assert result.line(1) == "spec reloaded: nothing changed (version 1)"
 
 
@@ -83,11 +88,15 @@ def test_a_spec_that_does_not_validate_or_does_not_fit_is_refused(
         invalid = watcher.check(asked=True)
         write(spec_file, 3, 80, channels=", flow: {}")
         misfit = watcher.check()
-    assert invalid is not None and not invalid.applied and "unknown field 'abov'" in invalid.problems[0]
-    assert misfit is not None and misfit.problems == [
+    assert invalid is not None
+    assert not invalid.applied
+    assert "unknown field 'abov'" in invalid.problems[0]
+    assert misfit is not None
+    assert misfit.problems == [
         "twin type 'pump': channels added: flow (the saved state has no place for them)"
     ]
-    assert live.spec.version == 1 and live.generation == 0
+    assert live.spec.version == 1
+    assert live.generation == 0
     assert all(
         r.getMessage().startswith("spec reload refused, still running version 1: ") for r in caplog.records
     )
@@ -116,7 +125,8 @@ def test_the_notifier_sink_swaps_its_dispatcher_after_a_reload(spec_file: Path) 
     write(spec_file, 2, 90, notifiers="[{kind: webhook, name: ops, url: 'http://127.0.0.1:9/hook'}]")
     assert live.offer(load_spec(spec_file)).applied
     second = sink.dispatcher()
-    assert second is not first and second.names == ["ops"]
+    assert second is not first
+    assert second.names == ["ops"]
     write(spec_file, 3, 80, notifiers="[{kind: webhook, name: ops, url: 'http://127.0.0.1:9/hook'}]")
     assert live.offer(load_spec(spec_file)).applied
     assert sink.dispatcher() is second  # the notifiers did not change: the same dispatcher

@@ -79,12 +79,14 @@ def test_a_new_threshold_applies_to_the_next_readings_and_the_twins_carry_on() -
     b1, _ = estimates(steady, first)
     assert events1 == []  # 60 is not above 90
     result = live.offer(edited(above=50))
-    assert result.applied and result.changed == ["twin_types.pump.alerts", "version"]
+    assert result.applied
+    assert result.changed == ["twin_types.pump.alerts", "version"]
     a2, events2 = estimates(reloaded, second)
     b2, _ = estimates(steady, second)
     assert sorted(events2) == ["p1:firing", "p2:firing", "p3:firing"]  # the new level, at once
     np.testing.assert_array_equal(np.concatenate([a1, a2]), np.concatenate([b1, b2]))  # nothing reset
-    assert reloaded.spec.version == 2 and reloaded.snapshot()["spec"] == {"name": "plant", "version": 2}
+    assert reloaded.spec.version == 2
+    assert reloaded.snapshot()["spec"] == {"name": "plant", "version": 2}
 
 
 def test_new_noise_settings_continue_from_the_state_as_a_restart_would() -> None:
@@ -121,7 +123,9 @@ def test_a_refused_change_leaves_the_shard_on_the_old_spec() -> None:
     ]
     assert result.line(1).startswith("spec reload refused, still running version 1: twin type 'pump'")
     _, events = estimates(shard, batches(old, 5, 5))
-    assert events == [] and shard.spec is old and live.generation == 0
+    assert events == []
+    assert shard.spec is old
+    assert live.generation == 0
 
 
 def test_a_firing_alert_resolves_under_a_raised_threshold_and_keeps_its_identity() -> None:
