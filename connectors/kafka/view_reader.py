@@ -224,10 +224,11 @@ class KafkaViewReader:
                     LOG.error("%s: %s", self.applier.source, exc)
                     return
                 METRICS.add("view_records_in", len(records))
-            if behind and not self.caught_up.is_set():
-                for tp in consumer.position([TopicPartition(self.spec.topic, p) for p in behind]):
-                    if tp.offset >= 0 and tp.offset >= behind[tp.partition]:
-                        del behind[tp.partition]  # compaction left a gap at the end
+            if not self.caught_up.is_set():
+                if behind:
+                    for tp in consumer.position([TopicPartition(self.spec.topic, p) for p in behind]):
+                        if tp.offset >= 0 and tp.offset >= behind[tp.partition]:
+                            del behind[tp.partition]  # compaction left a gap at the end
                 self._report(behind, total)
 
     def _report(self, behind: dict[int, int], total: int) -> None:

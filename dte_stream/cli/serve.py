@@ -23,6 +23,7 @@ from dte_stream.api.server import add_http_argument, serve_forever
 from dte_stream.cli.query import DEFAULT_DATA_DIR
 from dte_stream.cli.token import add_tokens_argument, tokens_path
 from dte_stream.errors import ConfigError
+from dte_stream.logs import add_logging_arguments, configure
 from dte_stream.spec import DataflowSpec, load_spec
 from dte_stream.spec.view import KafkaViewSpec, SqliteViewSpec, parse_view_url
 
@@ -72,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_tokens_argument(parser)
     add_cors_argument(parser)
+    add_logging_arguments(parser)
     parser.set_defaults(handler=_serve)
 
 
@@ -88,6 +90,7 @@ def _view_option(url: str | None, spec: DataflowSpec | None) -> KafkaViewSpec | 
 def _serve(args: argparse.Namespace) -> int:
     from dte_stream.api.app import ApiContext, create_app
 
+    configure(args.log_level, args.log_format)
     if args.http is None:
         raise ConfigError("serve needs --http HOST:PORT, for example --http 127.0.0.1:8080")
     spec = load_spec(args.spec) if args.spec is not None else None
@@ -102,12 +105,11 @@ def _serve(args: argparse.Namespace) -> int:
     options: dict[str, object] = {"cors_origins": args.cors_origin, "view": view}
     context = ApiContext(spec=spec, data_dir=args.data_dir, tokens_file=tokens, options=options)
     host, port = args.http
-    what = (
-        f"the twin view topic {view.topic!r} at {view.bootstrap_servers}"
-        if isinstance(view, KafkaViewSpec)
-        else args.data_dir
-    )
-    print(f"dte-stream: serving {what} at http://{host}:{port}/ (API: /api/v1/docs)", file=sys.stderr)
+    if isinstance(view, KafkaViewSpec):
+        what = f"the twin view topic {view.topic!r} of Kafka {view.bootstrap_servers}"
+    else:
+        what = str(args.data_dir)
+    print(f"dte-stream: serving {what} on http://{host}:{port}/ (API: /api/v1/docs)", file=sys.stderr)
     if not tokens.exists():
         print(
             f"dte-stream: no tokens yet in {tokens}: dte-stream token create --name NAME --scope read",
