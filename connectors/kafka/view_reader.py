@@ -85,7 +85,9 @@ class ViewApplier:
             self.dead_letters(letters)
         return applied
 
-    def _reject(self, reason: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> DeadLetter:
+    def _reject(
+        self, reason: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> DeadLetter:
         self.rejected += 1
         kind = reason_class(reason)
         METRICS.add_reasons("view_records_rejected", [reason])
@@ -177,7 +179,10 @@ class KafkaViewReader:
                 found = metadata.topics.get(topic)
                 if found is not None and found.error is None and found.partitions:
                     return sorted(found.partitions)
-                reason = f"topic {topic!r} does not exist yet at Kafka {servers} (a dataflow with view: kafka creates it)"
+                reason = (
+                    f"topic {topic!r} does not exist yet at Kafka {servers} "
+                    "(a dataflow with view: kafka creates it)"
+                )
             except KafkaException as exc:
                 reason = f"no Kafka broker answers at {servers}: {error_text(exc)}"
             if not self._wait(reason):
