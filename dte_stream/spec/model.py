@@ -17,6 +17,7 @@ from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaS
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.spec.notify import NotifierList
 from dte_stream.spec.twins import ChannelSpec, TwinTypeSpec
+from dte_stream.spec.view import SqliteViewSpec, ViewSpec
 
 __all__ = [
     "CODEC_CHOICES",
@@ -160,6 +161,10 @@ class DataflowSpec(SpecModel):
     sinks: list[SinkSpec] = Field(min_length=1)
     dead_letters: DeadLetterSpec = Field(default_factory=DeadLetterSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    view: ViewSpec = Field(
+        default_factory=SqliteViewSpec,
+        description="where shards publish the twin state view: sqlite (this host) or kafka (docs/api.md)",
+    )
     notifiers: NotifierList = Field(
         default_factory=list, description="where alert events go besides the alert log (docs/alerting.md)"
     )
