@@ -115,6 +115,11 @@ CATALOGUE: dict[str, MetricInfo] = {
     "snapshot_bytes": MetricInfo(
         "dte_snapshot_bytes", "Size of the latest state snapshot per twin type and shard", _shard_labels
     ),
+    # live reload
+    "spec_reloads": MetricInfo(
+        "dte_spec_reloads_total", "Spec reloads (SIGHUP or a changed file) by result: applied, refused"
+    ),
+    "spec_version": MetricInfo("dte_spec_version", "Version of the spec the process runs", lambda key: {}),
     # alerts
     "alerts_active": MetricInfo("dte_alerts_active", "Alerts currently in each state", lambda key: {}),
     "alerts_sent": MetricInfo("dte_notifier_sent_total", "Alert events delivered per notifier"),

@@ -7,7 +7,7 @@ error that says what was meant, not a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -148,9 +148,12 @@ class EngineSpec(SpecModel):
 class DataflowSpec(SpecModel):
     """A whole dataflow: where readings come from, which twins they feed, where results go."""
 
-    SUPPORTED_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
-
-    version: Literal[1] = 1
+    version: int = Field(
+        1,
+        ge=1,
+        le=2**31 - 1,
+        description="the spec's own version: bump it with each change; the recovery state records it",
+    )
     name: Identifier
     description: str = ""
     sources: list[SourceSpec] = Field(min_length=1)
