@@ -57,6 +57,8 @@ HELD = 0
 EARLIER_PROCESS = -1
 #: ``acked_on`` of a repeat whose acknowledgement is to be sent again.
 ACK_QUEUED = -2
+#: ``acked_on`` of a message written to the source's disk spool, its acknowledgement to come.
+SPOOLED = -3
 
 
 def digest(topic: bytes, payload: bytes | bytearray) -> int:
@@ -71,7 +73,7 @@ class AckLedger:
     """Message id -> (digest, ``acked_on``, PINGREQ number sent after its ack).
 
     ``acked_on`` is the connection (paho socket number, from 1) its PUBACK went out on, or
-    :data:`HELD`, :data:`EARLIER_PROCESS`, :data:`ACK_QUEUED`.
+    :data:`HELD`, :data:`SPOOLED`, :data:`EARLIER_PROCESS`, :data:`ACK_QUEUED`.
 
     Thread-safe: paho's network thread calls :meth:`receive`, the dataflow thread the rest.
     """
@@ -90,13 +92,22 @@ class AckLedger:
             entry = self._entries.get(mid)
             if dup and entry is not None and entry[0] == crc:
                 acked_on = entry[1]
-                if acked_on in (HELD, ACK_QUEUED, connection):
+                if acked_on in (HELD, ACK_QUEUED, SPOOLED, connection):
                     return REPEAT  # its acknowledgement is still to come on this connection
                 # acknowledged on an earlier connection or by an earlier process: maybe lost
                 self._entries[mid] = (crc, ACK_QUEUED, 0)
                 return ACK_AGAIN
             self._entries[mid] = (crc, HELD, 0)
             return NEW
+
+    def spooled(self, mids: Iterable[int]) -> None:
+        """``mids`` are durable in the disk spool: a restarted process must not apply them again."""
+        with self._lock:
+            entries = self._entries
+            for mid in mids:
+                entry = entries.get(mid)
+                if entry is not None and entry[1] == HELD:
+                    entries[mid] = (entry[0], SPOOLED, 0)
 
     def acknowledged(self, mids: Sequence[int], connection: int, ping: int) -> None:
         """The PUBACKs of ``mids`` go out on ``connection``, followed by PINGREQ number ``ping``."""
