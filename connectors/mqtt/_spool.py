@@ -34,6 +34,7 @@ source makes it a dead letter and counts it as dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
@@ -135,7 +136,8 @@ class Spool:
                 written += os.write(self._fd, data[written:])
             os.fsync(self._fd)
         except OSError:
-            os.ftruncate(self._fd, self._sizes[self._active])
+            with contextlib.suppress(OSError):  # the error that matters is the one raised
+                os.truncate(self.path / _name(self._active), self._sizes[self._active])
             raise
         if on_durable is not None:
             on_durable()

@@ -24,6 +24,7 @@ from dte_stream.connectors.mqtt._client import LOG
 from dte_stream.connectors.mqtt._ledger import AckLedger, digest
 from dte_stream.connectors.mqtt._routing import DEAD_LETTER_RAW_BYTES, Ack, Message
 from dte_stream.connectors.mqtt._spool import Damaged, Position, Spool, SpoolRecord
+from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.mqtt import MqttSourceSpec
 
@@ -76,6 +77,7 @@ class SpoolPump:
         self.arrived = threading.Event()
         self._full = False
         self._failing = False
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"dte-spool-{key}", daemon=True)
 
     def start(self) -> None:
@@ -91,6 +93,18 @@ class SpoolPump:
             self._acknowledge()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the dataflow thread raises it (check), never a silent stall
+            self.error = exc
+            LOG.error("%s: the spool thread failed: %s", self._who, exc)
+
+    def check(self) -> None:
+        """Raise what ended the thread, in the dataflow thread."""
+        if self.error is not None:
+            raise ConnectorError(f"{self._who}: the spool {self._spool.path} failed: {self.error}")
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             if self._pending_acks():
                 self._acknowledge()

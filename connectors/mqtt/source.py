@@ -223,6 +223,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def next_batch(self) -> list[RawBatch]:
         self._conn.check()
         if self._spool is not None:
+            if self._pump is not None:
+                self._pump.check()
             return self._next_from_spool(self._spool)
         if self._due or self._reack:
             self._acknowledge()

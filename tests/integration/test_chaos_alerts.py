@@ -9,13 +9,16 @@ every reading is stored, then the receiver starts on that port. B's receiver mus
 A's alert events (every field that does not name a wall-clock time), each once; the daemon
 must run throughout, and its metrics must count the failed attempts. Points and twin state
 are compared too: a notifier that is down never changes what the dataflow stores.
+``DTE_CHAOS_LONG=1`` keeps the receiver down 120 s longer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ from test_alert_integrations import Receiver, receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+LONG = os.environ.get("DTE_CHAOS_LONG", "").strip().lower() not in ("", "0", "false", "no")
 TWINS, STEPS = 120, 30
+DOWN = 120.0 if LONG else 0.0  # the receiver stays down at least this long (s) after the last reading
 #: Fields of a webhook body that do not depend on when the run happened.
 STABLE = (
     "alert_id",
@@ -119,6 +124,7 @@ def test_alert_receiver_down_while_alerts_fire_gets_every_event_when_it_returns(
         failed = _metric(http_port, "dte_notifier_failed_attempts_total")
         sent = _metric(http_port, "dte_notifier_sent_total")
         run.events.append(f"{failed:.0f} failed attempts, {sent:.0f} sent while the receiver was down")
+        time.sleep(DOWN)
         daemon.check_alive()
         servers.append(stack.enter_context(receiver(port)))
         mqtt_chaos.wait(daemon, lambda: len(servers[0].accepted()) >= len(expected), 120, "every alert event")
