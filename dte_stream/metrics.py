@@ -154,7 +154,7 @@ CATALOGUE: dict[str, MetricInfo] = {
     ),
     "mqtt_spooled": MetricInfo("dte_mqtt_spooled_total", "MQTT messages written to the disk spool"),
     "mqtt_spool_bytes": MetricInfo(
-        "dte_mqtt_spool_bytes", "Bytes in the MQTT source's disk spool, per client", lambda key: {"client": key}
+        "dte_mqtt_spool_bytes", "Bytes in the MQTT source's disk spool", lambda key: {"client": key}
     ),
     "mqtt_spool_full": MetricInfo(
         "dte_mqtt_spool_full_total", "Times the MQTT spool was full (acknowledgements stopped)"

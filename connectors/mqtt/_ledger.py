@@ -41,11 +41,21 @@ from __future__ import annotations
 
 import threading
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-__all__ = ["ACK_AGAIN", "NEW", "REPEAT", "AckLedger", "digest"]
+__all__ = [
+    "ACK_AGAIN",
+    "NEW",
+    "REPEAT",
+    "AckLedger",
+    "ResumeState",
+    "digest",
+    "pack_resume_state",
+    "unpack_resume_state",
+]
 
 NEW: Literal["new"] = "new"
 REPEAT: Literal["repeat"] = "repeat"
@@ -161,3 +171,27 @@ class AckLedger:
         with self._lock:
             self._entries.clear()
             self._unconfirmed.clear()
+
+
+#: Resume state of a client: the message ids and digests (``array('H')``/``array('I')`` bytes)
+#: of messages already applied that the broker may deliver again (see :mod:`._ledger`); with a
+#: spool also the spool position (segment, offset) of the first record not yet committed.
+ResumeState = tuple[bytes, bytes] | tuple[bytes, bytes, int, int]
+
+
+def pack_resume_state(pairs: list[tuple[int, int]], position: tuple[int, int] | None = None) -> ResumeState:
+    """The resume state of :meth:`AckLedger.resume_state` pairs (and a spool position), compact.
+
+    >>> unpack_resume_state(pack_resume_state([(7, 2748)], (3, 120)))
+    ([(7, 2748)], (3, 120))
+    """
+    mids, crcs = array("H", [m for m, _ in pairs]).tobytes(), array("I", [c for _, c in pairs]).tobytes()
+    return (mids, crcs) if position is None else (mids, crcs, position[0], position[1])
+
+
+def unpack_resume_state(state: ResumeState) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    mids, crcs = array("H"), array("I")
+    mids.frombytes(state[0])
+    crcs.frombytes(state[1])
+    position = (state[2], state[3]) if len(state) == 4 else None
+    return list(zip(mids, crcs, strict=True)), position

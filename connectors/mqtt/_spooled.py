@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from dte_stream.batches import DeadLetter, RawBatch
 from dte_stream.connectors.mqtt._client import LOG
@@ -28,7 +29,7 @@ from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.mqtt import MqttSourceSpec
 
-__all__ = ["SpoolPump", "dropped_batch", "open_spool"]
+__all__ = ["AckSender", "SpoolPump", "SpooledInput", "dropped_batch", "open_spool"]
 
 #: Messages per append (one fsync) at most.
 _BATCH = 10_000
@@ -224,3 +225,79 @@ def dropped_batch(spec: MqttSourceSpec, who: str, damaged: list[Damaged]) -> Raw
     ]
     sub = spec.subscriptions[0]
     return RawBatch(spec.name, sub.codec, [], sub.twin_type or spec.twin_type, letters)
+
+
+class AckSender(Protocol):
+    """What :class:`SpooledInput` uses of the source partition: its ledger and acknowledgements."""
+
+    _who: str
+    _queue: deque[Message]
+    _ledger: AckLedger
+    _due: list[Ack]
+    _reack: deque[int]
+
+    @property
+    def client_id(self) -> str: ...
+
+    def _acknowledge(self) -> None: ...
+
+    def _confirm(self) -> None: ...
+
+
+class SpooledInput:
+    """A client's spool as the source partition sees it: filled by a :class:`SpoolPump`, read
+    by the dataflow from :attr:`position`, released an epoch after it was committed.
+
+    ``committed`` is the position of the resume state (None: from the oldest record kept).
+    """
+
+    def __init__(self, path: Path, max_bytes: int, committed: Position | None, owner: AckSender) -> None:
+        self.spool, self.position = open_spool(path, max_bytes, committed, owner._ledger, owner._who)
+        self._committed = self.position  # the position of the previous snapshot
+        self._key = owner.client_id
+        self._pump = SpoolPump(
+            who=owner._who,
+            key=self._key,
+            queue=owner._queue,
+            spool=self.spool,
+            ledger=owner._ledger,
+            due=owner._due,
+            acknowledge=owner._acknowledge,
+            confirm=owner._confirm,
+            pending_acks=lambda: bool(owner._due or owner._reack),
+        )
+        self.arrived = self._pump.arrived
+        self._started = False
+        self._closed = False
+
+    def start(self) -> None:
+        self._pump.start()
+        self._started = True
+
+    def read(self, count: int) -> tuple[list[SpoolRecord], list[Damaged]]:
+        """Up to ``count`` durable records from :attr:`position` on (and damaged ones)."""
+        self._pump.check()
+        records, self.position, damaged = self.spool.read(self.position, count)
+        return records, damaged
+
+    def unread(self) -> bool:
+        """True when durable records wait after :attr:`position`."""
+        return self.position < self.spool.end()
+
+    def commit(self) -> Position:
+        """End of an epoch: the position to resume from. Segments read before the previous
+        epoch's end are deleted: no restart needs them."""
+        if not self._closed:
+            self.spool.release(self._committed)
+            METRICS.set_gauge("mqtt_spool_bytes", self._key, self.spool.used_bytes)
+        self._committed = self.position
+        return self.position
+
+    def close(self) -> None:
+        """Stop the pump (it sends the acknowledgements still due) and close the files."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            self._pump.stop()
+        self.spool.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from array import array
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,10 +24,17 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.batches import RawBatch
 from dte_stream.connectors.mqtt._client import LOG, MqttConnection
-from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, AckLedger, digest
+from dte_stream.connectors.mqtt._ledger import (
+    ACK_AGAIN,
+    NEW,
+    AckLedger,
+    ResumeState,
+    digest,
+    pack_resume_state,
+    unpack_resume_state,
+)
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
-from dte_stream.connectors.mqtt._spool import START, Position, Spool
-from dte_stream.connectors.mqtt._spooled import SpoolPump, dropped_batch, open_spool
+from dte_stream.connectors.mqtt._spooled import SpooledInput, dropped_batch
 from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.shutdown import stop_requested
@@ -42,28 +48,10 @@ _STOP_POLL = 0.02
 _FULL_WAIT = 0.005
 
 
-#: Resume state of a client: the message ids and digests (``array('H')``/``array('I')`` bytes)
-#: of messages already applied that the broker may deliver again (see :mod:`._ledger`); with a
-#: spool also the spool position (segment, offset) of the first record not yet committed.
-ResumeState = tuple[bytes, bytes] | tuple[bytes, bytes, int, int]
-
-
-def _pack(pairs: list[tuple[int, int]], position: Position | None = None) -> ResumeState:
-    mids, crcs = array("H", [m for m, _ in pairs]).tobytes(), array("I", [c for _, c in pairs]).tobytes()
-    return (mids, crcs) if position is None else (mids, crcs, position[0], position[1])
-
-
-def _unpack(state: ResumeState) -> tuple[list[tuple[int, int]], Position | None]:
-    mids, crcs = array("H"), array("I")
-    mids.frombytes(state[0])
-    crcs.frombytes(state[1])
-    position = (state[2], state[3]) if len(state) == 4 else None
-    return list(zip(mids, crcs, strict=True)), position
-
-
 class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
-    """One MQTT client of a source. The broker's session holds the messages; the resume state
-    names those of committed epochs that the broker may still deliver again."""
+    """One MQTT client of a source. The broker's session holds the messages (with ``spool``,
+    the spool too); the resume state names those of committed epochs that the broker may
+    still deliver again (and the spool position of the first record not committed)."""
 
     def __init__(
         self,
@@ -88,7 +76,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         # after a reconnect is dropped (and acknowledged again if need be), never emitted twice.
         self._ledger = AckLedger()
         if resume_state is not None and self._manual:
-            self._ledger.restore(_unpack(resume_state)[0])
+            self._ledger.restore(unpack_resume_state(resume_state)[0])
         self._reack: deque[int] = deque()  # repeats to acknowledge again (network thread appends)
         # ack on_receive: a message is acknowledged and queued, or (closing) neither, atomically;
         # a PUBACK queued behind the DISCONNECT is never sent, so its message must not be emitted.
@@ -97,7 +85,6 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         self._unsealed: list[Ack] = []  # emitted in the current epoch (ack: after_epoch)
         self._due: list[Ack] = []  # to acknowledge as soon as the client is connected
         self._stopping = False
-        self._closed = False
         self._stop_deadline = 0.0
         self._full_logged = False
         self._window = spec.receive_maximum if spec.protocol == "5" else None
@@ -114,23 +101,23 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             on_new_session=self._on_new_session,
         )
         self._conn.client.on_message = self._on_message
-        self._spool: Spool | None = None
-        self._pump: SpoolPump | None = None
-        self._read_pos: Position = START  # the first spool record not emitted yet
-        self._committed: Position = START  # the read position of the previous snapshot
+        self._spooled: SpooledInput | None = None
         if spool_dir is not None and spec.spool is not None:
-            self._spool, self._pump = self._open_spool(
-                spool_dir / client_id, spec.spool.max_bytes, resume_state
+            self._spooled = SpooledInput(
+                spool_dir / client_id,
+                spec.spool.max_bytes,
+                unpack_resume_state(resume_state)[1] if resume_state is not None else None,
+                self,
             )
         try:
             self._conn.start()
         except BaseException:
-            if self._spool is not None:
-                self._spool.close()
+            if self._spooled is not None:
+                self._spooled.close()
             raise
-        if self._pump is not None:
-            self._pump.start()
-        if spec.protocol == "3.1.1" and spec.ack == "after_epoch":
+        if self._spooled is not None:
+            self._spooled.start()
+        if spec.protocol == "3.1.1" and spec.ack == "after_epoch" and spec.spool is None:
             LOG.info(
                 "%s: MQTT 3.1.1 has no receive maximum: the broker's own in-flight limit "
                 "(Mosquitto: max_inflight_messages, default 20) caps the messages per epoch "
@@ -138,25 +125,9 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
                 self._who,
             )
 
-    def _open_spool(
-        self, path: Path, max_bytes: int, resume_state: ResumeState | None
-    ) -> tuple[Spool, SpoolPump]:
-        """The spool and its pump; reads on from the committed position, the spool's rest first."""
-        position = _unpack(resume_state)[1] if resume_state is not None else None
-        spool, self._read_pos = open_spool(path, max_bytes, position, self._ledger, self._who)
-        self._committed = self._read_pos
-        pump = SpoolPump(
-            who=self._who,
-            key=self._conn.client_id,
-            queue=self._queue,
-            spool=spool,
-            ledger=self._ledger,
-            due=self._due,
-            acknowledge=self._acknowledge,
-            confirm=self._confirm,
-            pending_acks=lambda: bool(self._due or self._reack),
-        )
-        return spool, pump
+    @property
+    def client_id(self) -> str:
+        return self._conn.client_id
 
     # -- network thread ---------------------------------------------------------------------
 
@@ -192,8 +163,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             self._wait_for_room()
         # paho decodes payloads with struct ("s"), which gives bytes; it types them bytes | bytearray.
         queue.append((topic, message.payload, time.time_ns(), message.mid, message.qos, self._conn.session))  # type: ignore[arg-type]
-        if self._pump is not None:
-            self._pump.arrived.set()
+        if self._spooled is not None:
+            self._spooled.arrived.set()
 
     def _wait_for_room(self) -> None:
         """Block the network thread while the queue is full: TCP backpressure, nothing dropped.
@@ -222,10 +193,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
 
     def next_batch(self) -> list[RawBatch]:
         self._conn.check()
-        if self._spool is not None:
-            if self._pump is not None:
-                self._pump.check()
-            return self._next_from_spool(self._spool)
+        if self._spooled is not None:
+            return self._next_from_spool(self._spooled)
         if self._due or self._reack:
             self._acknowledge()
         elif self._manual:
@@ -239,12 +208,12 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             return []
         return self._take(count)
 
-    def _next_from_spool(self, spool: Spool) -> list[RawBatch]:
+    def _next_from_spool(self, spooled: SpooledInput) -> list[RawBatch]:
         """The next batch from the spool (whatever an fsync made durable), in spool order."""
         if self._stopping or self._should_stop():
             return self._stop()
         count = self._batch_size if self._remaining is None else min(self._batch_size, self._remaining)
-        records, self._read_pos, damaged = spool.read(self._read_pos, count)
+        records, damaged = spooled.read(count)
         if not records and not damaged:
             return []
         queue = deque((r.topic, r.payload, r.received_ns, r.mid, r.qos, 0) for r in records)
@@ -324,7 +293,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def _should_stop(self) -> bool:
         if stop_requested() or (self._remaining is not None and self._remaining <= 0):
             return True
-        drained = not self._queue and (self._spool is None or self._read_pos >= self._spool.end())
+        drained = not self._queue and (self._spooled is None or not self._spooled.unread())
         return self._idle is not None and drained and time.monotonic() - self._last_message >= self._idle
 
     def _stop(self) -> list[RawBatch]:
@@ -339,9 +308,9 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         if not self._stopping:
             self._stopping = True
             self._stop_deadline = time.monotonic() + self._spec.connect_timeout
-            if not self._manual or self._spool is not None:
+            if not self._manual or self._spooled is not None:
                 self._close()  # with a spool: what was not emitted stays there for the next run
-        if self._spool is not None:
+        if self._spooled is not None:
             raise StopIteration
         if not self._manual:
             if self._queue:
@@ -363,7 +332,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def next_awake(self) -> datetime | None:
         if self._stopping:
             return datetime.now(UTC) + timedelta(seconds=_STOP_POLL)
-        if self._spool is not None and self._read_pos < self._spool.end():
+        if self._spooled is not None and self._spooled.unread():
             return None
         if len(self._queue) >= self._batch_size:
             return None
@@ -383,15 +352,10 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             self._unsealed = []
         if not self._manual:
             return None
-        if self._spool is not None:
-            # segments read before the previous snapshot are not needed by any restart
-            if not self._closed:
-                self._spool.release(self._committed)
-                METRICS.set_gauge("mqtt_spool_bytes", self._conn.client_id, self._spool.used_bytes)
-            self._committed = self._read_pos
-            return _pack(self._ledger.resume_state(()), self._read_pos)
+        if self._spooled is not None:
+            return pack_resume_state(self._ledger.resume_state(()), self._spooled.commit())
         session = self._conn.session
-        return _pack(self._ledger.resume_state(mid for mid, s in self._due if s == session))
+        return pack_resume_state(self._ledger.resume_state(mid for mid, s in self._due if s == session))
 
     def close(self) -> None:
         self._stopping = True
@@ -400,13 +364,9 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def _close(self) -> None:
         with self._gate:
             self._closing = True
-        if self._pump is not None:
-            self._pump.stop()  # its last acknowledgements go out before the DISCONNECT
-            self._pump = None
+        if self._spooled is not None:
+            self._spooled.close()  # its last acknowledgements go out before the DISCONNECT
         self._conn.close()
-        if self._spool is not None and not self._closed:
-            self._spool.close()
-        self._closed = True
 
 
 class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):

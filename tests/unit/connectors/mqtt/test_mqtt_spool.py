@@ -10,6 +10,8 @@ import pytest
 from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, REPEAT, AckLedger
 from dte_stream.connectors.mqtt._spool import START, Spool, SpoolRecord
 from dte_stream.connectors.mqtt._spooled import open_spool
+from dte_stream.connectors.mqtt.source import MqttSource
+from dte_stream.errors import ConfigError
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 
@@ -179,3 +181,15 @@ def test_the_spec_takes_sizes_and_refuses_an_ack_mode_the_spool_cannot_keep() ->
         MqttSourceSpec(**base, ack="on_receive", spool={})
     with pytest.raises(ValueError, match="not a size"):
         MqttSourceSpec(**base, spool={"max_bytes": "lots"})
+
+
+def test_a_spool_without_a_folder_is_one_clear_error(tmp_path: Path) -> None:
+    base = {"kind": "mqtt", "url": "mqtt://127.0.0.1:1883", "subscriptions": [{"topic": "p/#"}]}
+    spec = MqttSourceSpec(**base, spool={})
+    with pytest.raises(
+        ConfigError, match=r"spool needs a folder: set spool.path, or run with --recovery-dir"
+    ):
+        MqttSource(spec)
+    assert MqttSource(spec, recovery_dir=tmp_path).spool_dir == tmp_path / "spool"
+    at = MqttSourceSpec(**base, spool={"path": str(tmp_path / "here")})
+    assert MqttSource(at, recovery_dir=tmp_path).spool_dir == tmp_path / "here"
