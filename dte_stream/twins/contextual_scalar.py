@@ -37,7 +37,7 @@ __all__ = ["ContextualCell", "gaussian_log_sf"]
 _LN2 = math.log(2.0)
 _SQRT2 = math.sqrt(2.0)
 _NEVER_INT = int(_NEVER)
-_COEF_REST = _ERFC_COEF[-2::-1]
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9 = _ERFC_COEF
 _INF = math.inf
 
 
@@ -50,9 +50,9 @@ def gaussian_log_sf(z: float) -> float:
     x = abs(z) / _SQRT2
     x = x if x <= 1e100 or math.isnan(x) else 1e100
     t = 1.0 / (1.0 + 0.5 * x)
-    poly = _ERFC_COEF[-1]
-    for coef in _COEF_REST:
-        poly = poly * t + coef
+    # Horner's rule written out: the same products and sums as the loop of the numpy form.
+    poly = (((((((_C9 * t + _C8) * t + _C7) * t + _C6) * t + _C5) * t + _C4) * t + _C3) * t + _C2) * t + _C1
+    poly = poly * t + _C0
     log_upper = math.log(t) - x * x + poly - _LN2
     if z >= 0:
         return log_upper
@@ -168,23 +168,44 @@ class ContextualCell:
         window: float,
         peak: float,
     ) -> tuple[float, float, float, float, float]:
-        """Log tail probability of ``u`` and the learned centre, spread, window and peak."""
+        """Log tail probability of ``u`` and the learned centre, spread, window and peak.
+
+        ``a if a < b else b`` and the like stand for Python's ``min``/``max`` (same results,
+        without the call): this runs twice per reading.
+        """
         sc = self.scorer
         dev = u - centre
         sigma = spread * _SQRT_HALF_PI
         z = dev / sigma if sigma > 0 else (0.0 if dev == 0 else _INF)
-        z = 0.0 if math.isnan(z) else min(abs(z), _Z_MAX)
-        z_seen = z / max(peak / sc.peak_ref, 1.0)
+        if math.isnan(z):
+            z = 0.0
+        else:
+            z = abs(z)
+            z = _Z_MAX if z > _Z_MAX else z
+        scaled_peak = peak / sc.peak_ref
+        z_seen = z / (scaled_peak if scaled_peak > 1.0 else 1.0)
         log_p_point = gaussian_log_sf(z_seen) + _LN2
-        z2 = min(z_seen * z_seen, sc.window_cap**2)
-        young = count < sc.warmup
-        new_window = 1.0 if young else (1.0 - sc._alpha_short) * window + sc._alpha_short * z2
+        z2 = z_seen * z_seen
+        cap2 = sc.window_cap**2
+        z2 = cap2 if cap2 < z2 else z2
+        alpha_short = sc._alpha_short
+        new_window = 1.0 if count < sc.warmup else (1.0 - alpha_short) * window + alpha_short * z2
         k = sc._window_dof
         wh = (math.cbrt(new_window) - (1.0 - 2.0 / (9.0 * k))) / math.sqrt(2.0 / (9.0 * k))
-        log_p = min(log_p_point, gaussian_log_sf(wh)) + _LN2
-        new_centre, new_spread = self._scale_step(u, centre, spread, count, sc._alpha_long)
-        new_peak = max(peak * peak_decay, z) if count >= 3 else 0.0
-        return log_p, new_centre, new_spread, new_window, new_peak
+        log_p_window = gaussian_log_sf(wh)
+        log_p = (log_p_window if log_p_window < log_p_point else log_p_point) + _LN2
+        # The robust centre and spread (_scale_step, written out).
+        young_alpha = 1.0 / (count + 1.0)
+        alpha_long = sc._alpha_long
+        alpha = young_alpha if young_alpha > alpha_long else alpha_long
+        limit = sc.clip * spread * _SQRT_HALF_PI if count >= 3 and spread > 0 else _INF
+        step = -limit if -limit > dev else dev
+        step = limit if limit < step else step
+        abs_dev = abs(dev)
+        new_spread = spread + alpha * ((limit if limit < abs_dev else abs_dev) - spread)
+        decayed = peak * peak_decay
+        new_peak = (z if z > decayed else decayed) if count >= 3 else 0.0
+        return log_p, centre + alpha * step, new_spread, new_window, new_peak
 
     def _scale_step(
         self, u: float, centre: float, spread: float, count: int, alpha_long: float
