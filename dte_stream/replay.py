@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import polars as pl
 
@@ -326,8 +327,8 @@ def _output_frame(batches: list[EstimateBatch]) -> tuple[pl.DataFrame, int]:
             b = b.take(np.flatnonzero(reading))
         columns = [
             pl.Series("time", b.time_ns, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")),
-            pl.Series("twin_id", b.twin_id.tolist(), dtype=pl.String),  # from str: ~5x faster than <U
-            pl.Series("channel", b.channel.tolist(), dtype=pl.String),
+            _strings("twin_id", b.twin_id),
+            _strings("channel", b.channel),
             *(pl.Series(name, getattr(b, name), dtype=pl.Float64) for name in _FLOAT_COLUMNS),
             pl.Series("flags", b.flag_column(), dtype=pl.UInt16),
             pl.Series("anomaly_score", b.score_column(), dtype=pl.Float64),
@@ -349,6 +350,13 @@ def _output_frame(batches: list[EstimateBatch]) -> tuple[pl.DataFrame, int]:
 
 
 _FLOAT_COLUMNS = ("value", "estimate", "std", "innovation", "nis")
+
+
+def _strings(name: str, values: npt.NDArray[np.str_]) -> pl.Series:
+    """A String column; one repeated value (the channel of one-sensor files) without a list."""
+    if values.shape[0] and (values == values[0]).all():
+        return pl.select(pl.repeat(str(values[0]), values.shape[0], dtype=pl.String).alias(name)).to_series()
+    return pl.Series(name, values.tolist(), dtype=pl.String)  # from str: ~5x faster than from <U
 
 
 def _flag_names(flags: pl.Series) -> pl.Series:

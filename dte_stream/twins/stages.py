@@ -98,12 +98,18 @@ def by_rounds(
         flags[idx] = q.flags
         r_scale[idx] = q.r_scale
         c = cells[idx]
-        seen = bank.last_time[c] != NEVER
-        delta[idx] = np.where(seen, value[idx] - bank.last_value[c], np.nan)
-        dt[idx] = np.where(seen, (time_ns[idx] - bank.last_time[c]) / NS_PER_S, np.nan)
-        newer = time_ns[idx] >= bank.last_time[c]
-        bank.last_value[c[newer]] = value[idx][newer]
-        bank.last_time[c[newer]] = time_ns[idx][newer]
+        last_time = bank.last_time[c]
+        t, v = time_ns[idx], value[idx]
+        seen = last_time != NEVER
+        delta[idx] = np.where(seen, v - bank.last_value[c], np.nan)
+        dt[idx] = np.where(seen, (t - last_time) / NS_PER_S, np.nan)
+        newer = t >= last_time
+        if newer.all():
+            bank.last_value[c] = v
+            bank.last_time[c] = t
+        else:
+            bank.last_value[c[newer]] = v[newer]
+            bank.last_time[c[newer]] = t[newer]
 
     estimate = np.full(n, np.nan)
     std = np.full(n, np.nan)
