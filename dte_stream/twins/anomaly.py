@@ -82,8 +82,10 @@ def gaussian_log_sf(z: F64) -> F64:
     """
     x = np.abs(z) / math.sqrt(2.0)
     log_upper = _log_erfc_pos(x) - math.log(2.0)  # log P(Z >= |z|)
-    log_lower = np.log1p(-np.exp(log_upper))  # log P(Z >= -|z|)
-    return np.where(z >= 0, log_upper, log_lower)
+    lower = ~(z >= 0)  # negative z (and NaN): log P(Z >= -|z|), worked out only where needed
+    if lower.any():
+        log_upper[lower] = np.log1p(-np.exp(log_upper[lower]))
+    return log_upper
 
 
 class AnomalyScorer:
