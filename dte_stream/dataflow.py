@@ -42,6 +42,7 @@ from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import READINESS
+from dte_stream.reload import LiveSpec
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSpec, SimulatorSourceSpec
@@ -183,14 +184,18 @@ def build_flow(
     dead_letter_output: Sink[DeadLetter] | None = None,
     processes: int = 1,
     on_epoch: EpochHook | None = None,
+    live: LiveSpec | None = None,
 ) -> Dataflow:
     """Build the Bytewax dataflow of ``spec``. Connects to nothing until it runs.
 
     ``inputs``, ``outputs`` and ``dead_letter_output`` replace the spec's sources, sinks and
     dead-letter targets (by step name): tests feed and collect through them. ``processes``
     is the cluster size (partitioned sinks get one partition per worker of every process);
-    ``on_epoch`` is called with every shard as it snapshots.
+    ``on_epoch`` is called with every shard as it snapshots. ``live`` holds the running spec
+    for live reloads (:mod:`dte_stream.reload`): the shards and the notifiers follow its
+    accepted changes; it must start with ``spec``.
     """
+    live = live if live is not None else LiveSpec(spec)
     flow = Dataflow(spec.name)
     readings: list[Stream[SourceBatch]] = []
     dead: list[Stream[DeadLetter]] = []
@@ -227,16 +232,17 @@ def build_flow(
     view = ViewHub(spec) if outputs is None else None  # tests and replays leave the view alone
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
-        return _ShardLogic(TwinShard.restore(spec, None, resume, clock=clock, acks=acks), view, on_epoch)
+        shard = TwinShard.restore(live.spec, None, resume, clock=clock, acks=acks, live=live)
+        return _ShardLogic(shard, view, on_epoch)
 
     updates = op.stateful_batch("twin_bank", keyed, shard_logic)
     keyed_batches = op.flat_map("estimate_batches", updates, _keyed_estimates)
     batches = op.map("unkeyed_batches", keyed_batches, lambda kv: kv[1])
     dead.append(op.flat_map("too_late", updates, lambda kv: _count_errors(kv[1].rejected, "twin_bank")))
     op.inspect("end_to_end_lag", keyed_batches, _observe_lag)
-    if any(t.alerts.rules for t in spec.twin_types):
+    if live.alert_path:  # alert rules or notifiers: rules and notifiers can then change live
         _alert_outputs(
-            spec, op.flat_map("alert_events", updates, lambda kv: kv[1].alerts), outputs is not None
+            spec, op.flat_map("alert_events", updates, lambda kv: kv[1].alerts), outputs is not None, live
         )
     for name, sink_override in (outputs or {}).items():
         op.output(f"sink_{name}", batches, sink_override)
@@ -276,7 +282,7 @@ def build_flow(
     return flow
 
 
-def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool) -> None:
+def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool, live: LiveSpec) -> None:
     """Alert events to the alert log (local store table ``alerts``, InfluxDB) and the notifiers."""
     from dte_stream.alerts.log import ALERTS_TABLE, AlertRows
 
@@ -296,8 +302,7 @@ def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool)
     for sink in spec.sinks:
         if isinstance(sink, InfluxDBSinkSpec):
             op.output(f"alert_log_{sink.name}", events, InfluxDBAlertSink(sink))
-    if spec.notifiers:
-        op.output("alert_notifiers", events, NotifierSink(spec.notifiers))
+    op.output("alert_notifiers", events, NotifierSink(spec.notifiers, live=live))
 
 
 def _raw_source(spec: FileSourceSpec | KafkaSourceSpec | MqttSourceSpec, flow_name: str) -> Source[RawBatch]:

@@ -115,6 +115,11 @@ CATALOGUE: dict[str, MetricInfo] = {
     "snapshot_bytes": MetricInfo(
         "dte_snapshot_bytes", "Size of the latest state snapshot per twin type and shard", _shard_labels
     ),
+    # live reload
+    "spec_reloads": MetricInfo(
+        "dte_spec_reloads_total", "Spec reloads (SIGHUP or a changed file) by result: applied, refused"
+    ),
+    "spec_version": MetricInfo("dte_spec_version", "Version of the spec the process runs", lambda key: {}),
     # alerts
     "alerts_active": MetricInfo("dte_alerts_active", "Alerts currently in each state", lambda key: {}),
     "alerts_sent": MetricInfo("dte_notifier_sent_total", "Alert events delivered per notifier"),
@@ -133,6 +138,16 @@ CATALOGUE: dict[str, MetricInfo] = {
     "kafka_consumer_errors": MetricInfo("dte_kafka_consumer_errors_total", "Kafka consumer error events"),
     "kafka_records_out": MetricInfo("dte_kafka_records_out_total", "Kafka records produced"),
     "kafka_delivery_errors": MetricInfo("dte_kafka_delivery_errors_total", "Kafka records not delivered"),
+    # twin view on Kafka
+    "view_records_out": MetricInfo("dte_view_records_out_total", "Twin view records produced to Kafka"),
+    "view_delivery_errors": MetricInfo(
+        "dte_view_delivery_errors_total", "Twin view records Kafka did not take (sent again later)"
+    ),
+    "view_records_in": MetricInfo("dte_view_records_in_total", "Twin view records read from Kafka"),
+    "view_records_rejected": MetricInfo(
+        "dte_view_records_rejected_total",
+        "Records on the twin view topic that are not view records, by reason",
+    ),
     # InfluxDB
     "influxdb_points_written": MetricInfo("dte_influxdb_points_written_total", "Points InfluxDB stored"),
     "influxdb_retries": MetricInfo("dte_influxdb_retries_total", "InfluxDB write attempts repeated"),

@@ -231,12 +231,14 @@ def _startup_error(
     )
 
 
-def check_cluster(spec: KafkaConnectionSpec, who: str, topics: list[str]) -> None:
+def check_cluster(
+    spec: KafkaConnectionSpec, who: str, topics: list[str], topic_config: dict[str, str] | None = None
+) -> None:
     """Before the dataflow starts: the brokers answer, take the credentials, and have ``topics``.
 
     Raises a :class:`ConnectorError` whose one line names the cause and the fix. A missing
-    topic is created when ``spec.create_topic`` says how; otherwise the message gives the
-    command that creates it.
+    topic is created when ``spec.create_topic`` says how (with ``topic_config``, e.g.
+    ``cleanup.policy=compact``); otherwise the message gives the command that creates it.
     """
     errors = ErrorLog(who, quiet=True)
     timeout_ms = str(max(1, round(spec.startup_timeout * 1000)))
@@ -258,9 +260,10 @@ def check_cluster(spec: KafkaConnectionSpec, who: str, topics: list[str]) -> Non
         return
     create = spec.create_topic
     if create is None:
+        configs = "".join(f" --config {k}={v}" for k, v in (topic_config or {}).items())
         commands = "; ".join(
             f"kafka-topics.sh --bootstrap-server {spec.bootstrap_servers} --create --topic {topic} "
-            "--partitions N"
+            f"--partitions N{configs}"
             for topic in missing
         )
         raise ConnectorError(
@@ -270,7 +273,12 @@ def check_cluster(spec: KafkaConnectionSpec, who: str, topics: list[str]) -> Non
         )
     futures = admin.create_topics(
         [
-            NewTopic(t, num_partitions=create.partitions, replication_factor=create.replication_factor)
+            NewTopic(
+                t,
+                num_partitions=create.partitions,
+                replication_factor=create.replication_factor,
+                config=dict(topic_config or {}),
+            )
             for t in missing
         ],
         request_timeout=spec.startup_timeout,

@@ -31,7 +31,10 @@ class ApiState:
     influxdb: InfluxDBSinkSpec | None = None  # where history comes from without a local store
 
     @classmethod
-    def open(cls, data_dir: Path, tokens_path: Path | None = None, **options: object) -> ApiState:
-        """The context of ``data_dir`` (its view is created if missing)."""
+    def open(
+        cls, data_dir: Path, tokens_path: Path | None = None, view: TwinView | None = None, **options: object
+    ) -> ApiState:
+        """The context of ``data_dir``; its view (created if missing) unless ``view`` is given."""
         tokens = TokenFile(tokens_path if tokens_path is not None else default_tokens_path(data_dir))
-        return cls(data_dir, tokens, TwinView.open(data_dir), **options)  # type: ignore[arg-type]
+        view = view if view is not None else TwinView.open(data_dir)
+        return cls(data_dir, tokens, view, **options)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dte_stream.api.routes import router
 from dte_stream.api.state import ApiState
+from dte_stream.readiness import Readiness
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.model import DataflowSpec
 
@@ -108,21 +109,28 @@ class _AppContext(Protocol):
     def spec(self) -> DataflowSpec | None: ...
     @property
     def options(self) -> dict[str, Any]: ...
+    @property
+    def readiness(self) -> Readiness: ...
 
 
 def api_extension(app: FastAPI, context: _AppContext) -> None:
     """The extension ``create_app`` runs: the API over the context's data dir (``./dte-data`` if none).
 
-    Options read from ``context.options``: ``cors_origins`` (list of origins), ``max_body`` (bytes).
+    Options read from ``context.options``: ``cors_origins`` (list of origins), ``max_body`` (bytes),
+    ``view`` (a view spec: ``serve --view``; else the spec's decides, see
+    :func:`~dte_stream.api.viewsource.view_of`).
     """
+    from dte_stream.api.viewsource import open_view, view_of
     from dte_stream.view.hub import DEFAULT_VIEW_DIR
 
     data_dir = context.data_dir if context.data_dir is not None else DEFAULT_VIEW_DIR
     sinks = context.spec.sinks if context.spec is not None else []
     influxdb = next((s for s in sinks if isinstance(s, InfluxDBSinkSpec)), None)
+    kafka = view_of(context.spec, context.options.get("view"))
     state = ApiState.open(
         data_dir,
         context.tokens_file,
+        open_view(data_dir, kafka, context.readiness) if kafka is not None else None,
         cors_origins=list(context.options.get("cors_origins", [])),
         max_body=int(context.options.get("max_body", 64 * 1024)),
         influxdb=influxdb,

@@ -8,7 +8,8 @@ subscription member per process. dte-stream takes the same two forms:
 
 - ``dte-stream run SPEC --processes N`` on one host: this process picks N free loopback ports,
   starts N children ``dte-stream run SPEC --addresses ... --process-id I`` and waits for them.
-  SIGINT/SIGTERM are passed on to every child (each drains gracefully); if one child fails,
+  SIGINT/SIGTERM are passed on to every child (each drains gracefully), and SIGHUP (each
+  reloads the spec, :mod:`dte_stream.reload`); if one child fails,
   the others get SIGTERM, and SIGKILL after ``STOP_GRACE_S`` (a cluster that lost a process
   cannot drain). The exit code is the first non-zero code of a child, else 0; restart the
   cluster with the same ``--recovery-dir`` to resume.
@@ -185,7 +186,7 @@ def run_cluster(argv: list[str], processes: int) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     code = 0
     failed_at: float | None = None
     try:

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         serve,
         simulate,
+        state,
         token,
         validate,
         whatif,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_parser(sub)
     serve.add_parser(sub)
     whatif.add_parser(sub)
+    state.add_parser(sub)
     return parser
 
 

@@ -6,7 +6,8 @@ problem is one :class:`~dte_stream.errors.ConnectorError` line with its cause an
 
 ========================= =====================================================================
 Kafka (sources, sinks,    no broker answers; credentials refused (SASL); TLS handshake failed;
-dead-letter sinks)        a topic does not exist (created when ``create_topic`` says how)
+dead-letter sinks, the    a topic does not exist (created when ``create_topic`` says how; the
+twin view topic)          view topic with ``cleanup.policy=compact``)
 InfluxDB                  not reachable (refused, no such host, TLS); credentials refused;
                           no such database or bucket; no permission to write
 MQTT                      checked when its client connects (the source or sink's build), with
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dte_stream.spec import DataflowSpec
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
+from dte_stream.spec.view import KafkaViewSpec
 
 __all__ = ["preflight"]
 
@@ -39,3 +41,7 @@ def preflight(spec: DataflowSpec) -> None:
     for target in spec.dead_letters.sinks:
         if isinstance(target, KafkaDeadLetterSinkSpec):
             check_cluster(target, "dead letters", [target.topic])
+    if isinstance(spec.view, KafkaViewSpec):
+        from dte_stream.connectors.kafka.view import VIEW_TOPIC_CONFIG
+
+        check_cluster(spec.view, "twin view", [spec.view.topic], VIEW_TOPIC_CONFIG)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,7 @@ from dte_stream.errors import ConfigError
 from dte_stream.logs import add_logging_arguments, configure, json_logs
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import DEFAULT_MAX_LAG, READINESS
+from dte_stream.reload import LiveSpec, SpecWatcher
 from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
 
@@ -52,6 +55,8 @@ def execute(
     tokens: Path | None = None,
     addresses: list[str] | None = None,
     process_id: int | None = None,
+    spec_path: Path | None = None,
+    load: Callable[[Path], DataflowSpec] | None = None,
 ) -> int:
     """Build and run ``spec``'s dataflow with progress on stderr; print a summary at the end.
 
@@ -59,18 +64,38 @@ def execute(
     with the API tokens of ``tokens`` (default: the tokens file in the data directory).
     With ``addresses`` and ``process_id`` this process is one of a Bytewax cluster
     (:mod:`dte_stream.cli.cluster`); only process 0 shows progress, each prints its summary,
-    and process I serves HTTP on port + I.
+    and process I serves HTTP on port + I. With ``spec_path`` (and ``load``, which reads it
+    as at start), SIGHUP and changes of the file reload the spec live (:mod:`dte_stream.reload`).
     """
     from dte_stream.dataflow import build_flow
 
     preflight(spec)  # every service answers, or one line says which does not and why
-    flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1)
+    live = LiveSpec(spec)
+    flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1, live=live)
     if http is not None and process_id and addresses is not None and _one_host(addresses):
         http = (http[0], http[1] + process_id)  # processes that share a host share no port
-    with _http_server(spec, http, tokens):
+    with _http_server(spec, http, tokens), _spec_watcher(live, spec_path, load):
         return _execute(
             spec, flow, quiet=quiet, recovery_dir=recovery_dir, addresses=addresses, process_id=process_id
         )
+
+
+@contextlib.contextmanager
+def _spec_watcher(
+    live: LiveSpec, path: Path | None, load: Callable[[Path], DataflowSpec] | None
+) -> Iterator[None]:
+    """Reload ``path`` on SIGHUP and when it changes, while the dataflow runs.
+
+    Without a spec file (``demo``) SIGHUP is ignored (Python would end the process on it).
+    """
+    if path is None or load is None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        yield
+        return
+    with SpecWatcher(path, live, load) as watcher:
+        watcher.install_sighup()
+        yield
 
 
 def _one_host(addresses: list[str]) -> bool:
@@ -119,6 +144,7 @@ def _execute(
         _say(f"running {summary(spec)}")
         _say("press Ctrl-C to stop")
     METRICS.reset()
+    METRICS.set_gauge("spec_version", "", spec.version)
     install_signal_handlers()
     started = time.monotonic()
     interrupted = False  # stopped at once (second signal): exit 130
@@ -153,13 +179,24 @@ def _execute(
 
 def _run(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format)
-    spec = load_spec(args.spec)
-    if args.workers is not None:
-        spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"workers": args.workers})})
-    return _launch(args, spec, args.recovery_dir)
+
+    def load(path: Path) -> DataflowSpec:
+        """The spec at ``path`` with the command line's overrides (at start, and for reloads)."""
+        spec = load_spec(path)
+        if args.workers is not None:
+            engine = spec.engine.model_copy(update={"workers": args.workers})
+            spec = spec.model_copy(update={"engine": engine})
+        return spec
+
+    return _launch(args, load(Path(args.spec)), args.recovery_dir, load)
 
 
-def _launch(args: argparse.Namespace, spec: DataflowSpec, recovery_dir: Path | None) -> int:
+def _launch(
+    args: argparse.Namespace,
+    spec: DataflowSpec,
+    recovery_dir: Path | None,
+    load: Callable[[Path], DataflowSpec] | None = None,
+) -> int:
     """Run ``spec`` alone, as one process of a cluster, or start a cluster (``--processes``)."""
     addresses = parse_addresses(args.addresses) if args.addresses is not None else None
     check_cluster(addresses, args.process_id)
@@ -177,6 +214,8 @@ def _launch(args: argparse.Namespace, spec: DataflowSpec, recovery_dir: Path | N
         tokens=args.tokens,
         addresses=addresses,
         process_id=args.process_id,
+        spec_path=Path(args.spec) if load is not None else None,
+        load=load,
     )
 
 

@@ -7,7 +7,7 @@ error that says what was meant, not a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,6 +17,7 @@ from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaS
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.spec.notify import NotifierList
 from dte_stream.spec.twins import ChannelSpec, TwinTypeSpec
+from dte_stream.spec.view import SqliteViewSpec, ViewSpec
 
 __all__ = [
     "CODEC_CHOICES",
@@ -147,9 +148,12 @@ class EngineSpec(SpecModel):
 class DataflowSpec(SpecModel):
     """A whole dataflow: where readings come from, which twins they feed, where results go."""
 
-    SUPPORTED_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
-
-    version: Literal[1] = 1
+    version: int = Field(
+        1,
+        ge=1,
+        le=2**31 - 1,
+        description="the spec's own version: bump it with each change; the recovery state records it",
+    )
     name: Identifier
     description: str = ""
     sources: list[SourceSpec] = Field(min_length=1)
@@ -157,6 +161,10 @@ class DataflowSpec(SpecModel):
     sinks: list[SinkSpec] = Field(min_length=1)
     dead_letters: DeadLetterSpec = Field(default_factory=DeadLetterSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    view: ViewSpec = Field(
+        default_factory=SqliteViewSpec,
+        description="where shards publish the twin state view: sqlite (this host) or kafka (docs/api.md)",
+    )
     notifiers: NotifierList = Field(
         default_factory=list, description="where alert events go besides the alert log (docs/alerting.md)"
     )

@@ -407,15 +407,16 @@ class TwinTypeSpec(SpecModel):
         """Output names of the forecast horizons, e.g. ``60s``, ``1h``."""
         return [_horizon_name(h) for h in self.kalman.horizons]
 
-    def state_fingerprint(self) -> str:
-        """A digest of the twin state's layout; a snapshot of another layout is refused on restore.
+    def state_layout(self) -> dict[str, Any]:
+        """What the twin state's layout depends on (the input of :meth:`state_fingerprint`).
 
-        It covers the channels, each filter's model kind and state names, the shared models'
-        channels, adaptive noise, the learners and the type's ``version``. Noise levels, gates,
-        horizons, quality limits, units and the anomaly level can change across a restart.
+        The channels (with the model kind of those filtered on their own), the shared models
+        (channels, states, kind), adaptive noise, the anomaly scorer, the learners and the type's
+        ``version``. Noise levels, gates, horizons, quality limits, units, the anomaly level and
+        the alert rules are settings, not layout: they may change across a restart or a reload.
         """
         own = set(self.per_channel())
-        layout = {
+        return {
             "version": self.version,
             "channels": [[c, ch.filter.model if c in own else None] for c, ch in self.channels.items()],
             "models": [
@@ -426,4 +427,8 @@ class TwinTypeSpec(SpecModel):
             "anomaly": [self.anomaly.enabled, self.anomaly.method, self.anomaly.context_bins],
             "learners": [learner.model_dump(mode="json") for learner in self.learners],
         }
+
+    def state_fingerprint(self) -> str:
+        """A digest of :meth:`state_layout`; a snapshot of another layout is refused on restore."""
+        layout = self.state_layout()
         return hashlib.sha256(orjson.dumps(layout, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

@@ -34,7 +34,7 @@ from dte_stream.twins.quality import QualityBank
 if TYPE_CHECKING:
     from dte_stream.twins.bank import TwinBank
 
-__all__ = ["SNAPSHOT_FORMAT", "SnapshotMismatchError", "bank_snapshot", "restore_bank"]
+__all__ = ["SNAPSHOT_FORMAT", "SnapshotMismatchError", "bank_snapshot", "restore_bank", "retuned_bank"]
 
 #: Version of the snapshot layout; bumped whenever it changes incompatibly.
 SNAPSHOT_FORMAT = 5
@@ -65,6 +65,7 @@ def bank_snapshot(bank: TwinBank) -> dict[str, Any]:
         "twin_type": bank.spec.name,
         "version": bank.spec.version,
         "fingerprint": bank.spec.state_fingerprint(),
+        "layout": bank.spec.state_layout(),
         "channels": list(bank.channels),
         "twin_ids": list(bank.twin_ids),
         "last_seen": bank.last_seen[:n].copy(),
@@ -121,3 +122,22 @@ def restore_bank(spec: TwinTypeSpec, snap: dict[str, Any]) -> TwinBank:
         bank._index.add(np.asarray(ids, dtype=np.str_), np.arange(n, dtype=np.intp))
     bank.counters.update(snap.get("counters", {}))
     return bank
+
+
+def retuned_bank(bank: TwinBank, spec: TwinTypeSpec) -> TwinBank:
+    """``bank`` under new settings of its twin type (a live reload): the twins carry on unchanged.
+
+    The bank goes through a snapshot and a restore, the path a restart takes, so a reload
+    accepts exactly what a restart accepts; the twins changed since the view last looked stay
+    marked. Raises :class:`SnapshotMismatchError` when ``spec`` changes the layout.
+    """
+    if spec == bank.spec:
+        return bank
+    if spec.model_dump(exclude={"alerts"}) == bank.spec.model_dump(exclude={"alerts"}):
+        bank.spec = spec  # only the alert rules changed: nothing in the bank uses them
+        return bank
+    new = restore_bank(spec, bank_snapshot(bank))
+    n = len(bank.twin_ids)
+    new.changed[:n] = bank.changed[:n]
+    new.removed = list(bank.removed)
+    return new

@@ -57,7 +57,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -69,6 +69,7 @@ from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.bank import BankUpdate, TwinBank
+from dte_stream.twins.checkpoint import retuned_bank
 from dte_stream.twins.routing import TypedBatch, shard_key, shard_of
 from dte_stream.twins.state_view import twin_states
 
@@ -85,6 +86,9 @@ EVICTION_CHECK_NS = 60 * NS_PER_S
 MIN_TIMER_NS = NS_PER_S // 2
 EVENT_TIMER_NS = NS_PER_S
 ACK_POLL_NS = 2 * NS_PER_S
+
+if TYPE_CHECKING:
+    from dte_stream.reload import LiveSpec
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +175,8 @@ class TwinShard:
     ``key`` names the shard (its state key, :func:`~dte_stream.twins.routing.shard_key`); when
     None it is found from the first reading (engines that do not pass the key to the state).
     ``clock`` is the input clock of the process (one is made when none is given); ``acks`` the
-    acknowledgement inbox (None: acknowledgements are not read); ``wall`` the wall clock.
+    acknowledgement inbox (None: acknowledgements are not read); ``wall`` the wall clock;
+    ``live`` the process's live spec, whose reloads the shard takes at its next call (:meth:`follow`).
     """
 
     def __init__(
@@ -182,8 +187,11 @@ class TwinShard:
         clock: InputClock | None = None,
         acks: AckSource | None = None,
         wall: Callable[[], int] = now_ns,
+        live: LiveSpec | None = None,
     ) -> None:
         self.spec = spec
+        self.live = live
+        self.generation = 0  # of the live spec: the first call takes any reload made before it
         self.key = key or ""
         self.clock = clock if clock is not None else InputClock(wall)
         self.acks = acks
@@ -202,6 +210,7 @@ class TwinShard:
 
     def on_batch(self, batches: Sequence[TypedBatch]) -> ShardUpdate:
         """Apply routed readings (any twin types, in any order; each twin's in time order)."""
+        self.follow()
         by_type: dict[str, list[TypedBatch]] = {}
         for b in batches:
             if len(b):
@@ -230,6 +239,7 @@ class TwinShard:
 
     def on_timer(self) -> ShardUpdate:
         """Run the timers by the twin clock: stale sensors, alert timers, acknowledgements, eviction."""
+        self.follow()
         now = self.now()
         estimates: list[EstimateBatch] = []
         events: list[AlertEvent] = []
@@ -285,6 +295,7 @@ class TwinShard:
             return {}
         return {
             "format": SHARD_FORMAT,
+            "spec": {"name": self.spec.name, "version": self.spec.version},
             "key": self.key,
             "watermark": self.watermark,
             "banks": {name: bank.snapshot() for name, bank in self.banks.items()},
@@ -301,6 +312,7 @@ class TwinShard:
         clock: InputClock | None = None,
         acks: AckSource | None = None,
         wall: Callable[[], int] = now_ns,
+        live: LiveSpec | None = None,
     ) -> TwinShard:
         """A shard carrying on from :meth:`snapshot`; an empty snapshot is a shard that saw nothing.
 
@@ -308,7 +320,7 @@ class TwinShard:
         fit ``spec``: a twin type it no longer declares, a changed state layout, or the state
         layout of an older dte-stream (one state per twin type and shard).
         """
-        shard = cls(spec, key, clock=clock, acks=acks, wall=wall)
+        shard = cls(spec, key, clock=clock, acks=acks, wall=wall, live=live)
         if not snap:
             return shard
         shard.key = shard.key or str(snap.get("key", ""))
@@ -328,14 +340,33 @@ class TwinShard:
                 raise SpecError(
                     spec.name,
                     [
-                        f"the recovery state does not fit this spec: {exc}; "
-                        "use the old spec or a fresh --recovery-dir"
+                        f"the recovery state does not fit this spec: {exc}; use the old spec, "
+                        "`dte-stream state migrate` when a migration exists, or a fresh --recovery-dir"
                     ],
                 ) from None
             shard._start_alerts(type_spec, snap.get("alerts", {}).get(name))
         shard.watermark = int(snap.get("watermark", NEVER))
         shard.clock.advance(shard.watermark)
         return shard
+
+    def follow(self) -> None:
+        """Take the live spec's latest accepted change (a reload), if there is one since the last look.
+
+        The banks carry on under the new settings (:func:`~dte_stream.twins.checkpoint.retuned_bank`)
+        and the alert engines under the new rules, keeping their alerts (the rules' state is kept
+        by rule name and kind), so the next readings are judged by the new spec. The live spec
+        accepts only changes that keep every twin type's layout, so nothing here can refuse.
+        """
+        if self.live is None or self.live.generation == self.generation:
+            return
+        self.generation, spec = self.live.current()
+        for name, bank in list(self.banks.items()):
+            type_spec, old_alerts = spec.twin_type(name), bank.spec.alerts
+            self.banks[name] = retuned_bank(bank, type_spec)
+            if type_spec.alerts != old_alerts:
+                engine = self.alert_engines.pop(name, None)
+                self._start_alerts(type_spec, engine.snapshot() if engine is not None else None)
+        self.spec = spec
 
     # -- reading the shard --------------------------------------------------------------------
 

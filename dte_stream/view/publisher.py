@@ -1,7 +1,8 @@
 """Pacing of the view writes: soon enough for live pages, cheap enough for the dataflow.
 
 A :class:`ViewPublisher` per shard takes every update (:meth:`~ViewPublisher.note`) and writes
-the changed twins to the :class:`~dte_stream.view.store.TwinView` when
+the changed twins to its :class:`ViewWriter` (the SQLite :class:`~dte_stream.view.store.TwinView`,
+a Kafka view topic, or both) when
 :meth:`~ViewPublisher.publish` is called and
 
 - its last write is at least ``min_interval_s`` ago (live pages see a reading within about
@@ -12,7 +13,9 @@ the changed twins to the :class:`~dte_stream.view.store.TwinView` when
   thousands of busy twins the view is refreshed less often instead of slowing the dataflow;
 - or its changes have waited ``max_wait_s`` (the view is never staler than that).
 
-``force=True`` (the end of an epoch) writes whenever the pacer allows, whatever the interval.
+``force=True`` (the end of an epoch) writes whenever the pacer allows, whatever the interval,
+and waits (at most :data:`EPOCH_FLUSH_S`) for an asynchronous writer's deliveries; twins whose
+records a Kafka writer could not deliver are published again, with their state of then.
 Engine-free: the Bytewax adapter calls it from its stateful logic.
 """
 
@@ -22,7 +25,8 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from dte_stream.times import NS_PER_S
 from dte_stream.view.records import ViewCollector
@@ -32,7 +36,60 @@ if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
     from dte_stream.twins.bank import BankUpdate, TwinBank
 
-__all__ = ["ViewPacer", "ViewPublisher"]
+__all__ = ["AsyncViewWriter", "ViewFanOut", "ViewPacer", "ViewPublisher", "ViewWriter"]
+
+
+class ViewWriter(Protocol):
+    """Where a publisher writes: the SQLite :class:`TwinView`, a Kafka view topic, or both."""
+
+    def put(
+        self, records: Sequence[dict[str, Any]], now_ns: int | None, alerts: Iterable[dict[str, Any]] = ()
+    ) -> int: ...
+    def remove(self, twin_ids: Sequence[str]) -> None: ...
+    def put_types(self, specs: Sequence[dict[str, Any]]) -> None: ...
+
+
+@runtime_checkable
+class AsyncViewWriter(ViewWriter, Protocol):
+    """A writer whose writes complete later (Kafka): the publisher flushes it at each epoch's end
+    and publishes again the twins whose records were not delivered."""
+
+    def flush(self, timeout: float) -> int: ...
+    def take_undelivered(self, twin_ids: Sequence[str]) -> list[str]: ...
+
+
+class ViewFanOut:
+    """The SQLite view of this host and a Kafka view topic, written alike (``view.local``)."""
+
+    def __init__(self, local: TwinView, remote: AsyncViewWriter) -> None:
+        self.local = local
+        self.remote = remote
+
+    def put(
+        self, records: Sequence[dict[str, Any]], now_ns: int | None, alerts: Iterable[dict[str, Any]] = ()
+    ) -> int:
+        rows = list(alerts)
+        seq = self.local.put(records, now_ns, rows)
+        self.remote.put(records, now_ns, rows)
+        return seq
+
+    def remove(self, twin_ids: Sequence[str]) -> None:
+        self.local.remove(twin_ids)
+        self.remote.remove(twin_ids)
+
+    def put_types(self, specs: Sequence[dict[str, Any]]) -> None:
+        self.local.put_types(specs)
+        self.remote.put_types(specs)
+
+    def flush(self, timeout: float) -> int:
+        return self.remote.flush(timeout)
+
+    def take_undelivered(self, twin_ids: Sequence[str]) -> list[str]:
+        return self.remote.take_undelivered(twin_ids)
+
+
+#: How long the end of an epoch waits for an asynchronous writer's deliveries (seconds).
+EPOCH_FLUSH_S = 2.0
 
 #: Which process wrote a record (host and process id): a cluster's processes each write their twins.
 _WRITER = f"{socket.gethostname()}:{os.getpid()}"
@@ -75,7 +132,7 @@ class ViewPublisher:
 
     def __init__(
         self,
-        view: TwinView,
+        view: ViewWriter,
         pacer: ViewPacer | None = None,
         *,
         min_interval_s: float = 0.25,
@@ -106,6 +163,11 @@ class ViewPublisher:
         self, bank: TwinBank, alerts: AlertEngine | None, now_ns: int, *, force: bool = False
     ) -> bool:
         """Write the changed twins if there are any and it is time; True if written."""
+        view = self.view
+        if isinstance(view, AsyncViewWriter):
+            again = view.take_undelivered(bank.twin_ids)
+            if again:  # not delivered: publish their current state again
+                self.collector.touch(again)
         if not self.collector:
             return False
         overdue = now_ns - self.pending_since >= self.max_wait_ns
@@ -117,7 +179,9 @@ class ViewPublisher:
         for record in records:
             record["written_by"] = _WRITER
         if records or alert_rows:
-            self.view.put(records, now_ns, alert_rows)
+            view.put(records, now_ns, alert_rows)
+        if force and isinstance(view, AsyncViewWriter):
+            view.flush(EPOCH_FLUSH_S)
         cost = time.perf_counter() - start
         self.last_ns = now_ns
         self.pacer.spent(now_ns + round(cost * NS_PER_S), cost)

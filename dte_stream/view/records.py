@@ -93,6 +93,10 @@ class ViewCollector:
             self._alert_twins.add(event.twin_id)
             self._alerts[event.alert_id] = alert_row(event)
 
+    def touch(self, twin_ids: list[str]) -> None:
+        """Publish these twins again with the next records (their last write was not delivered)."""
+        self._alert_twins.update(twin_ids)
+
     def forget(self, twin_ids: list[str]) -> None:
         """Twins evicted from the bank: nothing more to publish for them."""
         gone = set(twin_ids)

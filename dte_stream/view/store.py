@@ -220,14 +220,15 @@ class TwinView:
         return int(row[0])
 
     def put(
-        self, records: Sequence[dict[str, Any]], now_ns: int, alerts: Iterable[dict[str, Any]] = ()
+        self, records: Sequence[dict[str, Any]], now_ns: int | None, alerts: Iterable[dict[str, Any]] = ()
     ) -> int:
         """Write twin records (replacing each twin's row) and alert rows in one transaction.
 
         Each twin record needs ``twin_id``, ``twin_type``, ``labels``, ``last_seen_ns``,
-        ``alert_state`` and ``anomaly_score``; it is stored whole (with ``updated_ns`` and
-        ``seq`` added). Each alert row is an alert's latest state (see :meth:`put_alerts`).
-        Returns the new ``seq``.
+        ``alert_state`` and ``anomaly_score``; it is stored whole (with ``updated_ns`` =
+        ``now_ns`` and ``seq`` added; ``now_ns=None`` keeps the record's own ``updated_ns``, as a
+        copy of another view does). Each alert row is an alert's latest state (see
+        :meth:`put_alerts`). Returns the new ``seq``.
         """
         alert_rows = list(alerts)
         db = self._db()
@@ -237,14 +238,15 @@ class TwinView:
                 seq = self._next_seq(db)
                 rows = []
                 for rec in records:
-                    rec["updated_ns"] = now_ns
+                    if now_ns is not None:
+                        rec["updated_ns"] = now_ns
                     rec["seq"] = seq
                     rows.append(
                         (
                             rec["twin_id"], rec["twin_type"],
                             orjson.dumps(rec.get("labels") or {}, option=orjson.OPT_SORT_KEYS).decode(),
-                            rec.get("last_seen_ns"), now_ns, rec.get("alert_state", "ok"),
-                            rec.get("anomaly_score"), seq,
+                            rec.get("last_seen_ns"), int(rec.get("updated_ns") or 0),
+                            rec.get("alert_state", "ok"), rec.get("anomaly_score"), seq,
                             orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY),
                         )
                     )  # fmt: skip

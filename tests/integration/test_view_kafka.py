@@ -1,0 +1,269 @@
+"""The twin view across hosts: a dataflow publishes it to a compacted Kafka topic, and
+``dte-stream serve --view kafka://...`` (which shares nothing with the dataflow but the broker)
+answers the API from it.
+
+A ``dte-stream run`` cluster of two processes (simulated rooms in real time) publishes its view
+to a new topic (``view: {kind: kafka, local: true}``: the SQLite view of the same run is the
+reference). A separate ``serve`` process follows the topic: a twin's live updates arrive over
+SSE; once the run has ended, its twin list and every twin equal the SQLite view field by field.
+A record that is not a view record is put on the topic; a restarted ``serve`` rebuilds the same
+view from the compacted topic, is ready only once it has, counts the bad record and skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+
+from dte_stream.api.tokens import TokenFile, default_tokens_path
+from dte_stream.view import TwinQuery, TwinView
+
+pytestmark = pytest.mark.integration
+
+TWINS = 24
+
+SPEC = """
+version: 1
+name: view_kafka
+sources:
+  - kind: simulator
+    twin_type: room
+    twins: {twins}
+    interval: 0.5s
+    ticks: 50
+    seed: 7
+    partitions: 4
+twin_types:
+  - name: room
+    channels:
+      temperature: {{unit: degC, filter: {{process_noise: 0.001, measurement_noise: 0.25}}}}
+      humidity: {{unit: "%"}}
+    alerts:
+      rules:
+        - {{kind: threshold, name: warm, channels: [temperature], above: 20.5, clear: 20}}
+sinks:
+  - kind: local_store
+    data_dir: {data}
+view:
+  kind: kafka
+  bootstrap_servers: "{servers}"
+  topic: {topic}
+  local: true
+  create_topic: {{partitions: 3}}
+engine:
+  shards: 4
+  epoch_seconds: 2
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _serve(api_dir: Path, url: str, log: Path) -> Iterator[str]:
+    port = _free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dte_stream", "serve", "--http", f"127.0.0.1:{port}",
+             "--data-dir", str(api_dir), "--view", url],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode is not None
+
+
+def _wait(what: str, check: Any, timeout: float = 120.0, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, json.JSONDecodeError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout:.0f} s" + (f"\n{log.read_text()[-3000:]}" if log else ""))
+        time.sleep(0.3)
+
+
+def _strip(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without what each reader adds itself (its change counter, ages)."""
+    out = {k: v for k, v in record.items() if k not in ("seq", "age_s")}
+    out["channels"] = {
+        name: {k: v for k, v in ch.items() if k != "age_s"} for name, ch in record.get("channels", {}).items()
+    }
+    return out
+
+
+def _same_view(client: httpx.Client, reference: TwinView) -> str | None:
+    """None when the API's twins equal the reference view field by field; else the first difference."""
+    page = client.get("/api/v1/twins", params={"limit": 1000}).json()
+    expected = reference.list_twins(TwinQuery(limit=1000))
+    if page["total"] != expected.total:
+        return f"{page['total']} twins, expected {expected.total}"
+    for entry, reference_entry in zip(page["twins"], expected.twins, strict=True):
+        got = {k: v for k, v in entry.items() if k != "age_s"}
+        want = {k: v for k, v in reference_entry.items() if k != "seq"}
+        if got != want:
+            return f"list entry {got} != {want}"
+    for summary in expected.twins:
+        twin_id = summary["twin_id"]
+        got = _strip(client.get(f"/api/v1/twins/{twin_id}").json())
+        want = _strip(reference.get_twin(twin_id) or {})
+        if got != want:
+            keys = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            return f"twin {twin_id}: fields {keys} differ"
+    return None
+
+
+def _metric(client: httpx.Client, name: str) -> float:
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_serve_on_the_view_topic_answers_like_the_dataflows_view(kafka: Any, tmp_path: Path) -> None:
+    servers = kafka.bootstrap_servers
+    topic = f"view-{uuid.uuid4().hex[:8]}"
+    data, api_dir = tmp_path / "data", tmp_path / "api"
+    api_dir.mkdir()
+    token = TokenFile(default_tokens_path(api_dir)).create("viewer", "read")
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(SPEC.format(twins=TWINS, data=data, servers=servers, topic=topic))
+    url = f"kafka://{servers}/{topic}"
+    run_log, serve_log = tmp_path / "run.log", tmp_path / "serve.log"
+
+    with run_log.open("ab") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dte_stream", "run", str(spec), "--processes", "2", "--quiet"],
+            stdout=out, stderr=out, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        with (
+            _serve(api_dir, url, serve_log) as base,
+            httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as client,
+        ):
+            # the twins of both processes, from the topic alone
+            _wait(
+                "serve lists every twin of the run",
+                lambda: client.get("/api/v1/twins").json()["total"] == TWINS,
+                log=serve_log,
+            )
+            readyz = client.get("/readyz")
+            assert readyz.status_code == 200, readyz.text
+            # a live update: the twin's record now, then again with a newer reading
+            with client.stream("GET", "/api/v1/twins/room-0003/events") as response:
+                assert response.status_code == 200
+                seen: list[int] = []
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[6:])["last_seen_ns"])
+                        if len(seen) == 2:
+                            break
+            assert seen[1] > seen[0]
+            assert run.wait(300) == 0, run_log.read_text()[-4000:]
+            # the run is over: the topic holds its final view, which serve shows field by field
+            reference = TwinView.open(data)
+            assert reference.counts()["total"] == TWINS
+            _wait(
+                "serve shows the run's final view",
+                lambda: _same_view(client, reference) is None,
+                log=serve_log,
+            )
+            types = client.get("/api/v1/twin-types").json()["twin_types"]
+            assert [t["name"] for t in types] == ["room"]
+            assert _metric(client, "dte_view_records_in_total") >= TWINS
+    finally:
+        if run.poll() is None:
+            run.terminate()
+            run.wait(30)
+
+    # the topic was created compacted
+    admin = AdminClient({"bootstrap.servers": servers})
+    resource = ConfigResource("topic", topic)
+    config = admin.describe_configs([resource])[resource].result(30)
+    assert config["cleanup.policy"].value == "compact"
+    assert len(admin.list_topics(topic, timeout=30).topics[topic].partitions) == 3
+
+    # a hostile record on the topic; a restarted serve rebuilds the same view, ready only then
+    producer = Producer({"bootstrap.servers": servers})
+    producer.produce(topic, b"{not json", b"room-bad")
+    assert producer.flush(30) == 0
+    with (
+        _serve(api_dir, url, serve_log) as base,
+        httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as client,
+    ):
+        ready = _wait("the restarted serve is ready", lambda: client.get("/readyz").status_code == 200)
+        assert ready
+        checks = {c["name"]: c for c in client.get("/readyz").json()["checks"]}
+        assert checks[f"view:{topic}"]["ok"]
+        assert _same_view(client, reference) is None  # complete as soon as it says it is ready
+        assert client.get("/api/v1/twins/room-bad").status_code == 404
+        assert _metric(client, "dte_view_records_rejected_total") == 1
+    assert "is not a twin view record" in serve_log.read_text()
+    rejected = (api_dir / "view_dead_letters.jsonl").read_text().splitlines()
+    assert len(rejected) == 1
+    assert json.loads(rejected[0])["source"].startswith(f"twin view topic {topic}/")
+    reference.close()
+
+
+def test_undelivered_view_records_are_counted_logged_once_and_published_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No broker at the address: the writer never blocks the dataflow, counts each record it could
+    not deliver, logs the outage once, and hands the twins back to be published again."""
+    from dte_stream.connectors.kafka.view import KafkaViewWriter
+    from dte_stream.metrics import METRICS
+    from dte_stream.spec.view import KafkaViewSpec
+
+    spec = KafkaViewSpec(
+        kind="kafka", bootstrap_servers=f"127.0.0.1:{_free_port()}", topic="nowhere", delivery_timeout=1.0
+    )
+    METRICS.reset()
+    writer = KafkaViewWriter(spec)
+    record = {
+        "twin_id": "p-1", "twin_type": "pump", "labels": {}, "last_seen_ns": 1, "alert_state": "ok",
+        "anomaly_score": None, "channels": {}, "models": [], "alerts": [],
+    }  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="dte_stream.connectors.kafka"):
+        writer.put([dict(record), dict(record, twin_id="p-2")], 5, [])
+        writer.remove(["p-3"])
+        _wait(
+            "the records time out",
+            lambda: writer.flush(0.5) == 0 and METRICS.get("view_delivery_errors") == 3,
+        )
+    assert writer.take_undelivered(["p-2", "p-9"]) == ["p-2"]
+    assert writer.take_undelivered(["p-1", "p-2"]) == ["p-1"]
+    assert writer.take_undelivered(["p-1", "p-2"]) == []
+    warnings = [r.getMessage() for r in caplog.records if "was not delivered" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "nowhere" in warnings[0]
+    writer.close()
