@@ -51,6 +51,7 @@ from dte_stream.store.sink import DeadLetterOutput, DeadLetterSink, LocalStoreSi
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.routing import Router, RouteResult, TypedBatch
 from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
+from dte_stream.twins.snapshot_log import SnapshotLog
 from dte_stream.view.hub import ViewHub
 from dte_stream.view.publisher import ViewPublisher
 
@@ -67,8 +68,15 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
     one per twin type; they pace their own writes) and forces a write at each epoch's end.
     """
 
-    def __init__(self, shard: TwinShard, view: ViewHub | None, on_epoch: EpochHook | None) -> None:
+    def __init__(
+        self,
+        shard: TwinShard,
+        view: ViewHub | None,
+        on_epoch: EpochHook | None,
+        log: SnapshotLog | None = None,
+    ) -> None:
         self.shard = shard
+        self.log = log  # incremental snapshots (None: full ones)
         self.view = view
         self.publishers: dict[str, ViewPublisher] = {}
         self.on_epoch = on_epoch
@@ -96,9 +104,10 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         if self.on_epoch is not None:
             self.on_epoch(self.shard)
         started = time.perf_counter()
-        snap = self.shard.snapshot()
+        snap = self.log.snapshot(self.shard) if self.log is not None else self.shard.snapshot()
         METRICS.observe("snapshot_seconds", time.perf_counter() - started)
-        METRICS.set_gauge("snapshot_bytes", self.shard.key, _nbytes(snap))
+        size = self.log.last_written if self.log is not None else _nbytes(snap)
+        METRICS.set_gauge("snapshot_bytes", self.shard.key, size)
         return snap
 
     def _published(self, update: ShardUpdate, *, force: bool = False) -> list[ShardUpdate]:
@@ -234,8 +243,12 @@ def build_flow(
     view = ViewHub(spec) if outputs is None else None  # tests and replays leave the view alone
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
+        incremental = live.spec.engine.snapshots == "incremental"
+        log, resume = SnapshotLog.start(recovery_dir, incremental, resume)
         shard = TwinShard.restore(live.spec, None, resume, clock=clock, acks=acks, live=live)
-        return _ShardLogic(shard, view, on_epoch)
+        if log is not None:
+            log.attach(shard)
+        return _ShardLogic(shard, view, on_epoch, log)
 
     updates = op.stateful_batch("twin_bank", keyed, shard_logic)
     keyed_batches = op.flat_map("estimate_batches", updates, _keyed_estimates)

@@ -139,6 +139,11 @@ class EngineSpec(SpecModel):
     shards: int = Field(8, ge=1, le=4096, description="twin bank shards (keys of Bytewax state)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax worker threads in this process")
     epoch_seconds: PositiveSeconds = Field(10.0, description="how often state is snapshotted")
+    snapshots: Literal["incremental", "full"] = Field(
+        "incremental",
+        description="shard snapshots per epoch: the twins that changed (files beside the recovery "
+        "partitions, docs/reliability.md), or every twin in Bytewax's partitions",
+    )
     clock: Literal["wall", "event"] = Field(
         "wall",
         description="clock of stale sensors and TTLs: wall clock, or the latest event time (replays)",

@@ -198,8 +198,12 @@ class AnomalyScorer:
         for name in self._FIELDS:
             getattr(self, name)[index] = 1.0 if name == "window" else 0
 
-    def snapshot(self, n_rows: int) -> dict[str, npt.NDArray[np.generic]]:
-        """Copies of the first ``n_rows`` rows of every array, by name."""
+    def snapshot(
+        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name."""
+        if rows is not None:
+            return {name: getattr(self, name)[rows] for name in self._FIELDS}
         return {name: getattr(self, name)[:n_rows].copy() for name in self._FIELDS}
 
     def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:

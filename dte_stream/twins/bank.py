@@ -123,6 +123,8 @@ class TwinBank:
         #: Twins updated since the view last took them (:meth:`take_changed`), and twins evicted.
         self.changed = np.zeros(capacity, dtype=bool)
         self.removed: list[str] = []
+        #: Twins updated since the last incremental snapshot (:mod:`dte_stream.twins.snapshot_log`).
+        self.dirty = np.zeros(capacity, dtype=bool)
         #: How :meth:`update` runs its stages (:mod:`dte_stream.twins.stages`): "auto" by the
         #: readings per round, or always "rounds" or "reading" (tests compare the two).
         self.way: Literal["auto", "rounds", "reading"] = "auto"
@@ -168,6 +170,7 @@ class TwinBank:
             self.scorer.grow(capacity)
         self.last_seen = _pad(self.last_seen, capacity, NEVER)
         self.changed = _pad(self.changed, capacity, False)
+        self.dirty = _pad(self.dirty, capacity, False)
         for name, (_, fill) in CELL_ARRAYS.items():
             setattr(self, name, _pad(getattr(self, name), capacity * self.width, fill))
         self.capacity = capacity
@@ -233,6 +236,7 @@ class TwinBank:
             keep = np.flatnonzero(~rejected)  # type: ignore[assignment]
         self._remember(cells, rejected, time_ns, estimate, std, flags, score)
         self.changed[rows] = True
+        self.dirty[rows] = True
         unit = np.where(r.unit == "", self.units[ch], r.unit)
         out_batch = EstimateBatch(
             batch.twin_type,
@@ -306,6 +310,7 @@ class TwinBank:
         cells = stale.rows * self.width + stale.ch
         self.last_flags[cells] |= fl.STALE
         self.changed[stale.rows] = True
+        self.dirty[stale.rows] = True
         return EstimateBatch(
             self.spec.name,
             np.asarray(self.twin_ids, dtype=np.str_)[stale.rows],
@@ -357,6 +362,7 @@ class TwinBank:
         cells = (keep[:, None] * self.width + np.arange(self.width)).ravel()
         self.last_seen = _pad(self.last_seen[keep], capacity, NEVER)
         self.changed = _pad(self.changed[keep], capacity, False)
+        self.dirty = _pad(self.dirty[keep], capacity, False)
         for name, (_, fill) in CELL_ARRAYS.items():
             setattr(self, name, _pad(getattr(self, name)[cells], capacity * self.width, fill))
         self.capacity = capacity

@@ -34,7 +34,14 @@ from dte_stream.twins.quality import QualityBank
 if TYPE_CHECKING:
     from dte_stream.twins.bank import TwinBank
 
-__all__ = ["SNAPSHOT_FORMAT", "SnapshotMismatchError", "bank_snapshot", "restore_bank", "retuned_bank"]
+__all__ = [
+    "SNAPSHOT_FORMAT",
+    "SnapshotMismatchError",
+    "bank_snapshot",
+    "merge_bank_snapshots",
+    "restore_bank",
+    "retuned_bank",
+]
 
 #: Version of the snapshot layout; bumped whenever it changes incompatibly.
 SNAPSHOT_FORMAT = 5
@@ -44,22 +51,41 @@ class SnapshotMismatchError(ValueError):
     """A snapshot that this twin type cannot load (other layout, other spec)."""
 
 
-def bank_snapshot(bank: TwinBank) -> dict[str, Any]:
-    """Compact, picklable copy of ``bank``'s state: numpy arrays trimmed to the twins present."""
+def bank_snapshot(bank: TwinBank, rows: npt.NDArray[np.intp] | None = None) -> dict[str, Any]:
+    """Compact, picklable copy of ``bank``'s state: numpy arrays trimmed to the twins present.
+
+    With ``rows``, only those twins' state (in that order): a *part* that
+    :func:`merge_bank_snapshots` lays over an earlier snapshot (incremental snapshots,
+    :mod:`dte_stream.twins.snapshot_log`); everything that is not per twin is copied whole.
+    """
     from dte_stream.twins.bank import CELL_ARRAYS
 
     n = len(bank.twin_ids)
+    pick = slice(None) if rows is None else rows
     groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
     for group in bank.groups:
         arrays = {name: a[: group.capacity_for(n)] for name, a in group.state.arrays().items()}
         if not group.per_cell:
-            groups[f"model:{group.name}"] = {name: a.copy() for name, a in arrays.items()}
+            groups[f"model:{group.name}"] = {name: a[pick].copy() for name, a in arrays.items()}
             continue
         for slot, c in enumerate(group.channels):
             groups[f"channel:{bank.channels[c]}"] = {
-                name: a[slot :: group.cells].copy() for name, a in arrays.items()
+                name: a[slot :: group.cells][pick].copy() for name, a in arrays.items()
             }
-    cells = {name: getattr(bank, name)[: n * bank.width].copy() for name in CELL_ARRAYS}
+    cells = {
+        name: getattr(bank, name)[: n * bank.width].reshape(n, bank.width)[pick].reshape(-1).copy()
+        for name in CELL_ARRAYS
+    }
+    if rows is None:
+        ids = list(bank.twin_ids)
+        quality = bank.quality.snapshot(n)
+    else:
+        ids = [bank.twin_ids[i] for i in rows.tolist()]
+        quality = bank.quality.snapshot(0)
+        state = bank.quality.state.arrays()
+        quality.update({k: state[k][rows] for k, v in quality.items() if isinstance(v, np.ndarray)})
+        quality["rows"] = len(ids)
+    anomaly = bank.scorer.snapshot(n, rows) if bank.scorer is not None else None
     return {
         "format": SNAPSHOT_FORMAT,
         "twin_type": bank.spec.name,
@@ -67,15 +93,69 @@ def bank_snapshot(bank: TwinBank) -> dict[str, Any]:
         "fingerprint": bank.spec.state_fingerprint(),
         "layout": bank.spec.state_layout(),
         "channels": list(bank.channels),
-        "twin_ids": list(bank.twin_ids),
-        "last_seen": bank.last_seen[:n].copy(),
+        "twin_ids": ids,
+        "last_seen": bank.last_seen[:n][pick].copy(),
         **cells,
         "groups": groups,
-        "quality": bank.quality.snapshot(n),
-        "anomaly": bank.scorer.snapshot(n) if bank.scorer is not None else None,
+        "quality": quality,
+        "anomaly": anomaly,
         "learners": bank.learners.snapshot() if bank.learners is not None else None,
         "counters": dict(bank.counters),
     }
+
+
+def merge_bank_snapshots(
+    base: dict[str, Any], parts: list[dict[str, Any]], order: list[str]
+) -> dict[str, Any]:
+    """A bank snapshot of the twins ``order`` (in that order) from ``base`` and later ``parts``.
+
+    Each twin's state comes from the last part that holds it, else from ``base``; what is not
+    per twin (counters, layout, learners) from the last part. ``parts`` are
+    :func:`bank_snapshot` with ``rows``; twins of ``base`` missing from ``order`` were evicted.
+    Raises :class:`SnapshotMismatchError` when a twin of ``order`` is in none of them.
+    """
+    from dte_stream.twins.bank import CELL_ARRAYS
+
+    sources = [base, *parts]
+    where: dict[str, tuple[int, int]] = {}
+    for s, snap in enumerate(sources):
+        for i, twin in enumerate(snap["twin_ids"]):
+            where[twin] = (s, i)
+    try:
+        found = [where[twin] for twin in order]
+    except KeyError as exc:
+        raise SnapshotMismatchError(
+            f"twin {exc.args[0]!r} is in no part of the incremental snapshot"
+        ) from None
+    src = np.array([f[0] for f in found], dtype=np.intp).reshape(-1)
+    idx = np.array([f[1] for f in found], dtype=np.intp).reshape(-1)
+
+    def gather(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        out = np.empty((len(order), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+        for s, a in enumerate(arrays):
+            mine = src == s
+            if mine.any():
+                out[mine] = a[idx[mine]]
+        return out
+
+    last = sources[-1]
+    width = len(last["channels"])
+    merged: dict[str, Any] = {**last, "twin_ids": list(order)}
+    merged["last_seen"] = gather([s["last_seen"] for s in sources])
+    for name in CELL_ARRAYS:
+        merged[name] = gather([s[name].reshape(-1, width) for s in sources]).ravel()
+    merged["groups"] = {
+        g: {name: gather([s["groups"][g][name] for s in sources]) for name in arrays}
+        for g, arrays in last["groups"].items()
+    }
+    merged["quality"] = {
+        k: gather([s["quality"][k] for s in sources]) if isinstance(v, np.ndarray) else v
+        for k, v in last["quality"].items()
+    }
+    merged["quality"]["rows"] = len(order)
+    if last["anomaly"] is not None:
+        merged["anomaly"] = {k: gather([s["anomaly"][k] for s in sources]) for k in last["anomaly"]}
+    return merged
 
 
 def restore_bank(spec: TwinTypeSpec, snap: dict[str, Any]) -> TwinBank:

@@ -211,8 +211,12 @@ class ContextualScorer:
         for name in self._FIELDS:
             self._arrays[name][index] = self._blank(name, index.shape[0])
 
-    def snapshot(self, n_rows: int) -> dict[str, npt.NDArray[np.generic]]:
-        """Copies of the first ``n_rows`` rows of every array, by name."""
+    def snapshot(
+        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name."""
+        if rows is not None:
+            return {name: self._arrays[name][rows] for name in self._FIELDS}
         return {name: self._arrays[name][:n_rows].copy() for name in self._FIELDS}
 
     def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:

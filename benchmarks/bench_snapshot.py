@@ -1,0 +1,174 @@
+"""Shard snapshot cost per epoch, full against incremental, and memory per twin.
+
+The twin type is ``pump`` of ``dataflows/kafka_to_influxdb.yaml`` (3 channels, a Kalman filter
+each, the default anomaly scorer), in one shard. Every twin first reports its 3 channels
+(three rounds, so every cell has a filter state and a score); then each *epoch* a few twins
+(``--changed``) report once more, and the shard is snapshotted as the Bytewax adapter does at
+each epoch's end: ``TwinShard.snapshot()`` then ``pickle.dumps`` (what Bytewax writes to the
+recovery SQLite partitions, one row per state key).
+
+- *full* (the baseline): one state key per shard, every twin's arrays every epoch;
+- *incremental*: :class:`~dte_stream.twins.snapshot_log.SnapshotLog`, a part file with the
+  twins changed since the last snapshot (written and fsynced) plus the pickled manifest Bytewax
+  would store; a new base whenever the parts reach half the base. After the epochs the restore
+  (base + parts) is checked equal to the shard's full snapshot.
+
+Both run in the same process on the same shard, epochs interleaved; CPU ms are medians.
+RSS per twin: the growth of the process's resident set from before the shard was built to
+after every twin reported (a fresh forked process per twin count), divided by the twins.
+
+    python benchmarks/bench_snapshot.py                    # 1,000 and 100,000 twins
+    python benchmarks/bench_snapshot.py --twins 1000 --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing
+import os
+import pickle
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dte_stream.readings import ReadingBatch
+from dte_stream.spec import load_spec, parse_spec
+from dte_stream.twins.routing import Router
+from dte_stream.twins.shard import TwinShard
+from dte_stream.twins.snapshot_log import SnapshotLog, restore_snapshot
+
+SPEC = Path(__file__).resolve().parents[1] / "dataflows" / "kafka_to_influxdb.yaml"
+
+
+def bench_spec() -> Any:
+    """The Kafka spec's twin type, in one shard and on the event clock (no wall-clock timers)."""
+    base = load_spec(SPEC, env={})
+    pump = base.twin_type("pump").model_dump(exclude_none=True)
+    return parse_spec(
+        {
+            "name": "snap",
+            "sources": [{"kind": "simulator", "twin_type": "pump"}],
+            "twin_types": [pump],
+            "sinks": [{"kind": "local_store"}],
+            "engine": {"shards": 1, "clock": "event"},
+        }
+    )
+
+
+def readings(ids: list[str], second: int, seed: int) -> ReadingBatch:
+    channels = ["temperature", "pressure", "flow"]
+    n = len(ids)
+    rng = np.random.default_rng(seed)
+    return ReadingBatch.from_columns(
+        [i for i in ids for _ in channels],
+        channels * n,
+        np.full(3 * n, second * 10**9, dtype=np.int64),
+        rng.normal(20, 1, 3 * n),
+    )
+
+
+def feed(shard: TwinShard, router: Router, ids: list[str], second: int, seed: int) -> None:
+    shard.on_batch([b for _, b in router.route(readings(ids, second, seed), "bench", "pump").routed])
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def grown_shard(twins: int) -> tuple[TwinShard, Router, list[str]]:
+    spec = bench_spec()
+    shard = TwinShard(spec, "shard-0000")
+    router = Router(spec)
+    ids = [f"pump-{i:06d}" for i in range(twins)]
+    for second in range(3):
+        for start in range(0, twins, 20_000):
+            feed(shard, router, ids[start : start + 20_000], second, second)
+    return shard, router, ids
+
+
+def measure(twins: int, epochs: int, changed: int, queue: Any) -> None:
+    """One twin count, in a fresh process: RSS per twin, then snapshot cost per epoch."""
+    gc.collect()
+    before = rss_bytes()
+    shard, router, ids = grown_shard(twins)
+    gc.collect()
+    rss_per_twin = (rss_bytes() - before) / twins
+    rng = np.random.default_rng(7)
+    full_ms: list[float] = []
+    full_bytes: list[int] = []
+    inc_ms: list[float] = []
+    inc_bytes: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        log = SnapshotLog(Path(tmp))
+        log.snapshot(shard)  # the first epoch writes the base (a fresh recovery directory)
+        for epoch in range(epochs):
+            some = sorted(rng.choice(twins, size=min(changed, twins), replace=False).tolist())
+            feed(shard, router, [ids[i] for i in some], 3 + epoch, 100 + epoch)
+            start = time.process_time()
+            data = pickle.dumps(shard.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+            full_ms.append((time.process_time() - start) * 1e3)
+            full_bytes.append(len(data))
+            start = time.process_time()
+            manifest = pickle.dumps(log.snapshot(shard), protocol=pickle.HIGHEST_PROTOCOL)
+            inc_ms.append((time.process_time() - start) * 1e3)
+            inc_bytes.append(len(manifest) + log.last_written)
+        restored = restore_snapshot(log.folder(), log_manifest(log, shard))
+        if pickle.dumps(restored["banks"]) != pickle.dumps(shard.snapshot()["banks"]):
+            raise SystemExit("incremental restore differs from the shard")
+    queue.put(
+        {
+            "twins": twins,
+            "rss_per_twin": rss_per_twin,
+            "full_ms": statistics.median(full_ms),
+            "full_bytes": statistics.median(full_bytes),
+            "inc_ms": statistics.median(inc_ms),
+            "inc_bytes": statistics.median(inc_bytes),
+        }
+    )
+
+
+def log_manifest(log: SnapshotLog, shard: TwinShard) -> dict[str, Any]:
+    """A manifest of the shard as it is now (nothing changed since the last one: an empty part)."""
+    return log.snapshot(shard)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--twins", type=int, nargs="+", default=[1_000, 100_000])
+    parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument("--changed", type=int, default=100, help="twins that report in each epoch")
+    args = parser.parse_args()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"Shard snapshot per epoch, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"{os.cpu_count()} cores, load average {load} (shared machine: CPU ms)"
+    )
+    command = " ".join(["python", *sys.argv])
+    print(f"`{command}`; {args.changed} twins change per epoch, median of {args.epochs}\n")
+    print("| twins | full: CPU ms | full: bytes | incremental: CPU ms | incremental: bytes | RSS per twin |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    ctx = multiprocessing.get_context("fork")
+    for twins in args.twins:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=measure, args=(twins, args.epochs, args.changed, queue))
+        proc.start()
+        r = queue.get()
+        proc.join()
+        print(
+            f"| {twins:,} | {r['full_ms']:,.1f} | {r['full_bytes'] / 1e6:,.2f} MB | {r['inc_ms']:,.1f} "
+            f"| {r['inc_bytes'] / 1e6:,.3f} MB | {r['rss_per_twin']:,.0f} B |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
