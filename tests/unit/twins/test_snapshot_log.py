@@ -55,12 +55,14 @@ CHANNELS = {"pump": ["temperature", "pressure", "flow"], "valve": ["position"]}
 def assert_same(a: Any, b: Any, path: str = "") -> None:
     """Equal snapshots: same keys, same values, arrays equal element by element (NaN equal to NaN)."""
     if isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a) == sorted(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        assert isinstance(b, dict), path
+        assert sorted(a) == sorted(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
         for k in a:
             assert_same(a[k], b[k], f"{path}/{k}")
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray), path
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
+        assert a.dtype == b.dtype, f"{path}: {a.dtype} != {b.dtype}"
+        assert a.shape == b.shape, f"{path}: {a.shape} != {b.shape}"
         assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), path
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
@@ -129,11 +131,13 @@ def test_a_live_retune_or_a_compaction_starts_a_new_base(tmp_path: Path) -> None
     first = log.snapshot(shard)
     apply(shard, router, readings(["pump-1"], t + S, rng))
     second = log.snapshot(shard)
-    assert second["base"] == first["base"] and len(second["parts"]) == 1
+    assert second["base"] == first["base"]
+    assert len(second["parts"]) == 1
     assert second["parts_bytes"] < first["base_bytes"] / 4  # one twin, not twenty
     shard.banks["pump"] = TwinShard.restore(SPEC, "shard-0000", shard.snapshot()).banks["pump"]  # a new bank
     third = log.snapshot(shard)
-    assert third["base"] != first["base"] and third["parts"] == []
+    assert third["base"] != first["base"]
+    assert third["parts"] == []
     for k in range(40):  # parts grow past half the base: compaction
         apply(shard, router, readings([f"pump-{i}" for i in range(20)], t + (k + 2) * S, rng))
         last = log.snapshot(shard)
@@ -164,9 +168,8 @@ def test_only_files_no_resumable_manifest_names_are_deleted(tmp_path: Path) -> N
         apply(shard, router, readings([f"pump-{i}" for i in range(10)], t + k * S, rng))
         written.append(log.snapshot(shard))
     files = {p.name for p in log.folder().glob("*.pkl")}
-    assert (
-        log.collect() == [] and {p.name for p in log.folder().glob("*.pkl")} == files
-    )  # nothing visible yet
+    assert log.collect() == []  # nothing visible in the partitions yet: nothing deleted
+    assert {p.name for p in log.folder().glob("*.pkl")} == files
     _partition(tmp_path, [written[3], written[4]])  # Bytewax committed 3 (and wrote 4); 5 is in flight
     log.collect()
     left = {p.name for p in log.folder().glob("*.pkl")}
@@ -200,10 +203,13 @@ def test_full_snapshots_need_no_log_and_an_old_full_state_starts_a_chain(tmp_pat
     assert SnapshotLog.start(tmp_path, False, full) == (None, full)
     assert SnapshotLog.start(None, True, full) == (None, full)
     log, again = SnapshotLog.start(tmp_path, True, full)
-    assert log is not None and again is full
+    assert log is not None
+    assert again is full
     log.attach(shard)
     manifest = log.snapshot(shard)
-    assert manifest["parts"] == [] and manifest["base"]
+    assert manifest["parts"] == []
+    assert manifest["base"]
     off, restored = SnapshotLog.start(tmp_path, False, manifest)  # turned off: restores, then full snapshots
-    assert off is None and restored is not None
+    assert off is None
+    assert restored is not None
     assert_same(restored, full)
