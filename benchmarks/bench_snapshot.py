@@ -122,7 +122,7 @@ def measure(twins: int, epochs: int, changed: int, queue: Any) -> None:
             inc_ms.append((time.process_time() - start) * 1e3)
             inc_bytes.append(len(manifest) + log.last_written)
         restored = restore_snapshot(log.folder(), log_manifest(log, shard))
-        if pickle.dumps(restored["banks"]) != pickle.dumps(shard.snapshot()["banks"]):
+        if not same(restored, shard.snapshot()):
             raise SystemExit("incremental restore differs from the shard")
     queue.put(
         {
@@ -134,6 +134,16 @@ def measure(twins: int, epochs: int, changed: int, queue: Any) -> None:
             "inc_bytes": statistics.median(inc_bytes),
         }
     )
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal snapshots: same keys and values, arrays element by element (NaN equal to NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray):
+        kind = a.dtype.kind in "fc"
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=kind)
+    return bool(a == b)
 
 
 def log_manifest(log: SnapshotLog, shard: TwinShard) -> dict[str, Any]:

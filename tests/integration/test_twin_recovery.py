@@ -44,6 +44,7 @@ from dte_stream.twins import flags as fl
 from dte_stream.twins.bank import CELL_ARRAYS, TwinBank
 from dte_stream.twins.routing import shard_key, shard_of
 from dte_stream.twins.shard import SHARD_FORMAT
+from dte_stream.twins.snapshot_log import is_manifest, restore_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -216,8 +217,10 @@ def _twin_state(recovery_dir: Path) -> dict[str, dict[str, Any]]:
     spec = TwinTypeSpec.model_validate(TWIN_TYPE)
     width = len(spec.channel_names())
     out: dict[str, dict[str, Any]] = {}
-    for key, shard in _resume_snapshots(recovery_dir, "twin_recovery.twin_bank").items():
-        assert shard, f"shard {key} has no state"
+    for key, resumed in _resume_snapshots(recovery_dir, "twin_recovery.twin_bank").items():
+        assert resumed, f"shard {key} has no state"
+        assert is_manifest(resumed)  # incremental snapshots, the default: base + parts beside the partitions
+        shard = restore_snapshot(recovery_dir / "twin-state" / key, resumed)
         assert shard["format"] == SHARD_FORMAT
         assert shard["key"] == key
         assert list(shard["banks"]) == ["pump"]
