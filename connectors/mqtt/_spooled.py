@@ -198,16 +198,17 @@ def open_spool(
     if spool.cut_bytes:
         LOG.info("%s: cut %d bytes of a record the last run did not finish writing", who, spool.cut_bytes)
     start = committed if committed is not None else spool.first()
-    left: list[tuple[int, int]] = []
-    at = start
+    latest: dict[int, int] = {}  # message id -> digest of its latest record (ids are reused)
+    at, count = start, 0
     while True:
         records, at, _damaged = spool.read(at, 100_000)  # damaged ones are dropped when read for real
         if not records:
             break
-        left.extend((r.mid, r.digest) for r in records if r.qos)
-    ledger.restore(left)
-    if left:
-        LOG.info("%s: %d spooled messages are read first (%s)", who, len(left), path)
+        count += len(records)
+        latest.update((r.mid, r.digest) for r in records if r.qos)
+    ledger.restore(latest.items())
+    if count:
+        LOG.info("%s: %d spooled messages are read first (%s)", who, count, path)
     return spool, start
 
 
