@@ -35,6 +35,7 @@ from dte_stream.spec import parse_spec
 from dte_stream.times import now_ns
 from dte_stream.twins.routing import Router
 from dte_stream.twins.shard import TwinShard
+from dte_stream.view.store import TwinView
 
 pytestmark = pytest.mark.integration
 
@@ -208,6 +209,12 @@ def test_sighup_applies_a_new_threshold_keeps_the_state_and_refuses_a_new_channe
             return [firing.sort("twin_id")] if firing.height == 3 else []
 
         [first_fired] = wait_for("alerts fire at the new level", fired)
+
+        def viewed_noise() -> bool:  # the API's what-if reads the twin types from the view
+            pump = TwinView.open(daemon_dir / "data").types()["pump"]
+            return bool(pump["channels"]["temperature"]["filter"]["measurement_noise"] == 0.5)
+
+        wait_for("the twin view holds the new twin type", viewed_noise)
         assert first_fired["twin_id"].to_list() == TWINS
         assert (
             first_fired["time"].dt.epoch("ns") == publisher.t0 + 20 * 10**8
