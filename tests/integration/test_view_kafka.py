@@ -13,6 +13,7 @@ view from the compacted topic, is ready only once it has, counts the bad record 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -232,3 +233,37 @@ def test_serve_on_the_view_topic_answers_like_the_dataflows_view(kafka: Any, tmp
     assert len(rejected) == 1
     assert json.loads(rejected[0])["source"].startswith(f"twin view topic {topic}/")
     reference.close()
+
+
+def test_undelivered_view_records_are_counted_logged_once_and_published_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No broker at the address: the writer never blocks the dataflow, counts each record it could
+    not deliver, logs the outage once, and hands the twins back to be published again."""
+    from dte_stream.connectors.kafka.view import KafkaViewWriter
+    from dte_stream.metrics import METRICS
+    from dte_stream.spec.view import KafkaViewSpec
+
+    spec = KafkaViewSpec(
+        kind="kafka", bootstrap_servers=f"127.0.0.1:{_free_port()}", topic="nowhere", delivery_timeout=1.0
+    )
+    METRICS.reset()
+    writer = KafkaViewWriter(spec)
+    record = {
+        "twin_id": "p-1", "twin_type": "pump", "labels": {}, "last_seen_ns": 1, "alert_state": "ok",
+        "anomaly_score": None, "channels": {}, "models": [], "alerts": [],
+    }  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="dte_stream.connectors.kafka"):
+        writer.put([dict(record), dict(record, twin_id="p-2")], 5, [])
+        writer.remove(["p-3"])
+        _wait(
+            "the records time out",
+            lambda: writer.flush(0.5) == 0 and METRICS.get("view_delivery_errors") == 3,
+        )
+    assert writer.take_undelivered(["p-2", "p-9"]) == ["p-2"]
+    assert writer.take_undelivered(["p-1", "p-2"]) == ["p-1"]
+    assert writer.take_undelivered(["p-1", "p-2"]) == []
+    warnings = [r.getMessage() for r in caplog.records if "was not delivered" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "nowhere" in warnings[0]
+    writer.close()

@@ -223,3 +223,21 @@ sinks: [{kind: local_store, data_dir: d}]
     assert isinstance(kafka.view, KafkaViewSpec)
     assert kafka.view.create_topic is not None
     assert kafka.view.create_topic.partitions == 3
+
+
+def test_which_view_the_api_reads() -> None:
+    from dte_stream.api.viewsource import view_of
+
+    base = yaml.safe_load(
+        "version: 1\nname: v\nsources: [{kind: simulator, twin_type: room}]\n"
+        "twin_types: [{name: room, channels: {temp: {}}}]\nsinks: [{kind: local_store}]\n"
+    )
+    sqlite = parse_spec(base)
+    kafka = parse_spec(base | {"view": {"kind": "kafka", "bootstrap_servers": "k:9092"}})
+    both = parse_spec(base | {"view": {"kind": "kafka", "bootstrap_servers": "k:9092", "local": True}})
+    url = parse_view_url("kafka://other:9092/t")
+    assert view_of(sqlite, None) is None
+    assert view_of(kafka, None) == kafka.view  # run --http: its processes write no SQLite view
+    assert view_of(both, None) is None  # they write the SQLite view of this host too
+    assert view_of(None, url) == url  # serve --view kafka://
+    assert view_of(kafka, SqliteViewSpec()) is None  # serve --view sqlite
