@@ -66,8 +66,9 @@ def _log_erfc_pos(x: F64) -> F64:
     x = np.minimum(x, 1e100)  # infinite z: a finite, hugely negative log
     t = 1.0 / (1.0 + 0.5 * x)
     poly = np.full_like(x, _ERFC_COEF[-1])
-    for coef in _ERFC_COEF[-2::-1]:
-        poly = poly * t + coef
+    for coef in _ERFC_COEF[-2::-1]:  # in place: the same products and sums, no temporaries
+        poly *= t
+        poly += coef
     return np.log(t) - x * x + poly
 
 
@@ -81,8 +82,10 @@ def gaussian_log_sf(z: F64) -> F64:
     """
     x = np.abs(z) / math.sqrt(2.0)
     log_upper = _log_erfc_pos(x) - math.log(2.0)  # log P(Z >= |z|)
-    log_lower = np.log1p(-np.exp(log_upper))  # log P(Z >= -|z|)
-    return np.where(z >= 0, log_upper, log_lower)
+    lower = ~(z >= 0)  # negative z (and NaN): log P(Z >= -|z|), worked out only where needed
+    if lower.any():
+        log_upper[lower] = np.log1p(-np.exp(log_upper[lower]))
+    return log_upper
 
 
 class AnomalyScorer:

@@ -1,8 +1,10 @@
 """The twin bank: every twin of one type in one shard, as struct-of-arrays, updated per micro-batch.
 
-One :meth:`TwinBank.update` applies a micro-batch of readings in a fixed order of vectorised
-steps, each over *rounds* (a round holds each state row at most once, rounds in event-time
-order, see :func:`rounds_of`):
+One :meth:`TwinBank.update` applies a micro-batch of readings in a fixed order of steps
+(:mod:`dte_stream.twins.stages`), vectorised over *rounds* (a round holds each state row at
+most once, rounds in event-time order, see :func:`rounds_of`) when the batch holds many twins,
+or reading by reading in Python floats when its rounds would hold a reading or two (one series
+replayed alone): both ways give the same outputs.
 
 1. data quality per (twin, channel) cell: stuck, spike, out of range, clock skew, and the
    trust (measurement-variance factor) the filter gives each reading;
@@ -10,8 +12,7 @@ order, see :func:`rounds_of`):
    group, rounds per twin for shared models, per cell otherwise;
 3. the anomaly score (:func:`~dte_stream.twins.scorers.build_scorer`: the innovations and, by
    default, a time-of-day context);
-4. the river learners, per reading in time order (the only per-reading Python work, and
-   only when the twin type declares learners).
+4. the river learners, per reading in time order (only when the twin type declares learners).
 
 Readings too old for the lateness bound come back as dead letters. :meth:`due` reports cells
 that went stale (called by a timer, so it fires when nothing arrives) and :meth:`evict_idle`
@@ -25,7 +26,7 @@ with :meth:`restore` (both in :mod:`dte_stream.twins.checkpoint`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,12 +39,18 @@ from dte_stream.times import NS_PER_S, format_time_ns
 from dte_stream.twins import flags as fl
 from dte_stream.twins.filters import FilterGroup, build_groups
 from dte_stream.twins.idindex import IdIndex
+from dte_stream.twins.kalman_scalar import ScalarKernel
 from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.scorers import build_scorer
+from dte_stream.twins.stages import by_reading, by_rounds, rounds_of, supports_by_reading
 
-__all__ = ["CELL_ARRAYS", "BankUpdate", "TwinBank", "rounds_of"]
+__all__ = ["CELL_ARRAYS", "PER_READING_BELOW", "BankUpdate", "TwinBank", "rounds_of"]
+
+#: Micro-batches whose rounds hold fewer readings than this on average (few twins, many readings
+#: each: one series replayed alone) take the per-reading path of :mod:`dte_stream.twins.stages`.
+PER_READING_BELOW = 16
 
 IntP = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
@@ -59,29 +66,6 @@ CELL_ARRAYS: dict[str, tuple[Any, Any]] = {
     "last_flags": (np.uint16, 0),
     "last_score": (np.float64, np.nan),
 }
-
-
-def rounds_of(cells: IntP, time_ns: npt.NDArray[np.int64]) -> list[IntP]:
-    """Split reading positions into rounds: each round has every cell at most once, in time order.
-
-    >>> [r.tolist() for r in rounds_of(np.array([3, 1, 3, 3]), np.array([20, 5, 10, 30]))]
-    [[1, 2], [0], [3]]
-    """
-    n = cells.shape[0]
-    if n == 0:
-        return []
-    order = np.lexsort((time_ns, cells))
-    sorted_cells = cells[order]
-    starts = np.empty(n, dtype=bool)
-    starts[0] = True
-    np.not_equal(sorted_cells[1:], sorted_cells[:-1], out=starts[1:])
-    if starts.all():
-        return [order]
-    group = np.cumsum(starts) - 1
-    rank = np.arange(n) - np.flatnonzero(starts)[group]
-    by_rank = order[np.argsort(rank, kind="stable")]
-    counts = np.bincount(rank)
-    return np.split(by_rank, np.cumsum(counts)[:-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +123,10 @@ class TwinBank:
         #: Twins updated since the view last took them (:meth:`take_changed`), and twins evicted.
         self.changed = np.zeros(capacity, dtype=bool)
         self.removed: list[str] = []
+        #: How :meth:`update` runs its stages (:mod:`dte_stream.twins.stages`): "auto" by the
+        #: readings per round, or always "rounds" or "reading" (tests compare the two).
+        self.way: Literal["auto", "rounds", "reading"] = "auto"
+        self.scalar_kernels: dict[int, ScalarKernel] = {}  # per-reading kernels (cached transitions)
         self.counters = {"late_readings": 0, "rejected_readings": 0, "gated_readings": 0, "evicted_twins": 0}
 
     def __len__(self) -> int:
@@ -196,68 +184,22 @@ class TwinBank:
         np.maximum.at(self.last_seen, rows, time_ns)
         cells = rows * self.width + ch
         cell_rounds = rounds_of(cells, time_ns)
-
-        flags = np.zeros(n, dtype=np.uint16)
-        r_scale = np.ones(n)
-        delta = np.full(n, np.nan)
-        dt = np.full(n, np.nan)
-        for idx in cell_rounds:
-            q = self.quality.update(rows[idx], ch[idx], time_ns[idx], value[idx], now_ns)
-            flags[idx] = q.flags
-            r_scale[idx] = q.r_scale
-            c = cells[idx]
-            seen = self.last_time[c] != NEVER
-            delta[idx] = np.where(seen, value[idx] - self.last_value[c], np.nan)
-            dt[idx] = np.where(seen, (time_ns[idx] - self.last_time[c]) / NS_PER_S, np.nan)
-            newer = time_ns[idx] >= self.last_time[c]
-            self.last_value[c[newer]] = value[idx][newer]
-            self.last_time[c[newer]] = time_ns[idx][newer]
-
-        estimate = np.full(n, np.nan)
-        std = np.full(n, np.nan)
-        innovation = np.full(n, np.nan)
-        nis = np.full(n, np.nan)
-        s = np.full(n, np.nan)
-        rejected = np.zeros(n, dtype=bool)
-        extra = {name: np.full(n, np.nan) for name in self.extra_columns}
-        group_of = self.group_of[ch]
-        for g, group in enumerate(self.groups):
-            sel = np.flatnonzero(group_of == g) if len(self.groups) > 1 else np.arange(n)
-            if sel.size == 0:
-                continue
-            srows = group.state_rows(rows[sel], ch[sel])
-            state_cols = group.state_columns() if self.spec.outputs.states else []
-            for idx in rounds_of(srows, time_ns[sel]):
-                pos = sel[idx]
-                out = group.kernel.step(
-                    group.state, srows[idx], group.local[ch[pos]], time_ns[pos], value[pos], r_scale[pos]
-                )
-                estimate[pos] = out.channel_estimate
-                std[pos] = out.channel_std
-                innovation[pos] = out.innovation
-                nis[pos] = out.nis
-                s[pos] = out.s
-                rejected[pos] = out.rejected
-                flags[pos] |= (
-                    out.gated.astype(np.uint16) * fl.GATED
-                    | out.late.astype(np.uint16) * fl.LATE
-                    | out.reset.astype(np.uint16) * fl.RESET
-                )
-                for j, _state in enumerate(state_cols[::2]):
-                    extra[state_cols[2 * j]][pos] = out.estimate[:, j]
-                    extra[state_cols[2 * j + 1]][pos] = out.std[:, j]
-                for j, h in enumerate(self.horizons):
-                    extra[f"forecast_{h}"][pos] = out.forecast[:, j]
-                    extra[f"forecast_{h}_std"][pos] = out.forecast_std[:, j]
-
-        score = np.full(n, np.nan)
-        if self.scorer is not None:
-            for idx in cell_rounds:
-                live = idx[~rejected[idx] & self.observed[ch[idx]]]
-                if live.size:
-                    score[live] = self.scorer.score(
-                        rows[live], ch[live], time_ns[live], value[live], innovation[live], s[live]
-                    )
+        per_reading = (
+            len(cell_rounds) * PER_READING_BELOW > n if self.way == "auto" else self.way == "reading"
+        )
+        if per_reading and supports_by_reading(self):
+            st = by_reading(self, rows, ch, time_ns, value, now_ns)
+        else:
+            st = by_rounds(self, rows, ch, time_ns, value, now_ns, cell_rounds)
+        flags, score, rejected, extra = st.flags, st.score, st.rejected, st.extra
+        estimate, std, innovation, nis, delta, dt = (
+            st.estimate,
+            st.std,
+            st.innovation,
+            st.nis,
+            st.delta,
+            st.dt,
+        )
         if self.learners is not None:
             order = np.flatnonzero(~rejected)
             order = order[np.argsort(time_ns[order], kind="stable")]

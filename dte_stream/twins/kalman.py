@@ -287,13 +287,19 @@ class _Matrix:
     def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
         mdl = self.kernel.model
         x, P = self.x, self.P
-        self.x_pred = x_pred = x.copy()
-        self.P_pred = P_pred = P.copy()
-        if moving.any():
-            f, qd, g = self.kernel.discretise(gap[moving])
-            ones_u = np.concatenate([np.ones((int(moving.sum()), 1)), self.u[moving]], axis=1)
-            x_pred[moving] = (f @ x[moving][:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
-            P_pred[moving] = f @ P[moving] @ np.swapaxes(f, 1, 2) + qd
+        if moving.all():  # the usual round: no masks, the same products
+            f, qd, g = self.kernel.discretise(gap)
+            ones_u = np.concatenate([np.ones((x.shape[0], 1)), self.u], axis=1)
+            self.x_pred = x_pred = (f @ x[:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
+            self.P_pred = P_pred = f @ P @ np.swapaxes(f, 1, 2) + qd
+        else:
+            self.x_pred = x_pred = x.copy()
+            self.P_pred = P_pred = P.copy()
+            if moving.any():
+                f, qd, g = self.kernel.discretise(gap[moving])
+                ones_u = np.concatenate([np.ones((int(moving.sum()), 1)), self.u[moving]], axis=1)
+                x_pred[moving] = (f @ x[moving][:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
+                P_pred[moving] = f @ P[moving] @ np.swapaxes(f, 1, 2) + qd
         # Control readings: h = 0, no update.
         self.h = h = np.where(obs[:, None], mdl.H[ch], 0.0)
         self.ph = (P_pred @ h[:, :, None])[:, :, 0]
@@ -314,8 +320,9 @@ class _Matrix:
             ikh @ P_pred @ np.swapaxes(ikh, 1, 2) + (gain[:, :, None] * gain[:, None, :]) * r[:, None, None]
         )
         P_new = 0.5 * (P_new + np.swapaxes(P_new, 1, 2))
-        x_new[keep] = self.x[keep]
-        P_new[keep] = self.P[keep]
+        if keep.any():
+            x_new[keep] = self.x[keep]
+            P_new[keep] = self.P[keep]
         self.state.x[self.rows] = self.x_new = x_new
         self.state.P[self.rows] = self.P_new = P_new
         return s_upd
