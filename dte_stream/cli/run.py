@@ -115,6 +115,9 @@ def _one_host(addresses: list[str]) -> bool:
 def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path | None) -> Iterator[None]:
     """Serve the HTTP surface beside the dataflow (nothing when ``http`` is None)."""
     READINESS.reset(max_lag=None if spec.engine.clock == "event" else DEFAULT_MAX_LAG)
+    # Not ready until Bytewax has built the dataflow (its probe sink reports "running"): the
+    # server starts first, and an empty set of checks would answer ready in between.
+    READINESS.expect("dataflow", "starting")
     if http is None:
         yield
         return
