@@ -8,17 +8,17 @@ with ``twin_id`` and ``channel`` columns (and optionally ``unit``). The time col
 the same :class:`~dte_stream.twins.shard.TwinShard` objects as a live run, driven directly:
 no dataflow engine, with the twin clock set to event time so stale sensors and TTLs follow
 the data, not the wall clock. Many series replay together as many twins, one vectorised step
-for all of them per round. The outputs equal those of the Bytewax dataflow fed the same
-readings (``tests/unit/test_replay.py`` compares every field).
+for all of them per round; one series (or a few) goes through the bank reading by reading in
+Python floats (:mod:`dte_stream.twins.stages`). The outputs equal those of the Bytewax
+dataflow fed the same readings (``tests/unit/test_replay.py`` compares every field).
 
 The output (:mod:`dte_stream.replay_output`) has one row per reading, in event-time order:
 ``timestamp`` (RFC 3339 UTC), ``time_ns``, ``twin_id``, ``channel``, ``value``, ``estimate``,
 ``std``, ``innovation``, ``nis``, ``anomaly_score`` (0..1), ``flags`` (bits of
 :mod:`dte_stream.twins.flags`), ``flag_names`` (``|``-separated) and every optional output of
-the twin types. Rows that cannot be read (a bad
-time, number or id, a row with more or fewer fields than the header, an unterminated quote)
-and readings the shards refuse are dead letters with the file, the row number and a reason,
-written next to the output; nothing else is dropped.
+the twin types. Rows that cannot be read (a bad time, number or id, a row with more or fewer
+fields than the header, an unterminated quote) and readings the shards refuse are dead letters
+with the file, the row number and a reason, written next to the output; nothing else is dropped.
 """
 
 from __future__ import annotations
