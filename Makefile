@@ -44,8 +44,9 @@ test-unit: install ## unit tests (no services)
 test-integration: install services ## integration tests against real services
 	$(PY) -m pytest tests/integration -q
 
-chaos: install services ## chaos tests, long mode: InfluxDB down 120 s, kills, Kafka and Mosquitto restarts (docs/reliability.md)
-	DTE_CHAOS_LONG=1 $(PY) -m pytest tests/integration/test_chaos_kafka_influxdb.py tests/integration/test_chaos_mqtt.py -q -s
+chaos: install services ## chaos tests, long mode: InfluxDB down 120 s, kills, Kafka and Mosquitto restarts, MQTT spool, alert receiver down (docs/reliability.md)
+	DTE_CHAOS_LONG=1 $(PY) -m pytest tests/integration/test_chaos_kafka_influxdb.py tests/integration/test_chaos_mqtt.py \
+		tests/integration/test_chaos_mqtt_spool.py tests/integration/test_chaos_alerts.py -q -s
 
 test: install services ## the whole suite: unit and integration tests
 	$(PY) -m pytest tests -q

@@ -95,6 +95,8 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         self._published(ShardUpdate(), force=True)
         if self.on_epoch is not None:
             self.on_epoch(self.shard)
+        if self.view is not None:
+            self.view.follow()  # after a reload: the new twin types for the API
         started = time.perf_counter()
         snap = self.shard.snapshot()
         METRICS.observe("snapshot_seconds", time.perf_counter() - started)
@@ -184,6 +186,7 @@ def build_flow(
     dead_letter_output: Sink[DeadLetter] | None = None,
     processes: int = 1,
     on_epoch: EpochHook | None = None,
+    recovery_dir: Path | None = None,
     live: LiveSpec | None = None,
 ) -> Dataflow:
     """Build the Bytewax dataflow of ``spec``. Connects to nothing until it runs.
@@ -191,7 +194,8 @@ def build_flow(
     ``inputs``, ``outputs`` and ``dead_letter_output`` replace the spec's sources, sinks and
     dead-letter targets (by step name): tests feed and collect through them. ``processes``
     is the cluster size (partitioned sinks get one partition per worker of every process);
-    ``on_epoch`` is called with every shard as it snapshots. ``live`` holds the running spec
+    ``on_epoch`` is called with every shard as it snapshots; ``recovery_dir`` is where MQTT
+    spools live unless their spec names a folder. ``live`` holds the running spec
     for live reloads (:mod:`dte_stream.reload`): the shards and the notifiers follow its
     accepted changes; it must start with ``spec``.
     """
@@ -206,7 +210,7 @@ def build_flow(
             channels = spec.twin_type(source.twin_type).channel_names()
             readings.append(op.input(f"source_{source.name}", flow, SimulatorSource(source, channels)))
         else:
-            raw = op.input(f"source_{source.name}", flow, _raw_source(source, spec.name))
+            raw = op.input(f"source_{source.name}", flow, _raw_source(source, spec.name, recovery_dir))
             decoded = op.map(f"decode_{source.name}", raw, _decode)
             readings.append(op.map(f"decoded_{source.name}", decoded, lambda d: d[0]))
             dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, _count_decode_errors))
@@ -229,7 +233,7 @@ def build_flow(
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
-    view = ViewHub(spec) if outputs is None else None  # tests and replays leave the view alone
+    view = ViewHub(spec, live) if outputs is None else None  # tests and replays leave the view alone
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
         shard = TwinShard.restore(live.spec, None, resume, clock=clock, acks=acks, live=live)
@@ -305,12 +309,14 @@ def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool,
     op.output("alert_notifiers", events, NotifierSink(spec.notifiers, live=live))
 
 
-def _raw_source(spec: FileSourceSpec | KafkaSourceSpec | MqttSourceSpec, flow_name: str) -> Source[RawBatch]:
+def _raw_source(
+    spec: FileSourceSpec | KafkaSourceSpec | MqttSourceSpec, flow_name: str, recovery_dir: Path | None
+) -> Source[RawBatch]:
     """The Bytewax source of a spec source that delivers payloads to decode."""
     if isinstance(spec, KafkaSourceSpec):
         return KafkaSource(spec)
     if isinstance(spec, MqttSourceSpec):
-        return MqttSource(spec, flow_name=flow_name)
+        return MqttSource(spec, flow_name=flow_name, recovery_dir=recovery_dir)
     return FileSource(spec)
 
 
@@ -374,7 +380,7 @@ def run_flow(
     if recovery_dir is not None:
         recovery = recovery_config(recovery_dir, process_id=process_id, processes=processes)
     cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
-        flow if flow is not None else build_flow(spec, processes=processes),
+        flow if flow is not None else build_flow(spec, processes=processes, recovery_dir=recovery_dir),
         workers_per_process=spec.engine.workers,
         process_id=process_id,
         addresses=addresses,

@@ -167,6 +167,19 @@ CATALOGUE: dict[str, MetricInfo] = {
     "mqtt_buffer_full": MetricInfo(
         "dte_mqtt_buffer_full_total", "Times the MQTT source's buffer was full (the broker waits)"
     ),
+    "mqtt_spooled": MetricInfo("dte_mqtt_spooled_total", "MQTT messages written to the disk spool"),
+    "mqtt_spool_bytes": MetricInfo(
+        "dte_mqtt_spool_bytes", "Bytes in the MQTT source's disk spool", lambda key: {"client": key}
+    ),
+    "mqtt_spool_full": MetricInfo(
+        "dte_mqtt_spool_full_total", "Times the MQTT spool was full (acknowledgements stopped)"
+    ),
+    "mqtt_spool_write_errors": MetricInfo(
+        "dte_mqtt_spool_write_errors_total", "Failed writes to the MQTT spool (disk full, I/O error)"
+    ),
+    "mqtt_spool_dropped": MetricInfo(
+        "dte_mqtt_spool_dropped_total", "MQTT spool records that could not be read back (dead letters)"
+    ),
 }
 
 _ALERT_STATE = re.compile(r"^alerts_(pending|firing|resolved|acknowledged|renotified|[a-z_]+)$")

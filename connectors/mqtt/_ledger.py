@@ -41,11 +41,21 @@ from __future__ import annotations
 
 import threading
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-__all__ = ["ACK_AGAIN", "NEW", "REPEAT", "AckLedger", "digest"]
+__all__ = [
+    "ACK_AGAIN",
+    "NEW",
+    "REPEAT",
+    "AckLedger",
+    "ResumeState",
+    "digest",
+    "pack_resume_state",
+    "unpack_resume_state",
+]
 
 NEW: Literal["new"] = "new"
 REPEAT: Literal["repeat"] = "repeat"
@@ -57,6 +67,8 @@ HELD = 0
 EARLIER_PROCESS = -1
 #: ``acked_on`` of a repeat whose acknowledgement is to be sent again.
 ACK_QUEUED = -2
+#: ``acked_on`` of a message written to the source's disk spool, its acknowledgement to come.
+SPOOLED = -3
 
 
 def digest(topic: bytes, payload: bytes | bytearray) -> int:
@@ -71,7 +83,7 @@ class AckLedger:
     """Message id -> (digest, ``acked_on``, PINGREQ number sent after its ack).
 
     ``acked_on`` is the connection (paho socket number, from 1) its PUBACK went out on, or
-    :data:`HELD`, :data:`EARLIER_PROCESS`, :data:`ACK_QUEUED`.
+    :data:`HELD`, :data:`SPOOLED`, :data:`EARLIER_PROCESS`, :data:`ACK_QUEUED`.
 
     Thread-safe: paho's network thread calls :meth:`receive`, the dataflow thread the rest.
     """
@@ -90,13 +102,22 @@ class AckLedger:
             entry = self._entries.get(mid)
             if dup and entry is not None and entry[0] == crc:
                 acked_on = entry[1]
-                if acked_on in (HELD, ACK_QUEUED, connection):
+                if acked_on in (HELD, ACK_QUEUED, SPOOLED, connection):
                     return REPEAT  # its acknowledgement is still to come on this connection
                 # acknowledged on an earlier connection or by an earlier process: maybe lost
                 self._entries[mid] = (crc, ACK_QUEUED, 0)
                 return ACK_AGAIN
             self._entries[mid] = (crc, HELD, 0)
             return NEW
+
+    def spooled(self, mids: Iterable[int]) -> None:
+        """``mids`` are durable in the disk spool: a restarted process must not apply them again."""
+        with self._lock:
+            entries = self._entries
+            for mid in mids:
+                entry = entries.get(mid)
+                if entry is not None and entry[1] == HELD:
+                    entries[mid] = (entry[0], SPOOLED, 0)
 
     def acknowledged(self, mids: Sequence[int], connection: int, ping: int) -> None:
         """The PUBACKs of ``mids`` go out on ``connection``, followed by PINGREQ number ``ping``."""
@@ -150,3 +171,27 @@ class AckLedger:
         with self._lock:
             self._entries.clear()
             self._unconfirmed.clear()
+
+
+#: Resume state of a client: the message ids and digests (``array('H')``/``array('I')`` bytes)
+#: of messages already applied that the broker may deliver again (see :mod:`._ledger`); with a
+#: spool also the spool position (segment, offset) of the first record not yet committed.
+ResumeState = tuple[bytes, bytes] | tuple[bytes, bytes, int, int]
+
+
+def pack_resume_state(pairs: list[tuple[int, int]], position: tuple[int, int] | None = None) -> ResumeState:
+    """The resume state of :meth:`AckLedger.resume_state` pairs (and a spool position), compact.
+
+    >>> unpack_resume_state(pack_resume_state([(7, 2748)], (3, 120)))
+    ([(7, 2748)], (3, 120))
+    """
+    mids, crcs = array("H", [m for m, _ in pairs]).tobytes(), array("I", [c for _, c in pairs]).tobytes()
+    return (mids, crcs) if position is None else (mids, crcs, position[0], position[1])
+
+
+def unpack_resume_state(state: ResumeState) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    mids, crcs = array("H"), array("I")
+    mids.frombytes(state[0])
+    crcs.frombytes(state[1])
+    position = (state[2], state[3]) if len(state) == 4 else None
+    return list(zip(mids, crcs, strict=True)), position

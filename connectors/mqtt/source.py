@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
-from array import array
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,9 +24,18 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dte_stream.batches import RawBatch
 from dte_stream.connectors.mqtt._client import LOG, MqttConnection
-from dte_stream.connectors.mqtt._ledger import ACK_AGAIN, NEW, AckLedger, digest
+from dte_stream.connectors.mqtt._ledger import (
+    ACK_AGAIN,
+    NEW,
+    AckLedger,
+    ResumeState,
+    digest,
+    pack_resume_state,
+    unpack_resume_state,
+)
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
-from dte_stream.errors import ConnectorError
+from dte_stream.connectors.mqtt._spooled import SpooledInput, dropped_batch
+from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.shutdown import stop_requested
 from dte_stream.spec.mqtt import MqttSourceSpec
@@ -39,27 +48,18 @@ _STOP_POLL = 0.02
 _FULL_WAIT = 0.005
 
 
-#: Resume state of a client: the message ids and digests (``array('H')``/``array('I')`` bytes)
-#: of messages already applied that the broker may deliver again (see :mod:`._ledger`).
-ResumeState = tuple[bytes, bytes]
-
-
-def _pack(pairs: list[tuple[int, int]]) -> ResumeState:
-    return array("H", [m for m, _ in pairs]).tobytes(), array("I", [c for _, c in pairs]).tobytes()
-
-
-def _unpack(state: ResumeState) -> list[tuple[int, int]]:
-    mids, crcs = array("H"), array("I")
-    mids.frombytes(state[0])
-    crcs.frombytes(state[1])
-    return list(zip(mids, crcs, strict=True))
-
-
 class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
-    """One MQTT client of a source. The broker's session holds the messages; the resume state
-    names those of committed epochs that the broker may still deliver again."""
+    """One MQTT client of a source. The broker's session holds the messages (with ``spool``,
+    the spool too); the resume state names those of committed epochs that the broker may
+    still deliver again (and the spool position of the first record not committed)."""
 
-    def __init__(self, spec: MqttSourceSpec, client_id: str, resume_state: ResumeState | None = None) -> None:
+    def __init__(
+        self,
+        spec: MqttSourceSpec,
+        client_id: str,
+        resume_state: ResumeState | None = None,
+        spool_dir: Path | None = None,
+    ) -> None:
         self._spec = spec
         self._who = f"source {spec.name} (client {client_id})"
         self._ack_mode = spec.ack
@@ -76,7 +76,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         # after a reconnect is dropped (and acknowledged again if need be), never emitted twice.
         self._ledger = AckLedger()
         if resume_state is not None and self._manual:
-            self._ledger.restore(_unpack(resume_state))
+            self._ledger.restore(unpack_resume_state(resume_state)[0])
         self._reack: deque[int] = deque()  # repeats to acknowledge again (network thread appends)
         # ack on_receive: a message is acknowledged and queued, or (closing) neither, atomically;
         # a PUBACK queued behind the DISCONNECT is never sent, so its message must not be emitted.
@@ -101,14 +101,33 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             on_new_session=self._on_new_session,
         )
         self._conn.client.on_message = self._on_message
-        self._conn.start()
-        if spec.protocol == "3.1.1" and spec.ack == "after_epoch":
+        self._spooled: SpooledInput | None = None
+        if spool_dir is not None and spec.spool is not None:
+            self._spooled = SpooledInput(
+                spool_dir / client_id,
+                spec.spool.max_bytes,
+                unpack_resume_state(resume_state)[1] if resume_state is not None else None,
+                self,
+            )
+        try:
+            self._conn.start()
+        except BaseException:
+            if self._spooled is not None:
+                self._spooled.close()
+            raise
+        if self._spooled is not None:
+            self._spooled.start()
+        if spec.protocol == "3.1.1" and spec.ack == "after_epoch" and spec.spool is None:
             LOG.info(
                 "%s: MQTT 3.1.1 has no receive maximum: the broker's own in-flight limit "
                 "(Mosquitto: max_inflight_messages, default 20) caps the messages per epoch "
                 "with ack: after_epoch; prefer protocol 5",
                 self._who,
             )
+
+    @property
+    def client_id(self) -> str:
+        return self._conn.client_id
 
     # -- network thread ---------------------------------------------------------------------
 
@@ -144,6 +163,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             self._wait_for_room()
         # paho decodes payloads with struct ("s"), which gives bytes; it types them bytes | bytearray.
         queue.append((topic, message.payload, time.time_ns(), message.mid, message.qos, self._conn.session))  # type: ignore[arg-type]
+        if self._spooled is not None:
+            self._spooled.arrived.set()
 
     def _wait_for_room(self) -> None:
         """Block the network thread while the queue is full: TCP backpressure, nothing dropped.
@@ -172,6 +193,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
 
     def next_batch(self) -> list[RawBatch]:
         self._conn.check()
+        if self._spooled is not None:
+            return self._next_from_spool(self._spooled)
         if self._due or self._reack:
             self._acknowledge()
         elif self._manual:
@@ -184,6 +207,24 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         if not count:
             return []
         return self._take(count)
+
+    def _next_from_spool(self, spooled: SpooledInput) -> list[RawBatch]:
+        """The next batch from the spool (whatever an fsync made durable), in spool order."""
+        if self._stopping or self._should_stop():
+            return self._stop()
+        count = self._batch_size if self._remaining is None else min(self._batch_size, self._remaining)
+        records, damaged = spooled.read(count)
+        if not records and not damaged:
+            return []
+        queue = deque((r.topic, r.payload, r.received_ns, r.mid, r.qos, 0) for r in records)
+        out = self._batcher.take(queue, len(records), None) if records else []
+        if damaged:
+            out.append(dropped_batch(self._spec, self._who, damaged))
+        if self._remaining is not None:
+            self._remaining -= len(records)
+        self._last_message = time.monotonic()
+        METRICS.add("mqtt_messages_in", len(records))
+        return out
 
     def _take(self, count: int) -> list[RawBatch]:
         """Pop ``count`` messages into one RawBatch per subscription; note their acks."""
@@ -236,7 +277,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
                 for mid in mids:
                     ack(mid, 1)
                 client.send_pingreq()
-            self._due = []
+            self._due.clear()
         finally:
             client.ping_lock.release()
 
@@ -252,9 +293,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def _should_stop(self) -> bool:
         if stop_requested() or (self._remaining is not None and self._remaining <= 0):
             return True
-        return (
-            self._idle is not None and not self._queue and time.monotonic() - self._last_message >= self._idle
-        )
+        drained = not self._queue and (self._spooled is None or not self._spooled.unread())
+        return self._idle is not None and drained and time.monotonic() - self._last_message >= self._idle
 
     def _stop(self) -> list[RawBatch]:
         """One step of a graceful stop: emit nothing new, settle acknowledgements, then end.
@@ -268,8 +308,10 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         if not self._stopping:
             self._stopping = True
             self._stop_deadline = time.monotonic() + self._spec.connect_timeout
-            if not self._manual:
-                self._close()
+            if not self._manual or self._spooled is not None:
+                self._close()  # with a spool: what was not emitted stays there for the next run
+        if self._spooled is not None:
+            raise StopIteration
         if not self._manual:
             if self._queue:
                 self._remaining = None
@@ -290,6 +332,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def next_awake(self) -> datetime | None:
         if self._stopping:
             return datetime.now(UTC) + timedelta(seconds=_STOP_POLL)
+        if self._spooled is not None and self._spooled.unread():
+            return None
         if len(self._queue) >= self._batch_size:
             return None
         return datetime.now(UTC) + self._latency
@@ -308,8 +352,10 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             self._unsealed = []
         if not self._manual:
             return None
+        if self._spooled is not None:
+            return pack_resume_state(self._ledger.resume_state(()), self._spooled.commit())
         session = self._conn.session
-        return _pack(self._ledger.resume_state(mid for mid, s in self._due if s == session))
+        return pack_resume_state(self._ledger.resume_state(mid for mid, s in self._due if s == session))
 
     def close(self) -> None:
         self._stopping = True
@@ -318,6 +364,8 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
     def _close(self) -> None:
         with self._gate:
             self._closing = True
+        if self._spooled is not None:
+            self._spooled.close()  # its last acknowledgements go out before the DISCONNECT
         self._conn.close()
 
 
@@ -354,9 +402,19 @@ class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):
     (['plant-0', 'plant-1'], ['dte-demo-plant-0', 'dte-demo-plant-1'])
     """
 
-    def __init__(self, spec: MqttSourceSpec, *, flow_name: str | None = None) -> None:
+    def __init__(
+        self, spec: MqttSourceSpec, *, flow_name: str | None = None, recovery_dir: Path | None = None
+    ) -> None:
         self.spec = spec
         self.client_ids = spec.client_ids(flow_name)
+        self.spool_dir: Path | None = None
+        if spec.spool is not None:
+            self.spool_dir = spec.spool.path or (recovery_dir / "spool" if recovery_dir is not None else None)
+            if self.spool_dir is None:
+                raise ConfigError(
+                    f"source {spec.name}: spool needs a folder: set spool.path, or run with --recovery-dir "
+                    "(the spool then lives in <recovery dir>/spool)"
+                )
 
     def list_parts(self) -> list[str]:
         """One partition per client: ``{name}-0`` ... ``{name}-{clients-1}``."""
@@ -370,4 +428,4 @@ class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):
                 f"source {self.spec.name}: the recovery state names partition {for_part!r}, which this "
                 f"spec (clients: {self.spec.clients}) does not have; use a fresh recovery directory"
             )
-        return _MqttPartition(self.spec, self.client_ids[int(index_text)], resume_state)
+        return _MqttPartition(self.spec, self.client_ids[int(index_text)], resume_state, self.spool_dir)

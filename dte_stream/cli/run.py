@@ -71,7 +71,8 @@ def execute(
 
     preflight(spec)  # every service answers, or one line says which does not and why
     live = LiveSpec(spec)
-    flow = build_flow(spec, processes=len(addresses) if addresses is not None else 1, live=live)
+    processes = len(addresses) if addresses is not None else 1
+    flow = build_flow(spec, processes=processes, live=live, recovery_dir=recovery_dir)
     if http is not None and process_id and addresses is not None and _one_host(addresses):
         http = (http[0], http[1] + process_id)  # processes that share a host share no port
     with _http_server(spec, http, tokens), _spec_watcher(live, spec_path, load):
@@ -114,6 +115,9 @@ def _one_host(addresses: list[str]) -> bool:
 def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path | None) -> Iterator[None]:
     """Serve the HTTP surface beside the dataflow (nothing when ``http`` is None)."""
     READINESS.reset(max_lag=None if spec.engine.clock == "event" else DEFAULT_MAX_LAG)
+    # Not ready until Bytewax has built the dataflow (its probe sink reports "running"): the
+    # server starts first, and an empty set of checks would answer ready in between.
+    READINESS.expect("dataflow", "starting")
     if http is None:
         yield
         return
@@ -165,10 +169,12 @@ def _execute(
     drained = STOP.is_set() and not interrupted
     elapsed = time.monotonic() - started
     n = METRICS.get("readings_processed")
+    dropped = METRICS.get("influxdb_points_dropped") + METRICS.get("mqtt_spool_dropped")
     _say(
         f"{who}{'stopped' if interrupted or drained else 'finished'} after {elapsed:.1f} s: "
         f"{n:,} readings processed ({n / max(elapsed, 1e-9):,.0f} readings/s), "
         f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters"
+        + (f" ({dropped:,} of them dropped points or spooled messages)" if dropped else "")
     )
     data_dir = spec.data_dir()
     if data_dir is not None and not quiet and not process_id:

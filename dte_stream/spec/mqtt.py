@@ -41,6 +41,7 @@ __all__ = [
     "MqttPublisherSpec",
     "MqttSinkSpec",
     "MqttSourceSpec",
+    "MqttSpoolSpec",
     "MqttSubscriptionSpec",
     "MqttTlsSpec",
     "OutputTopic",
@@ -512,6 +513,37 @@ class MqttSubscriptionSpec(SpecModel):
         return None if self.template is None else TopicTemplate.parse(self.template)
 
 
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _size_bytes(value: object) -> object:
+    """``"512MiB"``, ``"2GB"`` or a number of bytes."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m is None:
+            raise ValueError(f"{value[:40]!r} is not a size; write bytes or e.g. 512MiB, 2GB")
+        return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    return value
+
+
+class MqttSpoolSpec(SpecModel):
+    """The source's disk spool: received messages are kept here, and acknowledged once durable.
+
+    While a sink holds the dataflow the source goes on receiving into the spool, so the
+    broker's own queue (bounded, and silent when it overflows) is not what keeps the readings.
+    When the spool holds ``max_bytes``, the source stops acknowledging: the broker keeps the
+    rest in the session, up to its own limits. ``path`` defaults to ``<--recovery-dir>/spool``;
+    each client has its own folder in it (``<path>/<client id>``). See docs/reliability.md.
+    """
+
+    path: Path | None = Field(None, description="folder of the spool; default <recovery dir>/spool")
+    max_bytes: Annotated[int, BeforeValidator(_size_bytes), Field(ge=2**20)] = Field(
+        2**30, description="size of the spool per client (bytes, or 512MiB, 2GB)"
+    )
+
+
 class MqttSourceSpec(MqttConnectionSpec):
     """Readings from MQTT subscriptions, decoded per subscription.
 
@@ -554,6 +586,10 @@ class MqttSourceSpec(MqttConnectionSpec):
     max_buffered_messages: int = Field(
         100_000, ge=1, description="messages held between the network thread and the dataflow"
     )
+    spool: MqttSpoolSpec | None = Field(
+        None,
+        description="keep received messages on disk while a sink holds the dataflow (acked once durable)",
+    )
     stop_after_messages: int | None = Field(None, ge=1, description="end after this many messages per client")
     stop_after_idle: PositiveSeconds | None = Field(None, description="end after this long without a message")
 
@@ -567,6 +603,11 @@ class MqttSourceSpec(MqttConnectionSpec):
                         f"subscriptions: [{j}] {filters[j].text!r} and [{i}] {a.text!r} overlap; "
                         "a message matching both would be delivered twice: make the filters disjoint"
                     )
+        if self.spool is not None and self.ack != "after_epoch":
+            raise ValueError(
+                f"spool: a spooled message is acknowledged once it is on disk; ack: {self.ack} "
+                "cannot apply: leave ack at its default"
+            )
         if self.clients > 1:
             plain = [f.text for f in filters if f.group is None]
             if plain:

@@ -200,6 +200,7 @@ class TwinShard:
         self.banks: dict[str, TwinBank] = {}
         self.alert_engines: dict[str, AlertEngine] = {}
         self.watermark = NEVER
+        self.watermark_seen_at = NEVER  # wall time of this shard's last batch
         self.next_eviction = NEVER
         self.next_ack_poll = 0
         self._alert_twins: dict[str, set[str]] = {}  # twins whose alerts changed, for the view
@@ -221,6 +222,7 @@ class TwinShard:
         for twin_type, group in by_type.items():
             batch = TypedBatch.concat(group)
             self.watermark = max(self.watermark, int(batch.readings.time_ns.max()))
+            self.watermark_seen_at = self.wall()
             if not self.key:
                 self.key = shard_key(shard_of(str(batch.readings.twin_id[0]), self.spec.engine.shards))
             bank = self._bank(twin_type)
@@ -405,7 +407,10 @@ class TwinShard:
         progress = max(self.watermark, self.clock.now())
         if progress == NEVER:
             return wall
-        seen_at = self.clock.seen_at()
+        # In a cluster, the process that reads a source may not be the one that holds the shard:
+        # this process's input clock has then never moved, and the shard's own batches say when
+        # the input was last seen.
+        seen_at = max(self.clock.seen_at(), self.watermark_seen_at)
         return min(wall, progress + max(0, wall - seen_at)) if seen_at != NEVER else wall
 
     # -- inside -------------------------------------------------------------------------------

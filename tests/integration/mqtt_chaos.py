@@ -59,34 +59,41 @@ def readings(twins: int, steps: int, seed: int = 20261206) -> Iterator[tuple[str
                 yield twin_id(i), orjson.dumps(record | {"value": float(values[i, k])})
 
 
-def write_spec(path: Path, url: str, topic: str, client_id: str, influx_url: str, db: str) -> Path:
-    """The daemon's spec: one MQTT client (QoS 1, persistent session) -> twin bank -> InfluxDB."""
-    path.write_text(
-        yaml.safe_dump(
+def write_spec(
+    path: Path,
+    url: str,
+    topic: str,
+    client_id: str,
+    influx_url: str,
+    db: str,
+    tweak: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
+    """The daemon's spec: one MQTT client (QoS 1, persistent session) -> twin bank -> InfluxDB.
+
+    ``tweak`` may change the spec (a dict, as in YAML) before it is written.
+    """
+    spec: dict[str, Any] = {
+        "name": FLOW,
+        "sources": [
             {
-                "name": FLOW,
-                "sources": [
-                    {
-                        "kind": "mqtt",
-                        "name": "plant",
-                        "url": url,
-                        "client_id": client_id,
-                        "twin_type": "pump",
-                        "reconnect_min_delay": 0.2,
-                        "reconnect_max_delay": 1.0,
-                        "subscriptions": [
-                            {"topic": f"{topic}/+", "template": f"{topic}/{{twin}}", "codec": "json"}
-                        ],
-                    }
-                ],
-                "twin_types": [TWIN_TYPE],
-                "sinks": [{"kind": "influxdb", "url": influx_url, "database": db, "create_database": True}],
-                "dead_letters": {"path": str(path.parent / "dead_letters.jsonl")},
-                "engine": {"shards": 4, "workers": 1, "epoch_seconds": 0.5},
-            },
-            sort_keys=False,
-        )
-    )
+                "kind": "mqtt",
+                "name": "plant",
+                "url": url,
+                "client_id": client_id,
+                "twin_type": "pump",
+                "reconnect_min_delay": 0.2,
+                "reconnect_max_delay": 1.0,
+                "subscriptions": [{"topic": f"{topic}/+", "template": f"{topic}/{{twin}}", "codec": "json"}],
+            }
+        ],
+        "twin_types": [TWIN_TYPE],
+        "sinks": [{"kind": "influxdb", "url": influx_url, "database": db, "create_database": True}],
+        "dead_letters": {"path": str(path.parent / "dead_letters.jsonl")},
+        "engine": {"shards": 4, "workers": 1, "epoch_seconds": 0.5},
+    }
+    if tweak is not None:
+        tweak(spec)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -132,6 +139,8 @@ def publish(
         started = time.monotonic()
         for i, (twin, payload) in enumerate(messages):
             infos.append(client.publish(f"{topic}/{twin}", payload, 1))
+            if i >= 20_000:  # paho's message ids wrap at 65,535: keep fewer than that outstanding
+                infos[i - 20_000].wait_for_publish(60)
             if rate is not None and i % 50 == 49:
                 time.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
         for info in infos:
@@ -166,12 +175,13 @@ _PROCESSED = re.compile(r"after [0-9.]+ s: ([0-9,]+) readings processed")
 class Daemon:
     """`dte-stream run SPEC --recovery-dir DIR` as a child process, its output in a log file."""
 
-    def __init__(self, spec: Path, recovery_dir: Path, log: Path) -> None:
+    def __init__(self, spec: Path, recovery_dir: Path, log: Path, *extra: str) -> None:
         self.log = log
         self._start = log.stat().st_size if log.exists() else 0
+        command = [sys.executable, "-m", "dte_stream", "run", str(spec), "--recovery-dir", str(recovery_dir)]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dte_stream", "run", str(spec), "--recovery-dir", str(recovery_dir)],
+                [*command, *extra],
                 stdout=out,
                 stderr=out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -256,6 +266,7 @@ def drain(
     chaos_at_start: bool = False,
     rate: float | None = None,
     timeout: float = 180.0,
+    tweak: Callable[[dict[str, Any]], None] | None = None,
 ) -> Run:
     """Queue ``messages`` in a fresh persistent session, then drain them with the daemon.
 
@@ -271,7 +282,7 @@ def drain(
     topic = f"chaos{uuid.uuid4().hex[:8]}"
     run = Run(name, run_dir, f"dte_{name}_{uuid.uuid4().hex[:6]}", f"dte-chaos-{uuid.uuid4().hex[:8]}")
     url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
-    spec = write_spec(run_dir / "flow.yaml", url, topic, run.client_id, influx_url, run.db)
+    spec = write_spec(run_dir / "flow.yaml", url, topic, run.client_id, influx_url, run.db, tweak)
     make_session(mosquitto.host, mosquitto.port, run.session_id, f"{topic}/+")
     publisher = None
     if rate is None:
@@ -331,8 +342,9 @@ class Comparison:
         return not (self.missing or self.extra or self.differing_points or self.differing_twins)
 
 
-def compare(influx_url: str, a: Run, b: Run) -> Comparison:
-    points_a, points_b = _points(influx_url, a.db), _points(influx_url, b.db)
+def compare(influx_url: str, a: Run, b: Run, influx_url_b: str | None = None) -> Comparison:
+    """B against A; B's points are read from ``influx_url_b`` when it has its own InfluxDB."""
+    points_a, points_b = _points(influx_url, a.db), _points(influx_url_b or influx_url, b.db)
     examples: list[str] = []
     differing = 0
     for key in points_a.keys() & points_b.keys():

@@ -8,6 +8,8 @@ reference). A separate ``serve`` process follows the topic: a twin's live update
 SSE; once the run has ended, its twin list and every twin equal the SQLite view field by field.
 A record that is not a view record is put on the topic; a restarted ``serve`` rebuilds the same
 view from the compacted topic, is ready only once it has, counts the bad record and skips it.
+Without ``local``, ``run --http`` serves its twins from the topic too; records the brokers do not
+take are counted, logged once and handed back to be published again.
 """
 
 from __future__ import annotations
@@ -267,3 +269,39 @@ def test_undelivered_view_records_are_counted_logged_once_and_published_again(
     assert len(warnings) == 1, warnings
     assert "nowhere" in warnings[0]
     writer.close()
+
+
+def test_run_http_reads_its_own_view_from_the_topic(kafka: Any, tmp_path: Path) -> None:
+    """``view: {kind: kafka}`` without ``local``: no SQLite view is written, and the API of
+    ``run --http`` serves the twins from the topic, like ``serve`` on another host."""
+    topic = f"view-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    token = TokenFile(default_tokens_path(data)).create("viewer", "read")
+    text = SPEC.format(twins=6, data=data, servers=kafka.bootstrap_servers, topic=topic)
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(text.replace("local: true", "local: false").replace("ticks: 50", "ticks: 2000"))
+    port, log = _free_port(), tmp_path / "run.log"
+    with log.open("ab") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dte_stream", "run", str(spec), "--quiet", "--http", f"127.0.0.1:{port}"],
+            stdout=out, stderr=out, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
+            _wait(
+                "run --http lists its twins",
+                lambda: client.get("/api/v1/twins").json()["total"] == 6,
+                log=log,
+            )
+            checks = {c["name"]: c for c in client.get("/readyz").json()["checks"]}
+            assert checks[f"view:{topic}"]["ok"]
+            twin = client.get("/api/v1/twins/room-0001").json()
+            assert set(twin["channels"]) == {"temperature", "humidity"}
+            assert twin["written_by"].endswith(f":{run.pid}")
+        assert not (data / "twin_view.sqlite3").exists()
+    finally:
+        run.terminate()
+        run.wait(60)

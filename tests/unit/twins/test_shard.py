@@ -63,6 +63,23 @@ def test_a_backlog_is_judged_by_its_own_time_and_silence_by_the_wall_clock() -> 
     assert [b.twin_id.tolist() for b in update.estimates] == [["a"]]
 
 
+def test_a_shard_fed_by_another_process_judges_a_backlog_by_its_own_batches() -> None:
+    """In a cluster the process that reads the source may not hold the shard: this process's
+    input clock never moves, and the backlog's time still comes from the shard's batches."""
+    wall = FakeWall(WALL)
+    shard = TwinShard(SPEC, "shard-0000", clock=InputClock(wall), wall=wall)  # a clock nobody advances
+    router = Router(SPEC)
+    for k in range(30):
+        [(_, part)] = router.route(_batch(["a", "b"], DAY_AGO + k * S), "test", "gauge").routed
+        shard.on_batch([part])
+        wall.now += S // 100
+        assert shard.on_timer().estimates == []  # not stale by the wall clock, a day later
+    assert shard.now() == DAY_AGO + 29 * S + S // 100
+    wall.now += 10 * S  # silence: the wall clock runs on from the last batch
+    update = shard.on_timer()
+    assert sorted(t for b in update.estimates for t in b.twin_id.tolist()) == ["a", "b"]
+
+
 def test_changed_twins_are_reported_once_and_snapshots_restore() -> None:
     router = Router(SPEC)
     shard = TwinShard(SPEC, "shard-0000", wall=FakeWall(WALL))
