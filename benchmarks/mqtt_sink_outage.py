@@ -3,10 +3,11 @@
 Starts a private Mosquitto (persistence on, ``max_queued_messages`` 100,000 as the test
 services configure it) and InfluxDB, creates the daemon's persistent QoS 1 session, starts
 ``dte-stream run --recovery-dir --http`` on it, stops InfluxDB once the first points are stored,
-then publishes ``--twins x 2 x --steps`` JSON readings (every PUBACK received by the
-publisher). Every ``--every`` seconds it prints: the messages the source received
-(``dte_mqtt_messages_in_total``, ``dte_mqtt_spooled_total``), the daemon's RSS, the bytes in
-its spool, and what the broker holds (``$SYS/broker/store/messages/count``, every message
+then publishes ``--twins x 2 x --steps`` JSON readings at ``--rate`` at most (every PUBACK
+received by the publisher). Every ``--every`` seconds it prints: what the rate would have
+published by then (the publisher may be slower), the messages handed to the dataflow
+(``dte_mqtt_messages_in_total``) and spooled (``dte_mqtt_spooled_total``), the bytes in the
+spool, the daemon's RSS, and what the broker holds (``$SYS/broker/store/messages/count``, every message
 the broker stores, the daemon's session included). After ``--outage`` seconds InfluxDB starts
 again; the script waits for the drain and prints how many points were stored of how many
 published.
@@ -116,7 +117,7 @@ def main() -> int:
                 daemon=True,
             )
             publisher.start()
-            print(" t(s)  published-to-broker  source-received  spooled  spool-MB  RSS-MB  broker-store")
+            print(" t(s)  offered (rate x t)  source-received  spooled  spool-MB  RSS-MB  broker-store")
             while time.monotonic() - started < args.outage:
                 time.sleep(args.every)
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
@@ -124,7 +125,7 @@ def main() -> int:
                 t = time.monotonic() - started
                 spool_mb = sum(f.stat().st_size for f in (work / "recovery").rglob("*.seg")) / 1e6
                 print(
-                    f"{t:5.0f}  {min(len(rest), int(t * args.rate)):>19,}  "
+                    f"{t:5.0f}  {min(len(rest), int(t * args.rate)):>18,}  "
                     f"{_metric(metrics, 'dte_mqtt_messages_in_total'):>15,}  "
                     f"{_metric(metrics, 'dte_mqtt_spooled_total'):>7,}  {spool_mb:8.1f}  "
                     f"{_rss_mb(daemon.proc.pid):6.0f}  {store.count:>12,}",

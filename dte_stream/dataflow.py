@@ -103,6 +103,8 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         self._published(ShardUpdate(), force=True)
         if self.on_epoch is not None:
             self.on_epoch(self.shard)
+        if self.view is not None:
+            self.view.follow()  # after a reload: the new twin types for the API
         started = time.perf_counter()
         snap = self.log.snapshot(self.shard) if self.log is not None else self.shard.snapshot()
         METRICS.observe("snapshot_seconds", time.perf_counter() - started)
@@ -240,7 +242,7 @@ def build_flow(
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
     acks = AckInbox(data_dir) if data_dir is not None else None
-    view = ViewHub(spec) if outputs is None else None  # tests and replays leave the view alone
+    view = ViewHub(spec, live) if outputs is None else None  # tests and replays leave the view alone
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
         incremental = live.spec.engine.snapshots == "incremental"

@@ -8,16 +8,17 @@ with ``twin_id`` and ``channel`` columns (and optionally ``unit``). The time col
 the same :class:`~dte_stream.twins.shard.TwinShard` objects as a live run, driven directly:
 no dataflow engine, with the twin clock set to event time so stale sensors and TTLs follow
 the data, not the wall clock. Many series replay together as many twins, one vectorised step
-for all of them per round. The outputs equal those of the Bytewax dataflow fed the same
-readings (``tests/unit/test_replay.py`` compares every field).
+for all of them per round; one series (or a few) goes through the bank reading by reading in
+Python floats (:mod:`dte_stream.twins.stages`). The outputs equal those of the Bytewax
+dataflow fed the same readings (``tests/unit/test_replay.py`` compares every field).
 
-The output has one row per reading, in event-time order: ``timestamp`` (RFC 3339 UTC),
-``time_ns``, ``twin_id``, ``channel``, ``value``, ``estimate``, ``std``, ``innovation``, ``nis``,
-``anomaly_score`` (0..1), ``flags`` (bits of :mod:`dte_stream.twins.flags`), ``flag_names``
-(``|``-separated) and every optional output of the twin types. Rows that cannot be read (a bad
-time, number or id, a row with more or fewer fields than the header, an unterminated quote)
-and readings the shards refuse are dead letters with the file, the row number and a reason,
-written next to the output; nothing else is dropped.
+The output (:mod:`dte_stream.replay_output`) has one row per reading, in event-time order:
+``timestamp`` (RFC 3339 UTC), ``time_ns``, ``twin_id``, ``channel``, ``value``, ``estimate``,
+``std``, ``innovation``, ``nis``, ``anomaly_score`` (0..1), ``flags`` (bits of
+:mod:`dte_stream.twins.flags`), ``flag_names`` (``|``-separated) and every optional output of
+the twin types. Rows that cannot be read (a bad time, number or id, a row with more or fewer
+fields than the header, an unterminated quote) and readings the shards refuse are dead letters
+with the file, the row number and a reason, written next to the output; nothing else is dropped.
 """
 
 from __future__ import annotations
@@ -30,16 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import polars as pl
 
 from dte_stream.batches import DeadLetter, EstimateBatch, ReadingBatch
 from dte_stream.errors import ConfigError
 from dte_stream.readings import check_reading
+from dte_stream.replay_output import output_frame
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.times import MAX_TIME_NS, MIN_TIME_NS, NS_PER_S, parse_time
-from dte_stream.twins.flags import FLAG_BITS
 from dte_stream.twins.routing import Router, TypedBatch
 from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
 
@@ -307,78 +307,8 @@ def replay_frame(
     for shard in shards.values():
         collect(shard.on_eof())
     seconds = time.monotonic() - started
-    frame, stale = _output_frame(estimates)
+    frame, stale = output_frame(estimates)
     return ReplayResult(frame, dead, stale, seconds, sum(s.twins() for s in shards.values()))
-
-
-def _output_frame(batches: list[EstimateBatch]) -> tuple[pl.DataFrame, int]:
-    """The output rows of every reading (timer rows counted, not kept), in time order."""
-    by_type: dict[str, list[EstimateBatch]] = {}
-    for b in batches:
-        if len(b):
-            by_type.setdefault(b.twin_type, []).append(b)
-    frames = []
-    stale = 0
-    for group in by_type.values():
-        b = EstimateBatch.concat(group)
-        reading = np.isfinite(b.value)  # timer rows (stale sensors) carry no value
-        if not reading.all():
-            stale += int((~reading).sum())
-            b = b.take(np.flatnonzero(reading))
-        columns = [
-            pl.Series("time", b.time_ns, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")),
-            _strings("twin_id", b.twin_id),
-            _strings("channel", b.channel),
-            *(pl.Series(name, getattr(b, name), dtype=pl.Float64) for name in _FLOAT_COLUMNS),
-            pl.Series("flags", b.flag_column(), dtype=pl.UInt16),
-            pl.Series("anomaly_score", b.score_column(), dtype=pl.Float64),
-            *(pl.Series(name, col, dtype=pl.Float64) for name, col in b.extra.items()),
-        ]
-        frames.append(pl.DataFrame(columns))
-    if not frames:
-        return _empty_frame(), stale
-    out = pl.concat(frames, how="diagonal_relaxed").sort("time", maintain_order=True)
-    first = ["timestamp", "time_ns", "twin_id", "channel", "value", "estimate", "std", "innovation", "nis"]
-    first += ["anomaly_score", "flags", "flag_names"]
-    out = out.with_columns(
-        pl.col("time").dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ").alias("timestamp"),
-        pl.col("time").dt.epoch("ns").alias("time_ns"),
-        _flag_names(out["flags"]),
-    )
-    rest = [c for c in out.columns if c not in first and c != "time"]
-    return out.select(*first, *rest), stale
-
-
-_FLOAT_COLUMNS = ("value", "estimate", "std", "innovation", "nis")
-
-
-def _strings(name: str, values: npt.NDArray[np.str_]) -> pl.Series:
-    """A String column; one repeated value (the channel of one-sensor files) without a list."""
-    if values.shape[0] and (values == values[0]).all():
-        return pl.select(pl.repeat(str(values[0]), values.shape[0], dtype=pl.String).alias(name)).to_series()
-    return pl.Series(name, values.tolist(), dtype=pl.String)  # from str: ~5x faster than from <U
-
-
-def _flag_names(flags: pl.Series) -> pl.Series:
-    """``flag_names`` of every row: the names of its flag bits, ``|``-separated.
-
-    Worked out once per distinct flags value (a handful), then gathered for every row.
-    """
-    codes, inverse = np.unique(flags.to_numpy(), return_inverse=True)
-    names = pl.concat_str(
-        [pl.when((pl.col("flags") & bit) > 0).then(pl.lit(name)) for name, bit in FLAG_BITS.items()],
-        separator="|",
-        ignore_nulls=True,
-    )
-    distinct = pl.DataFrame({"flags": pl.Series(codes, dtype=pl.UInt16)}).select(names.alias("flag_names"))
-    return distinct["flag_names"].gather(pl.Series(inverse.reshape(-1), dtype=pl.UInt32))
-
-
-def _empty_frame() -> pl.DataFrame:
-    schema = {"timestamp": pl.String, "time_ns": pl.Int64, "twin_id": pl.String, "channel": pl.String}
-    schema |= dict.fromkeys(("value", "estimate", "std", "innovation", "nis", "anomaly_score"), pl.Float64)
-    schema |= {"flags": pl.UInt16, "flag_names": pl.String}
-    return pl.DataFrame(schema=schema)
 
 
 def replay(

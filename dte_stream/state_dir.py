@@ -46,7 +46,13 @@ class SnapRow:
 
     def value(self) -> Any:
         """The unpickled snapshot (the directory is the daemon's own: Bytewax unpickles it too)."""
-        return pickle.loads(self.blob)
+        try:
+            return pickle.loads(self.blob)
+        except Exception as exc:  # a damaged row: say which, never a traceback
+            raise ConfigError(
+                f"{self.part}: the snapshot of {self.step_id} {self.state_key} (epoch {self.epoch}) "
+                f"cannot be read: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["START", "Damaged", "Position", "Spool", "SpoolRecord"]
+__all__ = ["RECORD_OVERHEAD", "START", "Damaged", "Position", "Spool", "SpoolRecord"]
 
 #: A place in the spool: (segment number, byte offset in it).
 Position = tuple[int, int]
@@ -52,6 +52,8 @@ START: Position = (0, 0)
 
 _FRAME = struct.Struct("<II")  # length of the rest, CRC-32 of the rest
 _HEAD = struct.Struct("<HBBqIH")  # mid, qos, 0, receive time ns, digest, topic length
+#: Bytes of a record besides its topic and payload.
+RECORD_OVERHEAD = _FRAME.size + _HEAD.size
 _SUFFIX = ".seg"
 #: Most bytes one read takes from a segment.
 _READ_BYTES = 4 << 20
@@ -150,6 +152,11 @@ class Spool:
         with self._lock:
             used = sum(self._sizes.values())
         return used == 0 or used + extra <= self.max_bytes
+
+    def free_bytes(self) -> int:
+        """Bytes that still fit within ``max_bytes`` (negative when over it)."""
+        with self._lock:
+            return self.max_bytes - sum(self._sizes.values())
 
     @property
     def used_bytes(self) -> int:

@@ -24,7 +24,7 @@ from dte_stream.batches import DeadLetter, RawBatch
 from dte_stream.connectors.mqtt._client import LOG
 from dte_stream.connectors.mqtt._ledger import AckLedger, digest
 from dte_stream.connectors.mqtt._routing import DEAD_LETTER_RAW_BYTES, Ack, Message
-from dte_stream.connectors.mqtt._spool import Damaged, Position, Spool, SpoolRecord
+from dte_stream.connectors.mqtt._spool import RECORD_OVERHEAD, Damaged, Position, Spool, SpoolRecord
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.mqtt import MqttSourceSpec
@@ -122,22 +122,25 @@ class SpoolPump:
         """Append what is queued (up to a batch) and queue its acks; False when it cannot."""
         queue = self._queue
         count = min(len(queue), _BATCH)
-        messages = list(itertools.islice(queue, count))  # the network thread only appends
+        free = self._spool.free_bytes()
+        budget = self._spool.segment_bytes  # a batch never makes a segment much longer than that
+        messages: list[Message] = []
+        for message in itertools.islice(queue, count):  # the network thread only appends
+            size = len(message[0]) + len(message[1]) + RECORD_OVERHEAD
+            if messages and (size > free or size > budget):
+                break
+            if not messages and size > free and self._spool.used_bytes:
+                break  # an empty spool takes any one message
+            free -= size
+            budget -= size
+            messages.append(message)
+        if not messages:
+            self._note_full()
+            return False
         records = [
-            SpoolRecord(
-                topic, payload, received, mid, qos, digest(topic.encode("utf-8", "surrogatepass"), payload)
-            )
+            SpoolRecord(topic, payload, received, mid, qos, digest(_raw(topic), payload))
             for topic, payload, received, mid, qos, _session in messages
         ]
-        size = sum(len(r.topic) + len(r.payload) + 32 for r in records)
-        if not self._spool.room(size):
-            while records and not self._spool.room(size):  # what fits, or nothing
-                record = records.pop()
-                size -= len(record.topic) + len(record.payload) + 32
-            if not records:
-                self._note_full()
-                return False
-            messages = messages[: len(records)]
         mids = [m[3] for m in messages if m[4]]
         try:
             self._spool.append(records, lambda: self._ledger.spooled(mids))
@@ -195,16 +198,17 @@ def open_spool(
     if spool.cut_bytes:
         LOG.info("%s: cut %d bytes of a record the last run did not finish writing", who, spool.cut_bytes)
     start = committed if committed is not None else spool.first()
-    left: list[tuple[int, int]] = []
-    at = start
+    latest: dict[int, int] = {}  # message id -> digest of its latest record (ids are reused)
+    at, count = start, 0
     while True:
         records, at, _damaged = spool.read(at, 100_000)  # damaged ones are dropped when read for real
         if not records:
             break
-        left.extend((r.mid, r.digest) for r in records if r.qos)
-    ledger.restore(left)
-    if left:
-        LOG.info("%s: %d spooled messages are read first (%s)", who, len(left), path)
+        count += len(records)
+        latest.update((r.mid, r.digest) for r in records if r.qos)
+    ledger.restore(latest.items())
+    if count:
+        LOG.info("%s: %d spooled messages are read first (%s)", who, count, path)
     return spool, start
 
 

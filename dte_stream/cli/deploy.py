@@ -4,8 +4,8 @@ The unit runs ``dte-stream run`` with the recovery directory under the unit's
 ``StateDirectory`` (``/var/lib/dte-stream-NAME``, also its working directory, so a spec's
 relative ``data_dir`` lands there), secrets from an ``EnvironmentFile``, a dynamic user, a
 read-only system and the usual sandboxing. ``Restart=on-failure`` brings it back after a
-crash (resuming from the recovery directory); SIGTERM drains the dataflow. There is no
-``ExecReload``: live reload on SIGHUP is not built yet, and Python ends on SIGHUP by default.
+crash (resuming from the recovery directory); SIGTERM drains the dataflow. ``systemctl reload``
+sends SIGHUP (``ExecReload``), which reloads the spec live (:mod:`dte_stream.reload`).
 
 >>> text = unit_text(UnitSettings(name="plant", spec=Path("/etc/dte-stream/plant.yaml"),
 ...                               executable=Path("/opt/dte-stream/bin/dte-stream")))
@@ -15,6 +15,8 @@ recovery-dir %S/dte-stream-plant/recovery
 http 127.0.0.1:8080
 log-format json
 quiet
+>>> "ExecReload=/bin/kill -HUP $MAINPID" in text.splitlines()
+True
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def unit_text(s: UnitSettings) -> str:
 # Install: copy to /etc/systemd/system/{s.unit}.service, put secrets (MQTT/Kafka/InfluxDB
 # passwords, tokens) in {env_file} (mode 0600), then
 #   systemctl daemon-reload && systemctl enable --now {s.unit}
-# Logs: journalctl -u {s.unit}  (JSON lines). A spec change: systemctl restart {s.unit}
+# Logs: journalctl -u {s.unit}  (JSON lines). A spec change: systemctl reload {s.unit}
+# (alert rules, notifiers, thresholds, noise: live; anything else is refused, then restart)
 
 [Unit]
 Description=dte-stream dataflow {s.name}
@@ -93,6 +96,8 @@ StartLimitBurst=5
 [Service]
 Type=exec
 ExecStart={command}
+# SIGHUP reloads the spec without a restart (the daemon also notices a changed spec file)
+ExecReload=/bin/kill -HUP $MAINPID
 EnvironmentFile=-{env_file}
 Environment=PYTHONUNBUFFERED=1
 WorkingDirectory={state}

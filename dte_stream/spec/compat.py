@@ -9,8 +9,8 @@ give the same reasons:
   levels, gates, quality limits, the anomaly level and alert rules are settings that may change.
 - :func:`live_problems`: can a running daemon switch to a new spec without a restart? Its
   twin types must keep their layout and routing (``match``, aliases), and the parts the running
-  graph was built from (sources, sinks, dead letters, engine, the set of twin types) must be
-  unchanged. Alert rules, notifiers, thresholds and noise settings may change.
+  graph was built from (sources, sinks, dead letters, engine, the twin view, the set of twin
+  types) must be unchanged. Alert rules, notifiers, thresholds and noise settings may change.
 
 Each problem is one line that names the twin type or section and what changed.
 
@@ -31,8 +31,9 @@ from dte_stream.spec.twins import TwinTypeSpec
 
 __all__ = ["changed_sections", "layout_diff", "layout_problems", "live_problems"]
 
-#: Top-level sections a running dataflow was built from: changing them takes a restart.
-RESTART_SECTIONS = ("name", "sources", "sinks", "dead_letters", "engine")
+#: Top-level sections that may change live; every other one (name, sources, sinks, dead
+#: letters, engine, view, ...) is what the running dataflow was built from: a restart applies it.
+LIVE_SECTIONS = frozenset({"version", "description", "twin_types", "notifiers"})
 
 
 def layout_diff(twin_type: str, saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -113,8 +114,8 @@ def live_problems(old: DataflowSpec, new: DataflowSpec, *, alert_path: bool = Tr
     """
     problems: list[str] = []
     a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
-    for section in RESTART_SECTIONS:
-        if a.get(section) != b.get(section):
+    for section in sorted(a.keys() | b.keys()):
+        if section not in LIVE_SECTIONS and a.get(section) != b.get(section):
             problems.append(f"{section} changed (the running dataflow was built from them; restart to apply)")
     old_types = {t.name: t for t in old.twin_types}
     new_types = {t.name: t for t in new.twin_types}

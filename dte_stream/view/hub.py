@@ -10,6 +10,7 @@ import atexit
 import threading
 from pathlib import Path
 
+from dte_stream.reload import LiveSpec
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.view import KafkaViewSpec
 from dte_stream.view.publisher import ViewFanOut, ViewPacer, ViewPublisher, ViewWriter
@@ -33,10 +34,14 @@ class ViewHub:
     ``spec.view`` decides what: the SQLite file of :func:`view_dir`, a Kafka view topic
     (:class:`~dte_stream.connectors.kafka.view.KafkaViewWriter`, created when the spec's
     ``create_topic`` says how, flushed when the process exits), or both (``local: true``).
+    With ``live``, :meth:`follow` stores the twin types again after a reload changed them (the
+    API's what-if reads them from the view).
     """
 
-    def __init__(self, spec: DataflowSpec) -> None:
+    def __init__(self, spec: DataflowSpec, live: LiveSpec | None = None) -> None:
         self.spec = spec
+        self.live = live
+        self._generation = 0
         self._lock = threading.Lock()
         self._view: ViewWriter | None = None
         self.pacer = ViewPacer()  # one writing budget for all the shards of this process
@@ -48,6 +53,15 @@ class ViewHub:
                 self._view = self._open()
                 self._view.put_types([t.model_dump(mode="json") for t in self.spec.twin_types])
             return self._view
+
+    def follow(self) -> None:
+        """After a reload: the twin types of the running spec into the view (once per reload)."""
+        if self.live is None or self.live.generation == self._generation:
+            return
+        with self._lock:
+            self._generation, spec = self.live.current()
+            if self._view is not None:
+                self._view.put_types([t.model_dump(mode="json") for t in spec.twin_types])
 
     def _open(self) -> ViewWriter:
         kind = self.spec.view

@@ -118,3 +118,33 @@ def test_inspect_shows_what_the_state_holds_and_migrate_adds_a_channel(tmp_path:
     flow = pl.read_parquet(data / "readings" / "**" / "*.parquet").filter(pl.col("channel") == "flow")
     assert flow.height == 6 * 10
     assert dte("state", "inspect", str(recovery), "--spec", str(v2)).stdout.rstrip().endswith("fits as it is")
+
+
+def test_a_folder_that_is_not_a_recovery_dir_is_one_clear_line(tmp_path: Path) -> None:
+    missing = dte("state", "inspect", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr
+    empty = dte("state", "inspect", str(tmp_path))
+    assert empty.returncode == 2
+    assert "holds no recovery partitions" in empty.stderr
+    (tmp_path / "part-0.sqlite3").write_bytes(b"not a database at all" * 100)
+    garbage = dte("state", "inspect", str(tmp_path))
+    assert garbage.returncode == 2
+    assert "not a readable recovery partition" in garbage.stderr
+    assert "Traceback" not in missing.stderr + empty.stderr + garbage.stderr
+
+
+def test_a_damaged_snapshot_names_its_row(tmp_path: Path) -> None:
+    import sqlite3
+
+    part = tmp_path / "part-0.sqlite3"
+    db = sqlite3.connect(part)
+    db.execute("CREATE TABLE commits (part_index INTEGER, commit_epoch INTEGER)")
+    db.execute("CREATE TABLE snaps (step_id TEXT, state_key TEXT, snap_epoch INTEGER, ser_change BLOB)")
+    db.execute("INSERT INTO commits VALUES (0, 3)")
+    db.execute("INSERT INTO snaps VALUES ('plant.twin_bank', 'shard-0000', 2, x'00ff00')")
+    db.commit()
+    db.close()
+    shown = dte("state", "inspect", str(tmp_path))
+    assert shown.returncode == 2
+    assert "the snapshot of plant.twin_bank shard-0000 (epoch 2) cannot be read" in shown.stderr

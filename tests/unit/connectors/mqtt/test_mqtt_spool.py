@@ -193,3 +193,48 @@ def test_a_spool_without_a_folder_is_one_clear_error(tmp_path: Path) -> None:
     assert MqttSource(spec, recovery_dir=tmp_path).spool_dir == tmp_path / "spool"
     at = MqttSourceSpec(**base, spool={"path": str(tmp_path / "here")})
     assert MqttSource(at, recovery_dir=tmp_path).spool_dir == tmp_path / "here"
+
+
+def test_the_pump_spools_what_fits_acknowledges_it_and_stops_when_full(tmp_path: Path) -> None:
+    from collections import deque
+
+    from dte_stream.connectors.mqtt._spooled import SpoolPump
+
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=64 << 10)
+    ledger = AckLedger()
+    queue: deque[tuple[str, bytes, int, int, int, int]] = deque()
+    for i in range(3000):  # about 1.5 MiB: more than the spool holds
+        ledger.receive(i % 65535 + 1, False, i, connection=1)
+        queue.append((f"plant/p{i % 5}", b"x" * 500, i, i % 65535 + 1, 1, 1))
+    due: list[tuple[int, int]] = []
+    acked: list[int] = []
+
+    def acknowledge() -> None:
+        acked.extend(mid for mid, _ in due)
+        due.clear()
+
+    pump = SpoolPump(
+        who="test",
+        key="c-0",
+        queue=queue,
+        spool=spool,
+        ledger=ledger,
+        due=due,
+        acknowledge=acknowledge,
+        confirm=lambda: None,
+        pending_acks=lambda: bool(due),
+    )
+    assert pump._spool_some()
+    while pump._spool_some():
+        pass
+    assert pump._full  # the rest waits in the queue, unacknowledged
+    assert 0 < len(acked) < 3000
+    assert len(queue) == 3000 - len(acked)
+    assert spool.used_bytes <= 1 << 20
+    records, position, _ = spool.read(START, 10_000)
+    assert [r.mid for r in records] == acked  # acknowledged exactly what is on disk, in order
+    assert ledger.resume_state(due=[])[: len(acked)] == sorted((m, m - 1) for m in acked)[: len(acked)]
+    spool.release(position)  # the dataflow read and committed it all
+    assert pump._spool_some()
+    assert not pump._full
+    spool.close()
