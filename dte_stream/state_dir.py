@@ -45,14 +45,26 @@ class SnapRow:
     blob: bytes
 
     def value(self) -> Any:
-        """The unpickled snapshot (the directory is the daemon's own: Bytewax unpickles it too)."""
+        """The unpickled snapshot (the directory is the daemon's own: Bytewax unpickles it too).
+
+        The manifest of an incremental shard snapshot comes back as the full snapshot it stands
+        for (:mod:`dte_stream.twins.snapshot_log`); a migration writes that full snapshot back,
+        and the next run starts a new chain from it.
+        """
+        from dte_stream.twins.snapshot_log import is_manifest, restore_snapshot
+
         try:
-            return pickle.loads(self.blob)
+            value = pickle.loads(self.blob)
         except Exception as exc:  # a damaged row: say which, never a traceback
             raise ConfigError(
                 f"{self.part}: the snapshot of {self.step_id} {self.state_key} (epoch {self.epoch}) "
                 f"cannot be read: {type(exc).__name__}: {exc}"
             ) from None
+        if not is_manifest(value):
+            return value
+        folder = self.part.parent
+        root = folder.parent if folder.name.startswith("process-") else folder
+        return restore_snapshot(root / "twin-state" / self.state_key, value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,12 +72,14 @@ def test_inspect_shows_what_the_state_holds_and_migrate_adds_a_channel(tmp_path:
 
     # a channel removed: no migration; nothing is written
     removed = write(tmp_path / "removed.yaml", data, 2, "level: {}")
-    before = {p.name: p.read_bytes() for p in recovery.iterdir()}
+    before = {str(p.relative_to(recovery)): p.read_bytes() for p in recovery.rglob("*") if p.is_file()}
     refused = dte("state", "migrate", str(recovery), "--spec", str(removed))
     assert refused.returncode == 2
     assert "channels removed: humidity" in refused.stderr
     assert "nothing was changed" in refused.stderr
-    assert {p.name: p.read_bytes() for p in recovery.iterdir()} == before
+    assert {
+        str(p.relative_to(recovery)): p.read_bytes() for p in recovery.rglob("*") if p.is_file()
+    } == before
 
     # a channel added with its own filter: migrated; a restart resumes the old channels' state
     v2 = write(tmp_path / "v2.yaml", data, 2, "level: {}, humidity: {}, flow: {}")
