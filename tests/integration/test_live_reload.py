@@ -63,7 +63,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def spec_doc(
-    url: str, topic: str, client_id: str, version: int, above: float, noise: float = 0.25
+    url: str,
+    topic: str,
+    client_id: str,
+    version: int,
+    above: float,
+    noise: float = 0.25,
+    rule: str = "hot",
+    notifiers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "version": version,
@@ -94,7 +101,7 @@ def spec_doc(
                 },
                 "alerts": {
                     "rules": [
-                        {"kind": "threshold", "name": "hot", "channels": ["temperature"], "above": above}
+                        {"kind": "threshold", "name": rule, "channels": ["temperature"], "above": above}
                     ]
                 },
             }
@@ -102,6 +109,7 @@ def spec_doc(
         "sinks": [{"kind": "local_store", "data_dir": "data", "flush_seconds": 0.5}],
         "dead_letters": {"path": "dead_letters.jsonl"},
         "engine": {"shards": 2, "epoch_seconds": 1},
+        "notifiers": notifiers or [],
     }
 
 
@@ -306,3 +314,80 @@ def _dead_flow(workdir: Path) -> int:
     if not path.exists():
         return 0
     return sum("flow" in line for line in path.read_text().splitlines())
+
+
+def test_a_notifier_added_by_a_reload_gets_the_next_alerts(
+    mosquitto: Any, alertmanager: Any, tmp_path: Path
+) -> None:
+    """A real Alertmanager, unknown to the daemon at start, receives the alerts that fire after SIGHUP."""
+    topic = f"reload{uuid.uuid4().hex[:6]}"
+    url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    client_id = f"dte-reload-{uuid.uuid4().hex[:6]}"
+    rule = f"hot_{uuid.uuid4().hex[:6]}"
+    notifier = {"kind": "alertmanager", "name": "am", "url": alertmanager.url, "labels": {"env": "reload"}}
+    spec_path = tmp_path / "reloaded.yaml"
+    spec_path.write_text(
+        yaml.safe_dump(spec_doc(url, topic, client_id, 1, above=80, rule=rule), sort_keys=False)
+    )
+    port = free_port()
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("w") as log_file:
+        daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dte_stream",
+                "run",
+                str(spec_path),
+                "--quiet",
+                "--http",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=tmp_path,
+            stderr=log_file,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    publisher = Publisher(mosquitto.host, mosquitto.port, topic)
+
+    def am_alerts() -> list[dict[str, Any]]:
+        query = {"filter": f'alertname="{rule}"'}
+        return list(httpx.get(f"{alertmanager.url}/api/v2/alerts", params=query, timeout=5).json())
+
+    try:
+        wait_for(
+            "the daemon is ready", lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        )
+        publisher.warm_up(
+            lambda: set(stored(tmp_path, ["w0"])["twin_id"]) if _has_readings(tmp_path) else set()
+        )
+        hot = dict.fromkeys(TWINS, 60.0)
+        for k in range(5):
+            publisher.tick(k, hot)
+        wait_for("the first ticks stored", lambda: stored(tmp_path).height == 5 * 3 * 2)
+        assert am_alerts() == []
+        doc = spec_doc(url, topic, client_id, 2, above=50, rule=rule, notifiers=[notifier])
+        spec_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(
+            "the reload is logged",
+            lambda: "changed: notifiers, twin_types.pump.alerts" in log_path.read_text(),
+        )
+        for k in range(5, 8):
+            publisher.tick(k, hot)
+        alerts = wait_for("Alertmanager has the three alerts", lambda: len(am_alerts()) == 3 and am_alerts())
+        assert sorted(a["labels"]["twin_id"] for a in alerts) == TWINS
+        assert {a["labels"]["env"] for a in alerts} == {"reload"}
+    finally:
+        publisher.close()
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+    assert daemon.returncode == 0, log_path.read_text()
+
+
+def _has_readings(workdir: Path) -> bool:
+    return any((workdir / "data" / "readings").glob("**/*.parquet"))
