@@ -52,6 +52,7 @@ __all__ = [
     "Metrics",
     "exposition",
     "reason_class",
+    "set_alert_gauges",
 ]
 
 Labels = tuple[tuple[str, str], ...]
@@ -121,7 +122,11 @@ CATALOGUE: dict[str, MetricInfo] = {
     ),
     "spec_version": MetricInfo("dte_spec_version", "Version of the spec the process runs", lambda key: {}),
     # alerts
-    "alerts_active": MetricInfo("dte_alerts_active", "Alerts currently in each state", lambda key: {}),
+    "alerts_active": MetricInfo(
+        "dte_alerts_active",
+        "Alerts now pending, firing (not acknowledged) or acknowledged, per twin type and shard",
+        _shard_labels,
+    ),
     "alerts_sent": MetricInfo("dte_notifier_sent_total", "Alert events delivered per notifier"),
     "alerts_failed_attempts": MetricInfo(
         "dte_notifier_failed_attempts_total", "Notifier attempts that failed (each retry counts)"
@@ -429,6 +434,33 @@ class _Exporter(Collector):
 
 #: The metrics of this process.
 METRICS = Metrics()
+
+#: The states of ``dte_alerts_active`` (resolved alerts are not active).
+ALERT_GAUGE_STATES = ("pending", "firing", "acknowledged")
+
+
+def set_alert_gauges(part: str, counts: Mapping[str, int] | None, metrics: Metrics | None = None) -> None:
+    """Set ``dte_alerts_active{state}`` of one part (``"pump/0003"``) from an alert engine's counts.
+
+    The counts are the engine's current state (:meth:`~dte_stream.alerts.rules.AlertEngine.counts`),
+    not a tally of events, so the gauge is right after a restart; None (no alert rules) drops the part.
+
+    >>> m = Metrics()
+    >>> set_alert_gauges("pump/0001", {"firing": 2, "acknowledged": 1}, m)
+    >>> set_alert_gauges("pump/0002", {"firing": 1}, m)
+    >>> m.gauge('alerts_active{state="firing"}'), m.gauge('alerts_active{state="pending"}')
+    (3, 0)
+    >>> set_alert_gauges("pump/0002", None, m); m.gauge('alerts_active{state="firing"}')
+    2
+    """
+    target = METRICS if metrics is None else metrics
+    for state in ALERT_GAUGE_STATES:
+        name = _key("alerts_active", {"state": state})
+        if counts is None:
+            target.drop_gauge(name, part)
+        else:
+            target.set_gauge(name, part, counts.get(state, 0))
+
 
 #: What ``/metrics`` serves: :data:`METRICS` and the process' CPU, memory and file descriptors.
 REGISTRY = CollectorRegistry(auto_describe=False)

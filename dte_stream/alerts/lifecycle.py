@@ -296,6 +296,14 @@ class AlertBook:
         rec.acked_by, rec.acked_ns = by, now_ns
         return self._event(self.rules[rule], rec, "acknowledged", now_ns)
 
+    def counts(self) -> dict[str, int]:
+        """Alerts now ``pending``, ``firing`` (not acknowledged) and ``acknowledged`` (firing, taken).
+
+        Worked out from the records (not counted up by events), so it is right after a restore.
+        """
+        acked = sum(1 for key in self._firing if self.records[key].acked_by is not None)
+        return {"pending": len(self._pending), "firing": len(self._firing) - acked, "acknowledged": acked}
+
     def table(self, state: Literal["firing", "resolved", "pending", "all"] = "all") -> list[dict[str, Any]]:
         """The current alerts as dicts (alert_id, twin_id, rule, state, severity, times, ...)."""
         out = []

@@ -656,6 +656,10 @@ class AlertEngine:
         """Record that ``by`` took the firing alert; the ``acknowledged`` event, or None if not firing."""
         return self._book.acknowledge(alert_id, by, now_ns)
 
+    def counts(self) -> dict[str, int]:
+        """How many alerts are ``pending``, ``firing`` (not acknowledged) and ``acknowledged`` now."""
+        return self._book.counts()
+
     def alerts(self, state: Literal["firing", "resolved", "all"] = "all") -> list[dict[str, Any]]:
         """The alert table: one dict per alert (``all`` includes ``pending`` ones), by twin and rule."""
         return self._book.table(state)

@@ -64,7 +64,7 @@ import numpy as np
 from dte_stream.alerts.rules import AlertEngine
 from dte_stream.batches import AlertEvent, DeadLetter, EstimateBatch, TwinStates
 from dte_stream.errors import SpecError
-from dte_stream.metrics import METRICS
+from dte_stream.metrics import METRICS, set_alert_gauges
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, now_ns
@@ -259,6 +259,8 @@ class TwinShard:
         if now >= self.next_eviction:
             self._evict(now)
             self.next_eviction = now + EVICTION_CHECK_NS
+        elif events:
+            self._gauge()
         return ShardUpdate(estimates, [], events)
 
     def on_eof(self) -> ShardUpdate:
@@ -349,6 +351,7 @@ class TwinShard:
             shard._start_alerts(type_spec, snap.get("alerts", {}).get(name))
         shard.watermark = int(snap.get("watermark", NEVER))
         shard.clock.advance(shard.watermark)
+        shard._gauge()
         return shard
 
     def follow(self) -> None:
@@ -474,9 +477,13 @@ class TwinShard:
         self._gauge()
 
     def _gauge(self) -> None:
-        """Twins held, one gauge part per twin type of this shard (``dte_twins_active{twin_type, shard}``)."""
+        """Twins held and alerts by state, per twin type of this shard
+        (``dte_twins_active``, ``dte_alerts_active``).
+        """
         for twin_type, bank in self.banks.items():
             METRICS.set_gauge("twins", f"{twin_type}/{self.key}", len(bank))
+            engine = self.alert_engines.get(twin_type)
+            set_alert_gauges(f"{twin_type}/{self.key}", engine.counts() if engine is not None else None)
 
 
 def _declared(spec: DataflowSpec, twin_type: str) -> TwinTypeSpec:

@@ -114,6 +114,10 @@ def test_demo_with_http_serves_health_readiness_and_metrics_and_stops_on_sigterm
         assert readings[0].value > 0
         twins = sum(s.value for s in families["dte_twins_active"].samples)
         assert twins == 20
+        alerts = families["dte_alerts_active"].samples  # the demo's pumps have alert rules
+        assert {s.labels["state"] for s in alerts} == {"pending", "firing", "acknowledged"}
+        assert {s.labels["twin_type"] for s in alerts} == {"pump"}
+        assert all(s.value >= 0 for s in alerts)
         lag = [s for s in families["dte_end_to_end_lag_seconds"].samples if s.name.endswith("_count")]
         assert lag[0].value > 0
         process.send_signal(signal.SIGTERM)

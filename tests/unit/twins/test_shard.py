@@ -1,9 +1,12 @@
-"""The twin shard on its own: the input-progress clock of live runs, snapshots, changed twins."""
+"""The twin shard on its own: the input-progress clock of live runs, snapshots, changed twins,
+the gauge of alerts by state."""
 
 from __future__ import annotations
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
+from dte_stream.metrics import METRICS, exposition
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec import parse_spec
 from dte_stream.twins import flags as fl
@@ -97,3 +100,86 @@ def test_changed_twins_are_reported_once_and_snapshots_restore() -> None:
     again = TwinShard.restore(SPEC, "shard-0000", shard.snapshot(), wall=FakeWall(WALL))
     assert again.twins() == 3
     assert again.banks["gauge"].twin_ids == shard.banks["gauge"].twin_ids
+
+
+ALERTING = parse_spec(
+    {
+        "name": "alerting",
+        "sources": [{"kind": "simulator", "twin_type": "gauge"}],
+        "twin_types": [
+            {
+                "name": "gauge",
+                "channels": {"level": {}},
+                "alerts": {
+                    "rules": [
+                        {"kind": "threshold", "name": "hot", "channels": ["level"], "above": 90},
+                        {
+                            "kind": "threshold",
+                            "name": "warm",
+                            "channels": ["level"],
+                            "above": 80,
+                            "holds_for": 600,
+                        },
+                    ]
+                },
+            }
+        ],
+        "sinks": [{"kind": "local_store"}],
+        "engine": {"shards": 1},
+    }
+)
+
+
+class Acks:
+    """Acknowledgements as ``dte-stream alerts ack`` records them, handed out once."""
+
+    def __init__(self) -> None:
+        self.waiting: list[dict[str, str]] = []
+
+    def new_for(self, twin_type: str, reader: object = None) -> list[dict[str, str]]:
+        out, self.waiting = self.waiting, []
+        return out
+
+
+def _alert_gauge(shard: str) -> dict[str, float]:
+    """``dte_alerts_active`` of one shard as /metrics serves it, by state."""
+    text = exposition(METRICS).decode()
+    samples = [
+        s for f in text_string_to_metric_families(text) if f.name == "dte_alerts_active" for s in f.samples
+    ]
+    return {
+        s.labels["state"]: s.value
+        for s in samples
+        if s.labels["shard"] == shard and s.labels["twin_type"] == "gauge"
+    }
+
+
+def test_alerts_by_state_are_a_gauge_worked_out_from_the_engine_also_after_a_restore() -> None:
+    key, wall, acks = "shard-alerts", FakeWall(WALL), Acks()
+    router = Router(ALERTING)
+    shard = TwinShard(ALERTING, key, wall=wall, acks=acks)
+
+    def feed(values: dict[str, float]) -> None:
+        readings = ReadingBatch.from_columns(
+            list(values), ["level"] * len(values), [wall.now] * len(values), list(values.values())
+        )
+        shard.on_batch([b for _, b in router.route(readings, "test", "gauge").routed])
+
+    feed({"a": 95.0, "b": 95.0, "c": 50.0})  # a, b: hot fires, warm waits its 10 minutes
+    assert _alert_gauge(key) == {"pending": 2, "firing": 2, "acknowledged": 0}
+    acks.waiting = [{"alert_id": "a/hot", "by": "ops"}]
+    wall.now += 2 * S
+    feed({"c": 50.0})
+    assert _alert_gauge(key) == {"pending": 2, "firing": 1, "acknowledged": 1}
+
+    for state in ("pending", "firing", "acknowledged"):  # a restart: the process' metrics are empty
+        METRICS.drop_gauge(f'alerts_active{{state="{state}"}}', f"gauge/{key}")
+    assert _alert_gauge(key) == {}
+    shard = TwinShard.restore(ALERTING, key, shard.snapshot(), wall=wall, acks=acks)
+    assert _alert_gauge(key) == {"pending": 2, "firing": 1, "acknowledged": 1}
+
+    wall.now += 700 * S  # warm's hold runs out on the timer: it fires for a and b
+    shard.on_timer()
+    assert _alert_gauge(key) == {"pending": 0, "firing": 3, "acknowledged": 1}
+    feed({"a": 50.0, "b": 50.0})  # everything resolves
+    assert _alert_gauge(key) == {"pending": 0, "firing": 0, "acknowledged": 0}
