@@ -245,7 +245,7 @@ def build_flow(
     view = ViewHub(spec, live) if outputs is None else None  # tests and replays leave the view alone
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
-        incremental = live.spec.engine.snapshots == "incremental"
+        incremental = live.spec.engine.snapshots == "incremental" and processes == 1  # a cluster: full
         log, resume = SnapshotLog.start(recovery_dir, incremental, resume)
         shard = TwinShard.restore(live.spec, None, resume, clock=clock, acks=acks, live=live)
         if log is not None:

@@ -20,10 +20,12 @@ of the last committed epoch (:func:`restore_snapshot` merges base and parts,
 
 Files no manifest can need any more are deleted. Bytewax resumes from the latest committed
 snapshot of each key, and keeps it (and any newer) in its recovery partitions: the log reads
-the manifests of its key from the partitions (``part-*.sqlite3`` in the recovery folder or
-its ``process-*`` folders, read-only), keeps the files they and its own not-yet-visible
-manifests name, and deletes the rest. When no manifest of its key is visible there (yet, or
-the partition is on another host) it deletes nothing.
+the manifests of its key from the partitions (``part-*.sqlite3`` in the recovery folder,
+read-only), keeps the files they and its own not-yet-visible manifests name, and deletes the
+rest. When no manifest of its key is visible there (yet) it deletes nothing. A cluster of
+processes snapshots in full (:func:`~dte_stream.dataflow.build_flow`): its partitions are
+spread over the processes' folders, and reading another live process's SQLite files is not
+done here.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ class _Written:
 class SnapshotLog:
     """The incremental snapshots of one shard, in ``root/twin-state/<key>``; see the module docstring.
 
-    ``recovery_root`` is the recovery folder (of the whole cluster: every process's partitions
-    are looked for under it). Start one with :meth:`start` from the state Bytewax hands back.
+    ``recovery_root`` is the recovery folder (one process: its ``part-*.sqlite3`` partitions).
+    Start one with :meth:`start` from the state Bytewax hands back.
     """
 
     recovery_root: Path
@@ -250,8 +252,7 @@ class SnapshotLog:
     def _visible(self) -> list[tuple[int, frozenset[str]]]:
         """(seq, files) of every manifest of this key in the recovery partitions under the root."""
         out = []
-        root = self.recovery_root
-        for db in sorted([*root.glob("part-*.sqlite3"), *root.glob("process-*/part-*.sqlite3")]):
+        for db in sorted(self.recovery_root.glob("part-*.sqlite3")):
             try:
                 conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
                 try:
