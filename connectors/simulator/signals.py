@@ -114,6 +114,11 @@ class ChunkSignals:
         self.fault_prob = min(window_prob, 1.0)
         self._fault_windows: dict[int, list[tuple[int, int, int, int, int, float]]] = {}
 
+    def restart_at(self, start_ns: int) -> None:
+        """Move the event time of tick 0 (a live source starting its clock when it starts)."""
+        self.start_ns = start_ns
+        self._fault_windows.clear()
+
     def clean(self, t_ns: int) -> F64:
         """The noiseless signal of every (twin, channel) at event time ``t_ns``: shape (n, c)."""
         elapsed_s = (t_ns - self.start_ns) / NS_PER_S

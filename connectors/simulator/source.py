@@ -73,6 +73,10 @@ class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
         self.deadline = None if spec.duration is None else time.monotonic() + spec.duration
         self.next_at = time.monotonic()
         self.tick_wall = time.monotonic()
+        # Real time with no start given: the clock starts with the first reading, not when the
+        # dataflow was built (seconds earlier), and a restart carries on from now, not from
+        # where the snapshot left off, so every reading is stamped when it is emitted.
+        self.clock_due = spec.start is None and spec.rate is None
 
     def _finished(self) -> bool:
         if not self.signals or stop_requested():
@@ -87,6 +91,9 @@ class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
         now = time.monotonic()
         if now < self.next_at:
             return []
+        if self.clock_due:
+            self.clock_due = False
+            self._start_clock(now)
         parts: list[ReadingBatch] = []
         size = 0
         # As fast as possible: fill a batch of about MAX_BATCH readings (fewer Bytewax items,
@@ -104,6 +111,14 @@ class _SimulatorPartition(StatefulSourcePartition[SourceBatch, dict[str, int]]):
         elif self.rate > 0:
             self.next_at = max(self.next_at, now - 1.0) + len(batch) / self.rate
         return [SourceBatch(self.spec.name, batch, self.spec.twin_type)]
+
+    def _start_clock(self, now: float) -> None:
+        """Stamp the next tick with the wall clock: tick 0 moves to now minus the ticks already made."""
+        interval_ns = round(self.spec.interval * NS_PER_S)
+        self.start_ns = now_ns() - self.tick * interval_ns
+        for sig in self.signals:
+            sig.restart_at(self.start_ns)
+        self.tick_wall = now
 
     def _generate(self) -> ReadingBatch:
         """The readings of the current chunk at the current tick; advances to the next."""

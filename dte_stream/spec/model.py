@@ -60,7 +60,10 @@ class SimulatorSourceSpec(SpecModel):
     duration: Seconds | None = Field(None, description="wall-clock run time; unset = forever")
     ticks: int | None = Field(None, ge=1, description="readings per twin and channel, then stop")
     seed: int = 0
-    start: TimeNs | None = Field(None, description="event time of the first reading (ISO 8601); unset = now")
+    start: TimeNs | None = Field(
+        None,
+        description="event time of the first reading (ISO 8601); unset = now (real time: when emitted)",
+    )
     faults_per_twin_hour: float = Field(
         0.5, ge=0, description="mean injected faults per twin per hour of event time"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import bytewax.operators as op
@@ -145,3 +146,44 @@ def test_readings_sent_as_fast_as_possible_are_never_stamped_ahead() -> None:
     last_tick = start + 99 * NS_PER_S
     assert last_tick <= now_ns()
     assert default_start_ns(plan, rate=300.0) >= now_ns() - 2 * NS_PER_S  # real time: from now on
+
+
+def _emitted(part: object) -> tuple[list[int], int]:
+    """The event times of the next readings the partition emits, and the wall clock right then."""
+    from dte_stream.times import now_ns
+
+    while True:
+        batches = part.next_batch()  # type: ignore[attr-defined]
+        at = now_ns()
+        if batches:
+            return [int(t) for b in batches for t in b.readings.time_ns.tolist()], at
+        time.sleep(0.05)
+
+
+def test_a_real_time_simulator_stamps_readings_when_it_emits_them_also_after_a_restart() -> None:
+    """Issue 11: the demo's readings were stamped seconds behind, from when the dataflow was built."""
+    from dte_stream.times import NS_PER_S
+
+    spec = _spec(twins=3, ticks=None, rate=None, start=None, interval=1.0)
+    source = SimulatorSource(spec, ["temperature", "pressure"])
+    [name] = source.list_parts()
+    part = source.build_part("sim", name, None)
+    time.sleep(1.5)  # a slow start (imports, workers): it must not show in the stamps
+    for _ in range(2):  # the first tick and the next one, a second later
+        stamps, at = _emitted(part)
+        assert len(stamps) == 6
+        assert len(set(stamps)) == 1
+        assert abs(at - stamps[0]) < NS_PER_S, (at - stamps[0]) / NS_PER_S
+    state = part.snapshot()
+    time.sleep(1.5)  # down for a while, then resumed
+    again = source.build_part("sim", name, state)
+    stamps, at = _emitted(again)
+    assert abs(at - stamps[0]) < NS_PER_S, (at - stamps[0]) / NS_PER_S
+    assert again.snapshot()["tick"] == state["tick"] + 1  # the sequence carries on
+
+
+def test_a_simulator_given_a_start_keeps_it_in_real_time() -> None:
+    spec = _spec(twins=3, ticks=None, rate=None, interval=1.0)  # start: 2026-01-01
+    source = SimulatorSource(spec, ["temperature"])
+    stamps, _ = _emitted(source.build_part("sim", source.list_parts()[0], None))
+    assert set(stamps) == {source.plan.start_ns}
