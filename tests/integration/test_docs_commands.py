@@ -11,6 +11,7 @@ What a person does by hand that a script cannot, the runner does for them, and o
 - a command that runs until stopped (its comment says ``Ctrl-C to stop``) gets ``SIGINT``
   after a few seconds, as a person would press Ctrl-C; it must stop cleanly;
 - ``make ci`` is not run: it is the command that runs this test.
+- a block whose commands repeat an earlier block's word for word runs once.
 
 A block that fails prints its script, its output and the line that failed.
 """
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,12 +65,22 @@ def runnable(block: str) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-CASES = [
-    pytest.param(doc, line, block, id=f"{doc}:{line}")
-    for doc in DOCUMENTS
-    for line, block in shell_blocks(doc)
-    if runnable(block) is not None
-]
+def _cases() -> list[Any]:
+    """Every runnable block once: a block repeated word for word (``make demo`` opens both the
+    README and the quickstart) runs where it first appears."""
+    seen: set[str] = set()
+    cases = []
+    for doc in DOCUMENTS:
+        for line, block in shell_blocks(doc):
+            commands = "\n".join(filter(None, (text.split("#", 1)[0].strip() for text in block.splitlines())))
+            if runnable(block) is None or commands in seen:
+                continue
+            seen.add(commands)
+            cases.append(pytest.param(doc, line, block, id=f"{doc}:{line}"))
+    return cases
+
+
+CASES = _cases()
 
 
 @pytest.fixture(scope="module")
