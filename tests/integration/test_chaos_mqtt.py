@@ -116,7 +116,22 @@ def test_mosquitto_restarted_mid_stream_applies_every_reading_once(
     run = mqtt_chaos.drain(broker, influxdb.url, tmp_path, "restarts", messages, chaos=restarts)
     assert len(run.events) >= 1, "the broker was never restarted mid-stream: queue more readings"
     assert run.processed == [total], f"{run.processed} readings processed for {total} published"
-    assert mqtt_chaos.left_in_session(broker.host, broker.port, run.session_id) == 0
+    left = mqtt_chaos.left_in_session(broker.host, broker.port, run.session_id)
+    if left:
+        # The broker still resends some messages whose acknowledgement it has not confirmed
+        # (the stop came while they were on their way back). The next start must recognise
+        # every one of them from its recovery state: acknowledge it, apply none.
+        print(f"{left} messages still at the broker after the stop; starting once more")
+        again = mqtt_chaos.Daemon(run.dir / "flow.yaml", run.recovery_dir, run.dir / "daemon.log")
+        try:
+            mqtt_chaos.wait(
+                again, lambda: "\n[" in again.output(), 120, "the second run's first progress line"
+            )
+            run.processed.append(again.stop())
+        finally:
+            again.ensure_dead()
+        assert run.processed == [total, 0], f"{run.processed}: a resent message was applied again"
+        assert mqtt_chaos.left_in_session(broker.host, broker.port, run.session_id) == 0
     _assert_same(influxdb, uninterrupted, run, total)
 
 
