@@ -207,20 +207,26 @@ def _consumed(recovery_dir: Path) -> int:
     return sum(_resume_offsets(recovery_dir).values())
 
 
-def _twin_state(recovery_dir: Path) -> dict[str, dict[str, Any]]:
+def _twin_state(recovery_dir: Path, incremental: bool | None = None) -> dict[str, dict[str, Any]]:
     """Every twin's state in the banks' resume snapshots, by twin id; and each shard's scalars.
 
     Rows within a shard follow the order twins were first seen, which depends on how batches
     interleave, so per-twin arrays (first axis: twins, or twins x channels) are keyed by twin
     id. Every array of the snapshot is accounted for: an unknown layout fails the test.
+    ``incremental``: the state must be stored as manifests (True: one process, the default) or
+    whole (False: a cluster keeps full snapshots); None takes either.
     """
     spec = TwinTypeSpec.model_validate(TWIN_TYPE)
     width = len(spec.channel_names())
     out: dict[str, dict[str, Any]] = {}
     for key, resumed in _resume_snapshots(recovery_dir, "twin_recovery.twin_bank").items():
         assert resumed, f"shard {key} has no state"
-        assert is_manifest(resumed)  # incremental snapshots, the default: base + parts beside the partitions
-        shard = restore_snapshot(recovery_dir / "twin-state" / key, resumed)
+        if incremental is not None:
+            assert is_manifest(resumed) == incremental, f"shard {key}: incremental {not incremental}"
+        # incremental snapshots (one process, the default): base + parts beside the partitions
+        shard = (
+            restore_snapshot(recovery_dir / "twin-state" / key, resumed) if is_manifest(resumed) else resumed
+        )
         assert shard["format"] == SHARD_FORMAT
         assert shard["key"] == key
         assert list(shard["banks"]) == ["pump"]
@@ -389,7 +395,7 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_result(
     assert killed_at == sorted(killed_at)
 
     # The same twin state, twin by twin (and each shard's counters and watermark).
-    state_a, state_b = _twin_state(dir_a / "recovery"), _twin_state(recovery_b)
+    state_a, state_b = _twin_state(dir_a / "recovery", True), _twin_state(recovery_b, True)
     assert len([k for k in state_a if k.startswith("pump-")]) == TWINS
     assert sorted(state_a) == sorted(state_b)
     for twin, fields in state_a.items():
