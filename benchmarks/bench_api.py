@@ -35,7 +35,7 @@ import httpx
 PY = sys.executable
 # The baseline switches the view off inside the demo process (the benchmark's only hook).
 NO_VIEW = (
-    "import sys, dte_stream.dataflow as d; d.ViewHub = lambda spec: None; "
+    "import sys, dte_stream.dataflow as d; d.ViewHub = lambda *args, **kwargs: None; "
     "from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 WITH_VIEW = "import sys; from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
