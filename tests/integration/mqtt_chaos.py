@@ -13,6 +13,7 @@ test_twin_recovery.py): nothing depends on when a run happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 import yaml
+from ci import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -44,6 +46,20 @@ FLOW = "twin_recovery"  # the flow name that test_twin_recovery's state readers 
 
 def twin_id(i: int) -> str:
     return f"pump-{i:04d}"
+
+
+@contextlib.contextmanager
+def private_mosquitto(devservices_api: Any, folder: Path) -> Iterator[Any]:
+    """A Mosquitto of one test module only (its tests restart or stop it), in ``folder``."""
+    try:
+        devservices_api.check_installed("mosquitto")
+    except devservices_api.ServiceUnavailable as exc:
+        skip_or_fail(str(exc))
+    svc = devservices_api.start("mosquitto", folder)
+    try:
+        yield svc
+    finally:
+        devservices_api.stop(svc)
 
 
 def readings(twins: int, steps: int, seed: int = 20261206) -> Iterator[tuple[str, bytes]]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import mqtt_chaos
 import pytest
-from ci import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,15 +38,8 @@ SEED = 20261207
 @pytest.fixture(scope="module")
 def broker(devservices_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A Mosquitto of this module only: it is restarted."""
-    try:
-        devservices_api.check_installed("mosquitto")
-    except devservices_api.ServiceUnavailable as exc:
-        skip_or_fail(str(exc))
-    svc = devservices_api.start("mosquitto", tmp_path_factory.mktemp("chaos-mosquitto"))
-    try:
+    with mqtt_chaos.private_mosquitto(devservices_api, tmp_path_factory.mktemp("chaos-mosquitto")) as svc:
         yield svc
-    finally:
-        devservices_api.stop(svc)
 
 
 @pytest.fixture(scope="module")

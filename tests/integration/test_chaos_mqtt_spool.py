@@ -57,15 +57,9 @@ def _spool_spec(spec: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def broker(devservices_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    try:
-        devservices_api.check_installed("mosquitto")
-    except devservices_api.ServiceUnavailable as exc:
-        skip_or_fail(str(exc))
-    svc = devservices_api.start("mosquitto", tmp_path_factory.mktemp("spool-mosquitto"))
-    try:
+    """A Mosquitto of this module only: it is restarted."""
+    with mqtt_chaos.private_mosquitto(devservices_api, tmp_path_factory.mktemp("spool-mosquitto")) as svc:
         yield svc
-    finally:
-        devservices_api.stop(svc)
 
 
 @pytest.fixture
