@@ -22,7 +22,7 @@ what is applied, gated, reset or kept. Three forms, with the same formulas in th
 >>> for t in range(3):
 ...     out = kernel.step(state, np.array([0]), np.array([0]), np.array([t * 10**9]), np.array([2.0 * t]))
 >>> np.round(state.x[0], 3).tolist()
-[4.0, 2.0]
+[3.99, 1.99]
 """
 
 # Matrix names (H, P, P0) follow the usual Kalman-filter notation on purpose.
