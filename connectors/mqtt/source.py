@@ -12,6 +12,7 @@ Acknowledgements (``ack``) and what they guarantee are described on :class:`Mqtt
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import deque
@@ -34,7 +35,8 @@ from dte_stream.connectors.mqtt._ledger import (
     unpack_resume_state,
 )
 from dte_stream.connectors.mqtt._routing import Ack, Message, MessageBatcher
-from dte_stream.connectors.mqtt._spooled import SpooledInput, dropped_batch
+from dte_stream.connectors.mqtt._spool import START
+from dte_stream.connectors.mqtt._spooled import SpooledInput, dropped_batch, unread_messages
 from dte_stream.errors import ConfigError, ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.shutdown import stop_requested
@@ -58,7 +60,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         spec: MqttSourceSpec,
         client_id: str,
         resume_state: ResumeState | None = None,
-        spool_dir: Path | None = None,
+        spool: tuple[Path, int] | None = None,
     ) -> None:
         self._spec = spec
         self._who = f"source {spec.name} (client {client_id})"
@@ -102,10 +104,10 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         )
         self._conn.client.on_message = self._on_message
         self._spooled: SpooledInput | None = None
-        if spool_dir is not None and spec.spool is not None:
+        if spool is not None:
             self._spooled = SpooledInput(
-                spool_dir / client_id,
-                spec.spool.max_bytes,
+                spool[0] / client_id,
+                spool[1],
                 unpack_resume_state(resume_state)[1] if resume_state is not None else None,
                 self,
             )
@@ -117,7 +119,7 @@ class _MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
             raise
         if self._spooled is not None:
             self._spooled.start()
-        if spec.protocol == "3.1.1" and spec.ack == "after_epoch" and spec.spool is None:
+        if spec.protocol == "3.1.1" and spec.ack == "after_epoch" and spool is None:
             LOG.info(
                 "%s: MQTT 3.1.1 has no receive maximum: the broker's own in-flight limit "
                 "(Mosquitto: max_inflight_messages, default 20) caps the messages per epoch "
@@ -407,9 +409,12 @@ class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):
     ) -> None:
         self.spec = spec
         self.client_ids = spec.client_ids(flow_name)
+        self.recovery_dir = recovery_dir
+        #: the spool the clients run with (on by default with a recovery directory)
+        self.spool = spec.spool_settings(recovery_dir)
         self.spool_dir: Path | None = None
-        if spec.spool is not None:
-            self.spool_dir = spec.spool.path or (recovery_dir / "spool" if recovery_dir is not None else None)
+        if self.spool is not None:
+            self.spool_dir = self.spool.path or (recovery_dir / "spool" if recovery_dir is not None else None)
             if self.spool_dir is None:
                 raise ConfigError(
                     f"source {spec.name}: spool needs a folder: set spool.path, or run with --recovery-dir "
@@ -428,4 +433,51 @@ class MqttSource(FixedPartitionedSource[RawBatch, ResumeState | None]):
                 f"source {self.spec.name}: the recovery state names partition {for_part!r}, which this "
                 f"spec (clients: {self.spec.clients}) does not have; use a fresh recovery directory"
             )
-        return _MqttPartition(self.spec, self.client_ids[int(index_text)], resume_state, self.spool_dir)
+        client_id = self.client_ids[int(index_text)]
+        if self.spool is None or self.spool_dir is None:
+            self._check_no_spool_left(client_id, resume_state)
+            return _MqttPartition(self.spec, client_id, resume_state)
+        if self.spec.spool is None:
+            LOG.info(
+                "source %s (client %s): spooling to %s (max_bytes %d; the default with --recovery-dir, "
+                "spool: off turns it off)",
+                self.spec.name,
+                client_id,
+                self.spool_dir / client_id,
+                self.spool.max_bytes,
+            )
+        return _MqttPartition(self.spec, client_id, resume_state, (self.spool_dir, self.spool.max_bytes))
+
+    def _check_no_spool_left(self, client_id: str, resume_state: ResumeState | None) -> None:
+        """Without a spool, refuse to start over one that holds messages no committed epoch applied.
+
+        Those were acknowledged to the broker, which will not send them again: running on would
+        lose them. A spool that was read to its end is deleted (a later run with the spool on
+        must not read its records a second time).
+        """
+        position = unpack_resume_state(resume_state)[1] if resume_state is not None else None
+        folder = self.recovery_dir / "spool" / client_id if self.recovery_dir is not None else None
+        if folder is None or not folder.is_dir():
+            if position is not None:
+                LOG.warning(
+                    "source %s (client %s): the recovery state was written with a spool, which is off "
+                    "now; messages it held that no committed epoch applied are not read",
+                    self.spec.name,
+                    client_id,
+                )
+            return
+        unread = unread_messages(folder, position or START)
+        if unread:
+            raise ConfigError(
+                f"source {self.spec.name}: spool is off, but {folder} holds {unread:,} messages of an "
+                "earlier run that no committed epoch applied (the broker has their acknowledgements "
+                "and will not send them again): run with the spool on until they are read, or delete "
+                "the folder to drop them"
+            )
+        shutil.rmtree(folder)
+        LOG.info(
+            "source %s (client %s): removed %s, read to its end (spool: off)",
+            self.spec.name,
+            client_id,
+            folder,
+        )

@@ -28,6 +28,7 @@ from dte_stream.readiness import DEFAULT_MAX_LAG, READINESS
 from dte_stream.reload import LiveSpec, SpecWatcher
 from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
+from dte_stream.spec.mqtt import MqttSourceSpec
 
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
@@ -146,6 +147,8 @@ def _execute(
     who = "" if addresses is None else f"[process {process_id} of {processes}]: "
     if not quiet and not process_id:
         _say(f"running {summary(spec)}")
+        for line in _spool_notes(spec, recovery_dir):
+            _say(line)
         _say("press Ctrl-C to stop")
     METRICS.reset()
     METRICS.set_gauge("spec_version", "", spec.version)
@@ -181,6 +184,31 @@ def _execute(
         _say(f"data in {data_dir}; dead letters in {spec.dead_letter_path()}")
         _say(f"try  dte-stream query --data-dir {data_dir} --limit 10")
     return 130 if interrupted else 0
+
+
+def _spool_notes(spec: DataflowSpec, recovery_dir: Path | None) -> list[str]:
+    """What the MQTT sources' disk spools do in this run, one line per source that needs saying.
+
+    With a recovery directory the spool is on unless the spec turns it off; without one an
+    ``ack: after_epoch`` source has none, and while a sink is down only the broker's bounded
+    queue keeps new readings (docs/reliability.md, "The MQTT disk spool").
+    """
+    notes = []
+    for source in spec.sources:
+        if not isinstance(source, MqttSourceSpec) or source.ack != "after_epoch":
+            continue
+        spool = source.spool_settings(recovery_dir)
+        if spool is not None:
+            folder = spool.path or (recovery_dir / "spool" if recovery_dir is not None else None)
+            notes.append(
+                f"source {source.name}: disk spool in {folder}, up to {spool.max_bytes:,} bytes per client"
+            )
+        elif source.spool is None:
+            notes.append(
+                f"source {source.name}: no disk spool without --recovery-dir: while a sink is down only the "
+                "broker's queue keeps new readings, and it drops past its limit (docs/reliability.md)"
+            )
+    return notes
 
 
 def _run(args: argparse.Namespace) -> int:
