@@ -50,6 +50,7 @@ __all__ = [
     "cluster_recovery_dir",
     "free_ports",
     "loopback_addresses",
+    "one_host_cluster",
     "parse_addresses",
     "run_cluster",
 ]
@@ -103,6 +104,21 @@ def parse_addresses(text: str) -> list[str]:
     if not out:
         raise ConfigError("--addresses: no address given")
     return out
+
+
+def one_host_cluster(addresses: list[str]) -> bool:
+    """True when every process of the cluster runs on one host (as ``--processes N`` starts them).
+
+    Then process I serves ``--http`` on port + I (on several hosts, Kubernetes, every process
+    keeps the port its probes expect), and the processes share one recovery folder, so shards
+    snapshot incrementally (:mod:`dte_stream.twins.snapshot_log`).
+
+    >>> one_host_cluster(["127.0.0.1:7101", "127.0.0.1:7102"])
+    True
+    >>> one_host_cluster(["dte-0.c:2101", "dte-1.c:2101"])
+    False
+    """
+    return len({address.rpartition(":")[0] for address in addresses}) == 1
 
 
 def check_cluster(addresses: list[str] | None, process_id: int | None) -> None:
