@@ -41,6 +41,7 @@ from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
+from dte_stream.placement import balanced_shard_keys
 from dte_stream.readiness import READINESS
 from dte_stream.reload import LiveSpec
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
@@ -49,7 +50,7 @@ from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSp
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
 from dte_stream.store.sink import DeadLetterOutput, DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
-from dte_stream.twins.routing import Router, RouteResult, TypedBatch
+from dte_stream.twins.routing import Router, RouteResult, TypedBatch, use_shard_keys
 from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
 from dte_stream.twins.snapshot_log import SnapshotLog
 from dte_stream.view.hub import ViewHub
@@ -212,6 +213,10 @@ def build_flow(
     must start with ``spec``.
     """
     live = live if live is not None else LiveSpec(spec)
+    # a cluster names its shards so that they spread evenly over its workers (placement.py)
+    use_shard_keys(
+        balanced_shard_keys(spec.engine.shards, spec.engine.workers * processes) if processes > 1 else ()
+    )
     flow = Dataflow(spec.name)
     readings: list[Stream[SourceBatch]] = []
     dead: list[Stream[DeadLetter]] = []

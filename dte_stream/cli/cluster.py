@@ -56,8 +56,10 @@ __all__ = [
 ]
 
 
-#: The file in a cluster's recovery folder that records the cluster size ("processes N").
+#: The file in a cluster's recovery folder that records the cluster size ("processes N") and,
+#: on its second line, that the shards' keys are placed evenly (:mod:`dte_stream.placement`).
 _MARKER = "cluster.txt"
+_PLACED = "shard-keys placed"
 
 #: Seconds the other processes get to stop once one process of the cluster failed.
 STOP_GRACE_S = 10.0
@@ -138,12 +140,18 @@ def check_recovery_layout(recovery_dir: Path, processes: int) -> None:
         )
     marker = recovery_dir / _MARKER
     if marker.exists():
-        made_for = marker.read_text().split()
+        first, *rest = marker.read_text().splitlines() or [""]
+        made_for = first.split()
         if made_for != ["processes", str(processes)]:
             count = " ".join(made_for[1:]) or "another number of"
             raise ConfigError(
                 f"--recovery-dir {recovery_dir} was made for {count} processes, not {processes}; "
                 "run with that many, or use a fresh --recovery-dir"
+            )
+        if _PLACED not in rest:
+            raise ConfigError(
+                f"--recovery-dir {recovery_dir} was made by an older dte-stream that named a cluster's "
+                "shards differently; finish it with that version, or use a fresh --recovery-dir"
             )
 
 
@@ -156,7 +164,7 @@ def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) ->
 
     recovery_dir.mkdir(parents=True, exist_ok=True)
     check_recovery_layout(recovery_dir, processes)
-    (recovery_dir / _MARKER).write_text(f"processes {processes}\n")
+    (recovery_dir / _MARKER).write_text(f"processes {processes}\n{_PLACED}\n")
     own = recovery_dir / f"process-{process_id}"
     part = own / f"part-{process_id}.sqlite3"
     if not part.exists():
