@@ -512,7 +512,13 @@ def use_scorer_from(path: Path) -> None:
         raise SystemExit(f"cannot load {path}")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
-    scorers.ContextualScorer = module.ContextualScorer  # type: ignore[misc]
+    before = module.ContextualScorer
+    known = inspect.signature(before).parameters
+
+    def build(*args: Any, **kwargs: Any) -> Any:  # settings the earlier scorer lacks are dropped
+        return before(*args, **{k: v for k, v in kwargs.items() if k in known})
+
+    scorers.ContextualScorer = build  # type: ignore[misc,assignment]
 
 
 def measure(config: str, twins: int, args: argparse.Namespace, profile: bool) -> Result:
