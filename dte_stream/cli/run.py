@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dte_stream.api.server import add_http_argument
-from dte_stream.cli.cluster import check_cluster, check_recovery_layout, parse_addresses, run_cluster
+from dte_stream.cli.cluster import (
+    check_cluster,
+    check_recovery_layout,
+    one_host_cluster,
+    parse_addresses,
+    run_cluster,
+)
 from dte_stream.cli.failures import one_line
 from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
@@ -73,8 +79,9 @@ def execute(
     preflight(spec)  # every service answers, or one line says which does not and why
     live = LiveSpec(spec)
     processes = len(addresses) if addresses is not None else 1
-    flow = build_flow(spec, processes=processes, live=live, recovery_dir=recovery_dir)
-    if http is not None and process_id and addresses is not None and _one_host(addresses):
+    one_host = addresses is None or one_host_cluster(addresses)
+    flow = build_flow(spec, processes=processes, one_host=one_host, live=live, recovery_dir=recovery_dir)
+    if http is not None and process_id and addresses is not None and one_host:
         http = (http[0], http[1] + process_id)  # processes that share a host share no port
     with _http_server(spec, http, tokens), _spec_watcher(live, spec_path, load):
         return _execute(
@@ -98,18 +105,6 @@ def _spec_watcher(
     with SpecWatcher(path, live, load) as watcher:
         watcher.install_sighup()
         yield
-
-
-def _one_host(addresses: list[str]) -> bool:
-    """True when every process of the cluster runs on one host (as ``--processes N`` starts them).
-
-    Then process I serves ``--http`` on port + I; on several hosts (Kubernetes) every process
-    keeps the port it was given, which its probes expect.
-
-    >>> _one_host(["127.0.0.1:7101", "127.0.0.1:7102"]), _one_host(["dte-0.c:2101", "dte-1.c:2101"])
-    (True, False)
-    """
-    return len({address.rpartition(":")[0] for address in addresses}) == 1
 
 
 @contextlib.contextmanager
