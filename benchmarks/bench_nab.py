@@ -7,6 +7,8 @@ are the same for every series. Detectors:
   standard on NAB's full corpus of 58 series;
 - the default: each series replayed as one twin through a twin bank built from the twin type
   of ``dataflows/anomaly.yaml`` (:func:`bank_detector`, the same bank the dataflow runs);
+- the previous defaults (the contextual scorer without its likelihood stage; the innovation
+  scorer), in the same run;
 - with ``--dataflow``, the same spec through ``dte-stream replay``'s dataflow (slow);
 - with ``--candidates``, variants of the default's settings (what each part adds).
 
@@ -49,6 +51,7 @@ from dte_stream.readings import ReadingBatch
 from dte_stream.spec import load_spec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import TwinBank
+from dte_stream.twins.contextual import ContextualScorer
 from dte_stream.twins.routing import TypedBatch
 
 ANOMALY_SPEC = Path(__file__).resolve().parent.parent / "dataflows" / "anomaly.yaml"
@@ -65,8 +68,11 @@ def spec_twin_type(spec_path: Path = ANOMALY_SPEC, **anomaly: Any) -> TwinTypeSp
     return twin_type
 
 
-def bank_detector(twin_type: TwinTypeSpec) -> BatchDetector:
+def bank_detector(twin_type: TwinTypeSpec, scorer: dict[str, Any] | None = None) -> BatchDetector:
     """Every series as one twin of a single :class:`TwinBank` of ``twin_type`` (event-time clock).
+
+    ``scorer``: keyword arguments of :class:`ContextualScorer` beyond the spec's (for variants of
+    settings the spec does not expose); the bank's scorer is replaced by one built with them.
 
     The readings go in as the dataflow would send them: micro-batches of about ``CHUNK``
     readings mixing every twin, in time order per twin (the i-th reading of every series
@@ -76,6 +82,13 @@ def bank_detector(twin_type: TwinTypeSpec) -> BatchDetector:
 
     def detect(series: Sequence[Series]) -> list[np.ndarray]:
         bank = TwinBank(twin_type)
+        if scorer:
+            a = twin_type.anomaly
+            bank.scorer = ContextualScorer(
+                bank.width, bank.capacity, level=a.level, quiet=a.quiet, context_bins=a.context_bins,
+                context_halflife=a.context_halflife, context_after=a.context_after,
+                likelihood=a.likelihood, **scorer,
+            )  # fmt: skip
         ids = np.concatenate([np.full(s.time_ns.shape[0], f"series{k:02d}") for k, s in enumerate(series)])
         time_ns = np.concatenate([s.time_ns for s in series])
         value = np.concatenate([s.value for s in series])
@@ -115,11 +128,15 @@ def dataflow_detector(spec_path: Path = ANOMALY_SPEC) -> Detector:
     return detect
 
 
-#: Variants of the default's anomaly settings (what each part adds; not tuned per series).
-CANDIDATES: list[tuple[str, dict[str, Any]]] = [
-    ("default without the time-of-day context", {"context_after": 1e12}),
-    ("default without the quiet period", {"quiet": 0}),
-    ("default with a 48-slot profile", {"context_bins": 48}),
+#: Variants of the default's anomaly settings (what each part adds; not tuned per series):
+#: a name, spec overrides, scorer keyword arguments the spec does not expose.
+CANDIDATES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("default without the time-of-day context", {"context_after": 1e12}, {}),
+    ("default without the quiet period", {"quiet": 0}, {}),
+    ("default with a 48-slot profile", {"context_bins": 48}, {}),
+    ("likelihood: short half-life 5 readings (default 10)", {}, {"likelihood_short": 5.0}),
+    ("likelihood: short half-life 20 readings (default 10)", {}, {"likelihood_short": 20.0}),
+    ("likelihood: long half-life 2,000 readings (default 8,640)", {}, {"likelihood_long": 2000.0}),
 ]
 
 
@@ -202,7 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         ("NAB's windowed Gaussian", windowed_gaussian_detector(), False),
         ("default: dataflows/anomaly.yaml (twin bank)", bank_detector(default_type), True),
         (
-            "before: the same with anomaly {method: innovation, level: 0.7}",
+            "before: the same without the likelihood stage (anomaly {likelihood: false})",
+            bank_detector(spec_twin_type(likelihood=False)),
+            True,
+        ),
+        (
+            "before that: anomaly {method: innovation, level: 0.7}",
             bank_detector(spec_twin_type(method="innovation", level=0.7)),
             True,
         ),
@@ -210,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataflow:
         chosen.append(("dataflows/anomaly.yaml through dte-stream replay", dataflow_detector(), False))
     if args.candidates:
-        chosen += [(name, bank_detector(spec_twin_type(**kw)), True) for name, kw in CANDIDATES]
+        chosen += [(name, bank_detector(spec_twin_type(**kw), sc), True) for name, kw, sc in CANDIDATES]
     evaluations: list[Evaluation] = []
     for name, detector, batch in chosen:
         print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -228,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     std = default.results["standard"]
     print(f"\n### Default per series (standard profile, threshold {std.threshold:.4g})\n")
     print(series_table(series, std))
+    prev = evaluations[2].results["standard"]
+    print(f"\n### Previous default (no likelihood) per series (standard, threshold {prev.threshold:.4g})\n")
+    print(series_table(series, prev))
     base = evaluations[0].results["standard"]
     print(f"\n### Windowed Gaussian per series (standard profile, threshold {base.threshold:.4g})\n")
     print(series_table(series, base))

@@ -3,13 +3,13 @@
 Produces ``--records`` records of ``--twins`` twins (the format of bench_e2e.py) into a fresh
 topic, runs ``dte-stream run`` on ``dataflows/kafka_to_influxdb.yaml`` (output limited as in
 bench_e2e.py unless ``--full``; ``stop_at_end: true`` so that it exits when the topic is
-drained; ``--recovery-dir`` as a daemon runs) under py-spy (``pip install py-spy``, a profiling
-tool, not a dependency), every thread sampled, and sorts each sample into the stage of its
-deepest recognised frame: Kafka source, decode, routing and id lookup, bank (filters), quality
-checks, anomaly scorer, learners, alert rules, snapshot per epoch, the twin state view
-published per epoch, line-protocol serialisation,
-InfluxDB sink (buffer, HTTP), Bytewax and the rest. Prints a Markdown table of shares of the
-samples (CPU time of dte-stream's process; InfluxDB and Kafka run beside it).
+drained; ``--recovery-dir`` as a daemon runs) under py-spy (a profiling tool from PyPI,
+installed once into ``.cache/bench-profile-venv`` by this script, never a dependency), every
+thread sampled, and sorts each sample into the stage of its deepest recognised frame: Kafka
+source, decode, routing and id lookup, bank (filters), quality checks, anomaly scorer, learners,
+alert rules, snapshot per epoch, the twin state view published per epoch, line-protocol
+serialisation, InfluxDB sink (buffer, HTTP), Bytewax and the rest. Prints a Markdown table of
+shares of the samples (CPU time of dte-stream's process; InfluxDB and Kafka run beside it).
 
     .venv/bin/python benchmarks/profile_e2e.py --twins 1000 --records 500000
 """
@@ -25,8 +25,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_e2e import Influx, dte_spec, produce, say, service
+from bench_e2e import REPO, Influx, dte_spec, produce, say, service
 from e2e_common import NS_PER_S
+
+PROFILE_VENV = REPO / ".cache" / "bench-profile-venv"
+
+
+def ensure_pyspy() -> Path:
+    """py-spy from the venv's bin, else from .cache/bench-profile-venv (created once)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    if beside.exists():
+        return beside
+    pyspy = PROFILE_VENV / "bin" / "py-spy"
+    if not pyspy.exists():
+        say("installing py-spy into .cache/bench-profile-venv (a profiling tool, not a dependency) ...")
+        base = getattr(sys, "_base_executable", None) or "python3"
+        subprocess.run([base, "-m", "venv", str(PROFILE_VENV)], check=True)
+        subprocess.run([str(PROFILE_VENV / "bin" / "pip"), "install", "--quiet", "py-spy"], check=True)
+    return pyspy
+
 
 #: (stage, substrings of a frame "function (file:line)"), matched from the leaf upwards; the
 #: first stage any frame matches wins, so more specific stages come first.
@@ -65,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--twins", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--full", action="store_true", help="dte-stream's full output")
+    parser.add_argument("--processes", type=int, default=1, help="dte-stream run --processes N")
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--top", type=int, default=25, help="also print the top leaf functions")
     parser.add_argument("--bootstrap", default=os.environ.get("DTE_TEST_KAFKA_BOOTSTRAP"))
     parser.add_argument("--influx", default=os.environ.get("DTE_TEST_INFLUXDB_URL"))
     args = parser.parse_args(argv)
-    pyspy = Path(sys.executable).parent / "py-spy"
+    pyspy = ensure_pyspy()
     with service("kafka", args.bootstrap) as bootstrap, service("influxdb", args.influx) as influx_url:
         per_twin = args.records // (3 * args.twins) + 1
         start_ns = (time.time_ns() // NS_PER_S - per_twin - 600) * NS_PER_S
@@ -95,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         out = work / "stacks.txt"
         dte = [str(Path(sys.executable).parent / "dte-stream"), "run", str(spec), "--quiet"]
         dte += ["--recovery-dir", str(work / "recovery")]
+        if args.processes > 1:
+            dte += ["--processes", str(args.processes)]
         say("profiling dte-stream run ...")
         started = time.perf_counter()
         subprocess.run(
@@ -106,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--rate",
                 str(args.rate),
                 "--threads",
+                *(["--subprocesses"] if args.processes > 1 else []),
                 "-o",
                 str(out),
                 "--",
@@ -130,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         leaves[frames[-1]] += n
     print(
         f"\ndte-stream run, {args.records:,} records of {args.twins:,} twins, "
-        f"{'full' if args.full else 'limited'} output: {seconds:.1f} s with the profiler, "
+        f"{'full' if args.full else 'limited'} output, {args.processes} process(es): "
+        f"{seconds:.1f} s with the profiler, "
         f"{points:,} points; {total:,} samples of busy threads\n"
     )
     print("| stage | share of samples |\n|---|---:|")

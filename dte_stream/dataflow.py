@@ -41,6 +41,7 @@ from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
+from dte_stream.placement import balanced_shard_keys
 from dte_stream.readiness import READINESS
 from dte_stream.reload import LiveSpec
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
@@ -50,7 +51,7 @@ from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourc
 from dte_stream.spec.view import KafkaViewSpec
 from dte_stream.store.sink import DeadLetterOutput, DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
-from dte_stream.twins.routing import Router, RouteResult, TypedBatch
+from dte_stream.twins.routing import Router, RouteResult, TypedBatch, use_shard_keys
 from dte_stream.twins.shard import AckSource, InputClock, ShardUpdate, TwinShard
 from dte_stream.twins.snapshot_log import SnapshotLog
 from dte_stream.view.hub import ViewHub
@@ -201,6 +202,7 @@ def build_flow(
     outputs: dict[str, Sink[EstimateBatch]] | None = None,
     dead_letter_output: Sink[DeadLetter] | None = None,
     processes: int = 1,
+    one_host: bool = True,
     on_epoch: EpochHook | None = None,
     recovery_dir: Path | None = None,
     live: LiveSpec | None = None,
@@ -209,13 +211,19 @@ def build_flow(
 
     ``inputs``, ``outputs`` and ``dead_letter_output`` replace the spec's sources, sinks and
     dead-letter targets (by step name): tests feed and collect through them. ``processes``
-    is the cluster size (partitioned sinks get one partition per worker of every process);
-    ``on_epoch`` is called with every shard as it snapshots; ``recovery_dir`` is where MQTT
-    spools live unless their spec names a folder. ``live`` holds the running spec
-    for live reloads (:mod:`dte_stream.reload`): the shards and the notifiers follow its
-    accepted changes; it must start with ``spec``.
+    is the cluster size (partitioned sinks get one partition per worker of every process) and
+    ``one_host`` whether all its processes share this host and ``recovery_dir`` (then shards
+    snapshot incrementally, as one process does; on several hosts in full). ``on_epoch`` is
+    called with every shard as it snapshots; ``recovery_dir`` is where MQTT spools live unless
+    their spec names a folder. ``live`` holds the running spec for live reloads
+    (:mod:`dte_stream.reload`): the shards and the notifiers follow its accepted changes; it
+    must start with ``spec``.
     """
     live = live if live is not None else LiveSpec(spec)
+    # a cluster names its shards so that they spread evenly over its workers (placement.py)
+    use_shard_keys(
+        balanced_shard_keys(spec.engine.shards, spec.engine.workers * processes) if processes > 1 else ()
+    )
     flow = Dataflow(spec.name)
     readings: list[Stream[SourceBatch]] = []
     dead: list[Stream[DeadLetter]] = []
@@ -258,8 +266,8 @@ def build_flow(
         _VIEW_HUBS[id(flow)] = view  # run_flow closes it when the dataflow ends
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
-        incremental = live.spec.engine.snapshots == "incremental" and processes == 1  # a cluster: full
-        log, resume = SnapshotLog.start(recovery_dir, incremental, resume)
+        incremental = live.spec.engine.snapshots == "incremental" and (processes == 1 or one_host)
+        log, resume = SnapshotLog.start(recovery_dir, incremental, resume, processes=processes)
         shard = TwinShard.restore(live.spec, None, resume, clock=clock, acks=acks, live=live)
         if log is not None:
             log.attach(shard)
@@ -401,11 +409,15 @@ def run_flow(
     """
     from bytewax.run import cli_main
 
+    from dte_stream.cli.cluster import one_host_cluster
+
     processes = len(addresses) if addresses is not None else 1
     recovery = None
     if recovery_dir is not None:
         recovery = recovery_config(recovery_dir, process_id=process_id, processes=processes)
-    flow = flow if flow is not None else build_flow(spec, processes=processes, recovery_dir=recovery_dir)
+    if flow is None:
+        one_host = addresses is None or one_host_cluster(addresses)
+        flow = build_flow(spec, processes=processes, one_host=one_host, recovery_dir=recovery_dir)
     try:
         cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
             flow,

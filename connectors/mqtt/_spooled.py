@@ -29,7 +29,7 @@ from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.spec.mqtt import MqttSourceSpec
 
-__all__ = ["AckSender", "SpoolPump", "SpooledInput", "dropped_batch", "open_spool"]
+__all__ = ["AckSender", "SpoolPump", "SpooledInput", "dropped_batch", "open_spool", "unread_messages"]
 
 #: Messages per append (one fsync) at most.
 _BATCH = 10_000
@@ -210,6 +210,20 @@ def open_spool(
     if count:
         LOG.info("%s: %d spooled messages are read first (%s)", who, count, path)
     return spool, start
+
+
+def unread_messages(path: Path, position: Position) -> int:
+    """How many records the spool in ``path`` holds from ``position`` on (damaged ones too)."""
+    spool = Spool(path, max_bytes=1 << 62)
+    try:
+        count = 0
+        while True:
+            records, position, damaged = spool.read(position, 100_000)
+            if not records and not damaged:
+                return count
+            count += len(records) + len(damaged)
+    finally:
+        spool.close()
 
 
 def dropped_batch(spec: MqttSourceSpec, who: str, damaged: list[Damaged]) -> RawBatch:

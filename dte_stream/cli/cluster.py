@@ -50,13 +50,16 @@ __all__ = [
     "cluster_recovery_dir",
     "free_ports",
     "loopback_addresses",
+    "one_host_cluster",
     "parse_addresses",
     "run_cluster",
 ]
 
 
-#: The file in a cluster's recovery folder that records the cluster size ("processes N").
+#: The file in a cluster's recovery folder that records the cluster size ("processes N") and,
+#: on its second line, that the shards' keys are placed evenly (:mod:`dte_stream.placement`).
 _MARKER = "cluster.txt"
+_PLACED = "shard-keys placed"
 
 #: Seconds the other processes get to stop once one process of the cluster failed.
 STOP_GRACE_S = 10.0
@@ -103,6 +106,21 @@ def parse_addresses(text: str) -> list[str]:
     return out
 
 
+def one_host_cluster(addresses: list[str]) -> bool:
+    """True when every process of the cluster runs on one host (as ``--processes N`` starts them).
+
+    Then process I serves ``--http`` on port + I (on several hosts, Kubernetes, every process
+    keeps the port its probes expect), and the processes share one recovery folder, so shards
+    snapshot incrementally (:mod:`dte_stream.twins.snapshot_log`).
+
+    >>> one_host_cluster(["127.0.0.1:7101", "127.0.0.1:7102"])
+    True
+    >>> one_host_cluster(["dte-0.c:2101", "dte-1.c:2101"])
+    False
+    """
+    return len({address.rpartition(":")[0] for address in addresses}) == 1
+
+
 def check_cluster(addresses: list[str] | None, process_id: int | None) -> None:
     """Both or neither of --addresses and --process-id, and the id in range."""
     if (addresses is None) != (process_id is None):
@@ -122,12 +140,18 @@ def check_recovery_layout(recovery_dir: Path, processes: int) -> None:
         )
     marker = recovery_dir / _MARKER
     if marker.exists():
-        made_for = marker.read_text().split()
+        first, *rest = marker.read_text().splitlines() or [""]
+        made_for = first.split()
         if made_for != ["processes", str(processes)]:
             count = " ".join(made_for[1:]) or "another number of"
             raise ConfigError(
                 f"--recovery-dir {recovery_dir} was made for {count} processes, not {processes}; "
                 "run with that many, or use a fresh --recovery-dir"
+            )
+        if _PLACED not in rest:
+            raise ConfigError(
+                f"--recovery-dir {recovery_dir} was made by an older dte-stream that named a cluster's "
+                "shards differently; finish it with that version, or use a fresh --recovery-dir"
             )
 
 
@@ -140,7 +164,7 @@ def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) ->
 
     recovery_dir.mkdir(parents=True, exist_ok=True)
     check_recovery_layout(recovery_dir, processes)
-    (recovery_dir / _MARKER).write_text(f"processes {processes}\n")
+    (recovery_dir / _MARKER).write_text(f"processes {processes}\n{_PLACED}\n")
     own = recovery_dir / f"process-{process_id}"
     part = own / f"part-{process_id}.sqlite3"
     if not part.exists():

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dte_stream.api.server import add_http_argument
-from dte_stream.cli.cluster import check_cluster, check_recovery_layout, parse_addresses, run_cluster
+from dte_stream.cli.cluster import (
+    check_cluster,
+    check_recovery_layout,
+    one_host_cluster,
+    parse_addresses,
+    run_cluster,
+)
 from dte_stream.cli.failures import one_line
 from dte_stream.cli.preflight import preflight
 from dte_stream.cli.progress import Progress
@@ -28,6 +34,7 @@ from dte_stream.readiness import DEFAULT_MAX_LAG, READINESS
 from dte_stream.reload import LiveSpec, SpecWatcher
 from dte_stream.shutdown import STOP, install_signal_handlers
 from dte_stream.spec import DataflowSpec, load_spec
+from dte_stream.spec.mqtt import MqttSourceSpec
 
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
@@ -72,8 +79,9 @@ def execute(
     preflight(spec)  # every service answers, or one line says which does not and why
     live = LiveSpec(spec)
     processes = len(addresses) if addresses is not None else 1
-    flow = build_flow(spec, processes=processes, live=live, recovery_dir=recovery_dir)
-    if http is not None and process_id and addresses is not None and _one_host(addresses):
+    one_host = addresses is None or one_host_cluster(addresses)
+    flow = build_flow(spec, processes=processes, one_host=one_host, live=live, recovery_dir=recovery_dir)
+    if http is not None and process_id and addresses is not None and one_host:
         http = (http[0], http[1] + process_id)  # processes that share a host share no port
     with _http_server(spec, http, tokens), _spec_watcher(live, spec_path, load):
         return _execute(
@@ -97,18 +105,6 @@ def _spec_watcher(
     with SpecWatcher(path, live, load) as watcher:
         watcher.install_sighup()
         yield
-
-
-def _one_host(addresses: list[str]) -> bool:
-    """True when every process of the cluster runs on one host (as ``--processes N`` starts them).
-
-    Then process I serves ``--http`` on port + I; on several hosts (Kubernetes) every process
-    keeps the port it was given, which its probes expect.
-
-    >>> _one_host(["127.0.0.1:7101", "127.0.0.1:7102"]), _one_host(["dte-0.c:2101", "dte-1.c:2101"])
-    (True, False)
-    """
-    return len({address.rpartition(":")[0] for address in addresses}) == 1
 
 
 @contextlib.contextmanager
@@ -145,6 +141,8 @@ def _execute(
     who = "" if addresses is None else f"[process {process_id} of {processes}]: "
     if not quiet and not process_id:
         _say(f"running {summary(spec)}")
+        for line in _spool_notes(spec, recovery_dir):
+            _say(line)
         _say("press Ctrl-C to stop")
     METRICS.reset()
     METRICS.set_gauge("spec_version", "", spec.version)
@@ -180,6 +178,31 @@ def _execute(
         _say(f"data in {data_dir}; dead letters in {spec.dead_letter_path()}")
         _say(f"try  dte-stream query --data-dir {data_dir} --limit 10")
     return 130 if interrupted else 0
+
+
+def _spool_notes(spec: DataflowSpec, recovery_dir: Path | None) -> list[str]:
+    """What the MQTT sources' disk spools do in this run, one line per source that needs saying.
+
+    With a recovery directory the spool is on unless the spec turns it off; without one an
+    ``ack: after_epoch`` source has none, and while a sink is down only the broker's bounded
+    queue keeps new readings (docs/reliability.md, "The MQTT disk spool").
+    """
+    notes = []
+    for source in spec.sources:
+        if not isinstance(source, MqttSourceSpec) or source.ack != "after_epoch":
+            continue
+        spool = source.spool_settings(recovery_dir)
+        if spool is not None:
+            folder = spool.path or (recovery_dir / "spool" if recovery_dir is not None else None)
+            notes.append(
+                f"source {source.name}: disk spool in {folder}, up to {spool.max_bytes:,} bytes per client"
+            )
+        elif source.spool is None:
+            notes.append(
+                f"source {source.name}: no disk spool without --recovery-dir: while a sink is down only the "
+                "broker's queue keeps new readings, and it drops past its limit (docs/reliability.md)"
+            )
+    return notes
 
 
 def _run(args: argparse.Namespace) -> int:

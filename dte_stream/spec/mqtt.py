@@ -528,6 +528,10 @@ def _size_bytes(value: object) -> object:
     return value
 
 
+#: Bytes a client's spool holds at most unless the spec says otherwise (1 GiB).
+DEFAULT_SPOOL_BYTES = 2**30
+
+
 class MqttSpoolSpec(SpecModel):
     """The source's disk spool: received messages are kept here, and acknowledged once durable.
 
@@ -540,8 +544,20 @@ class MqttSpoolSpec(SpecModel):
 
     path: Path | None = Field(None, description="folder of the spool; default <recovery dir>/spool")
     max_bytes: Annotated[int, BeforeValidator(_size_bytes), Field(ge=2**20)] = Field(
-        2**30, description="size of the spool per client (bytes, or 512MiB, 2GB)"
+        DEFAULT_SPOOL_BYTES, description="size of the spool per client (bytes, or 512MiB, 2GB)"
     )
+
+
+def _spool_switch(value: object) -> object:
+    """``spool: on``/``true`` is the spool with its defaults, ``off``/``false`` no spool.
+
+    YAML reads a bare ``on``/``off`` as a boolean already; the words are taken from JSON too.
+    """
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("on", "true", "yes")):
+        return {}
+    if isinstance(value, str) and value.strip().lower() in ("off", "false", "no"):
+        return False
+    return value
 
 
 class MqttSourceSpec(MqttConnectionSpec):
@@ -586,9 +602,12 @@ class MqttSourceSpec(MqttConnectionSpec):
     max_buffered_messages: int = Field(
         100_000, ge=1, description="messages held between the network thread and the dataflow"
     )
-    spool: MqttSpoolSpec | None = Field(
+    spool: Annotated[MqttSpoolSpec | Literal[False] | None, BeforeValidator(_spool_switch)] = Field(
         None,
-        description="keep received messages on disk while a sink holds the dataflow (acked once durable)",
+        description=(
+            "keep received messages on disk while a sink holds the dataflow (acked once durable); "
+            "default: on with --recovery-dir (ack: after_epoch), off without; off opts out"
+        ),
     )
     stop_after_messages: int | None = Field(None, ge=1, description="end after this many messages per client")
     stop_after_idle: PositiveSeconds | None = Field(None, description="end after this long without a message")
@@ -603,7 +622,7 @@ class MqttSourceSpec(MqttConnectionSpec):
                         f"subscriptions: [{j}] {filters[j].text!r} and [{i}] {a.text!r} overlap; "
                         "a message matching both would be delivered twice: make the filters disjoint"
                     )
-        if self.spool is not None and self.ack != "after_epoch":
+        if isinstance(self.spool, MqttSpoolSpec) and self.ack != "after_epoch":
             raise ValueError(
                 f"spool: a spooled message is acknowledged once it is on disk; ack: {self.ack} "
                 "cannot apply: leave ack at its default"
@@ -616,6 +635,27 @@ class MqttSourceSpec(MqttConnectionSpec):
                     f"message; write {', '.join(repr('$share/dte/' + t) for t in plain)}"
                 )
         return self
+
+    def spool_settings(self, recovery_dir: Path | None) -> MqttSpoolSpec | None:
+        """The spool this source runs with, None for none.
+
+        As the spec sets it; unset, the default spool (``<recovery_dir>/spool``, 1 GiB per
+        client) when the run has a recovery directory and ``ack`` is ``after_epoch``, and none
+        otherwise: without a recovery directory a restart has no committed spool position.
+
+        >>> spec = MqttSourceSpec(kind="mqtt", url="mqtt://h:1883", subscriptions=[{"topic": "p/#"}])
+        >>> spec.spool_settings(Path("/var/lib/dte")).max_bytes, spec.spool_settings(None)
+        (1073741824, None)
+        >>> spec.model_copy(update={"spool": False}).spool_settings(Path("/var/lib/dte")) is None
+        True
+        """
+        if self.spool is False:
+            return None
+        if self.spool is not None:
+            return self.spool
+        if recovery_dir is None or self.ack != "after_epoch":
+            return None
+        return MqttSpoolSpec()
 
     def client_ids(self, flow_name: str | None = None) -> list[str]:
         """The client id of each client: ``{client_id}-{i}``; default prefix ``dte-{flow}-{name}``."""

@@ -268,7 +268,7 @@ class AnomalySpec(SpecModel):
     profile of the value (:class:`~dte_stream.twins.contextual.ContextualScorer`);
     ``innovation`` scores the innovation alone (:class:`~dte_stream.twins.anomaly.AnomalyScorer`,
     the default before December 2026: less state, no daily context, no quiet period).
-    The ``context_*`` settings and ``quiet`` apply to ``contextual`` only.
+    The ``context_*`` settings, ``likelihood`` and ``quiet`` apply to ``contextual`` only.
     """
 
     enabled: bool = True
@@ -293,6 +293,10 @@ class AnomalySpec(SpecModel):
     )
     context_after: Seconds = Field(
         CONTEXT_AFTER_S, description="data a cell must have seen before its time-of-day context counts"
+    )
+    likelihood: bool = Field(
+        True,
+        description="also judge the recent mean of surprises against their long run (anomaly likelihood)",
     )
 
 

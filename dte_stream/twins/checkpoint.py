@@ -115,6 +115,7 @@ def merge_bank_snapshots(
     Raises :class:`SnapshotMismatchError` when a twin of ``order`` is in none of them.
     """
     from dte_stream.twins.bank import CELL_ARRAYS
+    from dte_stream.twins.contextual import upgrade_snapshot
 
     sources = [base, *parts]
     where: dict[str, tuple[int, int]] = {}
@@ -153,8 +154,9 @@ def merge_bank_snapshots(
         for k, v in last["quality"].items()
     }
     merged["quality"]["rows"] = len(order)
-    if last["anomaly"] is not None:
-        merged["anomaly"] = {k: gather([s["anomaly"][k] for s in sources]) for k in last["anomaly"]}
+    if last["anomaly"] is not None:  # a base from before a scorer layout change: upgraded first
+        anomaly = [upgrade_snapshot(s["anomaly"]) for s in sources]
+        merged["anomaly"] = {k: gather([a[k] for a in anomaly]) for k in anomaly[-1]}
     return merged
 
 

@@ -42,7 +42,16 @@ import numpy.typing as npt
 
 from dte_stream.twins.anomaly import ANOMALY_LEVEL, gaussian_log_sf
 
-__all__ = ["CONTEXT_AFTER_S", "CONTEXT_BINS", "CONTEXT_HALFLIFE_S", "QUIET_READINGS", "ContextualScorer"]
+__all__ = [
+    "CONTEXT_AFTER_S",
+    "CONTEXT_BINS",
+    "CONTEXT_HALFLIFE_S",
+    "LIKELIHOOD_LONG",
+    "LIKELIHOOD_SHORT",
+    "QUIET_READINGS",
+    "ContextualScorer",
+    "upgrade_snapshot",
+]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -60,6 +69,45 @@ CONTEXT_BINS = 24
 CONTEXT_HALFLIFE_S = 7 * 86_400.0
 CONTEXT_AFTER_S = 2 * 86_400.0
 QUIET_READINGS = 100
+#: The likelihood stage's half-lives in readings: the recent mean of surprises, and their long
+#: run (8,640 readings: 30 days of 5-minute readings, the history HTM's anomaly likelihood keeps).
+LIKELIHOOD_SHORT = 10.0
+LIKELIHOOD_LONG = 8640.0
+_LN2 = math.log(2.0)
+_VAR_FLOOR = 1e-12
+
+
+def upgrade_snapshot(arrays: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
+    """A :meth:`ContextualScorer.snapshot` from before December 2026, in today's layout.
+
+    Before, the profile was absolute float64 values and there was no likelihood stage. Now the
+    profile is float32 offsets from a per-cell ``anchor`` (the old profile's mean over its
+    slots), and the likelihood's statistics start blank (learned afresh). Snapshots in today's
+    layout, and those of other scorers (no ``profile``), come back unchanged; so this may be
+    applied to every part of a snapshot before parts of two layouts are merged.
+
+    >>> profile = np.array([[[10.0, np.nan]], [[np.nan, np.nan]]])  # 2 twins, 1 channel, 2 slots
+    >>> old = {"count": np.zeros((2, 1), dtype=np.int64), "profile": profile}
+    >>> new = upgrade_snapshot(old)
+    >>> new["anchor"].tolist(), new["profile"].tolist()[0], new["l_count"].tolist()
+    ([[10.0], [nan]], [[0.0, nan]], [[0], [0]])
+    """
+    if "profile" not in arrays or "anchor" in arrays:
+        return dict(arrays)
+    out = dict(arrays)
+    shape = np.asarray(arrays["count"]).shape
+    for name in ("l_short", "l_mean", "l_var"):
+        out.setdefault(name, np.zeros(shape))
+    out.setdefault("l_count", np.zeros(shape, dtype=np.int64))
+    profile = np.asarray(arrays["profile"], dtype=np.float64)
+    seen = np.isfinite(profile)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        anchor = np.where(seen, profile, 0.0).sum(axis=-1) / seen.sum(axis=-1)
+    out["anchor"] = anchor
+    out["profile"] = (profile - anchor[..., None]).astype(np.float32)
+    if "profile_spread" in arrays:
+        out["profile_spread"] = np.asarray(arrays["profile_spread"]).astype(np.float32)
+    return out
 
 
 def _abs_z(u: F64, centre: F64, spread: F64) -> F64:
@@ -111,10 +159,12 @@ class ContextualScorer:
         "count", "last_time", "interval",
         "i_centre", "i_spread", "i_window", "i_peak",
         "c_spread", "c_window", "c_peak", "c_count",
-        "quiet_left", "quiet_score", "profile", "profile_spread",
+        "quiet_left", "quiet_score", "l_short", "l_mean", "l_var", "l_count",
+        "anchor", "profile", "profile_spread",
     )  # fmt: skip
+    _LIKELIHOOD = ("l_short", "l_mean", "l_var", "l_count")
     _ONES = frozenset({"i_window", "c_window"})
-    _NANS = frozenset({"profile", "profile_spread"})
+    _NANS = frozenset({"anchor", "profile", "profile_spread"})
     _PROFILES = frozenset({"profile", "profile_spread"})
 
     def __init__(
@@ -137,6 +187,10 @@ class ContextualScorer:
         context_halflife: float = CONTEXT_HALFLIFE_S,
         context_after: float = CONTEXT_AFTER_S,
         quiet: int = QUIET_READINGS,
+        likelihood: bool = True,
+        likelihood_short: float = LIKELIHOOD_SHORT,
+        likelihood_long: float = LIKELIHOOD_LONG,
+        likelihood_after: int = 200,
     ) -> None:
         if channels < 1 or capacity < 0 or context_bins < 1:
             raise ValueError(f"need channels >= 1, capacity >= 0 and context_bins >= 1, "
@@ -145,7 +199,8 @@ class ContextualScorer:
             ("long_halflife", long_halflife), ("short_halflife", short_halflife), ("clip", clip),
             ("window_cap", window_cap), ("decades", decades), ("peak_halflife", peak_halflife),
             ("peak_ref", peak_ref), ("context_halflife", context_halflife), ("peak_time", peak_time),
-            ("peak_max_halflife", peak_max_halflife),
+            ("peak_max_halflife", peak_max_halflife), ("likelihood_short", likelihood_short),
+            ("likelihood_long", likelihood_long),
         ):  # fmt: skip
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, not {value!r}")
@@ -169,6 +224,12 @@ class ContextualScorer:
         self.peak_time = float(peak_time)
         self.peak_max_halflife = max(float(peak_max_halflife), self.peak_halflife)
         self._window_dof = (2.0 - self._alpha_short) / self._alpha_short
+        self.likelihood = bool(likelihood)
+        self.likelihood_after = max(int(likelihood_after), 1)
+        self._alpha_l_short = 1.0 - 0.5 ** (1.0 / likelihood_short)
+        self._alpha_l_long = 1.0 - 0.5 ** (1.0 / likelihood_long)
+        # Standard deviation of the short mean of independent surprises, per unit of theirs.
+        self._l_short_sd = math.sqrt(self._alpha_l_short / (2.0 - self._alpha_l_short))
         self._arrays: dict[str, npt.NDArray[Any]] = {}
         for name in self._FIELDS:
             self._arrays[name] = self._blank(name, 0)
@@ -178,10 +239,12 @@ class ContextualScorer:
         shape: tuple[int, ...] = (
             (rows, self.channels, self.bins) if name in self._PROFILES else (rows, self.channels)
         )
-        if name in ("count", "c_count", "quiet_left"):
+        if name in ("count", "c_count", "quiet_left", "l_count"):
             return np.zeros(shape, dtype=np.int64)
         if name == "last_time":
             return np.full(shape, _NEVER, dtype=np.int64)
+        if name in self._PROFILES:  # float32: see the module docstring
+            return np.full(shape, np.nan, dtype=np.float32)
         return np.full(shape, 1.0 if name in self._ONES else np.nan if name in self._NANS else 0.0)
 
     @property
@@ -221,6 +284,7 @@ class ContextualScorer:
 
     def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
         """Load a :meth:`snapshot` into rows ``0..n-1`` (growing if needed); other rows are reset."""
+        arrays = upgrade_snapshot(arrays)
         missing = [name for name in self._FIELDS if name not in arrays]
         if missing:
             raise ValueError(f"anomaly scorer snapshot lacks {missing}")
@@ -266,14 +330,18 @@ class ContextualScorer:
             new_interval > 0, self.peak_time / np.where(new_interval > 0, new_interval, 1.0), 0.0
         )
         peak_decay = _half_power(np.clip(per_time, self.peak_halflife, self.peak_max_halflife))
-        i_logp, i_new = self._view(u, count, peak_decay, *i_state)
+        i_logp, i_z, i_new = self._view(u, count, peak_decay, *i_state)
         # -- the time-of-day context
         bin_ = ((time_ns % _NS_PER_DAY) * self.bins // _NS_PER_DAY).astype(np.intp)
         slot = cell * self.bins + bin_
-        profile = a["profile"].take(slot)
+        profile = a["profile"].take(slot).astype(np.float64)
         seen = np.isfinite(profile)
         v = np.clip(np.where(valid, value, 0.0), -_U_MAX, _U_MAX)
-        resid = np.where(seen, v - np.where(seen, profile, 0.0), 0.0)
+        # The profile holds offsets from the cell's anchor (its first value), in float32.
+        anchor = a["anchor"].take(cell)
+        anchor = np.where(np.isnan(anchor), v, anchor)
+        x = v - anchor
+        resid = np.where(seen, x - np.where(seen, profile, 0.0), 0.0)
         c_count = a["c_count"].take(cell)
         c_spread = a["c_spread"].take(cell)
         bin_spread = a["profile_spread"].take(slot)
@@ -282,12 +350,14 @@ class ContextualScorer:
         spread_eff = np.where(np.isfinite(bin_spread), bin_spread, c_spread)
         zero = np.zeros_like(resid)
         c_state = (zero, spread_eff, a["c_window"].take(cell), a["c_peak"].take(cell))
-        c_logp, c_new = self._view(resid, c_count, peak_decay, *c_state)
+        c_logp, c_z, c_new = self._view(resid, c_count, peak_decay, *c_state)
         seen_s = count * np.where(new_interval > 0, new_interval, 0.0)
         c_ready = seen & (seen_s >= self.context_after) & (c_count >= self.warmup)
         log_p = np.where(c_ready, np.minimum(i_logp, c_logp) + math.log(2.0), i_logp)
         log_p = np.minimum(log_p, 0.0)
         ready = valid & (count >= self.warmup)
+        if self.likelihood:
+            log_p, l_new = self._likelihood(cell, np.where(c_ready, np.maximum(i_z, c_z), i_z), log_p)
         raw = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0) + 0.0
         # -- one flag per episode: damp scores for `quiet` readings after a flag, unless larger.
         quiet_left = a["quiet_left"].take(cell)
@@ -319,8 +389,9 @@ class ContextualScorer:
         )
         halflife_visits = np.maximum(self.context_halflife / 86_400.0 * visits_per_day, 1.0)
         alpha_p = 1.0 - _half_power(halflife_visits)
-        new_profile = np.where(seen, profile + alpha_p * (v - np.where(seen, profile, 0.0)), v)
+        new_profile = np.where(seen, profile + alpha_p * (x - np.where(seen, profile, 0.0)), x)
         put("profile", new_profile, slot_at)
+        put("anchor", anchor)
         _, new_bin_spread = self._scale_step(resid, zero, spread_eff, c_count, alpha_p)
         new_bin_spread = np.where(learn_c & (c_count >= 3), new_bin_spread, bin_spread)
         put("profile_spread", new_bin_spread, slot_at)
@@ -329,12 +400,42 @@ class ContextualScorer:
         put("last_time", np.maximum(time_ns, last))
         put("quiet_left", new_quiet_left)
         put("quiet_score", new_quiet_score)
+        if self.likelihood:
+            for name, l_value in zip(self._LIKELIHOOD, l_new, strict=True):
+                put(name, np.where(ready, l_value, a[name].take(cell)))
         return scores
+
+    def _likelihood(self, cell: IntP, z: F64, log_p: F64) -> tuple[F64, tuple[F64, F64, F64, I64]]:
+        """The anomaly likelihood: log p of the recent mean of surprises under their long run.
+
+        A reading's surprise is ``-log10`` of the two-sided tail of its larger residual z
+        (innovation, or the context once it counts), before the recurring-surprise memory and
+        capped at ``decades``. Its short exponentially weighted mean is judged against the
+        long-run mean and standard deviation of surprises (scaled to the short mean's spread),
+        after ``likelihood_after`` surprises. A rate change (spikes that become denser, noise
+        that grows) raises the short mean well above the cell's own long run, though no single
+        reading is surprising. Returns the combined log p (the smaller, Bonferroni times 2) and
+        the learned state, to be kept where the reading is ready.
+        """
+        a = self._arrays
+        short, mean, var = (a[name].take(cell) for name in ("l_short", "l_mean", "l_var"))
+        n = a["l_count"].take(cell)
+        surprise = np.clip(-(gaussian_log_sf(z) + _LN2) / _LN10, 0.0, self.decades)
+        new_short = short + self._alpha_l_short * (surprise - short)
+        sd = np.sqrt(np.maximum(var, _VAR_FLOOR)) * self._l_short_sd
+        zl = (new_short - mean) / sd
+        rising = (n >= self.likelihood_after) & (zl > 0)
+        lp_l = np.where(rising, gaussian_log_sf(np.where(rising, zl, 0.0)), 0.0)
+        alpha = np.maximum(self._alpha_l_long, 1.0 / (n + 1.0))
+        dev = surprise - mean
+        new_mean = mean + alpha * dev
+        new_var = (1.0 - alpha) * (var + alpha * dev * dev)
+        return np.minimum(log_p, lp_l + _LN2), (new_short, new_mean, new_var, n + 1)
 
     def _view(
         self, u: F64, count: I64, peak_decay: F64, centre: F64, spread: F64, window: F64, peak: F64
-    ) -> tuple[F64, tuple[F64, F64, F64, F64]]:
-        """Log tail probability of residual ``u`` (point and short window) and the learned state."""
+    ) -> tuple[F64, F64, tuple[F64, F64, F64, F64]]:
+        """Log tail probability of residual ``u`` (point and short window), its ``|z|``, the learned state."""
         z = _abs_z(u, centre, spread)
         z_seen = z / np.maximum(peak / self.peak_ref, 1.0)
         log_p_point = gaussian_log_sf(z_seen) + math.log(2.0)
@@ -346,7 +447,7 @@ class ContextualScorer:
         log_p = np.minimum(log_p_point, gaussian_log_sf(wh)) + math.log(2.0)
         new_centre, new_spread = self._scale_step(u, centre, spread, count, self._alpha_long)
         new_peak = np.where(count >= 3, np.maximum(peak * peak_decay, z), 0.0)
-        return log_p, (new_centre, new_spread, new_window, new_peak)
+        return log_p, z, (new_centre, new_spread, new_window, new_peak)
 
     def _scale_step(
         self, u: F64, centre: F64, spread: F64, count: I64, alpha_long: F64 | float

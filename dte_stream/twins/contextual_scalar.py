@@ -20,6 +20,7 @@ order, and :meth:`ContextualCell.store` writes them back. Both agree to 1e-9
 from __future__ import annotations
 
 import math
+from array import array
 
 from dte_stream.twins.anomaly import _ERFC_COEF
 from dte_stream.twins.contextual import (
@@ -28,6 +29,7 @@ from dte_stream.twins.contextual import (
     _NS_PER_DAY,
     _SQRT_HALF_PI,
     _U_MAX,
+    _VAR_FLOOR,
     _Z_MAX,
     ContextualScorer,
 )
@@ -63,8 +65,9 @@ class ContextualCell:
     """One (row, channel) cell of a :class:`ContextualScorer`, loaded into Python numbers."""
 
     __slots__ = (
-        "c_count", "c_peak", "c_spread", "c_window", "ch", "count", "i_centre", "i_peak",
-        "i_spread", "i_window", "interval", "last_time", "profile", "profile_spread",
+        "anchor", "c_count", "c_peak", "c_spread", "c_window", "ch", "count", "i_centre", "i_peak",
+        "i_spread", "i_window", "interval", "l_count", "l_mean", "l_short", "l_var", "last_time",
+        "profile", "profile_spread",
         "quiet_left", "quiet_score", "row", "scorer",
     )  # fmt: skip
 
@@ -84,8 +87,14 @@ class ContextualCell:
         self.c_count = int(a["c_count"][row, ch])
         self.quiet_left = int(a["quiet_left"][row, ch])
         self.quiet_score = float(a["quiet_score"][row, ch])
-        self.profile: list[float] = a["profile"][row, ch].tolist()
-        self.profile_spread: list[float] = a["profile_spread"][row, ch].tolist()
+        self.l_short = float(a["l_short"][row, ch])
+        self.l_mean = float(a["l_mean"][row, ch])
+        self.l_var = float(a["l_var"][row, ch])
+        self.l_count = int(a["l_count"][row, ch])
+        self.anchor = float(a["anchor"][row, ch])
+        # array("f"): every write rounds to float32, as the scorer's float32 profiles do.
+        self.profile = array("f", a["profile"][row, ch].tobytes())
+        self.profile_spread = array("f", a["profile_spread"][row, ch].tobytes())
 
     def store(self) -> None:
         a, row, ch = self.scorer._arrays, self.row, self.ch
@@ -110,7 +119,7 @@ class ContextualCell:
         per_time = sc.peak_time / new_interval if positive else 0.0
         per_time = min(max(per_time, sc.peak_halflife), sc.peak_max_halflife)
         peak_decay = 0.5 ** (1.0 / per_time)
-        i_logp, i_centre, i_spread, i_window, i_peak = self._view(
+        i_logp, i_z, i_centre, i_spread, i_window, i_peak = self._view(
             u, count, peak_decay, self.i_centre, self.i_spread, self.i_window, self.i_peak
         )
         # -- the time-of-day context
@@ -118,12 +127,14 @@ class ContextualCell:
         profile = self.profile[bin_]
         seen = math.isfinite(profile)
         v = _clip(value if valid else 0.0, _U_MAX)
-        resid = v - profile if seen else 0.0
+        anchor = v if math.isnan(self.anchor) else self.anchor
+        x = v - anchor
+        resid = x - profile if seen else 0.0
         c_count = self.c_count
         c_spread = self.c_spread
         bin_spread = self.profile_spread[bin_]
         spread_eff = bin_spread if math.isfinite(bin_spread) else c_spread
-        c_logp, _, _, c_window, c_peak = self._view(
+        c_logp, c_z, _, _, c_window, c_peak = self._view(
             resid, c_count, peak_decay, 0.0, spread_eff, self.c_window, self.c_peak
         )
         seen_s = count * (new_interval if positive else 0.0)
@@ -132,6 +143,8 @@ class ContextualCell:
         log_p = min(log_p, 0.0)
         raw = 0.0
         if valid and count >= sc.warmup:
+            if sc.likelihood:
+                log_p = self._likelihood((c_z if c_z > i_z else i_z) if c_ready else i_z, log_p)
             raw = min(max(-log_p / (_LN10 * sc.decades), 0.0), 1.0) + 0.0
         quiet_left = self.quiet_left
         scored = raw * 0.5 if quiet_left > 0 and raw <= self.quiet_score else raw
@@ -150,7 +163,8 @@ class ContextualCell:
         visits_per_day = 86_400.0 / (new_interval * sc.bins) if positive else 1.0
         halflife_visits = max(sc.context_halflife / 86_400.0 * visits_per_day, 1.0)
         alpha_p = 1.0 - 0.5 ** (1.0 / halflife_visits)
-        self.profile[bin_] = profile + alpha_p * (v - profile) if seen else v
+        self.profile[bin_] = profile + alpha_p * (x - profile) if seen else x
+        self.anchor = anchor
         if seen and c_count >= 3:
             self.profile_spread[bin_] = self._scale_step(resid, 0.0, spread_eff, c_count, alpha_p)[1]
         self.count = count + 1
@@ -167,8 +181,8 @@ class ContextualCell:
         spread: float,
         window: float,
         peak: float,
-    ) -> tuple[float, float, float, float, float]:
-        """Log tail probability of ``u`` and the learned centre, spread, window and peak.
+    ) -> tuple[float, float, float, float, float, float]:
+        """Log tail probability of ``u``, its ``|z|``, and the learned centre, spread, window and peak.
 
         ``a if a < b else b`` and the like stand for Python's ``min``/``max`` (same results,
         without the call): this runs twice per reading.
@@ -205,7 +219,24 @@ class ContextualCell:
         new_spread = spread + alpha * ((limit if limit < abs_dev else abs_dev) - spread)
         decayed = peak * peak_decay
         new_peak = (z if z > decayed else decayed) if count >= 3 else 0.0
-        return log_p, centre + alpha * step, new_spread, new_window, new_peak
+        return log_p, z, centre + alpha * step, new_spread, new_window, new_peak
+
+    def _likelihood(self, z: float, log_p: float) -> float:
+        """``ContextualScorer._likelihood`` of one ready reading: the combined log p; learns."""
+        sc = self.scorer
+        surprise = -(gaussian_log_sf(z) + _LN2) / _LN10
+        surprise = 0.0 if surprise < 0.0 else sc.decades if surprise > sc.decades else surprise
+        n, mean, var = self.l_count, self.l_mean, self.l_var
+        short = self.l_short + sc._alpha_l_short * (surprise - self.l_short)
+        sd = math.sqrt(var if var > _VAR_FLOOR else _VAR_FLOOR) * sc._l_short_sd
+        zl = (short - mean) / sd
+        lp_l = gaussian_log_sf(zl) if n >= sc.likelihood_after and zl > 0 else 0.0
+        alpha = max(sc._alpha_l_long, 1.0 / (n + 1.0))
+        dev = surprise - mean
+        self.l_short, self.l_mean, self.l_count = short, mean + alpha * dev, n + 1
+        self.l_var = (1.0 - alpha) * (var + alpha * dev * dev)
+        lp_l += _LN2
+        return lp_l if lp_l < log_p else log_p
 
     def _scale_step(
         self, u: float, centre: float, spread: float, count: int, alpha_long: float

@@ -39,11 +39,10 @@ readings (plain mean, then exponentially weighted with half-life ``noise_halflif
 held at ``NOISE_SCALE_FLOOR`` or above);
 NIS and gating use ``sigma^2`` from before the reading (score before learn), gating is off for
 the first ``warmup`` learned readings, and reported variances are in the estimated scale, which
-makes the filter scale-free. Scalar models (``n == 1``) take an elementwise fast path.
+makes the filter scale-free. The linear algebra of a round is in :mod:`dte_stream.twins.kalman_linalg`:
+batched matrix products for any ``n``, written out elementwise for ``n == 1`` and ``n == 2``.
 """
 
-# Matrix names (A, H, Q, R, P, P0, B) follow the usual Kalman-filter notation on purpose.
-# ruff: noqa: N806
 from __future__ import annotations
 
 import math
@@ -54,6 +53,7 @@ import numpy.typing as npt
 
 from dte_stream.times import NS_PER_S
 from dte_stream.twins.discretise import Discretiser
+from dte_stream.twins.kalman_linalg import algebra_for
 from dte_stream.twins.statespace import (
     CHI2_1DOF_999,
     NOISE_SCALE_FLOOR,
@@ -157,7 +157,7 @@ class StateSpaceKernel:
         if any(not (math.isfinite(h) and h > 0) for h in self.horizons_s):
             raise ValueError(f"horizons must be positive seconds, not {self.horizons_s}")
         self.discretise = Discretiser(model)
-        self._scalar = model.n == 1
+        self._algebra = algebra_for(model.n)
         horizon_ns = np.array([round(h * NS_PER_S) for h in self.horizons_s], dtype=np.int64)
         self._horizon = self.discretise(horizon_ns) if horizon_ns.size else None
 
@@ -191,7 +191,7 @@ class StateSpaceKernel:
         r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
         # Control readings hold the new input from now on; they do not initialise a twin.
         keep = rejected | (~obs & ~init)
-        lin = _Scalar(self, state, rows) if self._scalar else _Matrix(self, state, rows)
+        lin = self._algebra(self, state, rows)
         predicted, s_u = lin.predict_and_score(moving, gap, obs, ch, r)
         innovation = values - predicted
         nis = innovation * innovation / s_u
@@ -273,136 +273,3 @@ def _trust(r_scale: npt.ArrayLike, k: int) -> F64:
     if not (np.isfinite(rs).all() and (rs >= 1.0).all()):
         raise ValueError("r_scale must be finite and at least 1 (a factor on the measurement variance)")
     return rs
-
-
-class _Matrix:
-    """The linear algebra of one step for any ``n``: batched ``(k, n, n)`` matrix products."""
-
-    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
-        self.kernel, self.state, self.rows = kernel, state, rows
-        self.x = state.x[rows]
-        self.P = state.P[rows]
-        self.u = state.u[rows]
-
-    def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
-        mdl = self.kernel.model
-        x, P = self.x, self.P
-        if moving.all():  # the usual round: no masks, the same products
-            f, qd, g = self.kernel.discretise(gap)
-            ones_u = np.concatenate([np.ones((x.shape[0], 1)), self.u], axis=1)
-            self.x_pred = x_pred = (f @ x[:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
-            self.P_pred = P_pred = f @ P @ np.swapaxes(f, 1, 2) + qd
-        else:
-            self.x_pred = x_pred = x.copy()
-            self.P_pred = P_pred = P.copy()
-            if moving.any():
-                f, qd, g = self.kernel.discretise(gap[moving])
-                ones_u = np.concatenate([np.ones((int(moving.sum()), 1)), self.u[moving]], axis=1)
-                x_pred[moving] = (f @ x[moving][:, :, None] + g @ ones_u[:, :, None])[:, :, 0]
-                P_pred[moving] = f @ P[moving] @ np.swapaxes(f, 1, 2) + qd
-        # Control readings: h = 0, no update.
-        self.h = h = np.where(obs[:, None], mdl.H[ch], 0.0)
-        self.ph = (P_pred @ h[:, :, None])[:, :, 0]
-        return np.einsum("kn,kn->k", h, x_pred), np.einsum("kn,kn->k", h, self.ph) + r
-
-    def update(self, innovation: F64, r: F64, apply: Bool, reset: Bool, keep: Bool) -> F64:
-        """Scalar update (Joseph form), written to the state; the innovation variance it used."""
-        mdl = self.kernel.model
-        h, P_pred, ph = self.h, self.P_pred, self.ph
-        if reset.any():
-            P_pred[reset] += mdl.P0
-            ph = (P_pred @ h[:, :, None])[:, :, 0]
-        s_upd: F64 = np.einsum("kn,kn->k", h, ph) + r
-        gain = np.where(apply[:, None], ph / s_upd[:, None], 0.0)
-        x_new = self.x_pred + gain * innovation[:, None]
-        ikh = np.eye(mdl.n) - gain[:, :, None] * h[:, None, :]
-        P_new = (
-            ikh @ P_pred @ np.swapaxes(ikh, 1, 2) + (gain[:, :, None] * gain[:, None, :]) * r[:, None, None]
-        )
-        P_new = 0.5 * (P_new + np.swapaxes(P_new, 1, 2))
-        if keep.any():
-            x_new[keep] = self.x[keep]
-            P_new[keep] = self.P[keep]
-        self.state.x[self.rows] = self.x_new = x_new
-        self.state.P[self.rows] = self.P_new = P_new
-        return s_upd
-
-    def posterior(self) -> tuple[F64, F64, F64, F64]:
-        """``x``, ``diag P``, ``h x`` and ``h P h'`` after the update."""
-        h, P = self.h, self.P_new
-        hph = np.einsum("kn,kn->k", h, (P @ h[:, :, None])[:, :, 0])
-        return self.x_new, np.einsum("kii->ki", P), np.einsum("kn,kn->k", h, self.x_new), hph
-
-    def forecast(self, horizon: tuple[F64, F64, F64], u: F64, r: F64) -> tuple[F64, F64]:
-        """Mean and variance (unit scale) of each reading's channel at every horizon."""
-        f, qd, g = horizon  # (H, n, n), (H, n, n), (H, n, 1 + p)
-        x, P, h = self.x_new, self.P_new, self.h
-        ones_u = np.concatenate([np.ones((x.shape[0], 1)), u], axis=1)
-        x_h = np.einsum("hij,kj->khi", f, x) + np.einsum("hij,kj->khi", g, ones_u)
-        mean = np.einsum("kn,khn->kh", h, x_h)
-        # Var(h x_h) = (F' h)' P (F' h) + h Qd h': project first, no (k, H, n, n) temporaries.
-        fh = np.einsum("hij,ki->khj", f, h)
-        var = np.einsum("khi,kij,khj->kh", fh, P, fh) + np.einsum("ki,hij,kj->kh", h, qd, h) + r[:, None]
-        return mean, var
-
-
-class _Scalar:
-    """The same algebra for ``n == 1`` with elementwise ``(k,)`` arrays: the per-channel random walk."""
-
-    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
-        self.kernel, self.state, self.rows = kernel, state, rows
-        self.x = state.x[rows, 0]
-        self.P = state.P[rows, 0, 0]
-
-    def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
-        mdl = self.kernel.model
-        x, P = self.x, self.P
-        if moving.all():
-            f, qd, g = self.kernel.discretise.scalar(gap)
-            self.x_pred = f * x + self._drive(g, self.state.u[self.rows])
-            self.P_pred = f * f * P + qd
-        else:
-            self.x_pred = x.copy()
-            self.P_pred = P.copy()
-            if moving.any():
-                f, qd, g = self.kernel.discretise.scalar(gap[moving])
-                u = self.state.u[self.rows[moving]]
-                self.x_pred[moving] = f * x[moving] + self._drive(g, u)
-                self.P_pred[moving] = f * f * P[moving] + qd
-        self.h = h = np.where(obs, mdl.H[ch, 0], 0.0)
-        self.ph = self.P_pred * h
-        return h * self.x_pred, h * self.ph + r
-
-    @staticmethod
-    def _drive(g: F64, u: F64) -> F64:
-        drive: F64 = g[:, 0] if u.shape[1] == 0 else g[:, 0] + np.einsum("kj,kj->k", g[:, 1:], u)
-        return drive
-
-    def update(self, innovation: F64, r: F64, apply: Bool, reset: Bool, keep: Bool) -> F64:
-        h, P_pred, ph = self.h, self.P_pred, self.ph
-        if reset.any():
-            P_pred = np.where(reset, P_pred + self.kernel.model.P0[0, 0], P_pred)
-            ph = P_pred * h
-        s_upd: F64 = h * ph + r
-        gain = np.where(apply, ph / s_upd, 0.0)
-        x_new = self.x_pred + gain * innovation
-        ikh = 1.0 - gain * h
-        P_new = ikh * ikh * P_pred + gain * gain * r
-        if keep.any():
-            x_new = np.where(keep, self.x, x_new)
-            P_new = np.where(keep, self.P, P_new)
-        self.state.x[self.rows, 0] = self.x_new = x_new
-        self.state.P[self.rows, 0, 0] = self.P_new = P_new
-        return s_upd
-
-    def posterior(self) -> tuple[F64, F64, F64, F64]:
-        h = self.h
-        return self.x_new[:, None], self.P_new[:, None], h * self.x_new, h * h * self.P_new
-
-    def forecast(self, horizon: tuple[F64, F64, F64], u: F64, r: F64) -> tuple[F64, F64]:
-        f, qd, g = horizon[0][:, 0, 0], horizon[1][:, 0, 0], horizon[2][:, 0, :]  # (H,), (H,), (H, 1 + p)
-        h = self.h[:, None]
-        drive = g[:, 0] + u @ g[:, 1:].T  # (k, H)
-        mean = h * (f * self.x_new[:, None] + drive)
-        var = h * h * (f * f * self.P_new[:, None] + qd) + r[:, None]
-        return mean, var

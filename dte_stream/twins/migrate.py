@@ -45,6 +45,7 @@ from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import CELL_ARRAYS, TwinBank
 from dte_stream.twins.checkpoint import SNAPSHOT_FORMAT, SnapshotMismatchError, bank_snapshot, restore_bank
+from dte_stream.twins.contextual import upgrade_snapshot
 
 __all__ = ["MigrationError", "migrate_shard"]
 
@@ -147,7 +148,7 @@ def _with_channels(saved: dict[str, Any], spec: TwinTypeSpec) -> dict[str, Any]:
     out["quality"] = {**_columns(fresh["quality"], saved["quality"], cols, width_old), "rows": n}
     out["quality"]["channels"] = fresh["quality"]["channels"]
     if fresh["anomaly"] is not None and saved.get("anomaly") is not None:
-        out["anomaly"] = _columns(fresh["anomaly"], saved["anomaly"], cols, width_old)
+        out["anomaly"] = _columns(fresh["anomaly"], upgrade_snapshot(saved["anomaly"]), cols, width_old)
     out["counters"] = dict(saved.get("counters", {}))
     return out
 

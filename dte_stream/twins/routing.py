@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,15 @@ from dte_stream.readings import DeadLetter, ReadingBatch
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.twins.idindex import IdIndex
 
-__all__ = ["RouteResult", "Router", "TypedBatch", "shard_key", "shard_of"]
+__all__ = [
+    "RouteResult",
+    "Router",
+    "TypedBatch",
+    "default_shard_key",
+    "shard_key",
+    "shard_of",
+    "use_shard_keys",
+]
 
 _CACHE_LIMIT = 1_000_000
 
@@ -55,13 +64,35 @@ def shard_of(twin_id: str, shards: int) -> int:
     return zlib.crc32(twin_id.encode("utf-8")) % shards
 
 
+def default_shard_key(shard: int) -> str:
+    """The usual state key of a shard: every shard's in one process (a recovery key: stable).
+
+    >>> default_shard_key(shard_of("pump-1", 8))
+    'shard-0006'
+    """
+    return f"shard-{shard:04d}"
+
+
+#: The shard keys of this process's dataflow, when they are not the usual ones (a cluster's
+#: keys are chosen to spread the shards over its workers: :mod:`dte_stream.placement`).
+_KEYS: list[str] = []
+
+
+def use_shard_keys(keys: Sequence[str]) -> None:
+    """Make ``keys[i]`` the state key of shard ``i`` in this process (empty: the usual keys).
+
+    Set once, before the dataflow is built; every process of a cluster sets the same keys.
+    """
+    _KEYS[:] = keys
+
+
 def shard_key(shard: int) -> str:
     """The state key of a shard (a Bytewax recovery key: keep it stable).
 
     >>> shard_key(shard_of("pump-1", 8))
     'shard-0006'
     """
-    return f"shard-{shard:04d}"
+    return _KEYS[shard] if shard < len(_KEYS) else default_shard_key(shard)
 
 
 @dataclass(frozen=True, slots=True)

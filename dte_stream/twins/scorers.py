@@ -39,4 +39,5 @@ def build_scorer(spec: AnomalySpec, channels: int, capacity: int) -> Scorer:
         context_bins=spec.context_bins,
         context_halflife=spec.context_halflife,
         context_after=spec.context_after,
+        likelihood=spec.likelihood,
     )

@@ -8,7 +8,8 @@ written by ``dte-stream alerts ack``. Whoever runs twins drives shards through s
 returning one :class:`ShardUpdate` (estimates, readings refused as too late, alert events):
 
 - :meth:`~TwinShard.on_batch` applies routed readings, :meth:`~TwinShard.on_timer` runs the
-  timers, :meth:`~TwinShard.on_eof` gives the end of a finite input a last look;
+  timers, :meth:`~TwinShard.on_eof` gives the end of a finite input a last look (by the input's
+  final event time, also on the wall clock);
 - :meth:`~TwinShard.next_due` says when (wall clock) the shard wants its next timer;
 - :meth:`~TwinShard.snapshot` and :meth:`TwinShard.restore` checkpoint it.
 
@@ -241,8 +242,10 @@ class TwinShard:
 
     def on_timer(self) -> ShardUpdate:
         """Run the timers by the twin clock: stale sensors, alert timers, acknowledgements, eviction."""
+        return self._timers(self.now())
+
+    def _timers(self, now: int) -> ShardUpdate:
         self.follow()
-        now = self.now()
         estimates: list[EstimateBatch] = []
         events: list[AlertEvent] = []
         for twin_type, bank in self.banks.items():
@@ -264,8 +267,19 @@ class TwinShard:
         return ShardUpdate(estimates, [], events)
 
     def on_eof(self) -> ShardUpdate:
-        """The input ended (a replay, a drained topic): in event time, a last look by the final clock."""
-        return self.on_timer() if self.event_clock and self.banks else ShardUpdate()
+        """The input ended (a replay, a drained topic): a last look by the input's final time.
+
+        In event time that is the twin clock. On the wall clock it is the input's progress
+        without the wall time since (the input did not fall silent, it ended): a backfill gives
+        the stale sensors its own times justify, the same however fast it was read, and none
+        for the time it took.
+        """
+        if not self.banks:
+            return ShardUpdate()
+        progress = max(self.watermark, self.clock.now())
+        if self.event_clock:
+            return self.on_timer()
+        return self._timers(progress) if progress != NEVER else ShardUpdate()
 
     def next_due(self) -> int | None:
         """Wall-clock time (ns) of the next timer this shard needs, or None when nothing is scheduled."""

@@ -20,12 +20,19 @@ of the last committed epoch (:func:`restore_snapshot` merges base and parts,
 
 Files no manifest can need any more are deleted. Bytewax resumes from the latest committed
 snapshot of each key, and keeps it (and any newer) in its recovery partitions: the log reads
-the manifests of its key from the partitions (``part-*.sqlite3`` in the recovery folder,
-read-only), keeps the files they and its own not-yet-visible manifests name, and deletes the
-rest. When no manifest of its key is visible there (yet) it deletes nothing. A cluster of
-processes snapshots in full (:func:`~dte_stream.dataflow.build_flow`): its partitions are
-spread over the processes' folders, and reading another live process's SQLite files is not
-done here.
+the manifests of its key from every partition (read-only, in a child process: see
+:func:`_read_snapshot_rows`), keeps the files they, its own not-yet-visible manifests and the
+manifest it resumed from name, and deletes the rest. When not every partition can be read (not
+yet, or one is missing) it deletes nothing.
+
+A cluster of processes on one host works the same way (:func:`~dte_stream.dataflow.build_flow`):
+process I keeps its partition in ``process-I/part-I.sqlite3`` under the recovery folder, and
+Bytewax stores a key's snapshots in the partition its hash picks, which may be another
+process's, so the log reads the ``process-*`` partitions of all ``processes`` and deletes
+nothing unless it finds that many. The shard files live in the folder every process shares, named
+by a run id, so a shard finds its chain whichever process runs it after a restart, and no two
+processes write one name. Processes on several hosts snapshot in full: another host's partitions
+are on its own disk.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import sqlite3
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +120,14 @@ class _Written:
 class SnapshotLog:
     """The incremental snapshots of one shard, in ``root/twin-state/<key>``; see the module docstring.
 
-    ``recovery_root`` is the recovery folder (one process: its ``part-*.sqlite3`` partitions).
-    Start one with :meth:`start` from the state Bytewax hands back.
+    ``recovery_root`` is the recovery folder: its ``part-*.sqlite3`` partitions (one process), or
+    ``processes`` folders ``process-I`` with one partition each (a cluster on this host). Start one
+    with :meth:`start` from the state Bytewax hands back.
     """
 
     recovery_root: Path
     key: str = ""
+    processes: int = 1
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     seq: int = 0
     base: str | None = None
@@ -131,27 +141,34 @@ class SnapshotLog:
 
     @classmethod
     def start(
-        cls, recovery_root: Path | None, incremental: bool, snap: dict[str, Any] | None
+        cls,
+        recovery_root: Path | None,
+        incremental: bool,
+        snap: dict[str, Any] | None,
+        *,
+        processes: int = 1,
     ) -> tuple[SnapshotLog | None, dict[str, Any] | None]:
         """The log of a shard resuming from ``snap`` (what Bytewax handed back), and its full snapshot.
 
         A manifest continues its chain (even when ``incremental`` is now off: the next snapshots
         are then full ones); a full snapshot or none starts a new chain at the next snapshot.
         There is no log (None) when ``incremental`` is off or there is no recovery folder.
+        ``processes``: the size of the cluster whose partitions are under ``recovery_root``.
         """
         if snap is None or not is_manifest(snap):
             if not incremental or recovery_root is None:
                 return None, snap
-            return cls(recovery_root), snap
+            return cls(recovery_root, processes=processes), snap
         if recovery_root is None:
             raise ConfigError("the recovery state is an incremental snapshot: run with its --recovery-dir")
-        out = cls(recovery_root, key=str(snap["shard"].get("key", "")))
+        out = cls(recovery_root, key=str(snap["shard"].get("key", "")), processes=processes)
         full = restore_snapshot(out.folder(), snap)
         if not incremental:
             return None, full
         out.seq = int(snap["seq"]) + 1
         out.base, out.base_bytes = snap["base"], int(snap["base_bytes"])
         out.parts, out.parts_bytes = list(snap["parts"]), int(snap["parts_bytes"])
+        out.returned.append(_Written(int(snap["seq"]), frozenset(_files(snap))))  # kept until superseded
         return out, full
 
     def attach(self, shard: TwinShard) -> None:
@@ -249,33 +266,75 @@ class SnapshotLog:
                 gone.append(path.name)
         return gone
 
+    def partitions(self) -> list[Path] | None:
+        """Every recovery partition of the run, or None while not all of them are there."""
+        root = self.recovery_root
+        if self.processes == 1:
+            found = sorted(root.glob("part-*.sqlite3"))
+            return found or None
+        found = sorted(root.glob("process-*/part-*.sqlite3"))
+        return found if len(found) == self.processes else None
+
     def _visible(self) -> list[tuple[int, frozenset[str]]]:
-        """(seq, files) of every manifest of this key in the recovery partitions under the root."""
-        out = []
-        for db in sorted(self.recovery_root.glob("part-*.sqlite3")):
+        """(seq, files) of every manifest of this key in the recovery partitions (all of them, or none)."""
+        partitions = self.partitions()
+        if partitions is None:
+            return []
+        blobs = _read_snapshot_rows(partitions, self.key)
+        if blobs is None:
+            return []
+        out: list[tuple[int, frozenset[str]]] = []
+        for blob in blobs:
             try:
-                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-                try:
-                    rows = conn.execute(
-                        "SELECT ser_change FROM snaps WHERE state_key = ?", (self.key,)
-                    ).fetchall()
-                finally:
-                    conn.close()
-            except sqlite3.Error as exc:
-                log.warning(
-                    "incremental snapshots of %s: cannot read %s (%s); nothing deleted", self.key, db, exc
-                )
-                return []
-            for (blob,) in rows:
-                if blob is None:
-                    continue
-                try:
-                    value = pickle.loads(blob)  # Bytewax's own pickles of our manifests
-                except Exception:  # another step's state that we cannot load: not ours
-                    continue
-                if is_manifest(value):
-                    out.append((int(value["seq"]), frozenset(_files(value))))
+                value = pickle.loads(blob)  # Bytewax's own pickles of our manifests
+            except Exception:  # another step's state that we cannot load: not ours
+                continue
+            if is_manifest(value):
+                out.append((int(value["seq"]), frozenset(_files(value))))
         return out
+
+
+#: Run by :func:`_read_snapshot_rows` in a child process: argv = key, partitions; stdout = the
+#: pickled list of the snapshot blobs of that key in every partition.
+_READER = """
+import pickle, sqlite3, sys
+key, blobs = sys.argv[1], []
+for path in sys.argv[2:]:
+    conn = sqlite3.connect("file:" + path + "?mode=ro", uri=True, timeout=5)
+    try:
+        blobs += [b for (b,) in conn.execute("SELECT ser_change FROM snaps WHERE state_key = ?", (key,)) if b]
+    finally:
+        conn.close()
+sys.stdout.buffer.write(pickle.dumps(blobs))
+"""
+
+
+def _read_snapshot_rows(partitions: list[Path], key: str) -> list[bytes] | None:
+    """The snapshot blobs of ``key`` in ``partitions``, read by a child process (None: unreadable).
+
+    Not read in this process: Bytewax links its own copy of SQLite, and a second SQLite library
+    in the process that holds a partition open breaks SQLite's locks (POSIX locks belong to the
+    process; closing our file releases Bytewax's, and our connection, seeing no other process
+    on the WAL index, resets it under Bytewax's memory map: SIGBUS, seen in a 2-process run).
+    """
+    command = [sys.executable, "-I", "-S", "-c", _READER, key, *map(str, partitions)]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning(
+            "incremental snapshots of %s: cannot read the recovery partitions (%s); nothing deleted", key, exc
+        )
+        return None
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        log.warning(
+            "incremental snapshots of %s: cannot read the recovery partitions (%s); nothing deleted",
+            key,
+            reason[0],
+        )
+        return None
+    blobs: list[bytes] = pickle.loads(done.stdout)  # written by _READER just now
+    return blobs
 
 
 def _files(manifest: dict[str, Any]) -> list[str]:

@@ -49,17 +49,23 @@ def twin_id(i: int) -> str:
 
 
 @contextlib.contextmanager
-def private_mosquitto(devservices_api: Any, folder: Path) -> Iterator[Any]:
-    """A Mosquitto of one test module only (its tests restart or stop it), in ``folder``."""
+def private_service(devservices_api: Any, name: str, folder: Path) -> Iterator[Any]:
+    """A service (``mosquitto``, ``influxdb``, ``alertmanager``...) of one test or module only:
+    its tests stop and restart it, which the session's shared one must never see."""
     try:
-        devservices_api.check_installed("mosquitto")
+        devservices_api.check_installed(name)
     except devservices_api.ServiceUnavailable as exc:
         skip_or_fail(str(exc))
-    svc = devservices_api.start("mosquitto", folder)
+    svc = devservices_api.start(name, folder)
     try:
         yield svc
     finally:
         devservices_api.stop(svc)
+
+
+def private_mosquitto(devservices_api: Any, folder: Path) -> contextlib.AbstractContextManager[Any]:
+    """A Mosquitto of one test module only (its tests restart or stop it), in ``folder``."""
+    return private_service(devservices_api, "mosquitto", folder)
 
 
 def readings(twins: int, steps: int, seed: int = 20261206) -> Iterator[tuple[str, bytes]]:
@@ -283,6 +289,7 @@ def drain(
     rate: float | None = None,
     timeout: float = 180.0,
     tweak: Callable[[dict[str, Any]], None] | None = None,
+    daemon_args: tuple[str, ...] = (),
 ) -> Run:
     """Queue ``messages`` in a fresh persistent session, then drain them with the daemon.
 
@@ -291,7 +298,8 @@ def drain(
     the number of points in InfluxDB) and returns the daemon that runs afterwards (the same,
     or a new one after a kill). With ``rate`` the messages are published while the daemon
     runs (``rate`` per second, from a thread), not queued before it starts. The run ends with
-    a graceful stop once InfluxDB holds a point per reading.
+    a graceful stop once InfluxDB holds a point per reading. ``daemon_args`` go to the first
+    daemon's command line (``--http HOST:PORT``).
     """
     run_dir = workdir / name
     run_dir.mkdir(parents=True)
@@ -316,7 +324,7 @@ def drain(
 
     log = run_dir / "daemon.log"
     started = time.monotonic()
-    daemon = Daemon(spec, run.recovery_dir, log)
+    daemon = Daemon(spec, run.recovery_dir, log, *daemon_args)
     try:
         if chaos is not None:
             if not chaos_at_start:

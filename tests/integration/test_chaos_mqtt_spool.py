@@ -11,6 +11,13 @@ restarts from its recovery directory, drains its spool first, then the broker's 
 field of every stored point and every array of every twin's final state must equal run A's,
 nothing may be dead-lettered, and the broker must hold nothing for the session at the end.
 
+A second case stops the daemon with SIGTERM while InfluxDB is down, with the spool of the
+default (a recovery directory, ``spool`` unset): the daemon must end within the sink's
+``close_timeout`` (plus start-up slack; a hang detector, not a speed test) with exit code 130,
+one line and no traceback, the readings it could not store in its spool and none left at the
+broker; the restart, once InfluxDB is back, must store every point with every field and leave
+every twin's state as run A's.
+
 Short mode (CI): 18,000 readings for 300 twins. ``DTE_CHAOS_LONG=1``: 60,000 for 1,000 twins,
 and InfluxDB stays down at least 120 s.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 import urllib.request
 import uuid
@@ -28,7 +36,6 @@ from typing import Any
 
 import mqtt_chaos
 import pytest
-from ci import skip_or_fail
 from test_pipeline_kafka import _count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,21 +45,68 @@ TWINS, STEPS = (1000, 30) if LONG else (300, 30)
 OUTAGE = 120.0 if LONG else 0.0  # at least this long down (s); short mode: as long as it takes
 SPOOL_BYTES = 2**20
 MEMORY = 500  # max_buffered_messages and receive_maximum
+CLOSE_TIMEOUT = 5.0  # the InfluxDB sink's close_timeout in the SIGTERM case (s)
+WARMUP = 600  # readings stored before InfluxDB is stopped: the daemon runs
 
 
-def _spool_spec(spec: dict[str, Any]) -> None:
-    source = spec["sources"][0]
-    source.update(
-        spool={"max_bytes": SPOOL_BYTES},
-        max_buffered_messages=MEMORY,
-        receive_maximum=MEMORY,
-        batch_size=500,
-    )
+def _small_memory(spec: dict[str, Any]) -> None:
+    """Few messages in memory, a small sink buffer: an outage reaches the spool at once."""
+    spec["sources"][0].update(max_buffered_messages=MEMORY, receive_maximum=MEMORY, batch_size=500)
     spec["sinks"][0].update(
         batch_size=500,
         max_buffer_lines=2000,
+        close_timeout=f"{CLOSE_TIMEOUT:g}s",
         retries={"initial_backoff": "100ms", "max_backoff": "1s"},
     )
+
+
+def _spool_spec(spec: dict[str, Any]) -> None:
+    _small_memory(spec)
+    spec["sources"][0]["spool"] = {"max_bytes": SPOOL_BYTES}
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[tuple[str, bytes]]:
+    return list(mqtt_chaos.readings(TWINS, STEPS))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    broker: Any, influxdb: Any, messages: list[tuple[str, bytes]], tmp_path_factory: pytest.TempPathFactory
+) -> mqtt_chaos.Run:
+    """Run A: every reading drained without trouble (the spool of the default)."""
+    a = mqtt_chaos.drain(
+        broker, influxdb.url, tmp_path_factory.mktemp("spool-a"), "a", messages, tweak=_small_memory
+    )
+    assert a.processed == [len(messages)]
+    return a
+
+
+def _new_run(broker: Any, influx_url: str, tmp_path: Path, tweak: Any) -> tuple[mqtt_chaos.Run, Path, str]:
+    """Run B's folder, spec and topic, with the daemon's persistent session made."""
+    topic = f"spool{uuid.uuid4().hex[:8]}"
+    b = mqtt_chaos.Run(
+        "b", tmp_path / "b", f"dte_b_{uuid.uuid4().hex[:6]}", f"dte-spool-{uuid.uuid4().hex[:8]}"
+    )
+    b.dir.mkdir()
+    url = f"mqtt://{broker.host}:{broker.port}"
+    spec = mqtt_chaos.write_spec(b.dir / "flow.yaml", url, topic, b.client_id, influx_url, b.db, tweak)
+    mqtt_chaos.make_session(broker.host, broker.port, b.session_id, f"{topic}/+")
+    return b, spec, topic
+
+
+def _assert_equal_to(
+    influxdb: Any, private_influxdb: Any, a: mqtt_chaos.Run, b: mqtt_chaos.Run, total: int
+) -> None:
+    """Every field of every point and every twin's state as run A's; nothing dead-lettered."""
+    cmp = mqtt_chaos.compare(influxdb.url, a, b, private_influxdb.url)
+    assert cmp.points_a == total
+    assert cmp.equal, (
+        f"{cmp.missing} points missing, {cmp.extra} extra, {cmp.differing_points} differ, "
+        f"{cmp.differing_twins} twins' state differs\n" + "\n".join(cmp.examples)
+    )
+    letters = b.dir / "dead_letters.jsonl"
+    assert not letters.exists() or letters.read_bytes() == b"", letters.read_text()[:2000]
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +119,8 @@ def broker(devservices_api: Any, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture
 def private_influxdb(devservices_api: Any, tmp_path: Path) -> Iterator[Any]:
     """An InfluxDB of this test alone: it is stopped and started again."""
-    try:
-        devservices_api.check_installed("influxdb")
-    except devservices_api.ServiceUnavailable as exc:
-        skip_or_fail(str(exc))
-    svc = devservices_api.start("influxdb", tmp_path / "influxdb")
-    try:
+    with mqtt_chaos.private_service(devservices_api, "influxdb", tmp_path / "influxdb") as svc:
         yield svc
-    finally:
-        devservices_api.stop(svc)
 
 
 def _metric(port: int, name: str) -> float:
@@ -83,23 +130,16 @@ def _metric(port: int, name: str) -> float:
 
 
 def test_influxdb_down_during_a_stream_larger_than_the_spool_loses_and_repeats_nothing(
-    broker: Any, influxdb: Any, private_influxdb: Any, devservices_api: Any, tmp_path: Path
+    broker: Any,
+    influxdb: Any,
+    private_influxdb: Any,
+    devservices_api: Any,
+    messages: list[tuple[str, bytes]],
+    uninterrupted: mqtt_chaos.Run,
+    tmp_path: Path,
 ) -> None:
-    messages = list(mqtt_chaos.readings(TWINS, STEPS))
     total = len(messages)
-    a = mqtt_chaos.drain(broker, influxdb.url, tmp_path, "a", messages, tweak=_spool_spec)
-    assert a.processed == [total]
-
-    topic = f"spool{uuid.uuid4().hex[:8]}"
-    b = mqtt_chaos.Run(
-        "b", tmp_path / "b", f"dte_b_{uuid.uuid4().hex[:6]}", f"dte-spool-{uuid.uuid4().hex[:8]}"
-    )
-    b.dir.mkdir()
-    url = f"mqtt://{broker.host}:{broker.port}"
-    spec = mqtt_chaos.write_spec(
-        b.dir / "flow.yaml", url, topic, b.client_id, private_influxdb.url, b.db, _spool_spec
-    )
-    mqtt_chaos.make_session(broker.host, broker.port, b.session_id, f"{topic}/+")
+    b, spec, topic = _new_run(broker, private_influxdb.url, tmp_path, _spool_spec)
     log = b.dir / "daemon.log"
     port = devservices_api.free_ports(1)[0]
 
@@ -108,12 +148,11 @@ def test_influxdb_down_during_a_stream_larger_than_the_spool_loses_and_repeats_n
 
     daemon = mqtt_chaos.Daemon(spec, b.recovery_dir, log, "--http", f"127.0.0.1:{port}")
     try:
-        warmup = 600  # the first readings stored: the daemon runs
-        mqtt_chaos.publish(broker.host, broker.port, topic, messages[:warmup])
-        mqtt_chaos.wait(daemon, lambda: count() >= warmup, 180, "the first points in InfluxDB")
+        mqtt_chaos.publish(broker.host, broker.port, topic, messages[:WARMUP])
+        mqtt_chaos.wait(daemon, lambda: count() >= WARMUP, 180, "the first points in InfluxDB")
         devservices_api.stop(private_influxdb)
         down_since = time.monotonic()
-        mqtt_chaos.publish(broker.host, broker.port, topic, messages[warmup:])
+        mqtt_chaos.publish(broker.host, broker.port, topic, messages[WARMUP:])
         mqtt_chaos.wait(daemon, lambda: _metric(port, "dte_mqtt_spool_full_total") >= 1, 120, "a full spool")
         spooled = _metric(port, "dte_mqtt_spooled_total")
         spool_bytes = _metric(port, "dte_mqtt_spool_bytes")
@@ -131,15 +170,71 @@ def test_influxdb_down_during_a_stream_larger_than_the_spool_loses_and_repeats_n
     finally:
         daemon.ensure_dead()
     print(f"spool chaos: {'; '.join(b.events)}; the restart processed {b.processed[-1]:,} readings")
-    assert warmup < spooled < total, "the spool held everything: publish more than it holds"
+    assert WARMUP < spooled < total, "the spool held everything: publish more than it holds"
     assert mqtt_chaos.left_in_session(broker.host, broker.port, b.session_id) == 0
-    cmp = mqtt_chaos.compare(influxdb.url, a, b, private_influxdb.url)
-    assert cmp.points_a == total
-    assert cmp.equal, (
-        f"{cmp.missing} points missing, {cmp.extra} extra, {cmp.differing_points} differ, "
-        f"{cmp.differing_twins} twins' state differs\n" + "\n".join(cmp.examples)
+    _assert_equal_to(influxdb, private_influxdb, uninterrupted, b, total)
+    assert "0 dead letters" in log.read_text()
+
+
+_READ_FIRST = re.compile(r"([0-9]+) spooled messages are read first")
+
+
+def test_sigterm_while_influxdb_is_down_spools_the_rest_and_the_restart_stores_everything(
+    broker: Any,
+    influxdb: Any,
+    private_influxdb: Any,
+    devservices_api: Any,
+    messages: list[tuple[str, bytes]],
+    uninterrupted: mqtt_chaos.Run,
+    tmp_path: Path,
+) -> None:
+    """The spool of the default: a recovery directory, ``spool`` unset in the spec."""
+    total = len(messages)
+    b, spec, topic = _new_run(broker, private_influxdb.url, tmp_path, _small_memory)
+    log = b.dir / "daemon.log"
+    port = devservices_api.free_ports(1)[0]
+
+    def count() -> int:
+        return _count(private_influxdb.url, b.db)
+
+    daemon = mqtt_chaos.Daemon(spec, b.recovery_dir, log, "--http", f"127.0.0.1:{port}")
+    try:
+        mqtt_chaos.publish(broker.host, broker.port, topic, messages[:WARMUP])
+        mqtt_chaos.wait(daemon, lambda: count() >= WARMUP, 180, "the first points in InfluxDB")
+        stored_before = count()
+        devservices_api.stop(private_influxdb)
+        mqtt_chaos.publish(broker.host, broker.port, topic, messages[WARMUP:])
+        # every message received and on disk (the publisher had every PUBACK)
+        mqtt_chaos.wait(daemon, lambda: _metric(port, "dte_mqtt_spooled_total") >= total, 120, "all spooled")
+        handed = _metric(port, "dte_mqtt_messages_in_total")
+        b.events.append(f"{handed:,.0f} of {total:,} handed to the dataflow at the SIGTERM")
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.proc.wait(CLOSE_TIMEOUT + 60)  # a hang detector; the time is printed
+        b.events.append(f"exit {code} {time.monotonic() - started:.1f} s after the SIGTERM")
+        output = daemon.output()
+        assert code == 130, output[-3000:]
+        assert "points not written" in output, output[-3000:]
+        assert "restart with the same recovery directory" in output
+        assert "Traceback" not in output, output[-5000:]
+        assert "panicked" not in output, output[-5000:]
+        # nothing waits at the broker: what was not stored is in the spool (acknowledged once durable)
+        assert mqtt_chaos.left_in_session(broker.host, broker.port, b.session_id, wait=3.0) == 0
+        devservices_api.restart(private_influxdb)
+        daemon = mqtt_chaos.Daemon(spec, b.recovery_dir, log)
+        mqtt_chaos.wait(daemon, lambda: count() >= total, 180, f"{total} points in InfluxDB")
+        time.sleep(1.5)  # anything that still arrives (a repeat) arrives now
+        b.processed.append(daemon.stop())
+        read_first = _READ_FIRST.findall(daemon.output())
+    finally:
+        daemon.ensure_dead()
+    print(
+        f"SIGTERM, InfluxDB down, default spool: {'; '.join(b.events)}; {stored_before:,} points stored "
+        f"before the outage; the restart read {read_first} spooled messages first and processed "
+        f"{b.processed[-1]:,} readings"
     )
-    output = log.read_text()
-    assert " 0 dead letters" in output.splitlines()[-1] or "0 dead letters" in output
-    letters = b.dir / "dead_letters.jsonl"
-    assert not letters.exists() or letters.read_bytes() == b"", letters.read_text()[:2000]
+    assert handed < total, "the dataflow had every message before the stop: publish more"
+    assert read_first, "the restart read nothing from the spool"
+    assert int(read_first[0]) >= total - stored_before  # every reading not stored was spooled
+    assert "disk spool in" in log.read_text()
+    _assert_equal_to(influxdb, private_influxdb, uninterrupted, b, total)

@@ -7,12 +7,18 @@ exactly A's twin state (every twin's arrays, compared twin by twin) and exactly 
 points (each reading's point once, every field equal): every reading applied once and written
 once, whichever process it went through. The readings and the spec are those of
 ``test_twin_recovery.py`` (fixed event times in the past, staleness out of reach).
+
+The shards snapshot incrementally (``engine.snapshots: incremental``, the default): a shard's
+files are in the recovery folder's ``twin-state/<key>`` that both processes share, and its
+manifests in whichever process's partition Bytewax's hash picks. Each shard must have deleted
+files that no manifest needs any more (it read the other process's partition to know).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from test_pipeline_kafka import _count
 from test_twin_recovery import (
     TOTAL,
@@ -29,6 +36,7 @@ from test_twin_recovery import (
     _points,
     _produce,
     _readings,
+    _resume_snapshots,
     _same_state,
     _spec,
     _twin_state,
@@ -68,7 +76,7 @@ def _run(spec: Path, recovery: Path, processes: int, log: Path) -> None:
 
 
 def _compare(state_a: dict[str, Any], points_a: dict[Any, Any], recovery: Path, url: str, db: str) -> None:
-    state = _twin_state(recovery, False)  # a cluster keeps full snapshots
+    state = _twin_state(recovery, True)  # a cluster on one host snapshots incrementally too
     for shard in (k for k in state_a if k.startswith("shard ")):  # each shard's counters and watermark
         assert state[shard] == state_a[shard], shard
     twins = {k for k in state_a if k.startswith("pump-")}
@@ -85,6 +93,25 @@ def _compare(state_a: dict[str, Any], points_a: dict[Any, Any], recovery: Path, 
         different = {f: (v, points_a[key][f]) for f, v in fields.items() if not _close(v, points_a[key][f])}
         assert not different, f"point {key}: {different}"
     assert _count(url, db) == TOTAL
+
+
+def _old_files_deleted(recovery: Path) -> None:
+    """Each shard deleted files no manifest needs: its first base (``seq`` 0) is gone.
+
+    No manifest names the first base once a later base is committed; where the manifests of a
+    shard are in the other process's partition, only reading that partition tells the shard so.
+    """
+    where = {}
+    for part in sorted(recovery.glob("process-*/part-*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            for (key,) in db.execute("SELECT DISTINCT state_key FROM snaps WHERE step_id LIKE '%twin_bank'"):
+                where[key] = part.parent.name
+    resumed = _resume_snapshots(recovery, "twin_recovery.twin_bank")
+    assert sorted(resumed) == sorted(where), (resumed.keys(), where)
+    for key, manifest in resumed.items():
+        left = sorted(p.name for p in (recovery / "twin-state" / key).glob("*.pkl"))
+        assert set(left) >= {manifest["base"], *manifest["parts"]}, key
+        assert not any(name.startswith("base-000000000-") for name in left), f"{key} ({where[key]}): {left}"
 
 
 def test_two_processes_give_the_one_process_result_also_after_a_sigkill(
@@ -108,8 +135,12 @@ def test_two_processes_give_the_one_process_result_also_after_a_sigkill(
     state_a, points_a = _twin_state(tmp_path / "a" / "recovery", True), _points(influxdb.url, db_a)
     assert len(points_a) == TOTAL
 
-    # B: two processes; each keeps its own recovery partition.
+    # B: two processes; each keeps its own recovery partition. Short epochs: many snapshots,
+    # so that every shard's first base is replaced and deleted.
     spec_b, db_b = spec("b")
+    flow_b = yaml.safe_load(spec_b.read_text())
+    flow_b["engine"]["epoch_seconds"] = 0.05
+    spec_b.write_text(yaml.safe_dump(flow_b, sort_keys=False))
     recovery_b = tmp_path / "b" / "recovery"
     _run(spec_b, recovery_b, 2, tmp_path / "b" / "log.txt")
     assert sorted(p.relative_to(recovery_b).as_posix() for p in recovery_b.rglob("part-*.sqlite3")) == [
@@ -120,6 +151,7 @@ def test_two_processes_give_the_one_process_result_also_after_a_sigkill(
     for i in (0, 1):
         assert f"[process {i} of 2]: finished" in log_b, log_b[-3000:]
     _compare(state_a, points_a, recovery_b, influxdb.url, db_b)
+    _old_files_deleted(recovery_b)
 
     # C: two processes, the second killed with SIGKILL while they consume, then started again.
     spec_c, db_c = spec("c")

@@ -251,10 +251,12 @@ def _twin_state(recovery_dir: Path, incremental: bool | None = None) -> dict[str
         for name, a in arrays.items():
             assert a.shape[0] in (n, n * width), f"{name}: unexpected shape {a.shape} for {n} twins"
             per_twin[name] = a.reshape(n, -1) if a.size else a.reshape(n, 0)
+        # by shard number: a cluster's keys carry a placement suffix (dte_stream/placement.py)
+        number = key.split(".", 1)[0]
         for row, twin in enumerate(ids):
             assert twin not in out, f"twin {twin} has state in shards {out[twin]['shard']} and {key}"
-            out[twin] = {name: a[row] for name, a in per_twin.items()} | {"shard": key}
-        out[f"shard {key}"] = scalars
+            out[twin] = {name: a[row] for name, a in per_twin.items()} | {"shard": number}
+        out[f"shard {number}"] = scalars
     return out
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from dte_stream.connectors.simulator.source import twin_ids
+from dte_stream.twins.routing import shard_of
+
 SPEC = (
     "name: cluster\n"
     "sources: [{kind: simulator, twin_type: gauge, twins: 40, ticks: 25, rate: 0,"
@@ -37,7 +40,11 @@ def test_two_processes_store_every_reading_once_and_keep_one_recovery_partition_
     assert sorted(i for i, _ in summaries) == ["0", "1"], run.stderr
     processed = [int(n.replace(",", "")) for _, n in summaries]
     assert sum(processed) == 40 * 25 * 2  # each reading went through one shard of one process
-    assert all(n > 0 for n in processed)  # both processes held shards
+    # The 8 shards are spread evenly: process P (its one worker) holds shards P, P + 2, ...
+    held = dict(re.findall(r"\[process (\d) of 2\]: finished after .*?, ([\d,]+) twins", run.stderr))
+    ids = twin_ids("gauge", 40)
+    for process in (0, 1):
+        assert int(held[str(process)]) == sum(shard_of(t, 8) % 2 == process for t in ids), run.stderr
     rows = pl.read_parquet(tmp_path / "data" / "readings" / "**" / "*.parquet")
     assert rows.height == 40 * 25 * 2
     assert rows.select("twin_id", "channel", "time").n_unique() == rows.height
@@ -69,3 +76,12 @@ def test_bad_cluster_arguments_give_a_clear_message(tmp_path: Path, args: list[s
     res = _dte("run", str(spec), *args)
     assert res.returncode == 2
     assert message in res.stderr
+
+
+def test_a_cluster_folder_from_before_the_shard_placement_is_refused(tmp_path: Path) -> None:
+    from dte_stream.cli.cluster import check_recovery_layout
+    from dte_stream.errors import ConfigError
+
+    (tmp_path / "cluster.txt").write_text("processes 2\n")  # what older versions wrote
+    with pytest.raises(ConfigError, match="older dte-stream that named a cluster's shards differently"):
+        check_recovery_layout(tmp_path, 2)

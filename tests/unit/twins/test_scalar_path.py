@@ -196,13 +196,16 @@ def test_scorers_without_a_per_reading_form_keep_the_rounds_path(method: str) ->
 
 @st.composite
 def long_series(draw: st.DrawFn) -> list[tuple[int, int, int, float]]:
-    """One cell, hundreds of readings: the scorer warms up, learns its context and flags."""
-    n = draw(st.integers(150, 400))
+    """One cell, hundreds of readings: the scorer warms up, learns its context and flags; past 200
+    readings the likelihood stage judges too, and a burst of denser spikes may raise it."""
+    n = draw(st.integers(150, 600))
     step = draw(st.sampled_from([60, 300, 3_600])) * S
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     values = 20.0 + np.cumsum(rng.normal(0, 1, n))
     values[rng.integers(0, n, 3)] += rng.normal(0, 40, 3)  # a few spikes
+    if draw(st.booleans()):  # a burst: a moderate spike every third reading late in the series
+        values[n * 2 // 3 : n * 2 // 3 + 30 : 3] += 4.0
     times = np.arange(n) * step + rng.integers(-2, 3, n) * (step // 10)  # jitter, some late
     return [(0, 0, int(t), float(v)) for t, v in zip(times.tolist(), values.tolist(), strict=True)]
 

@@ -83,6 +83,25 @@ def test_a_shard_fed_by_another_process_judges_a_backlog_by_its_own_batches() ->
     assert sorted(t for b in update.estimates for t in b.twin_id.tolist()) == ["a", "b"]
 
 
+def test_the_end_of_a_backfill_flags_the_sensors_its_own_times_make_stale() -> None:
+    """No timer ran while the backlog was read (it went fast); at its end, the last look is by the
+    backlog's final time, not the wall clock a day later nor the time the reading took."""
+    wall = FakeWall(WALL)
+    clock = InputClock(wall)
+    router = Router(SPEC)
+    shard = TwinShard(SPEC, "shard-0000", clock=clock, wall=wall)
+    for k in range(60):  # "b" stops after 10 s of a minute: stale by the backlog's own time
+        readings = _batch(["a", "b"] if k < 10 else ["a"], DAY_AGO + k * S)
+        clock.advance(int(readings.time_ns.max()))
+        [(_, part)] = router.route(readings, "test", "gauge").routed
+        shard.on_batch([part])
+    wall.now += 30 * S  # the end of the topic is noticed late: no silence, the input ended
+    update = shard.on_eof()
+    assert [b.twin_id.tolist() for b in update.estimates] == [["b"]]
+    assert all((b.flag_column() & fl.STALE).all() for b in update.estimates)
+    assert shard.on_eof().estimates == []  # each stale episode once
+
+
 def test_changed_twins_are_reported_once_and_snapshots_restore() -> None:
     router = Router(SPEC)
     shard = TwinShard(SPEC, "shard-0000", wall=FakeWall(WALL))

@@ -145,8 +145,11 @@ def test_a_live_retune_or_a_compaction_starts_a_new_base(tmp_path: Path) -> None
     assert_same(restore_snapshot(log.folder(), last), shard.snapshot())
 
 
-def _partition(root: Path, manifests: list[dict[str, Any]], key: str = "shard-0000") -> None:
-    conn = sqlite3.connect(root / "part-0.sqlite3")
+def _partition(
+    root: Path, manifests: list[dict[str, Any]], key: str = "shard-0000", name: str = "part-0.sqlite3"
+) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(root / name)
     conn.execute(
         "CREATE TABLE IF NOT EXISTS snaps (step_id TEXT, state_key TEXT, snap_epoch INTEGER, ser_change BLOB)"
     )
@@ -180,6 +183,50 @@ def test_only_files_no_resumable_manifest_names_are_deleted(tmp_path: Path) -> N
         restore_snapshot(log.folder(), written[3])["banks"]["pump"]["twin_ids"],
         [f"pump-{i}" for i in range(10)],
     )
+
+
+def test_a_cluster_reads_the_partitions_of_every_process_and_needs_them_all(tmp_path: Path) -> None:
+    """Process I's partition is in ``process-I/``; a key's manifests may be in another process's."""
+    rng = np.random.default_rng(5)
+    router, shard = Router(SPEC), TwinShard(SPEC, "shard-0000")
+    log = SnapshotLog(tmp_path, processes=2)
+    t = 1_700_000_000 * S
+    written = []
+    for k in range(6):
+        apply(shard, router, readings([f"pump-{i}" for i in range(10)], t + k * S, rng))
+        written.append(log.snapshot(shard))
+    files = {p.name for p in log.folder().glob("*.pkl")}
+    _partition(tmp_path / "process-1", [written[3], written[4]], name="part-1.sqlite3")
+    assert log.partitions() is None  # process 0's partition is not there (yet)
+    assert log.collect() == []
+    assert {p.name for p in log.folder().glob("*.pkl")} == files
+    _partition(tmp_path / "process-0", [], key="shard-0001")  # another key's manifests only
+    assert log.partitions() == [tmp_path / "process-0/part-0.sqlite3", tmp_path / "process-1/part-1.sqlite3"]
+    assert log.collect()
+    left = {p.name for p in log.folder().glob("*.pkl")}
+    assert left == {written[3]["base"], *written[3]["parts"], *written[4]["parts"], *written[5]["parts"]} | {
+        written[5]["base"]
+    }
+    assert SnapshotLog(tmp_path).partitions() is None  # one process reads part-*.sqlite3 in the root
+
+
+def test_a_resumed_chain_keeps_the_files_of_the_manifest_it_resumed_from(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    router, shard = Router(SPEC), TwinShard(SPEC, "shard-0000")
+    log = SnapshotLog(tmp_path)
+    apply(shard, router, readings(["pump-1", "pump-2"], 1_700_000_000 * S, rng))
+    resumed_from = log.snapshot(shard)
+    _partition(tmp_path, [])  # the partition does not show it (yet)
+    again, full = SnapshotLog.start(tmp_path, True, resumed_from)
+    assert again is not None
+    assert full is not None
+    restored = TwinShard.restore(SPEC, None, full)
+    again.attach(restored)
+    assert again.collect() == []  # nothing visible: nothing deleted
+    _partition(tmp_path, [{**resumed_from, "base": "base-old.pkl", "parts": []}])  # an older manifest is
+    (again.folder() / "base-old.pkl").write_bytes(b"x")
+    assert again.collect() == []  # the resumed manifest's files stay
+    assert_same(restore_snapshot(again.folder(), resumed_from), shard.snapshot())
 
 
 def test_a_manifest_whose_files_are_gone_is_refused_by_name(tmp_path: Path) -> None:

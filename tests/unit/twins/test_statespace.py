@@ -540,3 +540,73 @@ def test_take_compacts_rows_in_order_with_the_noise_scale() -> None:
     # A state built without the scale fields (an older snapshot) starts them at 1.0 and 0.
     old = StateSpaceState(kept.x, kept.P, kept.last_ns, kept.initialised, kept.u, kept.gated_run)
     assert (old.scale.tolist(), old.scale_count.tolist()) == ([1.0, 1.0], [0, 0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2),
+    st.sampled_from(["continuous", "discrete"]),
+    st.floats(0.5, 20.0),
+    noise_options,
+)
+def test_the_two_state_algebra_equals_the_matrix_algebra(
+    seed: int, p: int, kind: str, gate: float, noise: dict[str, object]
+) -> None:
+    """``n == 2`` written out entry by entry (``PairAlgebra``) gives the batched products' numbers.
+
+    Rounds of many twins with controls, zero gaps, late and rejected readings, gated runs and
+    resets; every output and the state after every round, to 1e-9.
+    """
+    from dte_stream.twins.kalman_linalg import MatrixAlgebra, PairAlgebra, algebra_for
+
+    rng = np.random.default_rng(seed)
+    m = 2
+    a = rng.normal(size=(2, 2)) * 0.2
+    if kind == "continuous":
+        a = a - np.eye(2) * 0.3
+    else:
+        a = a / max(1e-9, float(np.abs(np.linalg.eigvals(a)).max())) * 0.9
+    lq = rng.normal(size=(2, 2)) * 0.3
+    model = StateSpaceModel.build(
+        a,
+        rng.normal(size=(m, 2)),
+        lq @ lq.T,
+        [0.5, 2.0],
+        kind=kind,  # type: ignore[arg-type]
+        step_s=1.0,
+        P0=np.eye(2) * 10.0,
+        x0=rng.normal(size=2),
+        c=rng.normal(size=2) * 0.1,
+        B=rng.normal(size=(2, p)) * 0.1 if p else None,
+    )
+    assert algebra_for(model.n) is PairAlgebra
+    options = {"gate": gate, "reset_after": 2, "lateness_ns": 20 * S, "horizons_s": [1.0, 600.0]}
+    options.update(noise)
+    kernels = []
+    for algebra in (PairAlgebra, MatrixAlgebra):
+        kernel = StateSpaceKernel(model, **options)  # type: ignore[arg-type]
+        kernel._algebra = algebra
+        kernels.append((kernel, StateSpaceState.allocate(model, 50)))
+    clock = np.zeros(50, dtype=np.int64)
+    for _ in range(30):
+        rows = rng.choice(50, size=int(rng.integers(1, 50)), replace=False)
+        k = rows.shape[0]
+        step = rng.choice([0, 1, 3, -5, -40], size=k, p=[0.2, 0.5, 0.2, 0.05, 0.05]) * S
+        times = clock[rows] + step
+        clock[rows] = np.maximum(clock[rows], times)
+        channels = rng.integers(0, m + p, size=k)
+        values = rng.normal(size=k) * np.where(rng.random(k) < 0.1, 50.0, 2.0)  # some spikes
+        trust = np.where(rng.random(k) < 0.2, 4.0, 1.0)
+        pair, matrix = (
+            kern.step(state, rows, channels, times, values, r_scale=trust) for kern, state in kernels
+        )
+        for field in dataclasses.fields(pair):
+            got, want = getattr(pair, field.name), getattr(matrix, field.name)
+            if got.dtype == bool:
+                assert np.array_equal(got, want), field.name
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=field.name)
+        (_, s_pair), (_, s_matrix) = kernels
+        np.testing.assert_allclose(s_pair.x, s_matrix.x, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(s_pair.P, s_matrix.P, rtol=1e-9, atol=1e-9)
