@@ -28,13 +28,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from dte_stream.errors import StoreError
+from dte_stream.view.queries import AlertQuery, TwinPage, TwinQuery, alert_filter, twin_filter
 
 __all__ = ["VIEW_FILE", "VIEW_FORMAT", "AlertQuery", "TwinPage", "TwinQuery", "TwinView"]
 
@@ -44,8 +44,6 @@ VIEW_FILE = "twin_view.sqlite3"
 VIEW_FORMAT = 2
 #: How long a writer or reader waits for another process's write lock.
 BUSY_TIMEOUT_MS = 5_000
-
-AlertState = Literal["firing", "pending", "ok"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -89,70 +87,6 @@ ON CONFLICT (twin_id) DO UPDATE SET twin_type = excluded.twin_type, labels = exc
     alert_state = excluded.alert_state, anomaly_score = excluded.anomaly_score, seq = excluded.seq,
     record = excluded.record
 """
-
-
-@dataclass(frozen=True, slots=True)
-class TwinQuery:
-    """Which twins to list: every filter is optional; ``search`` is a substring of the twin id.
-
-    ``seen_within_s`` keeps twins with a reading in the last so many seconds (fresh),
-    ``silent_for_s`` those without one for so long (stale); both count from ``now_ns``.
-    """
-
-    twin_type: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    alert_state: AlertState | None = None
-    search: str | None = None
-    seen_within_s: float | None = None
-    silent_for_s: float | None = None
-    now_ns: int | None = None
-    limit: int = 100
-    offset: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TwinPage:
-    """One page of twins (summaries: the filter columns) and how many match in all."""
-
-    twins: list[dict[str, Any]]
-    total: int
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class AlertQuery:
-    """Which alerts to list from the view (``states``: any of these, when given)."""
-
-    state: str | None = None
-    states: tuple[str, ...] = ()
-    twin_id: str | None = None
-    rule: str | None = None
-    severity: str | None = None
-    after_seq: int = 0
-    limit: int = 100
-    offset: int = 0
-
-
-def _alert_filter(query: AlertQuery) -> tuple[str, list[Any]]:
-    where: list[str] = ["seq > ?"]
-    args: list[Any] = [query.after_seq]
-    for column, value in (
-        ("state", query.state),
-        ("twin_id", query.twin_id),
-        ("rule", query.rule),
-        ("severity", query.severity),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if query.states:
-        where.append(f"state IN ({', '.join('?' * len(query.states))})")
-        args += list(query.states)
-    return " AND ".join(where), args
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class TwinView:
@@ -398,28 +332,8 @@ class TwinView:
 
     def list_twins(self, query: TwinQuery) -> TwinPage:
         """Summaries of the twins matching ``query``, ordered by twin id, one page of them."""
-        where: list[str] = []
-        args: list[Any] = []
-        if query.twin_type is not None:
-            where.append("twin_type = ?")
-            args.append(query.twin_type)
-        for key, value in sorted(query.labels.items()):
-            where.append("json_extract(labels, ?) = ?")
-            args += ['$."' + key.replace('"', '""') + '"', value]
-        if query.alert_state is not None:
-            where.append("alert_state = ?")
-            args.append(query.alert_state)
-        if query.search:
-            where.append("twin_id LIKE ? ESCAPE '\\'")
-            args.append(f"%{_like_escape(query.search)}%")
-        now = query.now_ns
-        if query.seen_within_s is not None and now is not None:
-            where.append("last_seen_ns >= ?")
-            args.append(now - round(query.seen_within_s * 1e9))
-        if query.silent_for_s is not None and now is not None:
-            where.append("(last_seen_ns IS NULL OR last_seen_ns < ?)")
-            args.append(now - round(query.silent_for_s * 1e9))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        where, args = twin_filter(query)
+        clause = f"WHERE {where}" if where else ""
         db = self._db()
         try:
             db.execute("BEGIN")  # one snapshot for the count and the page
@@ -462,7 +376,7 @@ class TwinView:
 
     def list_alerts(self, query: AlertQuery) -> list[dict[str, Any]]:
         """Alert rows matching ``query``: firing first, then the most recent."""
-        clause, args = _alert_filter(query)
+        clause, args = alert_filter(query)
         rows = self._query(
             f"SELECT record FROM alerts WHERE {clause} "
             "ORDER BY state != 'firing', time_ns DESC, alert_id LIMIT ? OFFSET ?",
@@ -472,7 +386,7 @@ class TwinView:
 
     def count_alerts(self, query: AlertQuery) -> int:
         """How many alert rows match ``query`` (its limit and offset aside)."""
-        clause, args = _alert_filter(query)
+        clause, args = alert_filter(query)
         return int(self._query(f"SELECT count(*) FROM alerts WHERE {clause}", args)[0][0])
 
     def get_alert(self, alert_id: str) -> dict[str, Any] | None:

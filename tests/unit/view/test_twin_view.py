@@ -160,13 +160,14 @@ def _start(data_dir: Path, max_share: float = 0.25) -> ViewProcess:
 def test_the_child_writes_the_records_the_dataflow_would_have_built(tmp_path: Path) -> None:
     bank = TwinBank(ROOM)
     engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
-    child = _start(tmp_path)
+    child = _start(tmp_path, max_share=1e-9)
+    child.budget.trickle = 0.0  # after its first write the child's allowance stays overdrawn
     publisher = ViewPublisher(child, min_interval_s=0.0)
     update = feed(bank, engine, [("r1", "heater", 0, 25.0), ("r1", "temp", S, 20.0), ("r2", "temp", S, 35.0)])
     publisher.note(update)
     expected = build_records(gather(bank, np.arange(2), engine))
     assert publisher.publish(bank, engine, now_ns=2 * S)
-    assert child.busy(id(publisher))  # one message in flight: the next waits in the bank
+    assert child.busy(id(publisher))  # in flight, then over its allowance: the next waits in the bank
     publisher.note(feed(bank, engine, [("r1", "temp", 2 * S, 21.0)]))
     assert not publisher.publish(bank, engine, now_ns=3 * S)
     assert child.wait_idle(id(publisher), 30)
@@ -209,16 +210,17 @@ def test_a_view_that_cannot_be_opened_fails_at_start_with_the_reason(tmp_path: P
 def test_a_child_that_dies_is_logged_once_and_the_dataflow_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    child = _start(tmp_path)
-    child._proc.kill()  # what an OOM kill would do
-    child._proc.wait()
     bank = TwinBank(ROOM)
     engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
     feed(bank, engine, [("r1", "temp", S, 20.0)])
+    child = _start(tmp_path)
     with caplog.at_level(logging.ERROR):
+        child._proc.kill()  # what an OOM kill would do
+        child._proc.wait()
         for _ in range(3):
             child.put_columns(1, [gather(bank, np.arange(1), engine)], 2 * S, [])
         assert not child.wait_idle(1, 30)
+        child._reader.join(30)  # it noticed the end (and logged it) before it ended itself
     assert child.busy(1)
     assert sum("writer process ended" in r.getMessage() for r in caplog.records) == 1
     child.close()
