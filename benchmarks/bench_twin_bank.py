@@ -6,7 +6,9 @@ a random-walk Kalman filter per channel, a 60 s forecast, the anomaly scorer, an
 ``half_space_trees`` per cell (16 us/reading, ~5 kB/cell): run only at ``--hst-twins`` twins.
 Configuration ``nolearn`` is ``core`` without the learner: the vectorised part alone;
 ``core_innovation`` is ``core`` with ``anomaly.method: innovation`` (the scorer before the
-contextual default), to compare the two scorers in one run.
+contextual default), to compare the two scorers in one run; ``core_before`` is ``core`` with the
+``ContextualScorer`` of another copy of ``contextual.py`` (``--before FILE``, for example an
+earlier release's: ``git show <commit>:dte_stream/twins/contextual.py > /tmp/before.py``).
 
 Readings: every twin reports its 3 channels once per second (fixed per-twin phase, a few ms of
 jitter), values are per-twin levels that wander plus noise with rare spikes, in arrival (time)
@@ -59,6 +61,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,7 +84,7 @@ SIGNAL = {
     "pressure": (3.0, 0.3, 0.001, 0.05),
     "flow": (40.0, 4.0, 0.05, 2.0),
 }
-CONFIGS = ["core", "core_innovation", "nolearn", "hst"]
+CONFIGS = ["core", "core_innovation", "core_before", "nolearn", "hst"]
 SPIKE_RATE = 1e-4  # share of readings with a 12-sigma spike
 REF_HAS_R_SCALE = "r_scale" in inspect.signature(ReferenceFilter.update).parameters
 
@@ -498,7 +501,31 @@ class Result:
         return statistics.median(self.steady_rates)
 
 
+def use_scorer_from(path: Path) -> None:
+    """Make the banks built from now on (in this process) use ``path``'s ``ContextualScorer``."""
+    import importlib.util
+
+    from dte_stream.twins import scorers
+
+    loader = importlib.util.spec_from_file_location("contextual_before", path)
+    if loader is None or loader.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    before = module.ContextualScorer
+    known = inspect.signature(before).parameters
+
+    def build(*args: Any, **kwargs: Any) -> Any:  # settings the earlier scorer lacks are dropped
+        return before(*args, **{k: v for k, v in kwargs.items() if k in known})
+
+    scorers.ContextualScorer = build  # type: ignore[misc,assignment]
+
+
 def measure(config: str, twins: int, args: argparse.Namespace, profile: bool) -> Result:
+    if config == "core_before":
+        if args.before is None:
+            raise SystemExit("core_before needs --before FILE (a contextual.py)")
+        use_scorer_from(args.before)  # a forked process per measurement: nothing leaks
     spec = make_spec(config)
     res = Result(config, twins)
     per_second = 3 * twins
@@ -624,7 +651,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", type=int, nargs="*", default=None, help="twin counts to profile (core)")
     ap.add_argument("--quick", action="store_true", help="1,000 twins, core, short runs (under 30 s)")
+    ap.add_argument("--before", type=Path, help="contextual.py whose scorer the core_before config runs")
     args = ap.parse_args()
+    if args.before is None and "core_before" in args.configs:
+        args.configs = [c for c in args.configs if c != "core_before"]
     if args.quick:
         args.twins, args.configs, args.readings, args.repeat = [1000], ["core"], 60_000, 1
         args.per_reading = 1000

@@ -15,20 +15,29 @@ Anomaly Benchmark have in common, and what this scorer takes from them:
 - **Learned, not assumed, scales.** Each view's residual is standardised by its own robust
   exponentially weighted centre and mean absolute deviation, so scores are scale-free and no
   setting depends on the sensor's unit.
-- **Rare, early flags from noisy surprises** (the idea of HTM's anomaly likelihood): a point
-  tail probability for one large surprise, and the chi-square tail of a short window of capped
-  squared surprises for a run of moderate ones; surprises that recur (the peak memory of
+- **Rare, early flags from noisy surprises**: a point tail probability for one large surprise,
+  and the chi-square tail of a short window of capped squared surprises for a run of moderate
+  ones; surprises that recur (the peak memory of
   :class:`~dte_stream.twins.anomaly.AnomalyScorer`) stop counting as surprising.
+- **A second time scale: the anomaly likelihood** (HTM's idea): each reading's surprise
+  (``-log10 p`` of its larger residual, before the peak memory) is averaged over about ten
+  readings and judged against the cell's long run of surprises (half-life 8,640 readings), so
+  a change in the *rate* of surprises flags (denser spikes, noise creeping up) though no single
+  reading does (:meth:`ContextualScorer._likelihood`; ``likelihood=False`` turns it off).
 - **One flag per episode.** After a reading scores at or above ``level``, the cell's scores are
   damped for ``quiet`` readings unless a surprise exceeds the one that flagged, so a long
   excursion raises one alert, not hundreds.
 
-The four tail probabilities (two views, point and window) are combined by the smallest, with a
-Bonferroni factor, into ``score = min(1, -log10(p) / decades)``. Scores are computed before
+The five tail probabilities (two views, point and window; the likelihood) are combined by the
+smallest, with Bonferroni factors, into ``score = min(1, -log10(p) / decades)``. Scores are computed before
 the reading updates its cell; a NaN innovation scores 0.0 and is not learned.
 
-State per cell: 13 numbers and two profiles (mean and scale) of ``context_bins`` numbers:
-488 bytes with the default 24 slots.
+State per cell: 18 numbers and two float32 profiles (mean and scale) of ``context_bins``
+numbers: 336 bytes with the default 24 slots. The mean profile holds offsets from the cell's
+*anchor* (its first value), so float32 keeps its precision far from zero (a reading of 300.0 +-
+0.001); scores move by about 1e-6 at most against float64 profiles. Snapshots of the layout
+before December 2026 (float64 absolute profiles, no likelihood) load through
+:func:`upgrade_snapshot`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The per-reading form of :meth:`ContextualScorer.score
 <dte_stream.twins.contextual.ContextualScorer.score>` (which scores a round of cells with
-numpy): :class:`ContextualCell` loads one cell's statistics and its two time-of-day profiles
-into Python numbers, scores and learns one reading at a time with the same formulas in the same
-order, and :meth:`ContextualCell.store` writes them back. Both agree to 1e-9
+numpy): :class:`ContextualCell` loads one cell's statistics into Python numbers and its two
+float32 time-of-day profiles into ``array("f")`` (every write rounds to float32, as the numpy
+form's does), scores and learns one reading at a time with the same formulas in the same order
+(the likelihood stage included), and :meth:`ContextualCell.store` writes them back. Both agree to 1e-9
 (``tests/unit/twins/test_scalar_path.py``).
 
 >>> import numpy as np

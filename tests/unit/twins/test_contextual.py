@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dte_stream.spec.twins import AnomalySpec
 from dte_stream.twins.anomaly import ANOMALY_LEVEL
 from dte_stream.twins.contextual import ContextualScorer
+from dte_stream.twins.scorers import build_scorer
 
 MIN = 60 * 10**9
 ONE = np.zeros(1, dtype=np.intp)
@@ -220,3 +222,34 @@ def test_an_incremental_chain_from_an_old_base_merges_and_restores() -> None:
     assert got["l_count"][0].tolist() == [0]  # a: from the old base, its likelihood afresh
     absolute = [s["anchor"] + s["profile"][..., 0] for s in (got, want)]
     np.testing.assert_allclose(*absolute, atol=1e-5, equal_nan=True)
+
+
+def test_invalid_parameters_are_rejected() -> None:
+    for kwargs in (
+        {"context_bins": 0},
+        {"quiet": -1},
+        {"level": 0.0},
+        {"context_halflife": 0.0},
+        {"warmup": 1},
+        {"likelihood_short": 0.0},
+        {"likelihood_long": float("inf")},
+    ):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            ContextualScorer(1, 1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_build_scorer_follows_the_spec() -> None:
+    spec = AnomalySpec(quiet=7, context_bins=48, context_halflife="1d", context_after="12h")
+    scorer = build_scorer(spec, channels=3, capacity=4)
+    assert isinstance(scorer, ContextualScorer)
+    assert (scorer.quiet, scorer.bins, scorer.context_halflife, scorer.context_after) == (
+        7,
+        48,
+        86400.0,
+        43200.0,
+    )
+    assert scorer.snapshot(4)["profile"].shape == (4, 3, 48)
+    assert scorer.likelihood
+    off = build_scorer(AnomalySpec(likelihood=False), channels=1, capacity=1)
+    assert isinstance(off, ContextualScorer)
+    assert not off.likelihood
