@@ -17,17 +17,8 @@ The Bytewax dataflow (:mod:`dte_stream.dataflow`) is a thin adapter around these
 replays (:mod:`dte_stream.replay`) call them directly with no engine. The shard imports no
 engine and no driver; it is the one module of ``dte_stream.twins`` that uses the alert rules.
 
-**Clocks.** Readings carry event times; timers need a *now*:
-
-- ``engine.clock: event`` (replays, backtests): now is the latest event time this process has
-  seen (:class:`InputClock`, shared by the shards of a process) or this shard has seen,
-  whichever is later, and the timers run after every batch.
-- ``engine.clock: wall`` (live runs): readings are checked against the wall clock (clock
-  skew), but the timers judge time by the *input's progress*: the latest event time seen plus
-  the wall time since it was seen (never past the wall clock). A live input is close to the
-  wall clock, so this is the wall clock; while a backlog is caught up it is the backlog's
-  event time, so sensors that report in the backlog are not stale just because the backlog is
-  old; and when the input goes silent it runs on with the wall clock, so silence is noticed.
+**Clocks.** Readings carry event times; timers need a *now*: the twin clock of
+:mod:`dte_stream.twins.shard_clock` (event time in replays, the input's progress in live runs).
 
 **Changed twins.** :meth:`~TwinShard.take_changed` returns the current state of every twin that
 changed since its last call (and the twins evicted), for the twin state view that shards
@@ -55,31 +46,27 @@ publish once per epoch.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from dte_stream.alerts.rules import AlertEngine
 from dte_stream.batches import AlertEvent, DeadLetter, EstimateBatch, TwinStates
-from dte_stream.errors import SpecError
 from dte_stream.metrics import METRICS, set_alert_gauges
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, now_ns
-from dte_stream.twins.bank import BankUpdate, TwinBank
+from dte_stream.twins.bank import TwinBank
 from dte_stream.twins.checkpoint import retuned_bank
 from dte_stream.twins.routing import TypedBatch, shard_key, shard_of
+from dte_stream.twins.shard_clock import NEVER, InputClock, twin_now
+from dte_stream.twins.shard_state import SHARD_FORMAT, restored_banks, shard_header
+from dte_stream.twins.shard_update import ShardUpdate, merge_updates
 from dte_stream.twins.state_view import twin_states
 
 __all__ = ["SHARD_FORMAT", "AckSource", "InputClock", "ShardUpdate", "TwinShard"]
 
-#: Version of the shard snapshot layout (one state per shard, every twin type inside).
-SHARD_FORMAT = 1
-
-NEVER = -(2**63)
 
 #: How often idle twins are looked for (twin clock), the shortest timer, the timer of
 #: event-time runs (other shards move the clock) and how often acknowledgements are read.
@@ -94,80 +81,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class InputClock:
-    """How far the input of one process has got: its latest event time, and when that was seen.
-
-    Advanced by whoever feeds the shards, before routing (the dataflow's ``count_in`` step, the
-    replay loop), so a shard whose twins went quiet still sees the input's time pass.
-    Thread-safe: the worker threads of a process share one.
-
-    >>> clock = InputClock(wall=lambda: 5)
-    >>> clock.advance(100); clock.advance(50)
-    >>> clock.now(), clock.seen_at()
-    (100, 5)
-    """
-
-    def __init__(self, wall: Callable[[], int] = now_ns) -> None:
-        self._lock = threading.Lock()
-        self._wall = wall
-        self._now = NEVER
-        self._seen_at = NEVER
-
-    def advance(self, time_ns: int) -> None:
-        """Note a batch whose latest event time is ``time_ns``."""
-        with self._lock:
-            self._now = max(self._now, time_ns)
-            self._seen_at = self._wall()
-
-    def now(self) -> int:
-        """The latest event time seen (``NEVER`` before any)."""
-        with self._lock:
-            return self._now
-
-    def seen_at(self) -> int:
-        """Wall time (ns) of the last :meth:`advance`."""
-        with self._lock:
-            return self._seen_at
-
-
 class AckSource(Protocol):
     """Where acknowledgements come from (:class:`~dte_stream.alerts.store.AckInbox`)."""
 
     def new_for(self, twin_type: str, reader: object = None) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ShardUpdate:
-    """What one call produced: estimate batches (one per twin type), refused readings, alert events.
-
-    Estimate rows with a NaN ``value`` are timer rows (a stale sensor).
-    """
-
-    estimates: list[EstimateBatch] = field(default_factory=list)
-    rejected: list[DeadLetter] = field(default_factory=list)
-    alerts: list[AlertEvent] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.estimates or self.rejected or self.alerts)
-
-    def readings(self) -> int:
-        """Estimate rows, timer rows included."""
-        return sum(len(b) for b in self.estimates)
-
-    def per_type(self) -> dict[str, BankUpdate]:
-        """The update split by twin type (estimates and alert events of each; refused readings not)."""
-        batches: dict[str, list[EstimateBatch]] = {}
-        for b in self.estimates:
-            batches.setdefault(b.twin_type, []).append(b)
-        events: dict[str, list[AlertEvent]] = {}
-        for e in self.alerts:
-            events.setdefault(e.twin_type, []).append(e)
-        return {
-            t: BankUpdate(
-                EstimateBatch.concat(batches[t]) if t in batches else _no_rows(t), [], events.get(t, [])
-            )
-            for t in sorted({*batches, *events})
-        }
 
 
 class TwinShard:
@@ -237,7 +154,7 @@ class TwinShard:
         self._gauge()
         out = ShardUpdate(estimates, rejected, events)
         if self.event_clock:
-            return _merge(out, self.on_timer())
+            return merge_updates(out, self.on_timer())
         return out
 
     def on_timer(self) -> ShardUpdate:
@@ -308,16 +225,12 @@ class TwinShard:
         return None if at is None else max(at, wall + MIN_TIMER_NS)
 
     def snapshot(self) -> dict[str, Any]:
-        """The shard's state: compact arrays per twin type (:mod:`dte_stream.twins.checkpoint`)."""
+        """The shard's state: compact arrays per twin type (:mod:`dte_stream.twins.shard_state`)."""
         if not self.banks:
             return {}
         return {
-            "format": SHARD_FORMAT,
-            "spec": {"name": self.spec.name, "version": self.spec.version},
-            "key": self.key,
-            "watermark": self.watermark,
+            **shard_header(self.spec, self.key, self.watermark, self.alert_engines),
             "banks": {name: bank.snapshot() for name, bank in self.banks.items()},
-            "alerts": {name: engine.snapshot() for name, engine in self.alert_engines.items()},
         }
 
     @classmethod
@@ -342,26 +255,8 @@ class TwinShard:
         if not snap:
             return shard
         shard.key = shard.key or str(snap.get("key", ""))
-        if snap.get("format") != SHARD_FORMAT:
-            raise SpecError(
-                spec.name,
-                [
-                    f"the recovery state of {shard.key or 'a shard'!r} was written by an older "
-                    "dte-stream (one state per twin type and shard); use a fresh --recovery-dir"
-                ],
-            )
-        for name, saved in snap["banks"].items():
-            type_spec = _declared(spec, name)
-            try:
-                shard.banks[name] = TwinBank.restore(type_spec, saved)
-            except (KeyError, ValueError) as exc:
-                raise SpecError(
-                    spec.name,
-                    [
-                        f"the recovery state does not fit this spec: {exc}; use the old spec, "
-                        "`dte-stream state migrate` when a migration exists, or a fresh --recovery-dir"
-                    ],
-                ) from None
+        for name, (type_spec, bank) in restored_banks(spec, shard.key, snap).items():
+            shard.banks[name] = bank
             shard._start_alerts(type_spec, snap.get("alerts", {}).get(name))
         shard.watermark = int(snap.get("watermark", NEVER))
         shard.clock.advance(shard.watermark)
@@ -417,18 +312,16 @@ class TwinShard:
         return out
 
     def now(self) -> int:
-        """The twin clock of the timers (see the module docstring)."""
-        if self.event_clock:
-            return max(self.watermark, self.clock.now())
-        wall = self.wall()
-        progress = max(self.watermark, self.clock.now())
-        if progress == NEVER:
-            return wall
+        """The twin clock of the timers (:mod:`dte_stream.twins.shard_clock`)."""
         # In a cluster, the process that reads a source may not be the one that holds the shard:
         # this process's input clock has then never moved, and the shard's own batches say when
         # the input was last seen.
-        seen_at = max(self.clock.seen_at(), self.watermark_seen_at)
-        return min(wall, progress + max(0, wall - seen_at)) if seen_at != NEVER else wall
+        return twin_now(
+            event_clock=self.event_clock,
+            progress=max(self.watermark, self.clock.now()),
+            seen_at=max(self.clock.seen_at(), self.watermark_seen_at),
+            wall=self.wall(),
+        )
 
     # -- inside -------------------------------------------------------------------------------
 
@@ -498,28 +391,3 @@ class TwinShard:
             METRICS.set_gauge("twins", f"{twin_type}/{self.key}", len(bank))
             engine = self.alert_engines.get(twin_type)
             set_alert_gauges(f"{twin_type}/{self.key}", engine.counts() if engine is not None else None)
-
-
-def _declared(spec: DataflowSpec, twin_type: str) -> TwinTypeSpec:
-    try:
-        return spec.twin_type(twin_type)
-    except KeyError:
-        raise SpecError(
-            spec.name,
-            [
-                f"the recovery state holds twin type {twin_type!r}, which this spec does not "
-                "declare; restore it in the spec or use a fresh --recovery-dir"
-            ],
-        ) from None
-
-
-def _no_rows(twin_type: str) -> EstimateBatch:
-    """An estimate batch without rows (an update that only carries alert events)."""
-    f, t = np.empty(0), np.empty(0, dtype=np.str_)
-    return EstimateBatch(twin_type, t, t, np.empty(0, dtype=np.int64), f, t, f, f, f, f)
-
-
-def _merge(a: ShardUpdate, b: ShardUpdate) -> ShardUpdate:
-    if not b:
-        return a
-    return ShardUpdate(a.estimates + b.estimates, a.rejected + b.rejected, a.alerts + b.alerts)

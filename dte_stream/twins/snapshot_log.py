@@ -51,6 +51,7 @@ import numpy as np
 
 from dte_stream.errors import ConfigError
 from dte_stream.twins.checkpoint import bank_snapshot, merge_bank_snapshots
+from dte_stream.twins.shard_state import shard_header
 
 if TYPE_CHECKING:
     from dte_stream.twins.bank import TwinBank
@@ -348,12 +349,4 @@ def _count(bank: TwinBank) -> int:
 
 def _header(shard: TwinShard) -> dict[str, Any]:
     """What :meth:`~dte_stream.twins.shard.TwinShard.snapshot` holds besides the banks."""
-    from dte_stream.twins.shard import SHARD_FORMAT
-
-    return {
-        "format": SHARD_FORMAT,
-        "spec": {"name": shard.spec.name, "version": shard.spec.version},
-        "key": shard.key,
-        "watermark": shard.watermark,
-        "alerts": {name: engine.snapshot() for name, engine in shard.alert_engines.items()},
-    }
+    return shard_header(shard.spec, shard.key, shard.watermark, shard.alert_engines)
