@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     total = 0
     for row in out.read_text().splitlines():
         stack, _, count = row.rpartition(" ")
+        if not count.isdigit():  # not a stack line (py-spy --subprocesses adds a few)
+            continue
         frames = stack.split(";")
         n = int(count)
         total += n
