@@ -10,8 +10,11 @@ interleaved so that the shared machine's load hits them alike:
   lists (``GET /api/v1/twins?limit=100&offset=random``) and half twin details
   (``GET /api/v1/twins/pump-XXXX``, a random twin), timing each.
 
-Prints readings/s per configuration (median of the rounds) and the p50/p99 latency of list and
-detail, and the cost of the view and the API as the throughput lost against the baseline.
+Prints per configuration (median of the rounds) readings/s and the CPU time per reading (of the
+demo's process and of the processes it starts: the view's writer, the API), the p50/p99 latency
+of list and detail, and the cost of the view and the API against the baseline in both: the
+throughput lost, and the CPU added per reading (what the throughput loses on a machine whose
+cores are all busy; on a shared machine it is the steadier figure).
 
     python benchmarks/bench_api.py --twins 10000 --seconds 30 --rounds 2 --rps 20
 """
@@ -29,17 +32,26 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
 PY = sys.executable
+# CPU seconds of the demo and of the processes it started (the view's writer, the API), printed at
+# exit; atexit runs last-registered first, so the view's writer has been waited for by then.
+CPU = (
+    "import atexit, resource, sys; atexit.register(lambda: print('cpu %.3f %.3f' % ("
+    "sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), "
+    "sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])), file=sys.stderr)); "
+)
 # The baseline switches the view off inside the demo process (the benchmark's only hook).
 NO_VIEW = (
-    "import sys, dte_stream.dataflow as d; d.ViewHub = lambda *args, **kwargs: None; "
+    CPU + "import dte_stream.dataflow as d; d.ViewHub = lambda *args, **kwargs: None; "
     "from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
 )
-WITH_VIEW = "import sys; from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
+WITH_VIEW = CPU + "from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
 RATE = re.compile(r"([\d,]+) readings processed \(([\d,]+) readings/s\)")
+CPU_LINE = re.compile(r"^cpu ([\d.]+) ([\d.]+)$", re.MULTILINE)
 
 
 def free_port() -> int:
@@ -53,21 +65,31 @@ def demo_args(twins: int, seconds: float, data_dir: Path) -> list[str]:
             "--data-dir", str(data_dir), "--quiet"]  # fmt: skip
 
 
-def parse_rate(stderr: str) -> float:
-    match = RATE.search(stderr)
-    if match is None:
+class Run(NamedTuple):
+    """One demo run: readings/s as it reports them, and CPU microseconds per reading (the demo's
+    process and the processes it started, together)."""
+
+    rate: float
+    cpu_us: float
+
+
+def parse_run(stderr: str) -> Run:
+    match, cpu = RATE.search(stderr), CPU_LINE.search(stderr)
+    if match is None or cpu is None:
         raise RuntimeError(f"no throughput in the demo's output:\n{stderr[-2000:]}")
-    return float(match.group(2).replace(",", ""))
+    readings = float(match.group(1).replace(",", ""))
+    seconds = float(cpu.group(1)) + float(cpu.group(2))
+    return Run(float(match.group(2).replace(",", "")), 1e6 * seconds / max(readings, 1.0))
 
 
-def run_plain(code: str, twins: int, seconds: float) -> float:
+def run_plain(code: str, twins: int, seconds: float) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([PY, "-c", code, *demo_args(twins, seconds, Path(tmp))],
                              capture_output=True, text=True, check=True)  # fmt: skip
-        return parse_rate(out.stderr)
+        return parse_run(out.stderr)
 
 
-def run_with_api(twins: int, seconds: float, rps: float) -> tuple[float, list[float], list[float]]:
+def run_with_api(twins: int, seconds: float, rps: float) -> tuple[Run, list[float], list[float]]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
@@ -121,7 +143,7 @@ def run_with_api(twins: int, seconds: float, rps: float) -> tuple[float, list[fl
         thread.join(15)
         if proc.returncode != 0:
             raise RuntimeError(f"demo --http failed:\n{err[-2000:]}")
-        return parse_rate(err), lists, details
+        return parse_run(err), lists, details
 
 
 def view_write_cost(twins: int = 2_500) -> tuple[float, float]:
@@ -176,22 +198,27 @@ def main() -> None:
     args = parser.parse_args()
     cpu, wall = view_write_cost()
     print(f"view write: {1e6 * cpu:.0f} us CPU ({1e6 * wall:.0f} us wall) per changed twin", flush=True)
-    rates: dict[str, list[float]] = {"no-view": [], "view": [], "view+api": []}
+    runs: dict[str, list[Run]] = {"no-view": [], "view": [], "view+api": []}
     lists: list[float] = []
     details: list[float] = []
     for r in range(args.rounds):
-        rates["no-view"].append(run_plain(NO_VIEW, args.twins, args.seconds))
-        rates["view"].append(run_plain(WITH_VIEW, args.twins, args.seconds))
-        rate, lat_list, lat_detail = run_with_api(args.twins, args.seconds, args.rps)
-        rates["view+api"].append(rate)
+        runs["no-view"].append(run_plain(NO_VIEW, args.twins, args.seconds))
+        runs["view"].append(run_plain(WITH_VIEW, args.twins, args.seconds))
+        run, lat_list, lat_detail = run_with_api(args.twins, args.seconds, args.rps)
+        runs["view+api"].append(run)
         lists += lat_list
         details += lat_detail
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
-    base = statistics.median(rates["no-view"])
+        print(f"round {r + 1}: " + ", ".join(
+            f"{k} {v[-1].rate:,.0f}/s {v[-1].cpu_us:.2f} us CPU/reading" for k, v in runs.items()
+        ), flush=True)  # fmt: skip
+    base = statistics.median(r.rate for r in runs["no-view"])
+    base_cpu = statistics.median(r.cpu_us for r in runs["no-view"])
     print(f"\n{args.twins:,} twins, demo at full speed for {args.seconds:g} s, {args.rounds} rounds (median)")
-    for name, values in rates.items():
-        med = statistics.median(values)
-        print(f"  {name:<9} {med:>12,.0f} readings/s  ({100 * (med / base - 1):+.1f} % vs no-view)")
+    for name, values in runs.items():
+        med = statistics.median(r.rate for r in values)
+        cpu = statistics.median(r.cpu_us for r in values)
+        print(f"  {name:<9} {med:>12,.0f} readings/s ({100 * (med / base - 1):+.1f} %), "
+              f"{cpu:.2f} us CPU per reading ({100 * (cpu / base_cpu - 1):+.1f} %) vs no-view")  # fmt: skip
     print(f"  API at {args.rps:g} requests/s: twin list (100 rows) p50 {pct(lists, 0.5):.1f} ms, "
           f"p99 {pct(lists, 0.99):.1f} ms ({len(lists)} requests); "
           f"twin detail p50 {pct(details, 0.5):.1f} ms, "

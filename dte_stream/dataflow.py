@@ -48,10 +48,11 @@ from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.kafka import KafkaDeadLetterSinkSpec, KafkaSinkSpec, KafkaSourceSpec
 from dte_stream.spec.model import DataflowSpec, FileSourceSpec, LocalStoreSinkSpec, SimulatorSourceSpec
 from dte_stream.spec.mqtt import MqttDeadLetterSinkSpec, MqttSinkSpec, MqttSourceSpec
+from dte_stream.spec.view import KafkaViewSpec
 from dte_stream.store.sink import DeadLetterOutput, DeadLetterSink, LocalStoreSink
 from dte_stream.times import NS_PER_S, now_ns
 from dte_stream.twins.routing import Router, RouteResult, TypedBatch, use_shard_keys
-from dte_stream.twins.shard import InputClock, ShardUpdate, TwinShard
+from dte_stream.twins.shard import AckSource, InputClock, ShardUpdate, TwinShard
 from dte_stream.twins.snapshot_log import SnapshotLog
 from dte_stream.view.hub import ViewHub
 from dte_stream.view.publisher import ViewPublisher
@@ -60,6 +61,9 @@ __all__ = ["build_flow", "recovery_config", "run_flow"]
 
 #: Called with each shard as it snapshots (once per epoch): the twin state view hooks in here.
 EpochHook = Callable[[TwinShard], None]
+
+#: The twin view of each dataflow built here (by ``id``), closed by :func:`run_flow` at its end.
+_VIEW_HUBS: dict[int, ViewHub] = {}
 
 
 class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
@@ -94,7 +98,10 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         return self._published(self.shard.on_timer()), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[ShardUpdate], bool]:
-        return self._published(self.shard.on_eof()), StatefulBatchLogic.RETAIN
+        out = self._published(self.shard.on_eof())
+        for twin_type, publisher in self.publishers.items():  # the input ended: the view gets all of it
+            publisher.finish(self.shard.banks[twin_type], self.shard.alert_engines.get(twin_type), now_ns())
+        return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         due = [d for d in (self.shard.next_due(), *(p.due_ns() for p in self.publishers.values())) if d]
@@ -249,8 +256,14 @@ def build_flow(
     dead.append(op.flat_map("route_errors", routed, lambda r: _count_errors(r.errors, "route")))
     keyed = op.flat_map("split_by_shard", routed, lambda r: r.routed)
     data_dir = spec.data_dir()
-    acks = AckInbox(data_dir) if data_dir is not None else None
+    acks: AckSource | None = AckInbox(data_dir) if data_dir is not None else None
+    if isinstance(spec.view, KafkaViewSpec) and outputs is None:  # acknowledgements from other hosts
+        from dte_stream.connectors.kafka.view_acks import KafkaAckInbox, MergedAcks
+
+        acks = MergedAcks(acks, KafkaAckInbox.open(spec.view, data_dir))
     view = ViewHub(spec, live) if outputs is None else None  # tests and replays leave the view alone
+    if view is not None:
+        _VIEW_HUBS[id(flow)] = view  # run_flow closes it when the dataflow ends
 
     def shard_logic(resume: dict[str, Any] | None) -> _ShardLogic:
         incremental = live.spec.engine.snapshots == "incremental" and (processes == 1 or one_host)
@@ -405,11 +418,16 @@ def run_flow(
     if flow is None:
         one_host = addresses is None or one_host_cluster(addresses)
         flow = build_flow(spec, processes=processes, one_host=one_host, recovery_dir=recovery_dir)
-    cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
-        flow,
-        workers_per_process=spec.engine.workers,
-        process_id=process_id,
-        addresses=addresses,
-        epoch_interval=timedelta(seconds=spec.engine.epoch_seconds),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
+            flow,
+            workers_per_process=spec.engine.workers,
+            process_id=process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=spec.engine.epoch_seconds),
+            recovery_config=recovery,
+        )
+    finally:
+        view = _VIEW_HUBS.pop(id(flow), None)
+        if view is not None:
+            view.close(wait=False)  # its writer process writes the last changes; the exit waits

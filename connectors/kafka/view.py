@@ -10,15 +10,22 @@ or down must not slow the dataflow. Instead
   local queue was full) is counted in ``dte_view_delivery_errors_total``, the outage is logged
   once (and its end once), and the twin is published again by its shard with its state of
   then (:meth:`take_undelivered`); alert rows and twin types are sent again as they were;
-- the end of each epoch waits a little for the deliveries (:meth:`flush`), and the process
-  waits for them at exit (:meth:`close`).
+- the view's writer process waits a little for the deliveries of each write (:meth:`flush`),
+  and for all of them at exit (:meth:`close`).
+
+Alerts leave the topic too: a resolved alert's row is followed, :attr:`KafkaViewWriter.resolved_keep_s`
+later (at the next write after that, or at exit), by a tombstone for its key, so readers
+following live see it resolve and readers that start later never see it; the alerts of an
+evicted twin get tombstones with the twin's.
 
 The reader (``dte-stream serve --view kafka://...``) is :mod:`dte_stream.connectors.kafka.view_reader`.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,6 +39,7 @@ from dte_stream.spec.view import KafkaViewSpec
 from dte_stream.view.messages import (
     ALERT_PREFIX,
     TYPE_PREFIX,
+    alert_tombstone,
     encode_alert,
     encode_twin,
     encode_type,
@@ -47,6 +55,9 @@ VIEW_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 class KafkaViewWriter:
     """Twin records, alert rows and twin types to the view topic of ``spec``; thread-safe."""
 
+    #: How long a resolved alert stays on the topic before its tombstone (seconds).
+    resolved_keep_s = 60.0
+
     def __init__(self, spec: KafkaViewSpec, who: str = "twin view") -> None:
         self.spec = spec
         self.who = who
@@ -56,6 +67,9 @@ class KafkaViewWriter:
         self._undelivered: set[str] = set()  # twins to publish again
         self._resend: dict[bytes, bytes | None] = {}  # alert rows, types and tombstones to send again
         self._failing = False
+        self._alerts_of: dict[str, set[str]] = {}  # twin id -> its alert ids on the topic
+        self._twin_of: dict[str, str] = {}
+        self._resolved: dict[str, float] = {}  # alert id -> when its tombstone is due (monotonic)
 
     @classmethod
     def open(cls, spec: KafkaViewSpec) -> KafkaViewWriter:
@@ -75,13 +89,37 @@ class KafkaViewWriter:
             if now_ns is not None:
                 record["updated_ns"] = now_ns
             out.append(encode_twin(record))
-        out.extend(encode_alert(row) for row in alerts)
+        now = time.monotonic()
+        for row in alerts:
+            out.append(encode_alert(row))
+            alert_id, twin_id = str(row["alert_id"]), str(row["twin_id"])
+            self._alerts_of.setdefault(twin_id, set()).add(alert_id)
+            self._twin_of[alert_id] = twin_id
+            if row.get("state") == "resolved":
+                self._resolved.setdefault(alert_id, now + self.resolved_keep_s)
+            else:
+                self._resolved.pop(alert_id, None)  # firing again
+        out.extend(self._due_tombstones(now))
         self._send(out)
         return 0
 
     def remove(self, twin_ids: Sequence[str]) -> None:
-        """Tombstones for evicted twins: compaction drops them from the topic."""
-        self._send([tombstone(t) for t in twin_ids])
+        """Tombstones for evicted twins and their alerts: compaction drops them from the topic."""
+        out: list[tuple[bytes, bytes | None]] = [tombstone(t) for t in twin_ids]
+        for twin in twin_ids:
+            for alert_id in sorted(self._alerts_of.pop(twin, set())):
+                self._resolved.pop(alert_id, None)
+                self._twin_of.pop(alert_id, None)
+                out.append(alert_tombstone(alert_id))
+        self._send(out)
+
+    def _due_tombstones(self, now: float) -> list[tuple[bytes, bytes | None]]:
+        """Tombstones of the resolved alerts whose time on the topic is over (all of them at ``inf``)."""
+        due = [a for a, at in self._resolved.items() if at <= now]
+        for alert_id in due:
+            del self._resolved[alert_id]
+            self._alerts_of.get(self._twin_of.pop(alert_id, ""), set()).discard(alert_id)
+        return [alert_tombstone(a) for a in sorted(due)]
 
     def put_types(self, specs: Sequence[dict[str, Any]]) -> None:
         """The twin types (what-if on another host rebuilds the models from them)."""
@@ -105,6 +143,8 @@ class KafkaViewWriter:
 
     def close(self) -> None:
         """Deliver what is left (at most ``delivery_timeout``); say how much was not."""
+        if self._resolved:
+            self._send(self._due_tombstones(math.inf))
         producer, self._producer = self._producer, None
         if producer is None:
             return

@@ -73,10 +73,13 @@ class ViewApplier:
         gone = [k for (kind, k), v in latest.items() if kind == "twin" and v is None]
         alerts = [v for (kind, _), v in latest.items() if kind == "alert" and v is not None]
         types = [v for (kind, _), v in latest.items() if kind == "type" and v is not None]
+        gone_alerts = [k for (kind, k), v in latest.items() if kind == "alert" and v is None]
         if twins or alerts:
             self.view.put(twins, None, alerts)
         if gone:
             self.view.remove(gone)
+        if gone_alerts:
+            self.view.remove_alerts(gone_alerts)
         if types:
             self.view.put_types(types)
         applied = len(records) - len(letters)

@@ -74,6 +74,8 @@ class MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         self._last_message = time.monotonic()
         self._batcher = MessageBatcher(spec)
         self._queue: deque[Message] = deque()
+        # with a spool, appends hold it: the spool thread copies the queue's head under it
+        self._queue_lock = threading.Lock()
         # QoS 1 messages of the current session that the broker may send again: a repeat
         # after a reconnect is dropped (and acknowledged again if need be), never emitted twice.
         self._ledger = AckLedger()
@@ -164,9 +166,13 @@ class MqttPartition(StatefulSourcePartition[RawBatch, ResumeState | None]):
         if len(queue) >= self._limit and self._conn.running:  # never block CONNACK/SUBACK handling
             self._wait_for_room()
         # paho decodes payloads with struct ("s"), which gives bytes; it types them bytes | bytearray.
-        queue.append((topic, message.payload, time.time_ns(), message.mid, message.qos, self._conn.session))  # type: ignore[arg-type]
-        if self._spooled is not None:
-            self._spooled.arrived.set()
+        item: Message = (topic, message.payload, time.time_ns(), message.mid, message.qos, self._conn.session)  # type: ignore[assignment]
+        if self._spooled is None:
+            queue.append(item)
+            return
+        with self._queue_lock:
+            queue.append(item)
+        self._spooled.arrived.set()
 
     def _wait_for_room(self) -> None:
         """Block the network thread while the queue is full: TCP backpressure, nothing dropped.

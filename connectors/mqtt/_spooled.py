@@ -49,7 +49,9 @@ class SpoolPump:
 
     ``due`` is the partition's list of acknowledgements to send, ``acknowledge``/``confirm``
     its methods that send them and forget the confirmed ones: from :meth:`start` to
-    :meth:`stop`, only this thread calls them.
+    :meth:`stop`, only this thread calls them. ``queue_lock`` is held by whoever appends to
+    ``queue`` (paho's network thread) while this thread copies its head: iterating a deque
+    that another thread appends to raises RuntimeError ("deque mutated during iteration").
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SpoolPump:
         who: str,
         key: str,
         queue: deque[Message],
+        queue_lock: threading.Lock,
         spool: Spool,
         ledger: AckLedger,
         due: list[Ack],
@@ -68,6 +71,7 @@ class SpoolPump:
         self._who = who
         self._key = key
         self._queue = queue
+        self._queue_lock = queue_lock
         self._spool = spool
         self._ledger = ledger
         self._due = due
@@ -124,8 +128,10 @@ class SpoolPump:
         count = min(len(queue), _BATCH)
         free = self._spool.free_bytes()
         budget = self._spool.segment_bytes  # a batch never makes a segment much longer than that
+        with self._queue_lock:  # the head is only ever removed by this thread (below)
+            head = list(itertools.islice(queue, count))
         messages: list[Message] = []
-        for message in itertools.islice(queue, count):  # the network thread only appends
+        for message in head:
             size = len(message[0]) + len(message[1]) + RECORD_OVERHEAD
             if messages and (size > free or size > budget):
                 break
@@ -250,6 +256,7 @@ class AckSender(Protocol):
 
     _who: str
     _queue: deque[Message]
+    _queue_lock: threading.Lock
     _ledger: AckLedger
     _due: list[Ack]
     _reack: deque[int]
@@ -277,6 +284,7 @@ class SpooledInput:
             who=owner._who,
             key=self._key,
             queue=owner._queue,
+            queue_lock=owner._queue_lock,
             spool=self.spool,
             ledger=owner._ledger,
             due=owner._due,

@@ -39,6 +39,9 @@ class ApiContext:
     """What the app's routes may read: the spec of the dataflow (None for ``serve`` without one),
     its data directory, the tokens file, and the process' readiness registry.
 
+    ``ops_url``: where the dataflow's own process answers ``/readyz`` and ``/metrics`` when the
+    app runs in a process of its own beside it (:mod:`dte_stream.api.process`); None: here.
+
     ``options`` carries command-line settings of extensions that have no field here.
     """
 
@@ -47,6 +50,7 @@ class ApiContext:
     tokens_file: Path | None = None
     readiness: Readiness = READINESS
     options: dict[str, Any] = field(default_factory=dict)
+    ops_url: str | None = None
 
 
 #: A function that adds routes to the app (``app.include_router(router)``, ``app.mount(...)``).

@@ -6,13 +6,18 @@
   like ``/healthz``: probes carry no token, and the answer names parts, never secrets.
 * ``/metrics``: Prometheus' text format (0.0.4, which every Prometheus 2 reads) of
   :data:`dte_stream.metrics.REGISTRY`.
+
+When the app runs in a process of its own beside a dataflow (``run --http``), ``/readyz`` and
+``/metrics`` are the dataflow process's: they are asked of it (``ApiContext.ops_url``), and the
+API process's own readiness checks (a Kafka view it follows) are added to ``/readyz``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+import httpx
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel
@@ -68,7 +73,18 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request) -> Any:
     status = request.app.state.readiness.status()
     body = ready_out(status)
-    return JSONResponse(body.model_dump(), status_code=200 if status.ready else 503)
+    ops = request.app.state.context.ops_url
+    if ops is not None:
+        there = ReadyOut.model_validate(_ask(ops, "/readyz").json())
+        mine = [c for c in body.checks if c.name not in {t.name for t in there.checks}]
+        body = there.model_copy(
+            update={
+                "ready": there.ready and all(c.ok for c in mine),
+                "reasons": there.reasons + [r for r in body.reasons if r not in there.reasons and mine],
+                "checks": there.checks + mine,
+            }
+        )
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
 @router.get(
@@ -77,5 +93,15 @@ def readyz(request: Request) -> Any:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "text exposition format"}},
 )
-def metrics() -> Response:
-    return Response(exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+def metrics(request: Request) -> Response:
+    ops = request.app.state.context.ops_url
+    text = exposition() if ops is None else _ask(ops, "/metrics").text
+    return Response(text, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def _ask(ops_url: str, path: str) -> httpx.Response:
+    """``path`` of the dataflow's process (503 when it does not answer: it is stopping or gone)."""
+    try:
+        return httpx.get(ops_url + path, timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise HTTPException(503, f"the dataflow's process does not answer: {exc}") from None

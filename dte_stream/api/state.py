@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from dte_stream.api.tokens import TokenFile, default_tokens_path
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
@@ -12,13 +13,21 @@ from dte_stream.view.store import TwinView
 __all__ = ["ApiState"]
 
 
+class AckSender(Protocol):
+    """Where acknowledgements go on a host without the alert log (a Kafka view's acks topic)."""
+
+    def send(self, alert_id: str, by: str, time_ns: int) -> None: ...
+
+
 @dataclass
 class ApiState:
     """The API's view of one data directory.
 
     ``poll_s`` is how often live streams look at the view for changes (one indexed integer
     read); ``max_body`` bounds request bodies (413 beyond); ``cors_origins`` lists the web
-    origins allowed to call the API from a browser (none by default).
+    origins allowed to call the API from a browser (none by default). ``remote_view``: the view
+    is a copy of a Kafka view topic, so alerts are listed from it (this host has no alert log)
+    and acknowledgements go to ``acks``.
     """
 
     data_dir: Path
@@ -29,6 +38,8 @@ class ApiState:
     heartbeat_s: float = 15.0
     cors_origins: list[str] = field(default_factory=list)
     influxdb: InfluxDBSinkSpec | None = None  # where history comes from without a local store
+    remote_view: bool = False
+    acks: AckSender | None = None
 
     @classmethod
     def open(

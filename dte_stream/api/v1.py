@@ -18,10 +18,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dte_stream.api.routes import router
-from dte_stream.api.state import ApiState
+from dte_stream.api.state import AckSender, ApiState
 from dte_stream.readiness import Readiness
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.spec.model import DataflowSpec
+from dte_stream.spec.view import KafkaViewSpec
 
 __all__ = ["STATIC_DIR", "BodyLimit", "api_extension", "install_api"]
 
@@ -134,5 +135,13 @@ def api_extension(app: FastAPI, context: _AppContext) -> None:
         cors_origins=list(context.options.get("cors_origins", [])),
         max_body=int(context.options.get("max_body", 64 * 1024)),
         influxdb=influxdb,
+        remote_view=kafka is not None,
+        acks=_ack_sender(kafka) if kafka is not None else None,
     )
     install_api(app, state)
+
+
+def _ack_sender(kafka: KafkaViewSpec) -> AckSender:
+    from dte_stream.connectors.kafka.view_acks import KafkaAckWriter
+
+    return KafkaAckWriter(kafka)

@@ -117,11 +117,10 @@ def _http_server(spec: DataflowSpec, http: tuple[str, int] | None, tokens: Path 
     if http is None:
         yield
         return
-    from dte_stream.api.app import ApiContext, create_app
-    from dte_stream.api.server import BackgroundServer
+    from dte_stream.api.process import ApiProcess
 
-    app = create_app(ApiContext(spec=spec, data_dir=spec.data_dir(), tokens_file=tokens))
-    with BackgroundServer(app, *http) as server:
+    config = {"spec": spec, "data_dir": spec.data_dir(), "tokens_file": tokens}  # pickled: secrets intact
+    with ApiProcess(config, *http) as server:  # in a process of its own: no GIL shared with the shards
         _say(f"serving {server.url}/healthz, /readyz, /metrics, /api/v1/docs")
         _say(f"dashboard at {server.url}/ (dte-stream token create gives a token)")
         yield

@@ -7,12 +7,15 @@ spec has none, so that ``--http`` and ``dte-stream serve`` find it in the same p
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from pathlib import Path
 
+from dte_stream.logs import json_logs
 from dte_stream.reload import LiveSpec
 from dte_stream.spec.model import DataflowSpec
 from dte_stream.spec.view import KafkaViewSpec
+from dte_stream.view.process import ViewProcess
 from dte_stream.view.publisher import ViewFanOut, ViewPacer, ViewPublisher, ViewWriter
 from dte_stream.view.store import TwinView
 
@@ -34,19 +37,30 @@ class ViewHub:
     ``spec.view`` decides what: the SQLite file of :func:`view_dir`, a Kafka view topic
     (:class:`~dte_stream.connectors.kafka.view.KafkaViewWriter`, created when the spec's
     ``create_topic`` says how, flushed when the process exits), or both (``local: true``).
+    The writer runs in a child process (:class:`~dte_stream.view.process.ViewProcess`, using
+    at most ``max_share`` of this process's CPU time) unless ``separate_process`` is False.
     With ``live``, :meth:`follow` stores the twin types again after a reload changed them (the
     API's what-if reads them from the view).
     """
 
-    def __init__(self, spec: DataflowSpec, live: LiveSpec | None = None) -> None:
+    def __init__(
+        self,
+        spec: DataflowSpec,
+        live: LiveSpec | None = None,
+        *,
+        separate_process: bool = True,
+        max_share: float = 0.05,
+    ) -> None:
         self.spec = spec
+        self.separate_process = separate_process
+        self.max_share = max_share
         self.live = live
         self._generation = 0
         self._lock = threading.Lock()
-        self._view: ViewWriter | None = None
+        self._view: ViewWriter | ViewProcess | None = None
         self.pacer = ViewPacer()  # one writing budget for all the shards of this process
 
-    def view(self) -> ViewWriter:
+    def view(self) -> ViewWriter | ViewProcess:
         """The view, opened (and the twin types stored in it) on first use."""
         with self._lock:
             if self._view is None:
@@ -63,8 +77,19 @@ class ViewHub:
             if self._view is not None:
                 self._view.put_types([t.model_dump(mode="json") for t in spec.twin_types])
 
-    def _open(self) -> ViewWriter:
+    def _open(self) -> ViewWriter | ViewProcess:
         kind = self.spec.view
+        if self.separate_process:
+            config = {
+                "data_dir": str(view_dir(self.spec)),
+                "kafka": kind.model_dump(mode="json") if isinstance(kind, KafkaViewSpec) else None,
+                "local": isinstance(kind, KafkaViewSpec) and kind.local,
+                "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+                "log_format": "json" if json_logs() else "text",
+            }
+            child = ViewProcess.start(config, self.max_share)
+            atexit.register(child.close)  # what is queued is written (and delivered) before the end
+            return child
         if not isinstance(kind, KafkaViewSpec):
             return TwinView.open(view_dir(self.spec))
         from dte_stream.connectors.kafka.view import KafkaViewWriter
@@ -72,6 +97,18 @@ class ViewHub:
         remote = KafkaViewWriter.open(kind)
         atexit.register(remote.close)  # what is still queued reaches the topic before the process ends
         return ViewFanOut(TwinView.open(view_dir(self.spec)), remote) if kind.local else remote
+
+    def close(self, *, wait: bool = True) -> None:
+        """Close the view: a writer process writes what it was sent, then ends (``wait``: the
+        caller waits for that; else the process does, at exit)."""
+        with self._lock:
+            view, self._view = self._view, None
+        if isinstance(view, ViewProcess) and not wait:
+            view.shutdown()
+            return
+        close = getattr(view, "close", None)
+        if close is not None:
+            close()
 
     def publisher(self) -> ViewPublisher:
         """A publisher for one shard."""

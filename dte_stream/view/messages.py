@@ -8,7 +8,9 @@ key                                 value (JSON)
 the twin id (UTF-8)                 the twin's view record (:mod:`dte_stream.view.records`, with
                                     ``updated_ns`` and ``written_by``); none (a tombstone) when
                                     the twin was evicted
-``\\x00alert\\x00`` + alert id        the alert's latest row (:func:`~dte_stream.view.records.alert_row`)
+``\\x00alert\\x00`` + alert id        the alert's latest row (:func:`~dte_stream.view.records.alert_row`);
+                                    none (a tombstone) once it is resolved (a while after) or
+                                    its twin was evicted
 ``\\x00type\\x00`` + twin type name   the twin type's spec (what-if rebuilds the models from it)
 =================================== =============================================================
 
@@ -52,6 +54,7 @@ __all__ = [
     "TYPE_PREFIX",
     "ViewMessage",
     "ViewRecordError",
+    "alert_tombstone",
     "decode",
     "encode_alert",
     "encode_twin",
@@ -94,6 +97,11 @@ def tombstone(twin_id: str) -> tuple[bytes, None]:
     return twin_id.encode(), None
 
 
+def alert_tombstone(alert_id: str) -> tuple[bytes, None]:
+    """The record that removes an alert from the view (resolved, or its twin evicted)."""
+    return ALERT_PREFIX + alert_id.encode(), None
+
+
 def encode_alert(row: dict[str, Any]) -> tuple[bytes, bytes]:
     """``(key, value)`` of an alert row (without ``seq``)."""
     body = {k: v for k, v in row.items() if k != "seq"}
@@ -123,8 +131,8 @@ def decode(key: bytes | None, value: bytes | None) -> ViewMessage:
         raise ViewRecordError(f"bad key: {problem}")
     what = f"{kind} {name!r}"
     if value is None:
-        if kind != "twin":
-            raise ViewRecordError(f"a tombstone, but only twins are removed [{what}]")
+        if kind == "type":
+            raise ViewRecordError(f"a tombstone, but only twins and alerts are removed [{what}]")
         return ViewMessage(kind, name, None)
     if len(value) > MAX_VALUE_BYTES:
         raise ViewRecordError(f"the value is {len(value)} bytes, over {MAX_VALUE_BYTES} [{what}]")

@@ -28,17 +28,20 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from dte_stream.times import NS_PER_S
-from dte_stream.view.records import ViewCollector
+from dte_stream.view.records import ViewColumns, alert_row, build_records, gather, rows_of
 from dte_stream.view.store import TwinView
 
 if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
     from dte_stream.twins.bank import BankUpdate, TwinBank
 
-__all__ = ["AsyncViewWriter", "ViewFanOut", "ViewPacer", "ViewPublisher", "ViewWriter"]
+__all__ = ["AsyncViewWriter", "ColumnWriter", "ViewFanOut", "ViewPacer", "ViewPublisher", "ViewWriter"]
 
 
+@runtime_checkable
 class ViewWriter(Protocol):
     """Where a publisher writes: the SQLite :class:`TwinView`, a Kafka view topic, or both."""
 
@@ -87,6 +90,12 @@ class ViewFanOut:
     def take_undelivered(self, twin_ids: Sequence[str]) -> list[str]:
         return self.remote.take_undelivered(twin_ids)
 
+    def close(self) -> None:
+        close = getattr(self.remote, "close", None)
+        if close is not None:
+            close()
+        self.local.close()
+
 
 #: How long the end of an epoch waits for an asynchronous writer's deliveries (seconds).
 EPOCH_FLUSH_S = 2.0
@@ -127,12 +136,34 @@ class ViewPacer:
             self._next_ns = max(self._next_ns, end_ns + round(cost_s * (1 / self.max_share - 1) * NS_PER_S))
 
 
+@runtime_checkable
+class ColumnWriter(Protocol):
+    """A writer that builds the records itself, elsewhere (:class:`~dte_stream.view.process.ViewProcess`):
+    it takes the gathered columns, one message in flight per publisher (``tag``)."""
+
+    def busy(self, tag: int) -> bool: ...
+    def put_columns(
+        self, tag: int, columns: Sequence[ViewColumns], now_ns: int, alerts: Sequence[dict[str, Any]]
+    ) -> None: ...
+    def take_undelivered(self, tag: int) -> list[str]: ...
+    def remove(self, twin_ids: Sequence[str]) -> None: ...
+
+
 class ViewPublisher:
-    """Changes of one shard's twin bank, written to the view at a measured pace."""
+    """Changes of one shard's twin bank, written to the view at a measured pace.
+
+    Which twins changed, the bank knows (:meth:`~dte_stream.twins.bank.TwinBank.take_changed`:
+    a flag per twin, so nothing per reading is kept here); :meth:`note` only remembers that
+    something changed and the alert events. A write gathers the changed twins' state
+    (:func:`~dte_stream.view.records.gather`) and either builds the records here (a
+    synchronous writer) or hands the columns to a :class:`ColumnWriter` that builds and writes
+    them in another process; such a writer takes one message per publisher at a time, and the
+    twins that change meanwhile wait in the bank for the next.
+    """
 
     def __init__(
         self,
-        view: ViewWriter,
+        view: ViewWriter | ColumnWriter,
         pacer: ViewPacer | None = None,
         *,
         min_interval_s: float = 0.25,
@@ -142,53 +173,97 @@ class ViewPublisher:
         self.pacer = pacer if pacer is not None else ViewPacer()
         self.min_interval_ns = round(min_interval_s * NS_PER_S)
         self.max_wait_ns = round(max_wait_s * NS_PER_S)
-        self.collector = ViewCollector()
         self.last_ns = -(2**62)  # never written: the first write may happen at once
-        self.pending_since = 0  # wall time of the oldest change not yet written
+        self.pending_since: int | None = None  # wall time of the oldest change not yet written
+        self._touched: set[str] = set()  # twins to write besides the bank's changed ones
+        self._alerts: dict[str, dict[str, Any]] = {}
+        self._tag = id(self)
 
     def note(self, update: BankUpdate) -> None:
-        """Remember what ``update`` changed (cheap; nothing is written)."""
-        if not self.collector:
+        """Remember that ``update`` changed something, and its alert events (cheap; nothing is written)."""
+        if not len(update.estimates) and not update.alerts:
+            return
+        if self.pending_since is None:
             self.pending_since = time.time_ns()
-        self.collector.note(update)
+        for event in update.alerts:
+            self._touched.add(event.twin_id)
+            self._alerts[event.alert_id] = alert_row(event)
 
     def due_ns(self) -> int | None:
         """Wall-clock time from which a write may happen, when changes wait for one; else None."""
-        if not self.collector:
+        if self.pending_since is None:
             return None
         paced = max(self.last_ns + self.min_interval_ns, self.pacer.next_ns())
+        view = self.view
+        if isinstance(view, ColumnWriter) and view.busy(self._tag):  # look again a little later
+            return max(paced, time.time_ns() + self.min_interval_ns)
         return min(paced, self.pending_since + self.max_wait_ns)
 
     def publish(
-        self, bank: TwinBank, alerts: AlertEngine | None, now_ns: int, *, force: bool = False
+        self,
+        bank: TwinBank,
+        alerts: AlertEngine | None,
+        now_ns: int,
+        *,
+        force: bool = False,
+        paced: bool = True,
     ) -> bool:
-        """Write the changed twins if there are any and it is time; True if written."""
+        """Write the changed twins if there are any and it is time; True if written.
+
+        ``paced=False`` (the end of the input) ignores the pacing, and a column writer takes
+        the message even while this publisher's last one is on its way.
+        """
         view = self.view
-        if isinstance(view, AsyncViewWriter):
+        columnar = view if isinstance(view, ColumnWriter) else None
+        if columnar is not None:
+            again = columnar.take_undelivered(self._tag)
+        elif isinstance(view, AsyncViewWriter):
             again = view.take_undelivered(bank.twin_ids)
-            if again:  # not delivered: publish their current state again
-                self.collector.touch(again)
-        if not self.collector:
+        else:
+            again = []
+        if again:  # not delivered: publish their current state again
+            self._touched.update(again)
+            if self.pending_since is None:
+                self.pending_since = now_ns
+        if self.pending_since is None:
             return False
+        if columnar is not None and paced and columnar.busy(self._tag):
+            return False  # its last message is still being written: the bank keeps the changes
         overdue = now_ns - self.pending_since >= self.max_wait_ns
         interval_over = force or now_ns - self.last_ns >= self.min_interval_ns
-        if not overdue and not (interval_over and self.pacer.ready(now_ns)):
+        if paced and not overdue and not (interval_over and self.pacer.ready(now_ns)):
             return False
         start = time.perf_counter()  # wall time: what a write takes from the shard (CPU, I/O, waits)
-        records, alert_rows = self.collector.records(bank, alerts)
-        for record in records:
-            record["written_by"] = _WRITER
-        if records or alert_rows:
-            view.put(records, now_ns, alert_rows)
-        if force and isinstance(view, AsyncViewWriter):
-            view.flush(EPOCH_FLUSH_S)
+        rows, removed = bank.take_changed()
+        if self._touched:
+            rows = np.union1d(rows, rows_of(bank, self._touched))
+        self._touched -= set(removed)
+        columns = gather(bank, rows, alerts, removed)
+        columns.written_by = _WRITER
+        alert_rows = list(self._alerts.values())
+        self._touched, self._alerts, self.pending_since = set(), {}, None
+        if columnar is not None:
+            columnar.put_columns(self._tag, [columns], now_ns, alert_rows)
+        elif isinstance(view, ViewWriter):
+            if removed:
+                view.remove(removed)
+            records = build_records(columns)
+            if records or alert_rows:
+                view.put(records, now_ns, alert_rows)
+            if force and isinstance(view, AsyncViewWriter):
+                view.flush(EPOCH_FLUSH_S)
         cost = time.perf_counter() - start
         self.last_ns = now_ns
         self.pacer.spent(now_ns + round(cost * NS_PER_S), cost)
         return True
 
+    def finish(self, bank: TwinBank, alerts: AlertEngine | None, now_ns: int) -> None:
+        """The input ended: write what is left now, whatever the pace (closing the view waits for it)."""
+        self.pending_since = self.pending_since if self.pending_since is not None else now_ns
+        self.publish(bank, alerts, now_ns, force=True, paced=False)
+
     def evicted(self, twin_ids: list[str]) -> None:
-        """Twins the bank evicted (TTL): dropped from the view."""
+        """Twins dropped from the view at once (the bank's own evictions come with :meth:`publish`)."""
         if twin_ids:
-            self.collector.forget(twin_ids)
+            self._touched -= set(twin_ids)
             self.view.remove(twin_ids)

@@ -1,9 +1,15 @@
 """Twin records for the view: what a shard publishes about each twin that changed.
 
-A :class:`ViewCollector` sits beside one twin bank (and its alert engine): :meth:`~ViewCollector.note`
-takes each :class:`~dte_stream.twins.bank.BankUpdate` (cheap: it keeps the columns it needs),
-and :meth:`~ViewCollector.records` builds one record per changed twin from the bank's state.
-A record is plain JSON::
+Two steps, so that the dataflow pays only for the first:
+
+- :func:`gather` takes the state of some twins of a bank, column-wise (numpy gathers of the
+  rows asked for: a few milliseconds for 10,000 twins), into a :class:`ViewColumns`, which
+  pickles as a handful of arrays;
+- :func:`build_records` turns it into one plain-JSON record per twin (Python work per twin),
+  in the view's writer process (:mod:`dte_stream.view.process`) or, for a synchronous writer,
+  in the caller.
+
+A record::
 
     {"twin_id", "twin_type", "labels", "last_seen_ns", "alert_state", "anomaly_score",
      "channels": {name: {"unit", "time_ns", "value", "estimate", "std", "flags", "anomaly_score"}},
@@ -15,27 +21,34 @@ A record is plain JSON::
 channel's own filter (one entry per channel); ``mean`` and ``cov`` are the filter's state at
 ``time_ns`` (in the estimated noise scale), ``u`` the held control inputs. That is what what-if
 simulation starts from (:mod:`dte_stream.whatif`). Estimates are ``H x`` of the state, so a
-channel's ``estimate`` and its model's ``mean`` always agree.
+channel's ``estimate`` and its model's ``mean`` always agree. A channel's ``flags`` and
+``anomaly_score`` are those of its latest reading (a stale sensor keeps ``stale``).
+
+:class:`ViewCollector` is the in-process shortcut (tests, examples): it notes the twins that
+updates touched and builds their records at once.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from dte_stream.batches import AlertEvent
 from dte_stream.twins.flags import flag_names
 
 if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
+    from dte_stream.batches import AlertEvent
     from dte_stream.twins.bank import BankUpdate, TwinBank
 
-__all__ = ["ViewCollector", "alert_row"]
+__all__ = ["ModelColumns", "ViewCollector", "ViewColumns", "alert_row", "build_records", "gather"]
 
 NEVER = np.iinfo(np.int64).min
+
+F64 = npt.NDArray[np.float64]
 
 
 def _num(x: float) -> float | None:
@@ -63,184 +76,220 @@ def alert_row(event: AlertEvent) -> dict[str, Any]:
     }
 
 
+@dataclass(eq=False)
+class ModelColumns:
+    """One filter (a shared model, or one channel's own filter) for the gathered twins.
+
+    ``observe`` maps type channel columns to their row of the model's ``H``; ``x`` is ``(n, k)``,
+    ``cov`` ``(n, k, k)`` (scaled), ``init`` whether the filter has started, ``time_ns`` the
+    time of its state and ``u`` the held control inputs.
+    """
+
+    group: str
+    channels: list[str]
+    controls: list[str]
+    states: list[str]
+    observe: list[tuple[int, list[float]]]
+    x: F64
+    cov: F64
+    init: npt.NDArray[np.bool_]
+    time_ns: npt.NDArray[np.int64]
+    u: F64
+
+
+@dataclass(eq=False)
+class ViewColumns:
+    """The state of some twins of one type, column-wise: what :func:`build_records` needs.
+
+    First axis: twins; second: the type's ``channels``. ``alerts`` holds each twin's alerts
+    (from the engine's table); ``removed`` the twins evicted since the last gather.
+    """
+
+    twin_type: str
+    channels: list[str]
+    units: list[str]
+    twin_id: npt.NDArray[np.str_]
+    last_seen: npt.NDArray[np.int64]
+    last_time: npt.NDArray[np.int64]
+    last_value: F64
+    flags: npt.NDArray[np.uint16]
+    score: F64
+    models: list[ModelColumns]
+    alerts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    written_by: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.twin_id.shape[0])
+
+
+def gather(
+    bank: TwinBank,
+    rows: npt.NDArray[np.intp],
+    engine: AlertEngine | None,
+    removed: list[str] | None = None,
+) -> ViewColumns:
+    """The state of the twins at ``rows`` of ``bank`` (numpy gathers; no Python per twin)."""
+    rows = np.asarray(rows, dtype=np.intp)
+    width = bank.width
+    cells = rows[:, None] * width + np.arange(width)[None, :]
+    models: list[ModelColumns] = []
+    for group in bank.groups:
+        mdl, st = group.model, group.state
+        for slot in range(len(group.channels)) if group.per_cell else [None]:
+            srows = rows * group.cells + slot if slot is not None else rows
+            members = [group.channels[slot]] if slot is not None else list(group.channels)
+            models.append(
+                ModelColumns(
+                    group.name,
+                    [bank.channels[c] for c in members if group.local[c] < mdl.m],
+                    [bank.channels[c] for c in members if group.local[c] >= mdl.m],
+                    list(mdl.state_names),
+                    [(c, mdl.H[int(group.local[c])].tolist()) for c in members if group.local[c] < mdl.m],
+                    st.x[srows],
+                    st.P[srows] * st.scale[srows][:, None, None],
+                    st.initialised[srows],
+                    st.last_ns[srows],
+                    st.u[srows],
+                )
+            )
+    ids = np.asarray(bank.twin_ids, dtype=np.str_)[rows] if rows.size else np.empty(0, dtype=np.str_)
+    alerts: dict[str, list[dict[str, Any]]] = {}
+    if engine is not None and rows.size:
+        wanted = set(ids.tolist())
+        for a in engine.alerts("all"):
+            if a["twin_id"] in wanted:
+                alerts.setdefault(a["twin_id"], []).append({k: a[k] for k in _ALERT_KEYS if k in a})
+    return ViewColumns(
+        bank.spec.name,
+        list(bank.channels),
+        bank.units.tolist(),
+        ids,
+        bank.last_seen[rows],
+        bank.last_time[cells],
+        bank.last_value[cells],
+        bank.last_flags[cells],
+        bank.last_score[cells],
+        models,
+        alerts,
+        list(removed or []),
+    )
+
+
+def build_records(cols: ViewColumns) -> list[dict[str, Any]]:
+    """One record per twin of ``cols``, ordered by twin id (the Python part: run it off the dataflow)."""
+    k, width = len(cols), len(cols.channels)
+    estimate = np.full((k, width), np.nan)
+    std = np.full((k, width), np.nan)
+    models: list[list[dict[str, Any]]] = [[] for _ in range(k)]
+    for m in cols.models:
+        for c, h_row in m.observe:
+            h = np.asarray(h_row)
+            estimate[:, c] = np.where(m.init, m.x @ h, np.nan)
+            var = np.einsum("i,kij,j->k", h, m.cov, h)
+            std[:, c] = np.where(m.init, np.sqrt(np.maximum(var, 0.0)), np.nan)
+        xs, covs, times, us = m.x.tolist(), m.cov.tolist(), m.time_ns.tolist(), m.u.tolist()
+        init = m.init.tolist()
+        for j in range(k):
+            if init[j]:
+                models[j].append(
+                    {"group": m.group, "channels": m.channels, "controls": m.controls, "states": m.states,
+                     "mean": xs[j], "cov": covs[j], "time_ns": times[j], "u": us[j]}
+                )  # fmt: skip
+    ids = cols.twin_id.tolist()
+    last_seen, last_time = cols.last_seen.tolist(), cols.last_time.tolist()
+    last_value, est_l, std_l = cols.last_value.tolist(), estimate.tolist(), std.tolist()
+    flags_l, score_l = cols.flags.tolist(), cols.score.tolist()
+    names: dict[int, list[str]] = {}
+    out = []
+    for j in sorted(range(k), key=ids.__getitem__):
+        twin_id = ids[j]
+        channels: dict[str, Any] = {}
+        top = -1.0
+        for c, name in enumerate(cols.channels):
+            t, flags, score = last_time[j][c], flags_l[j][c], score_l[j][c]
+            if t == NEVER and not flags and not math.isfinite(score):
+                continue
+            if math.isfinite(score):
+                top = max(top, score)
+            if flags not in names:
+                names[flags] = flag_names(flags)
+            channels[name] = {
+                "unit": cols.units[c],
+                "time_ns": None if t == NEVER else t,
+                "value": _num(last_value[j][c]),
+                "estimate": _num(est_l[j][c]),
+                "std": _num(std_l[j][c]),
+                "flags": list(names[flags]),
+                "anomaly_score": _num(score),
+            }
+        twin_alerts = cols.alerts.get(twin_id, [])
+        states = {a["state"] for a in twin_alerts}
+        record = {
+            "twin_id": twin_id,
+            "twin_type": cols.twin_type,
+            "labels": dict(cols.labels),
+            "last_seen_ns": None if last_seen[j] == NEVER else last_seen[j],
+            "alert_state": "firing" if "firing" in states else "pending" if "pending" in states else "ok",
+            "anomaly_score": top if top >= 0 else None,
+            "channels": channels,
+            "models": models[j],
+            "alerts": twin_alerts,
+        }
+        if cols.written_by is not None:
+            record["written_by"] = cols.written_by
+        out.append(record)
+    return out
+
+
+def rows_of(bank: TwinBank, twin_ids: set[str] | list[str]) -> npt.NDArray[np.intp]:
+    """Rows of those of ``twin_ids`` that ``bank`` holds (others, evicted twins, are left out)."""
+    if not twin_ids:
+        return np.empty(0, dtype=np.intp)
+    held = np.asarray(bank.twin_ids, dtype=np.str_)
+    wanted = np.asarray(sorted(twin_ids), dtype=np.str_)
+    if not held.size:
+        return np.empty(0, dtype=np.intp)
+    order = np.argsort(held, kind="stable")
+    pos = np.minimum(np.searchsorted(held[order], wanted), held.shape[0] - 1)
+    found = held[order][pos] == wanted
+    return np.sort(order[pos[found]]).astype(np.intp)
+
+
 class ViewCollector:
-    """Changes of one twin bank between two publications, and the records they make."""
+    """In one process: the twins updates touched, and their records built at once."""
 
     def __init__(self) -> None:
         self._twins: list[npt.NDArray[np.str_]] = []
-        self._channels: list[npt.NDArray[np.str_]] = []
-        self._times: list[npt.NDArray[np.int64]] = []
-        self._flags: list[npt.NDArray[np.uint16]] = []
-        self._scores: list[npt.NDArray[np.float64]] = []
         self._alert_twins: set[str] = set()
         self._alerts: dict[str, dict[str, Any]] = {}
-        # latest flags and score per (twin, channel) published so far
-        self._last: dict[tuple[str, str], tuple[int, int, float]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._twins or self._alert_twins)
 
     def note(self, update: BankUpdate) -> None:
-        """Remember which twins ``update`` touched, with the flags and scores of their rows."""
-        est = update.estimates
-        if len(est):
-            self._twins.append(est.twin_id)
-            self._channels.append(est.channel)
-            self._times.append(est.time_ns)
-            self._flags.append(est.flag_column())
-            self._scores.append(est.score_column())
+        """Remember which twins ``update`` touched, and its alert events."""
+        if len(update.estimates):
+            self._twins.append(update.estimates.twin_id)
         for event in update.alerts:
             self._alert_twins.add(event.twin_id)
             self._alerts[event.alert_id] = alert_row(event)
-
-    def touch(self, twin_ids: list[str]) -> None:
-        """Publish these twins again with the next records (their last write was not delivered)."""
-        self._alert_twins.update(twin_ids)
-
-    def forget(self, twin_ids: list[str]) -> None:
-        """Twins evicted from the bank: nothing more to publish for them."""
-        gone = set(twin_ids)
-        self._last = {k: v for k, v in self._last.items() if k[0] not in gone}
-        self._alert_twins -= gone
 
     def records(
         self, bank: TwinBank, alerts: AlertEngine | None, labels: dict[str, str] | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Records of the twins changed since the last call, and the alert rows; clears the changes."""
-        changed: set[str] = set(self._alert_twins)
+        changed = set(self._alert_twins)
         if self._twins:
-            twin = np.concatenate(self._twins)
-            channel = np.concatenate(self._channels)
-            time = np.concatenate(self._times)
-            flags = np.concatenate(self._flags)
-            score = np.concatenate(self._scores)
-            order = np.lexsort((time, channel, twin))
-            twin, channel, time = twin[order], channel[order], time[order]
-            flags, score = flags[order], score[order]
-            last = np.ones(len(twin), dtype=bool)
-            last[:-1] = (twin[1:] != twin[:-1]) | (channel[1:] != channel[:-1])
-            for t, c, tm, f, s in zip(
-                twin[last].tolist(), channel[last].tolist(), time[last].tolist(),
-                flags[last].tolist(), score[last].tolist(), strict=True,
-            ):  # fmt: skip
-                self._last[(t, c)] = (tm, f, s)
-            changed.update(np.unique(twin).tolist())
+            changed.update(np.unique(np.concatenate(self._twins)).tolist())
         alert_rows = list(self._alerts.values())
-        self._twins, self._channels, self._times, self._flags, self._scores = [], [], [], [], []
-        self._alert_twins, self._alerts = set(), {}
+        self._twins, self._alert_twins, self._alerts = [], set(), {}
         if not changed:
             return [], alert_rows
-        index = {t: i for i, t in enumerate(bank.twin_ids)}
-        present = [t for t in sorted(changed) if t in index]
-        rows = np.array([index[t] for t in present], dtype=np.intp)
-        return self._build(bank, rows, present, alerts, labels or {}), alert_rows
-
-    def _build(
-        self,
-        bank: TwinBank,
-        rows: npt.NDArray[np.intp],
-        ids: list[str],
-        engine: AlertEngine | None,
-        labels: dict[str, str],
-    ) -> list[dict[str, Any]]:
-        k, width = len(ids), bank.width
-        cells = rows[:, None] * width + np.arange(width)[None, :]
-        last_value = bank.last_value[cells].tolist()
-        last_time = bank.last_time[cells].tolist()
-        last_seen = bank.last_seen[rows].tolist()
-        estimate = np.full((k, width), np.nan)
-        std = np.full((k, width), np.nan)
-        models: list[list[dict[str, Any]]] = [[] for _ in range(k)]
-        for group in bank.groups:
-            mdl = group.model
-            st = group.state
-            slots = range(len(group.channels)) if group.per_cell else [None]
-            for slot in slots:
-                srows = rows * group.cells + slot if slot is not None else rows
-                x = st.x[srows]
-                cov = st.P[srows] * st.scale[srows][:, None, None]
-                init = st.initialised[srows]
-                members = [group.channels[slot]] if slot is not None else list(group.channels)
-                for c in members:
-                    i = int(group.local[c])
-                    if i < mdl.m:
-                        h = mdl.H[i]
-                        estimate[:, c] = np.where(init, x @ h, np.nan)
-                        var = np.einsum("i,kij,j->k", h, cov, h)
-                        std[:, c] = np.where(init, np.sqrt(np.maximum(var, 0.0)), np.nan)
-                observes = [bank.channels[c] for c in members if group.local[c] < mdl.m]
-                controls = [bank.channels[c] for c in members if group.local[c] >= mdl.m]
-                xs, covs, times, us = (
-                    x.tolist(),
-                    cov.tolist(),
-                    st.last_ns[srows].tolist(),
-                    st.u[srows].tolist(),
-                )
-                for j in range(k):
-                    if not init[j]:
-                        continue
-                    models[j].append(
-                        {
-                            "group": group.name,
-                            "channels": observes,
-                            "controls": controls,
-                            "states": list(mdl.state_names),
-                            "mean": xs[j],
-                            "cov": covs[j],
-                            "time_ns": times[j],
-                            "u": us[j],
-                        }
-                    )
-        est_l, std_l = estimate.tolist(), std.tolist()
-        by_twin: dict[str, list[dict[str, Any]]] = {}
-        if engine is not None:
-            wanted = set(ids)
-            for a in engine.alerts("all"):
-                if a["twin_id"] in wanted:
-                    by_twin.setdefault(a["twin_id"], []).append(
-                        {key: a[key] for key in _ALERT_KEYS if key in a}
-                    )
-        units = bank.units.tolist()
-        out = []
-        for j, twin_id in enumerate(ids):
-            channels: dict[str, Any] = {}
-            top = -1.0
-            for c, name in enumerate(bank.channels):
-                t = last_time[j][c]
-                tm, flags, score = self._last.get((twin_id, name), (None, 0, math.nan))
-                if t == NEVER and tm is None:
-                    continue
-                if math.isfinite(score):
-                    top = max(top, score)
-                channels[name] = {
-                    "unit": units[c],
-                    "time_ns": None if t == NEVER else t,
-                    "value": _num(last_value[j][c]),
-                    "estimate": _num(est_l[j][c]),
-                    "std": _num(std_l[j][c]),
-                    "flags": flag_names(flags),
-                    "anomaly_score": _num(score),
-                }
-            twin_alerts = by_twin.get(twin_id, [])
-            states = {a["state"] for a in twin_alerts}
-            out.append(
-                {
-                    "twin_id": twin_id,
-                    "twin_type": bank.spec.name,
-                    "labels": dict(labels),
-                    "last_seen_ns": None if last_seen[j] == NEVER else last_seen[j],
-                    "alert_state": "firing"
-                    if "firing" in states
-                    else "pending"
-                    if "pending" in states
-                    else "ok",
-                    "anomaly_score": top if top >= 0 else None,
-                    "channels": channels,
-                    "models": models[j],
-                    "alerts": twin_alerts,
-                }
-            )
-        return out
+        cols = gather(bank, rows_of(bank, changed), alerts)
+        cols.labels = dict(labels or {})
+        return build_records(cols), alert_rows
 
 
 _ALERT_KEYS = (

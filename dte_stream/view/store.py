@@ -28,13 +28,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from dte_stream.errors import StoreError
+from dte_stream.view.queries import AlertQuery, TwinPage, TwinQuery, alert_filter, twin_filter
 
 __all__ = ["VIEW_FILE", "VIEW_FORMAT", "AlertQuery", "TwinPage", "TwinQuery", "TwinView"]
 
@@ -44,8 +44,6 @@ VIEW_FILE = "twin_view.sqlite3"
 VIEW_FORMAT = 2
 #: How long a writer or reader waits for another process's write lock.
 BUSY_TIMEOUT_MS = 5_000
-
-AlertState = Literal["firing", "pending", "ok"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -80,49 +78,15 @@ CREATE TABLE IF NOT EXISTS twin_types (name TEXT PRIMARY KEY, spec BLOB NOT NULL
 """
 
 
-@dataclass(frozen=True, slots=True)
-class TwinQuery:
-    """Which twins to list: every filter is optional; ``search`` is a substring of the twin id.
-
-    ``seen_within_s`` keeps twins with a reading in the last so many seconds (fresh),
-    ``silent_for_s`` those without one for so long (stale); both count from ``now_ns``.
-    """
-
-    twin_type: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    alert_state: AlertState | None = None
-    search: str | None = None
-    seen_within_s: float | None = None
-    silent_for_s: float | None = None
-    now_ns: int | None = None
-    limit: int = 100
-    offset: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TwinPage:
-    """One page of twins (summaries: the filter columns) and how many match in all."""
-
-    twins: list[dict[str, Any]]
-    total: int
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class AlertQuery:
-    """Which alerts to list from the view."""
-
-    state: str | None = None
-    twin_id: str | None = None
-    rule: str | None = None
-    severity: str | None = None
-    after_seq: int = 0
-    limit: int = 100
-    offset: int = 0
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+# An upsert updates the row in place (INSERT OR REPLACE would delete it and insert it again,
+# maintaining every index twice): about half the time per twin.
+_UPSERT_TWIN = """
+INSERT INTO twins VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (twin_id) DO UPDATE SET twin_type = excluded.twin_type, labels = excluded.labels,
+    last_seen_ns = excluded.last_seen_ns, updated_ns = excluded.updated_ns,
+    alert_state = excluded.alert_state, anomaly_score = excluded.anomaly_score, seq = excluded.seq,
+    record = excluded.record
+"""
 
 
 class TwinView:
@@ -173,7 +137,10 @@ class TwinView:
         return db
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        # one connection per thread (thread-local); check_same_thread=False only lets close() reach them all
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -250,7 +217,7 @@ class TwinView:
                             orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY),
                         )
                     )  # fmt: skip
-                db.executemany("INSERT OR REPLACE INTO twins VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany(_UPSERT_TWIN, rows)
                 self._put_alerts(db, alert_rows, seq)
                 db.execute("COMMIT")
             except BaseException:
@@ -321,6 +288,23 @@ class TwinView:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
 
+    def remove_alerts(self, alert_ids: Sequence[str]) -> None:
+        """Drop alerts (a Kafka view's tombstones: resolved a while ago, or their twin evicted)."""
+        if not alert_ids:
+            return
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._next_seq(db)
+                db.executemany("DELETE FROM alerts WHERE alert_id = ?", [(a,) for a in alert_ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+
     # -- reading -------------------------------------------------------------------------------
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -348,28 +332,8 @@ class TwinView:
 
     def list_twins(self, query: TwinQuery) -> TwinPage:
         """Summaries of the twins matching ``query``, ordered by twin id, one page of them."""
-        where: list[str] = []
-        args: list[Any] = []
-        if query.twin_type is not None:
-            where.append("twin_type = ?")
-            args.append(query.twin_type)
-        for key, value in sorted(query.labels.items()):
-            where.append("json_extract(labels, ?) = ?")
-            args += ['$."' + key.replace('"', '""') + '"', value]
-        if query.alert_state is not None:
-            where.append("alert_state = ?")
-            args.append(query.alert_state)
-        if query.search:
-            where.append("twin_id LIKE ? ESCAPE '\\'")
-            args.append(f"%{_like_escape(query.search)}%")
-        now = query.now_ns
-        if query.seen_within_s is not None and now is not None:
-            where.append("last_seen_ns >= ?")
-            args.append(now - round(query.seen_within_s * 1e9))
-        if query.silent_for_s is not None and now is not None:
-            where.append("(last_seen_ns IS NULL OR last_seen_ns < ?)")
-            args.append(now - round(query.silent_for_s * 1e9))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        where, args = twin_filter(query)
+        clause = f"WHERE {where}" if where else ""
         db = self._db()
         try:
             db.execute("BEGIN")  # one snapshot for the count and the page
@@ -412,23 +376,26 @@ class TwinView:
 
     def list_alerts(self, query: AlertQuery) -> list[dict[str, Any]]:
         """Alert rows matching ``query``: firing first, then the most recent."""
-        where: list[str] = ["seq > ?"]
-        args: list[Any] = [query.after_seq]
-        for column, value in (
-            ("state", query.state),
-            ("twin_id", query.twin_id),
-            ("rule", query.rule),
-            ("severity", query.severity),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        clause, args = alert_filter(query)
         rows = self._query(
-            f"SELECT record FROM alerts WHERE {' AND '.join(where)} "
+            f"SELECT record FROM alerts WHERE {clause} "
             "ORDER BY state != 'firing', time_ns DESC, alert_id LIMIT ? OFFSET ?",
             [*args, query.limit, query.offset],
         )
         return [orjson.loads(r[0]) for r in rows]
+
+    def count_alerts(self, query: AlertQuery) -> int:
+        """How many alert rows match ``query`` (its limit and offset aside)."""
+        clause, args = alert_filter(query)
+        return int(self._query(f"SELECT count(*) FROM alerts WHERE {clause}", args)[0][0])
+
+    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        """One alert's row, or None when the view does not hold it."""
+        rows = self._query("SELECT record FROM alerts WHERE alert_id = ?", (alert_id,))
+        if not rows:
+            return None
+        row: dict[str, Any] = orjson.loads(rows[0][0])
+        return row
 
     def changed_alerts(self, after_seq: int) -> list[dict[str, Any]]:
         """Alert rows written after ``after_seq``, oldest first."""

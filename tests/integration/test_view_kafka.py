@@ -9,7 +9,9 @@ SSE; once the run has ended, its twin list and every twin equal the SQLite view 
 A record that is not a view record is put on the topic; a restarted ``serve`` rebuilds the same
 view from the compacted topic, is ready only once it has, counts the bad record and skips it.
 Without ``local``, ``run --http`` serves its twins from the topic too; records the brokers do not
-take are counted, logged once and handed back to be published again.
+take are counted, logged once and handed back to be published again. Alerts are listed and
+streamed from the topic, acknowledged there through the acknowledgements topic (the dataflow
+records the token's name), and leave the topic when resolved or when their twin is evicted.
 """
 
 from __future__ import annotations
@@ -305,3 +307,131 @@ def test_run_http_reads_its_own_view_from_the_topic(kafka: Any, tmp_path: Path) 
     finally:
         run.terminate()
         run.wait(60)
+
+
+def test_alerts_flow_through_the_topic_and_acknowledgements_come_back(kafka: Any, tmp_path: Path) -> None:
+    """On a host with only the topic: alerts are listed and streamed from it, and an
+    acknowledgement made there reaches the dataflow (its alert log records the token's name) and
+    comes back on the topic."""
+    from dte_stream.alerts.store import alert_table
+
+    topic = f"view-{uuid.uuid4().hex[:8]}"
+    data, api_dir = tmp_path / "data", tmp_path / "api"
+    api_dir.mkdir()
+    tokens = TokenFile(default_tokens_path(api_dir))
+    reader, operator = tokens.create("viewer", "read"), tokens.create("ana", "operate")
+    text = SPEC.format(twins=6, data=data, servers=kafka.bootstrap_servers, topic=topic)
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(text.replace("local: true", "local: false").replace("ticks: 50", "ticks: 2000"))
+    run_log, serve_log = tmp_path / "run.log", tmp_path / "serve.log"
+    with run_log.open("ab") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dte_stream", "run", str(spec), "--quiet"],
+            stdout=out, stderr=out, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        with (
+            _serve(api_dir, f"kafka://{kafka.bootstrap_servers}/{topic}", serve_log) as base,
+            httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {reader}"}) as client,
+        ):
+            listed = _wait(
+                "serve lists a firing alert from the topic",
+                lambda: client.get("/api/v1/alerts", params={"state": "firing"}).json()["alerts"],
+                log=run_log,
+            )
+            alert = listed[0]
+            assert alert["state"] == "firing"
+            assert alert["rule"] == "warm"
+            assert alert["acked_by"] is None
+            assert alert["since_ns"] > 0
+            assert client.get("/api/v1/alerts", params={"rule": "nope"}).json()["total"] == 0
+            alert_id = alert["alert_id"]
+            with client.stream("GET", "/api/v1/alerts/events", params={"after": 0}) as stream:
+                assert stream.status_code == 200
+                lines = (line for line in stream.iter_lines() if line.startswith("data: "))
+                first = json.loads(next(lines)[6:])
+            assert first["alert_id"].endswith("/warm")
+            assert first["state"] in ("pending", "firing", "resolved")
+            # reading is not enough to acknowledge; an operator can, once
+            assert client.post(f"/api/v1/alerts/{alert_id}/ack").status_code == 403
+            operate = {"Authorization": f"Bearer {operator}"}
+            acked = client.post(f"/api/v1/alerts/{alert_id}/ack", headers=operate)
+            assert acked.status_code == 200, acked.text
+            assert acked.json()["acked_by"] == "ana"
+            assert client.post(f"/api/v1/alerts/{alert_id}/ack", headers=operate).status_code == 409
+            assert client.post("/api/v1/alerts/room-0099%2Fwarm/ack", headers=operate).status_code == 404
+            # the dataflow applied it: its alert log has the token's name, and its row came back
+            _wait(
+                "the dataflow records the acknowledgement",
+                lambda: _acked_in_log(alert_table, data, alert_id),
+                log=run_log,
+            )
+
+            def echoed() -> bool:
+                rows = client.get("/api/v1/alerts", params={"twin_id": alert["twin_id"]}).json()["alerts"]
+                return any(r["alert_id"] == alert_id and r["acked_by"] == "ana" for r in rows)
+
+            _wait("the acknowledged row comes back on the topic", echoed, log=run_log)
+    finally:
+        run.terminate()
+        run.wait(60)
+
+
+def _acked_in_log(alert_table: Any, data: Path, alert_id: str) -> bool:
+    from dte_stream.errors import StoreError
+
+    try:
+        table = alert_table(data, "all")
+    except StoreError:  # the alert log is not written yet
+        return False
+    rows = table.filter(table["alert_id"] == alert_id).to_dicts()
+    return bool(rows) and rows[0]["acked_by"] == "ana"
+
+
+def test_resolved_alerts_and_evicted_twins_leave_the_topic(kafka: Any, tmp_path: Path) -> None:
+    """Tombstones: a resolved alert (after ``resolved_keep_s``) and the alerts of an evicted twin
+    are deleted from the compacted topic; a reader that starts afterwards never sees them."""
+    from dte_stream.connectors.kafka.view import KafkaViewWriter
+    from dte_stream.connectors.kafka.view_reader import KafkaViewReader
+    from dte_stream.readiness import Readiness
+    from dte_stream.spec.view import KafkaViewSpec
+    from dte_stream.view import AlertQuery
+
+    spec = KafkaViewSpec(
+        kind="kafka",
+        bootstrap_servers=kafka.bootstrap_servers,
+        topic=f"view-{uuid.uuid4().hex[:8]}",
+        create_topic={"partitions": 2},
+    )
+    writer = KafkaViewWriter.open(spec)
+    writer.resolved_keep_s = 0.0
+    twin = {
+        "twin_type": "pump", "labels": {}, "last_seen_ns": 1, "alert_state": "firing",
+        "anomaly_score": None, "channels": {}, "models": [], "alerts": [],
+    }  # fmt: skip
+
+    def alert(twin_id: str, state: str) -> dict[str, Any]:
+        return {"alert_id": f"{twin_id}/hot", "twin_id": twin_id, "twin_type": "pump", "rule": "hot",
+                "state": state, "severity": "warning", "starts_ns": 1, "time_ns": 2}  # fmt: skip
+
+    ids = ["p-1", "p-2", "p-3"]
+    writer.put([dict(twin, twin_id=t) for t in ids], 5, [alert(t, "firing") for t in ids])
+    assert writer.flush(30) == 0
+    writer.put([], 6, [alert("p-1", "resolved")])  # resolved: its row, then (keep 0 s) a tombstone
+    writer.remove(["p-2"])  # evicted: the twin's tombstone and its alert's
+    writer.put([], 7, [])
+    assert writer.flush(30) == 0
+    writer.close()
+
+    view = TwinView.open(tmp_path)
+    follower = KafkaViewReader(spec, view, readiness=Readiness()).start()
+    try:
+        assert follower.caught_up.wait(60)
+        _wait("the reader has applied the tombstones", lambda: view.count_alerts(AlertQuery()) == 1)
+        assert [a["alert_id"] for a in view.list_alerts(AlertQuery())] == ["p-3/hot"]
+        assert view.get_alert("p-1/hot") is None
+        assert view.get_twin("p-2") is None
+        assert view.counts()["total"] == 2
+    finally:
+        follower.stop()
+        view.close()

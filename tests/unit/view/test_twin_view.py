@@ -1,7 +1,9 @@
-"""The twin state view: records from a real twin bank and alert engine, the SQLite file, pacing."""
+"""The twin state view: records from a real twin bank and alert engine, the SQLite file, pacing,
+and the writer process that builds and writes the records away from the dataflow."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -11,11 +13,14 @@ import numpy as np
 import pytest
 
 from dte_stream.alerts.rules import AlertEngine
+from dte_stream.errors import StoreError
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import BankUpdate, TwinBank
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.view import AlertQuery, TwinQuery, TwinView, ViewCollector, ViewPublisher
+from dte_stream.view.process import ViewProcess
+from dte_stream.view.records import build_records, gather
 
 S = 10**9
 
@@ -146,3 +151,76 @@ def test_two_processes_write_one_view(tmp_path: Path) -> None:
         sqlite3.connect(tmp_path / "twin_view.sqlite3").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     )
     view.close()
+
+
+def _start(data_dir: Path, max_share: float = 0.25) -> ViewProcess:
+    return ViewProcess.start({"data_dir": str(data_dir), "kafka": None}, max_share)
+
+
+def test_the_child_writes_the_records_the_dataflow_would_have_built(tmp_path: Path) -> None:
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    child = _start(tmp_path, max_share=1e-9)
+    child.budget.trickle = 0.0  # after its first write the child's allowance stays overdrawn
+    publisher = ViewPublisher(child, min_interval_s=0.0)
+    update = feed(bank, engine, [("r1", "heater", 0, 25.0), ("r1", "temp", S, 20.0), ("r2", "temp", S, 35.0)])
+    publisher.note(update)
+    expected = build_records(gather(bank, np.arange(2), engine))
+    assert publisher.publish(bank, engine, now_ns=2 * S)
+    assert child.busy(id(publisher))  # in flight, then over its allowance: the next waits in the bank
+    publisher.note(feed(bank, engine, [("r1", "temp", 2 * S, 21.0)]))
+    assert not publisher.publish(bank, engine, now_ns=3 * S)
+    assert child.wait_idle(id(publisher), 30)
+    publisher.finish(bank, engine, now_ns=4 * S)  # the end of the input: at once, whatever the pace
+    child.close()
+    view = TwinView.open(tmp_path)
+    r2 = view.get_twin("r2")
+    assert r2 is not None
+    for key in ("channels", "models", "alerts", "alert_state", "last_seen_ns", "anomaly_score"):
+        assert r2[key] == expected[1][key], key
+    assert r2["updated_ns"] == 2 * S
+    r1 = view.get_twin("r1")
+    assert r1 is not None
+    assert r1["channels"]["temp"]["value"] == 21.0  # the change that waited was written at the end
+    assert r1["updated_ns"] == 4 * S
+    assert [a["alert_id"] for a in view.list_alerts(AlertQuery())] == ["r2/hot"]
+    view.close()
+
+
+def test_the_child_waits_for_its_cpu_allowance(tmp_path: Path) -> None:
+    child = _start(tmp_path, max_share=1e-9)
+    child.budget.trickle = 0.0  # any write overdraws the allowance
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    feed(bank, engine, [("r1", "temp", S, 20.0)])
+    child.put_columns(1, [gather(bank, np.arange(1), engine)], 2 * S, [])
+    assert child.wait_idle(1, 30)
+    assert child.busy(1)  # written, but resting
+    assert child.busy(2)  # the rest is the child's: every publisher waits
+    child.close()
+
+
+def test_a_view_that_cannot_be_opened_fails_at_start_with_the_reason(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot create the data directory"):
+        _start(blocker / "view")
+
+
+def test_a_child_that_dies_is_logged_once_and_the_dataflow_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    feed(bank, engine, [("r1", "temp", S, 20.0)])
+    child = _start(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        child._proc.kill()  # what an OOM kill would do
+        child._proc.wait()
+        for _ in range(3):
+            child.put_columns(1, [gather(bank, np.arange(1), engine)], 2 * S, [])
+        assert not child.wait_idle(1, 30)
+        child._reader.join(30)  # it noticed the end (and logged it) before it ended itself
+    assert child.busy(1)
+    assert sum("writer process ended" in r.getMessage() for r in caplog.records) == 1
+    child.close()

@@ -24,6 +24,7 @@ from dte_stream.view import TwinQuery, TwinView, ViewCollector, ViewPublisher
 from dte_stream.view.messages import (
     MAX_VALUE_BYTES,
     ViewRecordError,
+    alert_tombstone,
     decode,
     encode_alert,
     encode_twin,
@@ -66,6 +67,8 @@ def test_twin_alert_and_type_records_round_trip() -> None:
     message = decode(*encode_type(spec))
     assert (message.kind, message.key, message.value) == ("type", "room", spec)
     assert decode(*tombstone("r1")).value is None
+    gone = decode(*alert_tombstone("r2/hot"))
+    assert (gone.kind, gone.key, gone.value) == ("alert", "r2/hot", None)
 
 
 def _twin(**change: object) -> bytes:
@@ -95,7 +98,7 @@ HOSTILE: list[tuple[bytes | None, bytes | None, str]] = [
     (b"p-1", _twin(channels={"t": 3}), "each channel must be a JSON object"),
     (b"p-1", _twin(models=[1]), "models and alerts must hold JSON objects"),
     (b"p-1", b" " * (MAX_VALUE_BYTES + 1), "over"),
-    (b"\x00alert\x00a/1", None, "only twins are removed"),
+    (b"\x00type\x00room", None, "only twins and alerts are removed"),
     (b"\x00alert\x00a/1", orjson.dumps({"alert_id": "a/2", "twin_id": "a", "state": "firing"}), "differs"),
     (b"\x00alert\x00a/1", orjson.dumps({"alert_id": "a/1", "state": "firing"}), "twin_id must be"),
     (b"\x00type\x00room", orjson.dumps({"name": "room", "channels": 5}), "not a twin type spec"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,7 @@ def test_the_pump_spools_what_fits_acknowledges_it_and_stops_when_full(tmp_path:
         who="test",
         key="c-0",
         queue=queue,
+        queue_lock=threading.Lock(),
         spool=spool,
         ledger=ledger,
         due=due,
@@ -237,4 +239,46 @@ def test_the_pump_spools_what_fits_acknowledges_it_and_stops_when_full(tmp_path:
     spool.release(position)  # the dataflow read and committed it all
     assert pump._spool_some()
     assert not pump._full
+    spool.close()
+
+
+def test_the_pump_copes_with_messages_arriving_while_it_copies_the_queue(tmp_path: Path) -> None:
+    """paho's thread appends while the pump copies the queue's head (it once raised "deque
+    mutated during iteration" and stopped the daemon): every message is spooled, in order."""
+    from collections import deque
+
+    from dte_stream.connectors.mqtt._spooled import SpoolPump
+
+    spool = Spool(tmp_path, max_bytes=64 << 20)
+    ledger = AckLedger()
+    queue: deque[tuple[str, bytes, int, int, int, int]] = deque()
+    lock = threading.Lock()
+    due: list[tuple[int, int]] = []
+    total = 60_000
+
+    def network_thread() -> None:
+        for i in range(total):
+            with lock:  # as MqttPartition._enqueue appends with a spool
+                queue.append((f"plant/p{i % 5}", b"x" * 20, i, i % 65535 + 1, 1, 1))
+
+    pump = SpoolPump(
+        who="test",
+        key="c-0",
+        queue=queue,
+        queue_lock=lock,
+        spool=spool,
+        ledger=ledger,
+        due=due,
+        acknowledge=due.clear,
+        confirm=lambda: None,
+        pending_acks=lambda: bool(due),
+    )
+    appender = threading.Thread(target=network_thread)
+    appender.start()
+    while appender.is_alive() or queue:
+        pump._spool_some()
+    appender.join()
+    records, _, damaged = spool.read(START, 2 * total)
+    assert not damaged
+    assert [r.received_ns for r in records] == list(range(total))
     spool.close()

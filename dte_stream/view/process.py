@@ -1,0 +1,367 @@
+"""The view's writer in a process of its own, so that the dataflow pays only for numpy gathers.
+
+Building a record is Python work per twin (dicts, lists, JSON) and SQLite or Kafka takes time
+besides; in the dataflow's process all of it holds the GIL the shards need (about 20 us per
+twin: 0.2 s for 10,000 twins, measured in docs/benchmarks.md). So a dataflow process starts
+one child (``python -m dte_stream.view.process``) that owns the view writer (the SQLite
+:class:`~dte_stream.view.store.TwinView`, a Kafka view topic, or both) and the shards' publishers
+send it :class:`~dte_stream.view.records.ViewColumns`: the changed twins' state as a few
+arrays, pickled on a sender thread and written to the child's stdin.
+
+- **One message in flight.** A publisher sends only while the child has no message to write
+  (:meth:`ViewProcess.busy`); meanwhile the banks keep marking the twins that change, so a slow
+  child means fewer, larger writes, never a queue that grows.
+- **The child spends at most a share of what the dataflow spends** (:class:`CpuBudget`): it
+  reports the CPU time each write took, and publishers send only while the child's CPU time
+  stays within ``max_share`` of the dataflow process's own (plus a trickle of wall time, so an
+  idle dataflow's few changes still go at once). On a loaded machine, where every CPU second
+  the child takes is one the dataflow does not get, the view costs the dataflow at most about
+  that share; with 10,000 busy twins the view is then refreshed every few seconds. At the end
+  of the input the last changes go at once, and :meth:`close` waits for the child to write them.
+- Twins whose Kafka records were not delivered come back with the acknowledgement, and their
+  shard publishes them again with their state of then.
+- The child ends when its stdin closes (the dataflow process ends or calls :meth:`close`),
+  after writing what it was sent and waiting for Kafka's deliveries; if it dies, the error is
+  logged once and the view is no longer updated (the dataflow goes on).
+
+Frames are an 8-byte big-endian length and a pickle, both ways. Only a dataflow process
+starts the child, with its own interpreter, and reads what it sends back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from dte_stream.errors import StoreError
+
+__all__ = ["ViewProcess"]
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">Q")
+#: How long :meth:`ViewProcess.start` waits for the child to open its writer (Kafka may be slow).
+START_TIMEOUT_S = 120.0
+
+
+def _write_frame(stream: IO[bytes], obj: object) -> None:
+    data = pickle.dumps(obj, protocol=5)
+    stream.write(_LENGTH.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)  # frames come only from our own parent or child
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+class CpuBudget:
+    """The child's CPU allowance: ``share`` of this process's CPU time plus ``trickle`` of wall
+    time, saved up to ``cap`` seconds; each write's CPU time is taken from it.
+
+    >>> budget = CpuBudget(share=0.1, trickle=0.0, cap=1.0, cpu=lambda: 0.0, wall=lambda: 0.0)
+    >>> budget.allows(), budget.spend(0.2), budget.allows()
+    (True, None, False)
+    """
+
+    def __init__(
+        self,
+        share: float = 0.05,
+        trickle: float = 0.01,
+        cap: float = 1.0,
+        *,
+        cpu: Callable[[], float] = time.process_time,
+        wall: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.share, self.trickle, self.cap = share, trickle, cap
+        self._cpu, self._wall = cpu, wall
+        self._last_cpu, self._last_wall = cpu(), wall()
+        self.tokens = 0.0
+        self.spent = 0.0
+
+    def allows(self) -> bool:
+        """Whether a write may start: the allowance is not overdrawn."""
+        cpu, wall = self._cpu(), self._wall()
+        earned = self.share * (cpu - self._last_cpu) + self.trickle * (wall - self._last_wall)
+        self._last_cpu, self._last_wall = cpu, wall
+        self.tokens = min(self.cap, self.tokens + earned)
+        return self.tokens >= 0
+
+    def spend(self, cost: float) -> None:
+        self.tokens -= cost
+        self.spent += cost
+
+
+class ViewProcess:
+    """The parent's end: sends the child what to write, knows which publishers wait for it.
+
+    A :class:`~dte_stream.view.publisher.ViewWriter` (twin types, removals, records) and a column
+    writer (:meth:`put_columns`, :meth:`busy`, :meth:`take_undelivered`); thread-safe.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._outstanding: dict[int, int] = {}
+        self.budget = CpuBudget()
+        self._undelivered: dict[int, set[str]] = {}
+        self._dead = False
+        self._closed = False
+        self._sender = threading.Thread(target=self._send_loop, name="dte-view-sender", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="dte-view-acks", daemon=True)
+
+    @classmethod
+    def start(
+        cls, config: dict[str, Any], max_share: float = 0.05, timeout: float = START_TIMEOUT_S
+    ) -> ViewProcess:
+        """Start the child with ``config`` (see :func:`_open_writer`); raises :class:`StoreError`
+        with the child's reason when it cannot open the view."""
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # the dte_stream this process runs
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dte_stream.view.process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        if proc.stdin is None or proc.stdout is None:
+            raise StoreError("the twin view's writer process has no pipes")
+        try:
+            _write_frame(proc.stdin, config)
+        except OSError as exc:
+            proc.kill()
+            raise StoreError(f"the twin view's writer process did not start: {exc}") from None
+        answer: list[Any] = []
+        reader = threading.Thread(target=lambda: answer.append(_read_frame(proc.stdout)), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        reader.join(timeout)
+        if not answer or answer[0] is None or answer[0][0] != "ready" or answer[0][1] is not None:
+            reason = answer[0][1] if answer and answer[0] is not None else "it did not answer"
+            proc.kill()
+            proc.wait()
+            _close_pipes(proc)
+            raise StoreError(f"cannot open the twin view: {reason}")
+        view = cls(proc)
+        view.budget = CpuBudget(max_share)
+        view._sender.start()
+        view._reader.start()
+        return view
+
+    # -- what publishers call -------------------------------------------------------------------
+
+    def busy(self, tag: int) -> bool:
+        """Whether the child still writes a message (of any publisher: its CPU time is counted
+        only once it is done), its allowance is overdrawn, or it is gone."""
+        with self._lock:
+            if self._dead or self._closed or any(self._outstanding.values()):
+                return True
+            return not self.budget.allows()
+
+    def put_columns(
+        self, tag: int, columns: Sequence[Any], now_ns: int, alerts: Sequence[dict[str, Any]]
+    ) -> None:
+        """Have the child build and write the records of ``columns`` (and the alert rows)."""
+        with self._lock:
+            if self._dead or self._closed:
+                return
+            self._outstanding[tag] = self._outstanding.get(tag, 0) + 1
+        self._queue.put(("columns", tag, now_ns, list(columns), list(alerts)))
+
+    def take_undelivered(self, tag: int) -> list[str]:
+        """Twins of publisher ``tag`` whose Kafka records were not delivered (forgotten here)."""
+        with self._lock:
+            return sorted(self._undelivered.pop(tag, set()))
+
+    def wait_idle(self, tag: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until publisher ``tag``'s messages are written."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._dead and self._outstanding.get(tag, 0) > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return not self._dead
+
+    # -- the ViewWriter interface ------------------------------------------------------------------
+
+    def put(
+        self, records: Sequence[dict[str, Any]], now_ns: int | None, alerts: Iterable[dict[str, Any]] = ()
+    ) -> int:
+        self._queue.put(("records", list(records), now_ns, list(alerts)))
+        return 0
+
+    def remove(self, twin_ids: Sequence[str]) -> None:
+        if twin_ids:
+            self._queue.put(("remove", list(twin_ids)))
+
+    def put_types(self, specs: Sequence[dict[str, Any]]) -> None:
+        self._queue.put(("types", list(specs)))
+
+    def shutdown(self) -> None:
+        """Send what is queued and tell the child to end once it has written it; does not wait."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(None)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """:meth:`shutdown`, then wait (at most ``timeout`` s) for the child to end."""
+        self.shutdown()
+        self._sender.join(timeout)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the twin view's writer process did not end within %.0f s: stopped", timeout)
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(5.0)
+        _close_pipes(self._proc)
+
+    # -- threads ----------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        stdin = self._proc.stdin
+        if stdin is None:
+            return
+        try:
+            while (item := self._queue.get()) is not None:
+                _write_frame(stdin, item)
+        except (OSError, ValueError):
+            self._gone()
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _read_loop(self) -> None:
+        stdout = self._proc.stdout
+        if stdout is None:
+            return
+        while (frame := _read_frame(stdout)) is not None:
+            _, tag, undelivered, cost = frame
+            with self._changed:
+                self._outstanding[tag] = max(0, self._outstanding.get(tag, 0) - 1)
+                self.budget.spend(cost)
+                if undelivered:
+                    self._undelivered.setdefault(tag, set()).update(undelivered)
+                self._changed.notify_all()
+        if not self._closed:
+            self._gone()
+
+    def _gone(self) -> None:
+        with self._changed:
+            first, self._dead = not self._dead, True
+            self._changed.notify_all()
+        if first and not self._closed:
+            code = self._proc.poll()
+            log.error(
+                "the twin view's writer process ended (exit code %s): the view is no longer updated "
+                "(the dataflow goes on; restart it to publish the view again)",
+                code,
+            )
+
+
+# -- the child ----------------------------------------------------------------------------------
+
+
+def _open_writer(config: dict[str, Any]) -> Any:
+    """The writer ``config`` asks for: ``data_dir`` (SQLite), ``kafka`` (a KafkaViewSpec as JSON)
+    and ``local`` (both)."""
+    from dte_stream.view.publisher import ViewFanOut
+    from dte_stream.view.store import TwinView
+
+    if config.get("kafka") is None:
+        return TwinView.open(config["data_dir"])
+    from dte_stream.connectors.kafka.view import KafkaViewWriter
+    from dte_stream.spec.view import KafkaViewSpec
+
+    remote = KafkaViewWriter.open(KafkaViewSpec.model_validate(config["kafka"]))
+    return ViewFanOut(TwinView.open(config["data_dir"]), remote) if config.get("local") else remote
+
+
+def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
+    from dte_stream.errors import DteStreamError
+    from dte_stream.logs import configure
+    from dte_stream.view.publisher import EPOCH_FLUSH_S, AsyncViewWriter
+    from dte_stream.view.records import build_records
+
+    config = _read_frame(stdin)
+    if config is None:
+        return 1
+    configure(config.get("log_level", "warning"), config.get("log_format", "text"))
+    try:
+        writer = _open_writer(config)
+    except DteStreamError as exc:
+        _write_frame(stdout, ("ready", str(exc)))
+        return 1
+    _write_frame(stdout, ("ready", None))
+    is_async = isinstance(writer, AsyncViewWriter)
+    while (frame := _read_frame(stdin)) is not None:
+        kind = frame[0]
+        start = time.process_time()
+        undelivered: list[str] = []
+        try:
+            if kind == "columns":
+                _, _, now_ns, columns, alerts = frame
+                records: list[dict[str, Any]] = []
+                ids: list[str] = []
+                for cols in columns:
+                    if cols.removed:
+                        writer.remove(cols.removed)
+                    records += build_records(cols)
+                ids = [r["twin_id"] for r in records]
+                if records or alerts:
+                    writer.put(records, now_ns, alerts)
+                if is_async:
+                    writer.flush(EPOCH_FLUSH_S)
+                    undelivered = writer.take_undelivered(ids)
+            elif kind == "records":
+                writer.put(frame[1], frame[2], frame[3])
+            elif kind == "remove":
+                writer.remove(frame[1])
+            elif kind == "types":
+                writer.put_types(frame[1])
+        except DteStreamError as exc:
+            log.error("twin view: %s", exc)
+        if kind == "columns":
+            _write_frame(stdout, ("ack", frame[1], undelivered, time.process_time() - start))
+    close = getattr(writer, "close", None)
+    if close is not None:
+        close()
+    return 0
+
+
+if __name__ == "__main__":
+    _frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr, never into the frames
+    sys.exit(_child(sys.stdin.buffer, _frames_out))
