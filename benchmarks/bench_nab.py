@@ -137,6 +137,9 @@ CANDIDATES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("likelihood: short half-life 5 readings (default 10)", {}, {"likelihood_short": 5.0}),
     ("likelihood: short half-life 20 readings (default 10)", {}, {"likelihood_short": 20.0}),
     ("likelihood: long half-life 2,000 readings (default 8,640)", {}, {"likelihood_long": 2000.0}),
+    ("likelihood: surprises winsorised at 2 sd (default 3)", {}, {"likelihood_winsor": 2.0}),
+    ("likelihood: surprises winsorised at 4 sd (default 3)", {}, {"likelihood_winsor": 4.0}),
+    ("likelihood: surprises not winsorised", {}, {"likelihood_winsor": 1e9}),
 ]
 
 

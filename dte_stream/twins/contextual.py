@@ -21,7 +21,8 @@ Anomaly Benchmark have in common, and what this scorer takes from them:
   :class:`~dte_stream.twins.anomaly.AnomalyScorer`) stop counting as surprising.
 - **A second time scale: the anomaly likelihood** (HTM's idea): each reading's surprise
   (``-log10 p`` of its larger residual, before the peak memory) is averaged over about ten
-  readings and judged against the cell's long run of surprises (half-life 8,640 readings), so
+  readings, winsorised at 3 standard deviations so that one rare huge surprise is not a rate,
+  and judged against the cell's long run of surprises (half-life 8,640 readings), so
   a change in the *rate* of surprises flags (denser spikes, noise creeping up) though no single
   reading does (:meth:`ContextualScorer._likelihood`; ``likelihood=False`` turns it off).
 - **One flag per episode.** After a reading scores at or above ``level``, the cell's scores are
@@ -200,6 +201,7 @@ class ContextualScorer:
         likelihood_short: float = LIKELIHOOD_SHORT,
         likelihood_long: float = LIKELIHOOD_LONG,
         likelihood_after: int = 200,
+        likelihood_winsor: float = 3.0,
     ) -> None:
         if channels < 1 or capacity < 0 or context_bins < 1:
             raise ValueError(f"need channels >= 1, capacity >= 0 and context_bins >= 1, "
@@ -209,7 +211,7 @@ class ContextualScorer:
             ("window_cap", window_cap), ("decades", decades), ("peak_halflife", peak_halflife),
             ("peak_ref", peak_ref), ("context_halflife", context_halflife), ("peak_time", peak_time),
             ("peak_max_halflife", peak_max_halflife), ("likelihood_short", likelihood_short),
-            ("likelihood_long", likelihood_long),
+            ("likelihood_long", likelihood_long), ("likelihood_winsor", likelihood_winsor),
         ):  # fmt: skip
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, not {value!r}")
@@ -235,6 +237,7 @@ class ContextualScorer:
         self._window_dof = (2.0 - self._alpha_short) / self._alpha_short
         self.likelihood = bool(likelihood)
         self.likelihood_after = max(int(likelihood_after), 1)
+        self.likelihood_winsor = float(likelihood_winsor)
         self._alpha_l_short = 1.0 - 0.5 ** (1.0 / likelihood_short)
         self._alpha_l_long = 1.0 - 0.5 ** (1.0 / likelihood_long)
         # Standard deviation of the short mean of independent surprises, per unit of theirs.
@@ -419,9 +422,11 @@ class ContextualScorer:
 
         A reading's surprise is ``-log10`` of the two-sided tail of its larger residual z
         (innovation, or the context once it counts), before the recurring-surprise memory and
-        capped at ``decades``. Its short exponentially weighted mean is judged against the
-        long-run mean and standard deviation of surprises (scaled to the short mean's spread),
-        after ``likelihood_after`` surprises. A rate change (spikes that become denser, noise
+        capped at ``decades``. Its short exponentially weighted mean (of surprises winsorised at
+        ``likelihood_winsor`` long-run standard deviations above the long-run mean, so that one
+        rare, huge surprise is not a rate) is judged against the long-run mean and standard
+        deviation of surprises (scaled to the short mean's spread), after ``likelihood_after``
+        surprises. A rate change (spikes that become denser, noise
         that grows) raises the short mean well above the cell's own long run, though no single
         reading is surprising. Returns the combined log p (the smaller, Bonferroni times 2) and
         the learned state, to be kept where the reading is ready.
@@ -430,8 +435,11 @@ class ContextualScorer:
         short, mean, var = (a[name].take(cell) for name in ("l_short", "l_mean", "l_var"))
         n = a["l_count"].take(cell)
         surprise = np.clip(-(gaussian_log_sf(z) + _LN2) / _LN10, 0.0, self.decades)
-        new_short = short + self._alpha_l_short * (surprise - short)
-        sd = np.sqrt(np.maximum(var, _VAR_FLOOR)) * self._l_short_sd
+        spread = np.sqrt(np.maximum(var, _VAR_FLOOR))
+        # Winsorised into the short mean: one rare huge surprise is not a rate.
+        bound = np.where(n >= 2, mean + self.likelihood_winsor * spread, np.inf)
+        new_short = short + self._alpha_l_short * (np.minimum(surprise, bound) - short)
+        sd = spread * self._l_short_sd
         zl = (new_short - mean) / sd
         rising = (n >= self.likelihood_after) & (zl > 0)
         lp_l = np.where(rising, gaussian_log_sf(np.where(rising, zl, 0.0)), 0.0)

@@ -228,8 +228,10 @@ class ContextualCell:
         surprise = -(gaussian_log_sf(z) + _LN2) / _LN10
         surprise = 0.0 if surprise < 0.0 else sc.decades if surprise > sc.decades else surprise
         n, mean, var = self.l_count, self.l_mean, self.l_var
-        short = self.l_short + sc._alpha_l_short * (surprise - self.l_short)
-        sd = math.sqrt(var if var > _VAR_FLOOR else _VAR_FLOOR) * sc._l_short_sd
+        spread = math.sqrt(var if var > _VAR_FLOOR else _VAR_FLOOR)
+        bound = mean + sc.likelihood_winsor * spread if n >= 2 else _INF
+        short = self.l_short + sc._alpha_l_short * ((surprise if surprise < bound else bound) - self.l_short)
+        sd = spread * sc._l_short_sd
         zl = (short - mean) / sd
         lp_l = gaussian_log_sf(zl) if n >= sc.likelihood_after and zl > 0 else 0.0
         alpha = max(sc._alpha_l_long, 1.0 / (n + 1.0))
