@@ -163,7 +163,7 @@ def test_an_in_process_dataflow_that_raises_leaves_no_writer_process(
 
     monkeypatch.setattr(TwinShard, "on_batch", failing)
     before = _writers()
-    with pytest.raises(RuntimeError, match="StatefulBatchLogic.on_batch") as raised:
+    with pytest.raises(RuntimeError, match=r"StatefulBatchLogic\.on_batch") as raised:
         run_main(build_flow(spec))
     del raised  # its traceback holds the shard's logic
     gc.collect()
