@@ -172,7 +172,7 @@ def test_a_copy_with_another_value_is_a_conflicting_value_and_the_first_wins() -
 copy_plans = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10**6)), min_size=0, max_size=40)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.integers(0, 2**31),
     st.integers(1, 4),
@@ -194,9 +194,9 @@ def test_a_run_with_copies_gives_every_output_and_the_state_of_the_run_without(
     for where, pick in plan:
         k = pick % len(batches)
         if where < 2 or k == 0:  # a copy later in the same batch
-            src = batches[k]
-            i = pick % len(src)
-            noisy[k].insert(i + 1 + (pick % (len(noisy[k]) - i)), src[i])
+            item = batches[k][pick % len(batches[k])]
+            at = noisy[k].index(item)  # the original (earlier insertions moved it)
+            noisy[k].insert(at + 1 + (pick % (len(noisy[k]) - at)), item)
         else:  # a copy of a cell's latest reading so far, at the front of the next batch
             seen: dict[tuple[int, int], Item] = {}
             for item in (x for b in batches[:k] for x in b):
