@@ -98,6 +98,10 @@ CATALOGUE: dict[str, MetricInfo] = {
     ),
     "readings_in": MetricInfo("dte_readings_in_total", "Readings decoded per source"),
     "readings_processed": MetricInfo("dte_readings_processed_total", "Readings applied to twin state"),
+    "readings_from_other_processes": MetricInfo(
+        "dte_readings_from_other_processes_total",
+        "Readings a shard of this process got from another process of its cluster",
+    ),
     "decode_errors": MetricInfo("dte_decode_errors_total", "Payloads or rows refused by a codec, by reason"),
     "dead_letters": MetricInfo("dte_dead_letters_total", "Dead letters by stage and reason"),
     "stale_sensors": MetricInfo("dte_stale_sensor_reports_total", "Sensors reported stale"),
