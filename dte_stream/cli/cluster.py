@@ -52,6 +52,7 @@ __all__ = [
     "loopback_addresses",
     "one_host_cluster",
     "parse_addresses",
+    "quick_cluster",
     "record_shard_keys",
     "recorded_shard_keys",
     "run_cluster",
@@ -218,6 +219,37 @@ def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) ->
             leftover.unlink()
         scratch.rmdir()
     return own
+
+
+def quick_cluster(argv: list[str]) -> tuple[int, Path, Path | None] | None:
+    """``[--debug] run SPEC ... --processes N`` (N > 1): N, SPEC and ``--recovery-dir``; else None.
+
+    Such a command only checks the spec and the recovery folder and starts its children, so
+    the entry point does that without loading the rest of the CLI (about a second of imports,
+    several on a busy machine, before the children even start). Any other form, and ``--help``,
+    ``--addresses`` or ``--process-id``, go through the full parser (None).
+
+    >>> quick_cluster(["run", "f.yaml", "--processes", "2", "--recovery-dir", "r"])
+    (2, PosixPath('f.yaml'), PosixPath('r'))
+    >>> quick_cluster(["run", "f.yaml", "--processes=1"]), quick_cluster(["run", "--quiet", "f.yaml"])
+    (None, None)
+    """
+    head = argv[: argv.index("run")] if "run" in argv else ["?"]
+    rest = argv[len(head) + 1 :]
+    if any(a != "--debug" for a in head) or not rest or rest[0].startswith("-"):
+        return None
+    values: dict[str, str] = {}
+    for i, arg in enumerate(rest):
+        name, eq, value = arg.partition("=")
+        if name in ("-h", "--help", "--addresses", "--process-id"):
+            return None
+        if name in ("--processes", "--recovery-dir"):
+            values[name] = value if eq else (rest[i + 1] if i + 1 < len(rest) else "")
+    processes = values.get("--processes", "")
+    if not processes.isdigit() or int(processes) < 2:
+        return None
+    recovery = values.get("--recovery-dir")
+    return int(processes), Path(rest[0]), Path(recovery) if recovery else None
 
 
 def child_argv(argv: list[str], addresses: list[str], process_id: int) -> list[str]:
