@@ -212,7 +212,8 @@ def shard_workers(shards: int, workers: int, topics: Sequence[Sequence[int]]) ->
     (index = partition number). A topic counts only when one of its partition count and
     ``shards`` divides the other (else a partition holds readings of every shard) and it has at
     least ``workers`` partitions (else co-locating would leave a worker without shards). A
-    shard fed by partitions on several workers goes where most of them are.
+    shard fed by partitions on several workers goes where most of them are (a tie: to worker
+    ``i % workers`` if it is one of them, else to the one with the fewest shards).
 
     >>> shard_workers(8, 2, [[0, 1, 0, 1]])  # shard s is fed by partition s % 4
     [0, 1, 0, 1, 0, 1, 0, 1]
@@ -237,6 +238,8 @@ def shard_workers(shards: int, workers: int, topics: Sequence[Sequence[int]]) ->
             continue
         best = max(counts.values())
         candidates = sorted(w for w, n in counts.items() if n == best)
+        if s % workers not in candidates:  # a tie: the candidate with the fewest shards so far
+            candidates.sort(key=placed.count)
         placed.append(s % workers if s % workers in candidates else candidates[0])
     return placed
 
@@ -288,18 +291,42 @@ def plan_cluster(
     that routes by shard key; ``keys`` the shard keys a recovery folder already holds state
     under (kept: only the writers are placed then).
     """
+    # One observing dataflow answers everything in the usual case (a start costs less): the
+    # first source's partitions, the writers, the recorded keys or 16 candidate names per shard.
+    candidates = [_candidate(i, n) for i in range(shards) for n in range(16)] if keys is None else []
+    first, *more = keyed_sources or [[]]
+    seen = observe(workers, keys=[*(keys or []), *candidates], source_parts=first, sink_parts=writer_parts)
     if keys is None:
-        topics: list[list[int]] = []
-        for parts in keyed_sources:
-            where = observe(workers, source_parts=parts).source_parts
-            by_topic: dict[str, dict[int, int]] = {}
-            for part, worker in where.items():
-                topic, _, partition = part.rpartition("/")
-                by_topic.setdefault(topic, {})[int(partition)] = worker
-            for owners in by_topic.values():
-                if sorted(owners) == list(range(len(owners))):
-                    topics.append([owners[p] for p in range(len(owners))])
-        keys = placed_shard_keys(shard_workers(shards, workers, topics), workers)
-    seen = observe(workers, keys=keys, sink_parts=writer_parts)
-    routes = writer_routes(seen.keys, seen.sink_parts) if writer_parts else {}
+        where = [seen.source_parts, *(observe(workers, source_parts=parts).source_parts for parts in more)]
+        wanted = shard_workers(shards, workers, [owners for found in where for owners in _by_topic(found)])
+        keys = []
+        for i in range(shards):  # the first candidate of shard i that lands on its worker
+            hits = [c for c in candidates[16 * i : 16 * (i + 1)] if seen.keys.get(c) == wanted[i]]
+            keys.append(hits[0] if hits else "")
+        if not all(keys):  # none of the 16 landed there (at 2 workers: 1 in 65,536)
+            keys = placed_shard_keys(wanted, workers)
+            seen = observe(workers, keys=keys, sink_parts=writer_parts)
+    routes = (
+        writer_routes({k: seen.keys[k] for k in keys if k in seen.keys}, seen.sink_parts)
+        if writer_parts
+        else {}
+    )
     return ClusterPlan(list(keys), routes, [seen.keys.get(k, -1) for k in keys])
+
+
+def _candidate(shard: int, n: int) -> str:
+    """Candidate ``n`` for the key of ``shard``: its usual key, then ``shard-0003.1``, ..."""
+    return shard_key(shard) if n == 0 else f"{shard_key(shard)}.{n}"
+
+
+def _by_topic(where: dict[str, int]) -> list[list[int]]:
+    """Per topic, the worker of each partition (index = partition), from ``TOPIC/PARTITION`` keys."""
+    by_topic: dict[str, dict[int, int]] = {}
+    for part, worker in where.items():
+        topic, _, partition = part.rpartition("/")
+        by_topic.setdefault(topic, {})[int(partition)] = worker
+    return [
+        [owners[p] for p in range(len(owners))]
+        for owners in by_topic.values()
+        if sorted(owners) == list(range(len(owners)))
+    ]
