@@ -22,11 +22,11 @@ interleaved so that a drift of the shared machine hits every variant alike. Vari
 Each run's estimates are compared with those of the first Kalman variant on a sample of twins
 (every point of those twins; they must agree to 1e-9 relative), and its peak RSS (the process
 tree's VmHWM) and CPU seconds (the process tree's, not Kafka's or InfluxDB's: on a shared
-machine a second process can only be faster where CPU is left over) are recorded. With ``--latency``, each variant then runs once more while a
-producer writes readings stamped with the wall clock at half of dte-stream's best rate for
-``--latency-seconds``; a poller counts the points per 50 ms of event time every 50 ms, and a
-reading's latency is when its slot became complete minus its event time (an upper bound,
-precise to the polling interval).
+machine a second process can only be faster where CPU is left over) are recorded. With
+``--latency``, each variant then runs once more while a producer writes readings stamped with
+the wall clock at half of dte-stream's best rate for ``--latency-seconds``; a poller counts
+the points per 50 ms of event time every 50 ms, and a reading's latency is when its slot
+became complete minus its event time (an upper bound, precise to the polling interval).
 
     .venv/bin/python benchmarks/bench_e2e.py --quick                       # a few minutes
     .venv/bin/python benchmarks/bench_e2e.py --twins 1000 100000 --rounds 3 --latency --plot e2e.png
