@@ -254,6 +254,21 @@ def launch_of(variant: str, ctx: Context, db: str, work: Path) -> Launch:
     raise ValueError(variant)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
+    """SIGTERM every variant process's group, SIGKILL after 15 s; close the logs."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    for log in logs:
+        log.close()
+
+
 def tree_hwm_kb(pids: list[int]) -> int:
     """The sum of VmHWM (peak RSS) over ``pids`` and all their descendants."""
     children: dict[int, list[int]] = {}
@@ -336,17 +351,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
                 say(f"  {variant}: {points:,} of {ctx.records:,} points after {elapsed:.0f} s")
         seconds = time.perf_counter() - started
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for log in logs:
-            log.close()
+        stop_all(procs, logs)
     return RunResult(variant, ctx.twins, seconds, hwm / 1024, points), db, work
 
 
@@ -503,16 +508,7 @@ def latency_run(variant: str, ctx: Context, influx: Influx, rate: float, seconds
         elif lag_file.exists():
             acked = json.loads(lag_file.read_text())
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        for log in logs:
-            log.close()
+        stop_all(procs, logs)
         influx.drop(db)
         shutil.rmtree(work, ignore_errors=True)
     # a reading's latency: its slot's completion minus its time (mid-slot), weighted by readings;
