@@ -16,6 +16,7 @@ Everything about twins, alerts and time is in :class:`~dte_stream.twins.shard.Tw
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,7 +87,9 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         self.publishers: dict[str, ViewPublisher] = {}
         self.on_epoch = on_epoch
         if view is not None:
-            shard.on_evicted = self._evicted
+            me = weakref.ref(self)  # no cycle: the view ends when this is dropped
+            shard.on_evicted = lambda twin_type, ids: _evicted(me, twin_type, ids)
+            view.attach(self)
 
     def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[ShardUpdate], bool]:
         started = time.perf_counter()
@@ -101,6 +104,8 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         out = self._published(self.shard.on_eof())
         for twin_type, publisher in self.publishers.items():  # the input ended: the view gets all of it
             publisher.finish(self.shard.banks[twin_type], self.shard.alert_engines.get(twin_type), now_ns())
+        if self.view is not None:
+            self.view.finished(self)  # the last shard to finish closes the view
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -135,6 +140,12 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         publisher = self.publishers.get(twin_type)
         if publisher is not None:
             publisher.evicted(twin_ids)
+
+
+def _evicted(logic: weakref.ref[_ShardLogic], twin_type: str, twin_ids: list[str]) -> None:
+    alive = logic()
+    if alive is not None:
+        alive._evicted(twin_type, twin_ids)
 
 
 def _nbytes(value: object) -> int:

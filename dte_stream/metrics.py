@@ -47,6 +47,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "MetricInfo",
     "Metrics",
     "exposition",
+    "merged_exposition",
     "reason_class",
     "set_alert_gauges",
 ]
@@ -103,6 +105,10 @@ CATALOGUE: dict[str, MetricInfo] = {
     ),
     "readings_in": MetricInfo("dte_readings_in_total", "Readings decoded per source"),
     "readings_processed": MetricInfo("dte_readings_processed_total", "Readings applied to twin state"),
+    "duplicate_readings": MetricInfo(
+        "dte_duplicate_readings_total",
+        "Readings not applied: the twin, channel and event time of one applied (kind copy or conflict)",
+    ),
     "decode_errors": MetricInfo("dte_decode_errors_total", "Payloads or rows refused by a codec, by reason"),
     "dead_letters": MetricInfo("dte_dead_letters_total", "Dead letters by stage and reason"),
     "stale_sensors": MetricInfo("dte_stale_sensor_reports_total", "Sensors reported stale"),
@@ -120,6 +126,13 @@ CATALOGUE: dict[str, MetricInfo] = {
     "snapshot_seconds": MetricInfo("dte_snapshot_seconds", "Time to snapshot one shard's state"),
     "snapshot_bytes": MetricInfo(
         "dte_snapshot_bytes", "Size of the latest state snapshot per twin type and shard", _shard_labels
+    ),
+    # HTTP API
+    "api_requests": MetricInfo(
+        "dte_api_requests_total", "HTTP requests the API answered, by method, route and status"
+    ),
+    "api_request_seconds": MetricInfo(
+        "dte_api_request_seconds", "Time from a request's arrival to the start of its answer, by route"
     ),
     # live reload
     "spec_reloads": MetricInfo(
@@ -325,13 +338,14 @@ class Metrics:
         with self._lock:
             return int(sum(v for (n, _), v in self._gauges.items() if n == name))
 
-    def observe(self, name: str, value: float) -> None:
-        """Record one observation (seconds) in a histogram."""
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record one observation (seconds) in a histogram (labels as for :meth:`add`)."""
+        key = _key(name, labels) if labels else name
         with self._lock:
-            hist = self._histograms.get(name)
+            hist = self._histograms.get(key)
             if hist is None:
-                info = CATALOGUE.get(name)
-                hist = self._histograms[name] = _Histogram(info.buckets if info else LATENCY_BUCKETS)
+                info = CATALOGUE.get(_split(key)[0])
+                hist = self._histograms[key] = _Histogram(info.buckets if info else LATENCY_BUCKETS)
             hist.observe(value)
 
     def observe_many(self, name: str, values: npt.NDArray[np.float64]) -> None:
@@ -366,16 +380,7 @@ class Metrics:
             }
         yield from _counter_families(counters)
         yield from _gauge_families(gauges)
-        for name, (bounds, counts, _count, total) in sorted(histograms.items()):
-            info = CATALOGUE.get(name)
-            prom = info.name if info else f"dte_{_sanitise(name)}"
-            family = HistogramMetricFamily(prom, info.help if info else f"dte-stream histogram {name}")
-            cumulative, running = [], 0
-            for bound, n in zip((*bounds, float("inf")), counts, strict=True):
-                running += n
-                cumulative.append((_bound(bound), float(running)))
-            family.add_metric([], cumulative, total)
-            yield family
+        yield from _histogram_families(histograms)
 
 
 def _has(key: str, labels: Mapping[str, str]) -> bool:
@@ -436,6 +441,29 @@ def _gauge_families(gauges: Mapping[tuple[str, str], float]) -> Iterator[Metric]
         bucket[label_key] = bucket.get(label_key, 0.0) + float(value)
     for prom in sorted(series):
         yield _family(GaugeMetricFamily, prom, helps[prom], series[prom])
+
+
+def _histogram_families(
+    histograms: Mapping[str, tuple[tuple[float, ...], list[int], int, float]],
+) -> Iterator[Metric]:
+    series: dict[str, list[tuple[dict[str, str], tuple[float, ...], list[int], float]]] = {}
+    helps: dict[str, str] = {}
+    for key, (bounds, counts, _count, total) in histograms.items():
+        name, labels = _split(key)
+        info = CATALOGUE.get(name)
+        prom = info.name if info else f"dte_{_sanitise(name)}"
+        helps[prom] = info.help if info else f"dte-stream histogram {name}"
+        series.setdefault(prom, []).append((labels, bounds, counts, total))
+    for prom in sorted(series):
+        names = sorted({k for labels, *_ in series[prom] for k in labels})
+        family = HistogramMetricFamily(prom, helps[prom], labels=names)
+        for labels, bounds, counts, total in sorted(series[prom], key=lambda s: sorted(s[0].items())):
+            cumulative, running = [], 0
+            for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+                running += n
+                cumulative.append((_bound(bound), float(running)))
+            family.add_metric([labels.get(n, "") for n in names], cumulative, total)
+        yield family
 
 
 def _family(
@@ -502,4 +530,41 @@ def exposition(metrics: Metrics | None = None) -> bytes:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Exporter(metrics))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def merged_exposition(other: str, metrics: Metrics | None = None, *, process: str = "api") -> bytes:
+    """Another process's exposition (``other``, in the text format) with this process's metrics
+    added: ``/metrics`` of the API process beside a dataflow (the dataflow's, then the API's own).
+
+    A family that both have (the process collector's ``process_*``, a ``dte_*`` counter both count)
+    keeps the other's samples and gets this process's with the label ``process`` (``"api"``).
+
+    >>> m = Metrics(); m.add("api_requests", 3, route="/healthz")
+    >>> text = merged_exposition('dte_readings_in_total{source="a"} 5.0\\n', m).decode()
+    >>> 'dte_readings_in_total{source="a"} 5.0' in text
+    True
+    >>> 'dte_api_requests_total{route="/healthz"} 3.0' in text
+    True
+    """
+    families = {f.name: f for f in text_string_to_metric_families(other)}
+    own = REGISTRY.collect() if metrics is None else _Exporter(metrics).collect()
+    for family in own:
+        there = families.get(family.name)
+        if there is None:
+            families[family.name] = family
+        elif there.type == family.type:
+            there.samples.extend(
+                sample._replace(labels={**sample.labels, "process": process}) for sample in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
     return generate_latest(registry)

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from dte_stream.alerts.store import acknowledge, check_ack_by, check_alert_id
+from dte_stream.alerts.store import ack_record, acknowledge
 from dte_stream.connectors.kafka.client import LOG, ErrorLog, check_cluster, error_text, make_client
 from dte_stream.errors import ConfigError, ConnectorError, StoreError
 from dte_stream.spec.view import KafkaViewSpec
@@ -45,31 +45,6 @@ RETRY_S = 30.0
 def acks_topic(spec: KafkaViewSpec) -> str:
     """The acknowledgements topic of a view topic: ``<topic>.acks``."""
     return f"{spec.topic}.acks"
-
-
-def ack_record(value: bytes | None) -> dict[str, Any] | None:
-    """The acknowledgement in a record's value, or None when it is not a valid one.
-
-    >>> ack_record(b'{"alert_id": "p1/hot", "by": "ana", "time_ns": 5}')
-    {'alert_id': 'p1/hot', 'by': 'ana', 'time_ns': 5}
-    >>> ack_record(b'{"alert_id": "p1/hot", "by": "", "time_ns": 5}') is None
-    True
-    """
-    try:
-        body = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    alert, by, when = body.get("alert_id"), body.get("by"), body.get("time_ns")
-    if not isinstance(when, int) or isinstance(when, bool):
-        return None
-    try:
-        check_alert_id(alert)
-        check_ack_by(by)
-    except ConfigError:
-        return None
-    return {"alert_id": alert, "by": by, "time_ns": when}
 
 
 class KafkaAckWriter:

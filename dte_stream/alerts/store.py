@@ -50,6 +50,7 @@ __all__ = [
     "MAX_ALERT_ID_CHARS",
     "AckInbox",
     "AlertStateFilter",
+    "ack_record",
     "acknowledge",
     "alert_table",
     "alerts_store",
@@ -326,10 +327,17 @@ def acknowledge(data_dir: Path | str, alert_id: str, by: str, now_ns: int | None
     return event
 
 
-def _ack_record(line: bytes) -> dict[str, Any] | None:
-    """The acknowledgement on one line, or None when the line is not a valid one."""
+def ack_record(line: bytes | None) -> dict[str, Any] | None:
+    """The acknowledgement on one line of ``alert_acks.jsonl`` (or in one record of a Kafka acks
+    topic), or None when it is not a valid one.
+
+    >>> ack_record(b'{"alert_id": "p1/hot", "by": "ana", "time_ns": 5}')
+    {'alert_id': 'p1/hot', 'by': 'ana', 'time_ns': 5}
+    >>> ack_record(b'{"alert_id": "p1/hot", "by": "", "time_ns": 5}') is None
+    True
+    """
     try:
-        record = orjson.loads(line)
+        record = orjson.loads(line or b"")
     except orjson.JSONDecodeError:
         return None
     if not isinstance(record, dict):
@@ -376,7 +384,7 @@ def read_acks(data_dir: Path | str, offset: int) -> tuple[list[dict[str, Any]], 
     for line in data[:end].split(b"\n"):
         if not line.strip():
             continue
-        record = _ack_record(line)
+        record = ack_record(line)
         if record is None:
             skipped += 1
         else:

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from dte_stream import __version__
 from dte_stream.api import health
+from dte_stream.api.requests import RequestMetrics
 from dte_stream.readiness import READINESS, Readiness
 from dte_stream.spec import DataflowSpec
 
@@ -77,6 +78,7 @@ def create_app(
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
     )
+    app.add_middleware(RequestMetrics)  # dte_api_requests_total, dte_api_request_seconds
     app.state.context = context
     app.state.readiness = context.readiness
     app.include_router(health.router)

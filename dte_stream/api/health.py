@@ -9,7 +9,10 @@
 
 When the app runs in a process of its own beside a dataflow (``run --http``), ``/readyz`` and
 ``/metrics`` are the dataflow process's: they are asked of it (``ApiContext.ops_url``), and the
-API process's own readiness checks (a Kafka view it follows) are added to ``/readyz``.
+API process's own readiness checks (a Kafka view it follows) are added to ``/readyz``, its own
+metrics (``dte_api_requests_total``, ``dte_api_request_seconds``, a Kafka view's reader; its
+``process_*`` with ``process="api"``) to ``/metrics``
+(:func:`~dte_stream.metrics.merged_exposition`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel
 
-from dte_stream.metrics import exposition
+from dte_stream.metrics import exposition, merged_exposition
 from dte_stream.readiness import ReadyStatus
 
 __all__ = ["CheckOut", "ReadyOut", "router"]
@@ -95,7 +98,7 @@ def readyz(request: Request) -> Any:
 )
 def metrics(request: Request) -> Response:
     ops = request.app.state.context.ops_url
-    text = exposition() if ops is None else _ask(ops, "/metrics").text
+    text = exposition() if ops is None else merged_exposition(_ask(ops, "/metrics").text)
     return Response(text, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 

@@ -14,7 +14,15 @@ replayed alone): both ways give the same outputs.
    default, a time-of-day context);
 4. the river learners, per reading in time order (only when the twin type declares learners).
 
-Readings too old for the lateness bound come back as dead letters. :meth:`due` reports cells
+Readings too old for the lateness bound come back as dead letters, and so do copies: a reading
+with the twin, channel and event time of one already applied (a producer's retry, an MQTT QoS 1
+redelivery, a file with rows twice) is never applied again. The first copy wins (the one applied
+in an earlier batch, else the batch's first in arrival order); a copy with another value is a
+*conflicting value*, dead-lettered the same way (:func:`~dte_stream.twins.stages.copies_of`).
+Across batches a copy is recognised against its sensor's latest reading (the bank keeps that
+one's time and value, also in snapshots); a copy of an older reading that arrives after newer
+ones of the same sensor, in a later batch, looks like a late reading and follows the lateness
+rule (applied as ``late`` within ``kalman.lateness``, dead-lettered beyond it). :meth:`due` reports cells
 that went stale (called by a timer, so it fires when nothing arrives) and :meth:`evict_idle`
 drops twins idle past the type's TTL. The bank remembers which twins changed (``changed``,
 ``removed``) for the twin state view, and keeps each cell's latest estimate, std, flags and
@@ -44,7 +52,7 @@ from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.scorers import build_scorer
-from dte_stream.twins.stages import by_reading, by_rounds, rounds_of, supports_by_reading
+from dte_stream.twins.stages import Copies, by_reading, by_rounds, copies_of, rounds_of, supports_by_reading
 
 __all__ = ["CELL_ARRAYS", "PER_READING_BELOW", "BankUpdate", "TwinBank", "rounds_of"]
 
@@ -79,6 +87,10 @@ class BankUpdate:
     estimates: EstimateBatch
     rejected: list[DeadLetter]
     alerts: list[AlertEvent] = field(default_factory=list)
+    #: Readings not applied as copies of one applied (same twin, channel and event time),
+    #: and how many of those had another value (they are in ``rejected`` too).
+    copies: int = 0
+    conflicts: int = 0
 
 
 class TwinBank:
@@ -129,7 +141,14 @@ class TwinBank:
         #: readings per round, or always "rounds" or "reading" (tests compare the two).
         self.way: Literal["auto", "rounds", "reading"] = "auto"
         self.scalar_kernels: dict[int, ScalarKernel] = {}  # per-reading kernels (cached transitions)
-        self.counters = {"late_readings": 0, "rejected_readings": 0, "gated_readings": 0, "evicted_twins": 0}
+        self.counters = {
+            "late_readings": 0,
+            "rejected_readings": 0,
+            "gated_readings": 0,
+            "evicted_twins": 0,
+            "duplicate_readings": 0,
+            "conflicting_readings": 0,
+        }
 
     def __len__(self) -> int:
         return len(self.twin_ids)
@@ -180,13 +199,22 @@ class TwinBank:
     def update(self, batch: TypedBatch, now_ns: int) -> BankUpdate:
         """Apply a micro-batch; ``now_ns`` is the engine clock (wall clock, or event time in a replay)."""
         r = batch.readings
-        n = len(r)
         rows = self.rows_for(r.twin_id)
         ch = batch.channel_index.astype(np.intp, copy=False)
+        cells = rows * self.width + ch
+        order = np.lexsort((r.time_ns, cells))
+        copies = copies_of(cells, r.time_ns, r.value, order, self.last_time, self.last_value)
+        repeated: list[DeadLetter] = []
+        if copies is not None:  # the first copy wins: the others are dead letters, never applied
+            repeated = self._copies(batch, copies)
+            fresh = ~copies.copy
+            batch = TypedBatch(batch.twin_type, r.take(fresh), ch[fresh])
+            r, rows, ch, cells = batch.readings, rows[fresh], ch[fresh], cells[fresh]
+            order = (np.cumsum(fresh) - 1)[order[fresh[order]]]  # the sort, of the fresh ones
+        n = len(r)
         time_ns, value = r.time_ns, r.value
         np.maximum.at(self.last_seen, rows, time_ns)
-        cells = rows * self.width + ch
-        cell_rounds = rounds_of(cells, time_ns)
+        cell_rounds = rounds_of(cells, time_ns, order)
         per_reading = (
             len(cell_rounds) * PER_READING_BELOW > n if self.way == "auto" else self.way == "reading"
         )
@@ -253,7 +281,12 @@ class TwinBank:
             score[keep],
             {name: col[keep] for name, col in extra.items()},
         )
-        return BankUpdate(out_batch, dead)
+        if copies is None:
+            return BankUpdate(out_batch, dead)
+        n_copies, n_conflicts = len(repeated), int(np.count_nonzero(copies.conflict))
+        self.counters["duplicate_readings"] += n_copies
+        self.counters["conflicting_readings"] += n_conflicts
+        return BankUpdate(out_batch, repeated + dead, copies=n_copies, conflicts=n_conflicts)
 
     def _remember(
         self, cells: IntP, rejected: npt.NDArray[np.bool_], time_ns: npt.NDArray[np.int64],
@@ -295,6 +328,24 @@ class TwinBank:
                     "value": float(r.value[i]),
                 }
             )
+            letters.append(DeadLetter(f"twin_bank:{batch.twin_type}", reason, raw))
+        return letters
+
+    def _copies(self, batch: TypedBatch, copies: Copies) -> list[DeadLetter]:
+        """A dead letter for each copy of an applied reading (same twin, channel and event time)."""
+        r = batch.readings
+        letters = []
+        for i in np.flatnonzero(copies.copy).tolist():
+            twin, channel, t, v = str(r.twin_id[i]), str(r.channel[i]), int(r.time_ns[i]), float(r.value[i])
+            at = f"twin {twin!r} channel {channel!r} at {format_time_ns(t)}"
+            if copies.conflict[i]:
+                reason = (
+                    f"conflicting value: {at} has {v!r}, the reading applied at that time has "
+                    f"{float(copies.winner[i])!r}; the first copy wins"
+                )
+            else:
+                reason = f"duplicate reading: {at} was already applied; the first copy wins"
+            raw = orjson.dumps({"twin_id": twin, "channel": channel, "time_ns": t, "value": v})
             letters.append(DeadLetter(f"twin_bank:{batch.twin_type}", reason, raw))
         return letters
 

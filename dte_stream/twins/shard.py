@@ -5,7 +5,8 @@ per twin type (created when the type's first reading arrives), the
 :class:`~dte_stream.alerts.rules.AlertEngine` of each type with rules, the clock policy, the
 timers (stale sensors, alert holds and deadmen, idle-twin eviction) and the acknowledgements
 written by ``dte-stream alerts ack``. Whoever runs twins drives shards through six calls, each
-returning one :class:`ShardUpdate` (estimates, readings refused as too late, alert events):
+returning one :class:`ShardUpdate` (estimates, readings refused as too late or as copies of one
+applied, alert events):
 
 - :meth:`~TwinShard.on_batch` applies routed readings, :meth:`~TwinShard.on_timer` runs the
   timers, :meth:`~TwinShard.on_eof` gives the end of a finite input a last look (by the input's
@@ -147,6 +148,10 @@ class TwinShard:
             update = bank.update(batch, self._reading_now())
             estimates.append(update.estimates)
             rejected += update.rejected
+            if update.copies:
+                METRICS.add("duplicate_readings", update.copies - update.conflicts, kind="copy")
+                if update.conflicts:
+                    METRICS.add("duplicate_readings", update.conflicts, kind="conflict")
             engine = self.alert_engines.get(twin_type)
             if engine is not None:
                 events += self._noted(engine.update(update.estimates, self.now()))

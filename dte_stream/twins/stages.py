@@ -35,7 +35,7 @@ from dte_stream.twins.quality_scalar import QualityCell
 if TYPE_CHECKING:
     from dte_stream.twins.bank import TwinBank
 
-__all__ = ["Stages", "by_reading", "by_rounds", "rounds_of", "supports_by_reading"]
+__all__ = ["Copies", "Stages", "by_reading", "by_rounds", "copies_of", "rounds_of", "supports_by_reading"]
 
 IntP = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
@@ -60,8 +60,10 @@ class Stages:
     score: F64
 
 
-def rounds_of(cells: IntP, time_ns: I64) -> list[IntP]:
+def rounds_of(cells: IntP, time_ns: I64, order: IntP | None = None) -> list[IntP]:
     """Split reading positions into rounds: each round has every cell at most once, in time order.
+
+    ``order`` is ``np.lexsort((time_ns, cells))`` when the caller has it already.
 
     >>> [r.tolist() for r in rounds_of(np.array([3, 1, 3, 3]), np.array([20, 5, 10, 30]))]
     [[1, 2], [0], [3]]
@@ -69,7 +71,8 @@ def rounds_of(cells: IntP, time_ns: I64) -> list[IntP]:
     n = cells.shape[0]
     if n == 0:
         return []
-    order = np.lexsort((time_ns, cells))
+    if order is None:
+        order = np.lexsort((time_ns, cells))
     sorted_cells = cells[order]
     starts = np.empty(n, dtype=bool)
     starts[0] = True
@@ -81,6 +84,53 @@ def rounds_of(cells: IntP, time_ns: I64) -> list[IntP]:
     by_rank = order[np.argsort(rank, kind="stable")]
     counts = np.bincount(rank)
     return np.split(by_rank, np.cumsum(counts)[:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Copies:
+    """Readings of a micro-batch that repeat one already applied: same cell, same event time.
+
+    ``copy`` marks every repeat (the first copy wins: the one applied in an earlier batch, else
+    the batch's earliest in arrival order); ``conflict`` those of them whose value differs from
+    the winner's (NaN equals NaN); ``winner`` is the winning value of each reading.
+    """
+
+    copy: npt.NDArray[np.bool_]
+    conflict: npt.NDArray[np.bool_]
+    winner: F64
+
+
+def copies_of(
+    cells: IntP, time_ns: I64, value: F64, order: IntP, last_time: I64, last_value: F64
+) -> Copies | None:
+    """The repeats in a micro-batch (None when there are none), vectorised.
+
+    A reading repeats another when its cell and event time are equal: within the batch (``order``
+    is the stable ``np.lexsort((time_ns, cells))``, so equal keys keep their arrival order), or
+    against the cell's latest applied reading (``last_time``, ``last_value`` of the bank).
+
+    >>> c = copies_of(np.array([0, 1, 0, 0]), np.array([5, 5, 5, 7]), np.array([1.0, 2.0, 3.0, 4.0]),
+    ...     np.lexsort((np.array([5, 5, 5, 7]), np.array([0, 1, 0, 0]))),
+    ...     np.array([NEVER, 5]), np.array([np.nan, 2.0]))
+    >>> c.copy.tolist(), c.conflict.tolist(), c.winner.tolist()
+    ([False, True, True, False], [False, False, True, False], [1.0, 2.0, 1.0, 4.0])
+    """
+    n = cells.shape[0]
+    applied = time_ns == last_time[cells]
+    sorted_cells, sorted_time = cells[order], time_ns[order]
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = (sorted_cells[1:] == sorted_cells[:-1]) & (sorted_time[1:] == sorted_time[:-1])
+    if not (same.any() or applied.any()):
+        return None
+    copy = applied.copy()
+    copy[order[same]] = True
+    first = np.maximum.accumulate(np.where(same, 0, np.arange(n)))  # sorted position of the group's first
+    winner = np.empty(n)
+    winner[order] = value[order[first]]
+    winner = np.where(applied, last_value[cells], winner)
+    equal = (winner == value) | (np.isnan(winner) & np.isnan(value))
+    return Copies(copy, copy & ~equal, winner)
 
 
 def by_rounds(

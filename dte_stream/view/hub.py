@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import weakref
 from pathlib import Path
 
 from dte_stream.logs import json_logs
@@ -41,6 +42,13 @@ class ViewHub:
     at most ``max_share`` of this process's CPU time) unless ``separate_process`` is False.
     With ``live``, :meth:`follow` stores the twin types again after a reload changed them (the
     API's what-if reads them from the view).
+
+    The view ends with the dataflow: each shard's logic :meth:`attach`-es itself, and when every
+    attached one has seen the end of the input (:meth:`finished`), or when they are dropped
+    without that (a dataflow that raised), the view is closed without waiting: its writer process
+    writes the last changes and ends, and a thread of this process reaps it (the exit waits for
+    it; the dataflow's end does not, so its throughput does not count the last write).
+    ``run_flow`` also closes it, and the writer process ends by itself when this process is gone.
     """
 
     def __init__(
@@ -58,6 +66,8 @@ class ViewHub:
         self._generation = 0
         self._lock = threading.Lock()
         self._view: ViewWriter | ViewProcess | None = None
+        self._live: set[int] = set()  # the shard logics that publish here (by id)
+        self._done: set[int] = set()  # those that saw the end of the input
         self.pacer = ViewPacer()  # one writing budget for all the shards of this process
 
     def view(self) -> ViewWriter | ViewProcess:
@@ -98,13 +108,38 @@ class ViewHub:
         atexit.register(remote.close)  # what is still queued reaches the topic before the process ends
         return ViewFanOut(TwinView.open(view_dir(self.spec)), remote) if kind.local else remote
 
+    def attach(self, logic: object) -> None:
+        """A shard's logic now publishes here; when it is dropped, it no longer does."""
+        key = id(logic)
+        with self._lock:
+            self._live.add(key)
+        weakref.finalize(logic, self._dropped, key)
+
+    def finished(self, logic: object) -> None:
+        """A shard's logic has seen the end of its input (and sent its last changes)."""
+        with self._lock:
+            self._done.add(id(logic))
+            last = self._live <= self._done
+        if last:
+            self.close(wait=False)
+
+    def _dropped(self, key: int) -> None:
+        # May run on any thread (the cyclic GC), the writer's own included: never wait here.
+        with self._lock:
+            self._live.discard(key)
+            self._done.discard(key)
+            last = not self._live
+        if last:
+            self.close(wait=False)
+
     def close(self, *, wait: bool = True) -> None:
         """Close the view: a writer process writes what it was sent, then ends (``wait``: the
-        caller waits for that; else the process does, at exit)."""
+        caller waits for that; else a thread of this process does)."""
         with self._lock:
             view, self._view = self._view, None
         if isinstance(view, ViewProcess) and not wait:
-            view.shutdown()
+            view.shutdown()  # it writes what it was sent, then ends; a thread reaps it
+            threading.Thread(target=view.close, name="dte-view-close", daemon=True).start()
             return
         close = getattr(view, "close", None)
         if close is not None:

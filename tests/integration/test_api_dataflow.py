@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dte_stream.alerts.store import alert_table
 from dte_stream.api.tokens import TokenFile
@@ -116,6 +117,32 @@ def test_health_is_open(demo: dict[str, Any]) -> None:
     with _client(demo) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_metrics_hold_the_api_requests_and_the_dataflow(demo: dict[str, Any]) -> None:
+    """The API runs in a process of its own: /metrics is the dataflow's plus the API's own."""
+    with _client(demo, "read") as client:
+        for _ in range(3):
+            assert client.get("/api/v1/twins", params={"limit": 5}).status_code == 200
+        assert client.get("/api/v1/twins/no-such-twin").status_code == 404
+        text = client.get("/metrics").text
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def value(name: str, **labels: str) -> float:
+        return sum(
+            v for (n, have), v in samples.items() if n == name and labels.items() <= dict(have).items()
+        )
+
+    assert value("dte_api_requests_total", method="GET", route="/api/v1/twins", status="200") >= 3
+    assert value("dte_api_requests_total", route="/api/v1/twins/{twin_id}", status="404") >= 1
+    assert value("dte_api_request_seconds_count", route="/api/v1/twins") >= 3
+    assert value("dte_api_request_seconds_bucket", route="/api/v1/twins", le="+Inf") >= 3
+    assert value("dte_readings_processed_total") > 0  # the dataflow's, asked of its process
+    assert value("process_cpu_seconds_total", process="api") > 0  # the API process's own
+    assert value("process_cpu_seconds_total") > value("process_cpu_seconds_total", process="api")
 
 
 MQTT_SPEC = """

@@ -86,18 +86,31 @@ def _close(got: float, want: float) -> bool:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(readings, min_size=1, max_size=4))
 def test_bank_matches_per_reading_reference(batches: list[list[tuple[int, int, int, float]]]) -> None:
-    """Per-channel filters (cells) and a shared two-channel model, against one reading at a time."""
+    """Per-channel filters (cells) and a shared two-channel model, against one reading at a time.
+
+    Copies (same twin, channel and time as a reading applied before: in the batch, or the cell's
+    latest of earlier batches) are not applied: the first copy wins.
+    """
     bank = TwinBank(SPEC, capacity=2)  # small capacity: growth happens during the test
     temp, pressure, flow = _references()
+    latest: dict[tuple[int, int], int] = {}
     for items in batches:
         twins = [f"t{t}" for t, _, _, _ in items]
         out = bank.update(
             _batch(twins, [c for _, c, _, _ in items], [t for _, _, t, _ in items], [v for *_, v in items]),
             now_ns=0,
         )
+        seen: set[tuple[int, int, int]] = set()
+        copies = set()
+        for i, (twin_no, c, t, _) in enumerate(items):
+            if (twin_no, c, t) in seen or latest.get((twin_no, c)) == t:
+                copies.add(i)
+            seen.add((twin_no, c, t))
+        for twin_no, c, t, _ in items:
+            latest[twin_no, c] = max(t, latest.get((twin_no, c), t))
         # The bank applies each state row's readings in time order (ties in arrival order).
         expected = {}
-        for i in sorted(range(len(items)), key=lambda i: (items[i][2], i)):
+        for i in sorted(set(range(len(items))) - copies, key=lambda i: (items[i][2], i)):
             twin, c, t, v = twins[i], items[i][1], items[i][2], items[i][3]
             if c == 0:
                 expected[i] = temp.update(f"{twin}/0", 0, t, v)
@@ -105,10 +118,13 @@ def test_bank_matches_per_reading_reference(batches: list[list[tuple[int, int, i
                 expected[i] = pressure.update(f"{twin}/1", 0, t, v)
             else:
                 expected[i] = flow.update(twin, c - 2, t, v)
-        kept = [i for i in range(len(items)) if not expected[i].rejected]
+        kept = [i for i in range(len(items)) if i not in copies and not expected[i].rejected]
         assert len(out.rejected) == len(items) - len(kept)
-        for reason in (d.reason for d in out.rejected):
+        assert out.copies == len(copies)
+        for reason in (d.reason for d in out.rejected[len(copies) :]):
             assert "lateness bound is 1800 s" in reason
+        for reason in (d.reason for d in out.rejected[: len(copies)]):
+            assert reason.startswith(("duplicate reading: ", "conflicting value: "))
         est = out.estimates
         assert len(est) == len(kept)
         for row, i in enumerate(kept):
