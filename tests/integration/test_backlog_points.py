@@ -111,7 +111,9 @@ def test_a_backlog_writes_its_readings_and_only_the_stale_markers_its_times_just
     log = tmp_path / "log.txt"
     started = time.monotonic_ns()
     with log.open("wb") as out:
-        done = subprocess.run(command, stdout=out, stderr=out, timeout=600 * max(1, TWINS // 10_000), check=False)
+        done = subprocess.run(
+            command, stdout=out, stderr=out, timeout=600 * max(1, TWINS // 10_000), check=False
+        )
     took = time.monotonic_ns() - started
     assert done.returncode == 0, log.read_text()[-4000:]
 
