@@ -14,7 +14,10 @@ Prints per configuration (median of the rounds) readings/s and the CPU time per 
 demo's process and of the processes it starts: the view's writer, the API), the p50/p99 latency
 of list and detail, and the cost of the view and the API against the baseline in both: the
 throughput lost, and the CPU added per reading (what the throughput loses on a machine whose
-cores are all busy; on a shared machine it is the steadier figure).
+cores are all busy; on a shared machine it is the steadier figure). Both over the whole run
+(what the demo prints: start-up and the end included) and over its steady window, from
+``WARMUP_S`` after the first reading to the end of the input, sampled every 0.5 s inside the
+demo: what a dataflow that runs for hours pays.
 
     python benchmarks/bench_api.py --twins 10000 --seconds 30 --rounds 2 --rps 20
 """
@@ -22,6 +25,8 @@ cores are all busy; on a shared machine it is the steadier figure).
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import random
 import re
 import socket
@@ -38,11 +43,45 @@ import httpx
 
 PY = sys.executable
 # CPU seconds of the demo and of the processes it started (the view's writer, the API), printed at
-# exit; atexit runs last-registered first, so the view's writer has been waited for by then.
+# exit; atexit runs last-registered first, so the view's writer has been waited for by then. And
+# every half second, readings processed and CPU seconds so far (this process, its live children
+# from /proc, and its reaped ones): the steady window of the run, after the start and before the
+# end of the input, is measured from these samples.
+SAMPLER = """
+def _children_cpu():
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for task in os.listdir("/proc/self/task"):
+        try:
+            kids = open(f"/proc/self/task/{task}/children").read().split()
+        except OSError:
+            continue
+        for pid in kids:
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total + sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
+
+
+def _sample_loop(samples):
+    from dte_stream.metrics import METRICS
+    while True:
+        cpu = time.process_time() + _children_cpu()
+        samples.append((time.monotonic(), METRICS.get("readings_processed"), cpu))
+        time.sleep(0.5)
+
+
+_samples = []
+threading.Thread(target=_sample_loop, args=(_samples,), daemon=True).start()
+atexit.register(lambda: print("samples " + json.dumps(_samples), file=sys.stderr))
+"""
 CPU = (
-    "import atexit, resource, sys; atexit.register(lambda: print('cpu %.3f %.3f' % ("
+    "import atexit, json, os, resource, sys, threading, time; "
+    "atexit.register(lambda: print('cpu %.3f %.3f' % ("
     "sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), "
     "sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])), file=sys.stderr)); "
+    f"exec({SAMPLER!r}); "
 )
 # The baseline switches the view off inside the demo process (the benchmark's only hook).
 NO_VIEW = (
@@ -52,6 +91,10 @@ NO_VIEW = (
 WITH_VIEW = CPU + "from dte_stream.cli import main; sys.exit(main(sys.argv[1:]))"
 RATE = re.compile(r"([\d,]+) readings processed \(([\d,]+) readings/s\)")
 CPU_LINE = re.compile(r"^cpu ([\d.]+) ([\d.]+)$", re.MULTILINE)
+SAMPLES = re.compile(r"^samples (.*)$", re.MULTILINE)
+#: Seconds after the first reading before the steady window starts (imports, the writer's and the
+#: API's start, the first write of every twin).
+WARMUP_S = 5.0
 
 
 def free_port() -> int:
@@ -66,20 +109,39 @@ def demo_args(twins: int, seconds: float, data_dir: Path) -> list[str]:
 
 
 class Run(NamedTuple):
-    """One demo run: readings/s as it reports them, and CPU microseconds per reading (the demo's
-    process and the processes it started, together)."""
+    """One demo run: readings/s as it reports them and CPU microseconds per reading (the demo's
+    process and the processes it started, together) over the whole run, and both again over the
+    steady window (from ``WARMUP_S`` after the first reading to the end of the input)."""
 
     rate: float
     cpu_us: float
+    steady_rate: float
+    steady_cpu_us: float
+
+
+def steady(samples: list[tuple[float, int, float]]) -> tuple[float, float]:
+    """Readings/s and CPU us per reading between ``WARMUP_S`` after the first reading and the last
+    sample in which the count still grew."""
+    first = next((i for i, s in enumerate(samples) if s[1] > 0), None)
+    if first is None:
+        return float("nan"), float("nan")
+    start = next((s for s in samples[first:] if s[0] >= samples[first][0] + WARMUP_S), None)
+    final = samples[-1][1]
+    end = max((s for s in samples if s[1] < final), key=lambda s: s[0], default=samples[-1])
+    if start is None or end[0] <= start[0] or end[1] <= start[1]:
+        return float("nan"), float("nan")
+    readings = end[1] - start[1]
+    return readings / (end[0] - start[0]), 1e6 * (end[2] - start[2]) / readings
 
 
 def parse_run(stderr: str) -> Run:
-    match, cpu = RATE.search(stderr), CPU_LINE.search(stderr)
-    if match is None or cpu is None:
+    match, cpu, samples = RATE.search(stderr), CPU_LINE.search(stderr), SAMPLES.search(stderr)
+    if match is None or cpu is None or samples is None:
         raise RuntimeError(f"no throughput in the demo's output:\n{stderr[-2000:]}")
     readings = float(match.group(1).replace(",", ""))
     seconds = float(cpu.group(1)) + float(cpu.group(2))
-    return Run(float(match.group(2).replace(",", "")), 1e6 * seconds / max(readings, 1.0))
+    rate, cpu_us = steady([tuple(x) for x in json.loads(samples.group(1))])  # type: ignore[misc]
+    return Run(float(match.group(2).replace(",", "")), 1e6 * seconds / max(readings, 1.0), rate, cpu_us)
 
 
 def run_plain(code: str, twins: int, seconds: float) -> Run:
@@ -147,7 +209,8 @@ def run_with_api(twins: int, seconds: float, rps: float) -> tuple[Run, list[floa
 
 
 def view_write_cost(twins: int = 2_500) -> tuple[float, float]:
-    """CPU and wall seconds per twin of one view write (records + SQLite), demo twin type, warm bank."""
+    """CPU and wall seconds per twin of one view write (records + SQLite), demo twin type, warm bank,
+    with the cyclic GC off as in the view's writer process."""
     import numpy as np
 
     from dte_stream.alerts.rules import AlertEngine
@@ -172,9 +235,11 @@ def view_write_cost(twins: int = 2_500) -> tuple[float, float]:
             collector.note(
                 bank.update(TypedBatch("pump", rb, np.tile(np.arange(3), twins)), now_ns=k * 10**9)
             )
+            gc.disable()
             c0, w0 = time.thread_time(), time.perf_counter()
             records, alerts = collector.records(bank, engine)
             view.put(records, k, alerts)
+            gc.enable()
             if k:  # the first write creates the rows
                 cpu += time.thread_time() - c0
                 wall += time.perf_counter() - w0
@@ -208,17 +273,19 @@ def main() -> None:
         runs["view+api"].append(run)
         lists += lat_list
         details += lat_detail
-        print(f"round {r + 1}: " + ", ".join(
-            f"{k} {v[-1].rate:,.0f}/s {v[-1].cpu_us:.2f} us CPU/reading" for k, v in runs.items()
+        print(f"round {r + 1}: " + "; ".join(
+            f"{k} {v[-1].rate:,.0f}/s {v[-1].cpu_us:.2f} us CPU/reading, steady {v[-1].steady_rate:,.0f}/s "
+            f"{v[-1].steady_cpu_us:.2f} us" for k, v in runs.items()
         ), flush=True)  # fmt: skip
-    base = statistics.median(r.rate for r in runs["no-view"])
-    base_cpu = statistics.median(r.cpu_us for r in runs["no-view"])
     print(f"\n{args.twins:,} twins, demo at full speed for {args.seconds:g} s, {args.rounds} rounds (median)")
+    base = {f: statistics.median(getattr(r, f) for r in runs["no-view"]) for f in Run._fields}
     for name, values in runs.items():
-        med = statistics.median(r.rate for r in values)
-        cpu = statistics.median(r.cpu_us for r in values)
-        print(f"  {name:<9} {med:>12,.0f} readings/s ({100 * (med / base - 1):+.1f} %), "
-              f"{cpu:.2f} us CPU per reading ({100 * (cpu / base_cpu - 1):+.1f} %) vs no-view")  # fmt: skip
+        med = {f: statistics.median(getattr(r, f) for r in values) for f in Run._fields}
+        vs = {f: f"{100 * (med[f] / base[f] - 1):+.1f} %" for f in Run._fields}
+        print(f"  {name:<9} whole run {med['rate']:>10,.0f} readings/s ({vs['rate']}), "
+              f"{med['cpu_us']:.2f} us CPU/reading ({vs['cpu_us']}); "
+              f"steady {med['steady_rate']:>10,.0f} readings/s ({vs['steady_rate']}), "
+              f"{med['steady_cpu_us']:.2f} us CPU/reading ({vs['steady_cpu_us']})")  # fmt: skip
     print(f"  API at {args.rps:g} requests/s: twin list (100 rows) p50 {pct(lists, 0.5):.1f} ms, "
           f"p99 {pct(lists, 0.99):.1f} ms ({len(lists)} requests); "
           f"twin detail p50 {pct(details, 0.5):.1f} ms, "

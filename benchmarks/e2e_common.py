@@ -17,8 +17,11 @@ and ``twin_id``, fields ``value``, ``estimate``, ``std``, the reading's time.
 
 from __future__ import annotations
 
+import bisect
 import http.client
+import json
 import math
+import os
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -94,6 +97,39 @@ def line(twin: str, channel: str, time_ns: int, value: float, estimate: float, s
     )
 
 
+#: Where a baseline writes the histogram of its points' stored lag (set by the latency runs):
+#: the same buckets and the same clock points as dte-stream's ``dte_influxdb_stored_lag_seconds``.
+LAG_FILE = os.environ.get("E2E_LAG_FILE")
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+_lag_counts = [0] * (len(LAG_BUCKETS) + 1)
+
+
+def _record_lag(lines: list[str], acked_ns: int) -> None:
+    """Count each line's (acknowledgement - timestamp) in the buckets; rewrite the file."""
+    for row in lines:
+        lag = (acked_ns - int(row.rsplit(" ", 1)[1])) / NS_PER_S
+        _lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+    assert LAG_FILE is not None
+    with open(LAG_FILE + ".tmp", "w") as f:
+        json.dump(_lag_counts, f)
+    os.replace(LAG_FILE + ".tmp", LAG_FILE)
+
+
+def lag_quantile(counts: list[int], q: float) -> float:
+    """The bucket bound under which a fraction ``q`` of the points lies (inf past the last).
+
+    >>> lag_quantile([90, 9, 1] + [0] * 10, 0.99)
+    0.1
+    """
+    total = sum(counts)
+    running = 0
+    for bound, n in zip((*LAG_BUCKETS, math.inf), counts, strict=True):
+        running += n
+        if total and running >= q * total:
+            return bound
+    return math.nan
+
+
 @dataclass
 class InfluxWriter:
     """POST /write of InfluxDB 1.x over one kept-alive connection."""
@@ -116,6 +152,8 @@ class InfluxWriter:
                 response = self.conn.getresponse()
                 text = response.read()
                 if response.status == 204:
+                    if LAG_FILE:
+                        _record_lag(lines, time.time_ns())
                     return
                 if response.status < 500 or attempt == 9:
                     raise RuntimeError(f"/write answered {response.status}: {text[:200]!r}")

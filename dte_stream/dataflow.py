@@ -105,7 +105,7 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
         for twin_type, publisher in self.publishers.items():  # the input ended: the view gets all of it
             publisher.finish(self.shard.banks[twin_type], self.shard.alert_engines.get(twin_type), now_ns())
         if self.view is not None:
-            self.view.finished(self)  # the last shard to finish closes the view (and waits for it)
+            self.view.finished(self)  # the last shard to finish closes the view
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

@@ -68,8 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=None,
         metavar="URL",
         help="the twin view to read: sqlite (the data directory's, the default) or "
-        "kafka://HOST:PORT[,HOST:PORT]/TOPIC (the compacted topic of view: kafka); "
-        "default: the view of --spec",
+        "'kafka://HOST:PORT[,HOST:PORT]/TOPIC[?SETTING=VALUE&...]' (the compacted topic of view: "
+        "kafka; librdkafka settings such as security.protocol, sasl.username, ssl.ca.location; "
+        "secrets only as ${ENV_VAR}, see docs/api.md); default: the view of --spec",
     )
     add_tokens_argument(parser)
     add_cors_argument(parser)

@@ -47,6 +47,13 @@ _SECRET_KEY = re.compile(
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SERVER = re.compile(r"^[^\s,]+$")
 
+#: Security settings whose values librdkafka knows (case-insensitive): a typo is an error at once.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "security.protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl.mechanism": ("GSSAPI", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"),
+    "sasl.mechanisms": ("GSSAPI", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"),
+}
+
 #: The replacement text of secret values in reprs and logs.
 MASK = "**********"
 
@@ -155,6 +162,9 @@ class KafkaConnectionSpec(SpecModel):
             if not key or key != key.strip():
                 raise ValueError(f"{key!r} is not a librdkafka setting name")
             text = item.get_secret_value() if isinstance(item, SecretStr) else item
+            allowed = _CHOICES.get(key)
+            if allowed is not None and text.upper() not in allowed:
+                raise ValueError(f"{key} {text[:40]!r} is not one of {', '.join(allowed)}")
             out[key] = SecretStr(text) if is_secret_setting(key) else text
         return out
 

@@ -44,10 +44,11 @@ class ViewHub:
     API's what-if reads them from the view).
 
     The view ends with the dataflow: each shard's logic :meth:`attach`-es itself, and when every
-    attached one has seen the end of the input (:meth:`finished`) the view is closed (its writer
-    process writes the last changes and ends; this waits for it), or, when they are dropped
-    without that (a dataflow that raised), it is shut down without waiting. ``run_flow`` also
-    closes it, and the writer process ends by itself when this process is gone.
+    attached one has seen the end of the input (:meth:`finished`), or when they are dropped
+    without that (a dataflow that raised), the view is closed without waiting: its writer process
+    writes the last changes and ends, and a thread of this process reaps it (the exit waits for
+    it; the dataflow's end does not, so its throughput does not count the last write).
+    ``run_flow`` also closes it, and the writer process ends by itself when this process is gone.
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class ViewHub:
             self._done.add(id(logic))
             last = self._live <= self._done
         if last:
-            self.close()
+            self.close(wait=False)
 
     def _dropped(self, key: int) -> None:
         # May run on any thread (the cyclic GC), the writer's own included: never wait here.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import polars as pl
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from test_operations import free_port, wait_for
 
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec import parse_spec
@@ -40,26 +40,6 @@ from dte_stream.view.store import TwinView
 pytestmark = pytest.mark.integration
 
 TWINS = ["p1", "p2", "p3"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.TransportError, OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"{what} within {timeout:.0f} s (last: {last!r})")
 
 
 def spec_doc(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 import pytest
 import yaml
 
@@ -45,8 +46,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
             last = check()
             if last:
                 return last
-        except (httpx.TransportError, ValueError, KeyError) as exc:
-            last = exc
+        except (httpx.TransportError, OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
+            last = exc  # not up yet, or a file being written
         time.sleep(0.25)
     raise AssertionError(f"{what} within {timeout:.0f} s (last: {last!r})")
 

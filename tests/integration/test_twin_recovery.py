@@ -116,9 +116,15 @@ def _produce(bootstrap: str, topic: str, records: Iterable[dict[str, Any]]) -> O
         where[r["twin_id"], r["channel"], r["time_ns"]] = (msg.partition(), msg.offset())
 
     for record in records:
-        producer.produce(topic, orjson.dumps(record), key=record["twin_id"].encode(), on_delivery=delivered)
+        value, key = orjson.dumps(record), record["twin_id"].encode()
+        while True:
+            try:
+                producer.produce(topic, value, key=key, on_delivery=delivered)
+                break
+            except BufferError:  # the local queue is full (100,000 messages): let it drain
+                producer.poll(0.1)
         producer.poll(0)
-    assert producer.flush(30) == 0
+    assert producer.flush(300) == 0
     return where
 
 

@@ -137,7 +137,8 @@ def test_an_in_process_dataflow_run_to_its_end_leaves_no_writer_process(tmp_path
     spec = _spec(tmp_path)
     before = _writers()
     run_main(build_flow(spec))
-    assert not _writers() - before  # its writer wrote the last changes and ended with it
+    started = _writers() - before
+    assert all(_wait_gone(pid) for pid in started)  # it wrote the last changes and ended with it
     view = TwinView.open(tmp_path / "data")
     assert view.counts()["total"] == 5  # a writer process did write the view
     record = view.get_twin("pump-3")

@@ -244,3 +244,62 @@ def test_which_view_the_api_reads() -> None:
     assert view_of(both, None) is None  # they write the SQLite view of this host too
     assert view_of(None, url) == url  # serve --view kafka://
     assert view_of(kafka, SqliteViewSpec()) is None  # serve --view sqlite
+
+
+def test_view_url_takes_the_kafka_security_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    url = (
+        f"kafka://k1:9093,k2:9093/plant.view?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512"
+        f"&sasl.username=api&sasl.password=${{KAFKA_PW}}&ssl.ca.location={ca}"
+        "&ssl.endpoint.identification.algorithm=https"
+    )
+    spec = parse_view_url(url, env={"KAFKA_PW": "hunter2"})
+    config = spec.client_config()  # what the view's reader, writer and acks clients get
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.username"] == "api"
+    assert config["sasl.password"] == "hunter2"
+    assert config["ssl.ca.location"] == str(ca)
+    assert config["ssl.endpoint.identification.algorithm"] == "https"
+    assert (spec.bootstrap_servers, spec.topic) == ("k1:9093,k2:9093", "plant.view")
+    assert spec.masked_config()["sasl.password"] == "**********"
+    assert "hunter2" not in repr(spec)
+    assert (
+        parse_view_url("kafka://k:9092/v?security.protocol=ssl", env={}).settings["security.protocol"]
+        == "ssl"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("sasl.password=hunter2", "sasl.password is a secret: give it as sasl.password=\\$\\{ENV_VAR\\}"),
+        ("ssl.key.password=hunter2", "ssl.key.password is a secret"),
+        ("sasl.password=${NOT_SET}", "sasl.password: environment variable NOT_SET is not set"),
+        (
+            "security.protocol=SASL_SSLL",
+            "settings: .*security.protocol 'SASL_SSLL' is not one of PLAINTEXT, SSL",
+        ),
+        ("sasl.mechanism=SCRAM", "sasl.mechanism 'SCRAM' is not one of"),
+        ("ssl.ca.location=/no/such/ca.pem", "ssl.ca.location: /no/such/ca.pem does not exist"),
+        (
+            "bootstrap.servers=x:1",
+            "'bootstrap.servers' is set by the connector; use the field 'bootstrap_servers'",
+        ),
+        ("acks=0", "'acks' is set by the connector; use the field 'acks'"),
+        ("security.protocol=SSL&security.protocol=PLAINTEXT", "security.protocol is given twice"),
+        ("security.protocol", "SETTING=VALUE pairs joined by '&'"),
+    ],
+)
+def test_view_url_errors_name_the_bad_setting(query: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as raised:
+        parse_view_url(f"kafka://k:9093/v?sasl.username=api&{query}", env={"PW": "hunter2"})
+    assert "hunter2" not in str(raised.value)  # a secret is never echoed
+
+
+def test_view_url_errors_never_echo_a_secret() -> None:
+    with pytest.raises(ConfigError, match="not a Kafka topic name") as raised:
+        parse_view_url("kafka://k:9093/bad topic?sasl.password=${PW}", env={"PW": "hunter2"})
+    assert "hunter2" not in str(raised.value)
+    assert "?..." in str(raised.value)  # the settings are left out of the URL it shows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
@@ -24,7 +26,7 @@ from influxdb_helpers import estimates, parse_line
 
 from dte_stream.connectors.influxdb import InfluxDBRejected, InfluxDBSink, InfluxDBUnavailable
 from dte_stream.errors import ConnectorError
-from dte_stream.metrics import METRICS
+from dte_stream.metrics import METRICS, exposition
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.dead_letters import DeadLetterLog
 from dte_stream.store.sink import DeadLetterOutput
@@ -135,6 +137,23 @@ def test_batches_of_batch_size_and_everything_on_close() -> None:
     assert METRICS.get("influxdb_points_written") == 12
     assert METRICS.get("influxdb_batches_written") == 3
     assert transport.closed
+
+
+def test_every_stored_point_is_in_the_stored_lag_histogram() -> None:
+    start = time.time_ns() - 3 * 10**9  # points 3 s old (1 ms apart) when they are written
+    transport = ScriptedTransport()
+    before = time.time_ns()
+    _run(_sink(transport, flush_interval=60), [estimates([f"t{i}" for i in range(12)], start=start)])
+    after = time.time_ns()
+    text = exposition(METRICS).decode()
+    count = float(re.search(r"^dte_influxdb_stored_lag_seconds_count (\S+)$", text, re.M)[1])  # type: ignore[index]
+    total = float(re.search(r"^dte_influxdb_stored_lag_seconds_sum (\S+)$", text, re.M)[1])  # type: ignore[index]
+    assert count == 12
+    # each point's lag lies between (write start - its time) and (write end - its time)
+    times = start + np.arange(12) * 1_000_000
+    assert ((before - times).sum() / 1e9) <= total <= ((after - times).sum() / 1e9)
+    assert 'dte_influxdb_stored_lag_seconds_bucket{le="2.0"} 0.0' in text
+    assert 'dte_influxdb_stored_lag_seconds_bucket{le="+Inf"} 12.0' in text
 
 
 def test_lines_are_sent_after_flush_interval_without_waiting_for_a_full_batch() -> None:
