@@ -21,11 +21,13 @@ interleaved so that a drift of the shared machine hits every variant alike. Vari
 
 Each run's estimates are compared with those of the first Kalman variant on a sample of twins
 (every point of those twins; they must agree to 1e-9 relative), and its peak RSS (the process
-tree's VmHWM) is recorded. With ``--latency``, each variant then runs once more while a
-producer writes readings stamped with the wall clock at half of dte-stream's best rate for
-``--latency-seconds``; a poller counts the points per 50 ms of event time every 50 ms, and a
-reading's latency is when its slot became complete minus its event time (an upper bound,
-precise to the polling interval, that includes the query's own time: seconds under load).
+tree's VmHWM) and CPU seconds (the process tree's, not Kafka's or InfluxDB's: on a shared
+machine a second process can only be faster where CPU is left over) are recorded. With
+``--latency``, each variant then runs once more while a producer writes readings stamped with
+the wall clock at half of dte-stream's best rate for ``--latency-seconds``; a poller counts
+the points per 50 ms of event time every 50 ms, and a reading's latency is when its slot
+became complete minus its event time (an upper bound, precise to the polling interval, that
+includes the query's own time: seconds under load).
 Beside it, each writer's own measure: for every point, when InfluxDB acknowledged the write that
 held it minus its time (dte-stream's ``dte_influxdb_stored_lag_seconds`` histogram, read from
 ``/metrics``; the baselines count the same buckets). Both leave out the first 5 s (warm-up).
@@ -274,6 +276,30 @@ def stop_all(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
 
 def tree_hwm_kb(pids: list[int]) -> int:
     """The sum of VmHWM (peak RSS) over ``pids`` and all their descendants."""
+    return sum(_status_kb(pid, "VmHWM:") for pid in _tree(pids))
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by ``pids``, their descendants and reaped children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _tree(pids):
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return total / tick
+
+
+def _status_kb(pid: int, field: str) -> int:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for row in f:
+            if row.startswith(field):
+                return int(row.split()[1])
+    return 0
+
+
+def _tree(pids: list[int]) -> list[int]:
+    """``pids`` and all their living descendants."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -283,18 +309,14 @@ def tree_hwm_kb(pids: list[int]) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo, seen = 0, list(pids), set()
+    todo, seen = list(pids), []
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
-        seen.add(pid)
+        seen.append(pid)
         todo += children.get(pid, [])
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-            for row in f:
-                if row.startswith("VmHWM:"):
-                    total += int(row.split()[1])
-    return total
+    return seen
 
 
 @dataclass
@@ -315,6 +337,7 @@ class RunResult:
     seconds: float
     rss_mb: float
     points: int
+    cpu_s: float = 0.0  # CPU seconds of the variant's processes (not Kafka's or InfluxDB's)
 
     @property
     def rate(self) -> float:
@@ -334,7 +357,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
         subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         for argv, log in zip(launch.argv, logs, strict=True)
     ]
-    points, hwm = 0, 0
+    points, hwm, cpu = 0, 0, 0.0
     try:
         last_report = started
         while True:
@@ -342,6 +365,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
             points = influx.count(db)
             elapsed = time.perf_counter() - started
             hwm = max(hwm, tree_hwm_kb([p.pid for p in procs]))
+            cpu = max(cpu, tree_cpu_s([p.pid for p in procs]))
             if points >= ctx.records:
                 break
             dead = [p for p in procs if p.poll() is not None]
@@ -355,7 +379,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
         seconds = time.perf_counter() - started
     finally:
         stop_all(procs, logs)
-    return RunResult(variant, ctx.twins, seconds, hwm / 1024, points), db, work
+    return RunResult(variant, ctx.twins, seconds, hwm / 1024, points, cpu), db, work
 
 
 def estimates(influx: Influx, db: str, twins: list[str]) -> dict[tuple[str, str, int], tuple[float, float]]:
@@ -658,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(work, ignore_errors=True)
                     say(
                         f"  {variant}: {result.rate:,.0f} readings/s ({result.seconds:.1f} s), "
-                        f"peak RSS {result.rss_mb:,.0f} MB {verdict}"
+                        f"peak RSS {result.rss_mb:,.0f} MB, CPU {result.cpu_s:.1f} s {verdict}"
                         + (f" (db {db}, {work})" if args.keep else "")
                     )
             if args.latency:

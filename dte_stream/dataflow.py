@@ -15,6 +15,7 @@ Everything about twins, alerts and time is in :class:`~dte_stream.twins.shard.Tw
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -42,7 +43,7 @@ from dte_stream.connectors.mqtt import MqttDeadLetterSink, MqttSink, MqttSource
 from dte_stream.connectors.simulator.source import SimulatorSource
 from dte_stream.errors import ConfigError
 from dte_stream.metrics import METRICS
-from dte_stream.placement import balanced_shard_keys
+from dte_stream.placement import ClusterPlan
 from dte_stream.readiness import READINESS
 from dte_stream.reload import LiveSpec
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
@@ -92,6 +93,10 @@ class _ShardLogic(StatefulBatchLogic[TypedBatch, ShardUpdate, dict[str, Any]]):
             view.attach(self)
 
     def on_batch(self, values: list[TypedBatch]) -> tuple[Iterable[ShardUpdate], bool]:
+        pid = os.getpid()
+        remote = sum(len(batch) for batch in values if batch.origin not in (0, pid))
+        if remote:  # routed by another process of the cluster: it crossed processes
+            METRICS.add("readings_from_other_processes", remote)
         started = time.perf_counter()
         update = self.shard.on_batch(values)
         METRICS.observe("batch_seconds", time.perf_counter() - started)
@@ -224,18 +229,17 @@ def build_flow(
     dead-letter targets (by step name): tests feed and collect through them. ``processes``
     is the cluster size (partitioned sinks get one partition per worker of every process) and
     ``one_host`` whether all its processes share this host and ``recovery_dir`` (then shards
-    snapshot incrementally, as one process does; on several hosts in full). ``on_epoch`` is
+    snapshot incrementally, as one process does; on several hosts in full). A cluster places
+    its shards beside the Kafka partitions that feed them (:mod:`dte_stream.cluster_plan`: it
+    lists those partitions, the one connection made here). ``on_epoch`` is
     called with every shard as it snapshots; ``recovery_dir`` is where MQTT spools live unless
     their spec names a folder. ``live`` holds the running spec for live reloads
     (:mod:`dte_stream.reload`): the shards and the notifiers follow its accepted changes; it
     must start with ``spec``.
     """
     live = live if live is not None else LiveSpec(spec)
-    # a cluster names its shards so that they spread evenly over its workers (placement.py)
-    use_shard_keys(
-        balanced_shard_keys(spec.engine.shards, spec.engine.workers * processes) if processes > 1 else ()
-    )
     flow = Dataflow(spec.name)
+    keyed_sources: list[Any] = []  # Kafka sources keyed by twin id: a cluster places shards by them
     readings: list[Stream[SourceBatch]] = []
     dead: list[Stream[DeadLetter]] = []
     for name, source_override in (inputs or {}).items():
@@ -245,10 +249,15 @@ def build_flow(
             channels = spec.twin_type(source.twin_type).channel_names()
             readings.append(op.input(f"source_{source.name}", flow, SimulatorSource(source, channels)))
         else:
-            raw = op.input(f"source_{source.name}", flow, _raw_source(source, spec.name, recovery_dir))
+            raw_source = _raw_source(source, spec.name, recovery_dir)
+            if isinstance(source, KafkaSourceSpec) and source.key_is_twin_id:
+                keyed_sources.append(raw_source)
+            raw = op.input(f"source_{source.name}", flow, raw_source)
             decoded = op.map(f"decode_{source.name}", raw, _decode)
             readings.append(op.map(f"decoded_{source.name}", decoded, lambda d: d[0]))
             dead.append(op.flat_map(f"decode_errors_{source.name}", decoded, _count_decode_errors))
+    plan = _cluster_plan(spec, processes, recovery_dir, keyed_sources)
+    use_shard_keys(plan.keys if plan is not None else ())  # the router's and the shards' keys
     merged = op.merge("merge_sources", *readings) if len(readings) > 1 else readings[0]
     merged = op.filter("non_empty", merged, lambda b: len(b.readings) > 0)
 
@@ -312,7 +321,8 @@ def build_flow(
             sink_letters = DeadLetterOutput(
                 spec.dead_letter_path(), max_bytes=spec.dead_letters.max_bytes, keep=spec.dead_letters.keep
             )
-            influx = InfluxDBSink(sink, sink_letters).per_epoch(spec.engine.workers * processes)
+            routes = plan.writer_routes if plan is not None else None  # each shard's own worker
+            influx = InfluxDBSink(sink, sink_letters).per_epoch(spec.engine.workers * processes, routes)
             op.output(f"sink_{sink.name}", keyed_batches, influx)
         else:
             op.output(f"sink_{sink.name}", batches, _estimate_sink(sink, spec.name))
@@ -329,6 +339,17 @@ def build_flow(
     for i, target in enumerate(spec.dead_letters.sinks):
         op.output(f"dead_letters_{target.kind}_{i}", letters, _dead_letter_sink(target, spec.name))
     return flow
+
+
+def _cluster_plan(
+    spec: DataflowSpec, processes: int, recovery_dir: Path | None, keyed_sources: list[Any]
+) -> ClusterPlan | None:
+    """Where a cluster's shards and writers go (None for one process: the usual keys)."""
+    if processes <= 1:
+        return None
+    from dte_stream.cluster_plan import cluster_plan
+
+    return cluster_plan(spec, processes, recovery_dir, keyed_sources)
 
 
 def _alert_outputs(spec: DataflowSpec, events: Stream[AlertEvent], replay: bool, live: LiveSpec) -> None:
@@ -423,12 +444,12 @@ def run_flow(
     from dte_stream.cli.cluster import one_host_cluster
 
     processes = len(addresses) if addresses is not None else 1
+    if flow is None:  # built first: a cluster records its shard keys in a fresh recovery folder
+        one_host = addresses is None or one_host_cluster(addresses)
+        flow = build_flow(spec, processes=processes, one_host=one_host, recovery_dir=recovery_dir)
     recovery = None
     if recovery_dir is not None:
         recovery = recovery_config(recovery_dir, process_id=process_id, processes=processes)
-    if flow is None:
-        one_host = addresses is None or one_host_cluster(addresses)
-        flow = build_flow(spec, processes=processes, one_host=one_host, recovery_dir=recovery_dir)
     try:
         cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
             flow,

@@ -105,6 +105,10 @@ CATALOGUE: dict[str, MetricInfo] = {
     ),
     "readings_in": MetricInfo("dte_readings_in_total", "Readings decoded per source"),
     "readings_processed": MetricInfo("dte_readings_processed_total", "Readings applied to twin state"),
+    "readings_from_other_processes": MetricInfo(
+        "dte_readings_from_other_processes_total",
+        "Readings a shard of this process got from another process of its cluster",
+    ),
     "duplicate_readings": MetricInfo(
         "dte_duplicate_readings_total",
         "Readings not applied: the twin, channel and event time of one applied (kind copy or conflict)",

@@ -142,9 +142,9 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
         finally:
             transport.close()
 
-    def per_epoch(self, partitions: int) -> InfluxDBEpochSink:
+    def per_epoch(self, partitions: int, routes: dict[str, int] | None = None) -> InfluxDBEpochSink:
         """The sink whose epochs end only once their points are written (see the class docs)."""
-        return InfluxDBEpochSink(self, partitions)
+        return InfluxDBEpochSink(self, partitions, routes)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _InfluxDBPartition:
         """Build one worker's partition: check the server takes writes, start the writer thread.
@@ -175,17 +175,28 @@ class InfluxDBEpochSink(FixedPartitionedSink[EstimateBatch, None]):
     commits the epoch (and with it the sources' positions) only after every snapshot, so
     :meth:`_InfluxDBPartition.snapshot` flushing the buffer gives at-least-once delivery
     across crashes; InfluxDB's overwrite of identical points makes it effectively once.
+
+    ``routes`` maps a shard key to the partition (a ``part_fn`` value) that writes its
+    estimates: in a cluster, one on the shard's own worker, so that estimates never cross
+    processes (:func:`dte_stream.placement.writer_routes`); other keys go by their hash.
     """
 
-    def __init__(self, sink: InfluxDBSink, partitions: int) -> None:
+    def __init__(self, sink: InfluxDBSink, partitions: int, routes: dict[str, int] | None = None) -> None:
         self.sink = sink
         self.partitions = max(1, partitions)
+        self.routes = dict(routes or {})
+
+    @staticmethod
+    def part_names(partitions: int) -> list[str]:
+        """The partitions of a sink with ``partitions`` writers, as :meth:`list_parts` lists them."""
+        return [f"writer-{i}" for i in range(max(1, partitions))]
 
     def list_parts(self) -> list[str]:
-        return [f"writer-{i}" for i in range(self.partitions)]
+        return self.part_names(self.partitions)
 
     def part_fn(self, item_key: str) -> int:
-        return zlib.crc32(item_key.encode("utf-8"))
+        routed = self.routes.get(item_key)
+        return routed if routed is not None else zlib.crc32(item_key.encode("utf-8"))
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _InfluxDBPartition:
         index = int(for_part.rsplit("-", 1)[1])

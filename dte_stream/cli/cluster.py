@@ -52,14 +52,21 @@ __all__ = [
     "loopback_addresses",
     "one_host_cluster",
     "parse_addresses",
+    "quick_cluster",
+    "record_shard_keys",
+    "recorded_shard_keys",
     "run_cluster",
 ]
 
 
-#: The file in a cluster's recovery folder that records the cluster size ("processes N") and,
-#: on its second line, that the shards' keys are placed evenly (:mod:`dte_stream.placement`).
+#: The file in a cluster's recovery folder that records the cluster size ("processes N"), on
+#: its second line that the shards' keys are placed (:mod:`dte_stream.placement`), and on a
+#: third ("shard-keys: K0 K1 ...") the keys the shards' state is kept under: a restart keeps
+#: them even if the Kafka partitions that chose them changed. A folder without that line was
+#: made with evenly placed keys (shard ``i`` on worker ``i % workers``).
 _MARKER = "cluster.txt"
 _PLACED = "shard-keys placed"
+_KEYS = "shard-keys:"
 
 #: Seconds the other processes get to stop once one process of the cluster failed.
 STOP_GRACE_S = 10.0
@@ -155,6 +162,41 @@ def check_recovery_layout(recovery_dir: Path, processes: int) -> None:
             )
 
 
+def recorded_shard_keys(recovery_dir: Path) -> list[str] | None:
+    """The shard keys a cluster folder records; None for a fresh folder.
+
+    A folder of an earlier release (``shard-keys placed`` without the keys) gets the evenly
+    placed keys it was made with: :func:`dte_stream.placement.balanced_shard_keys`.
+    """
+    marker = recovery_dir / _MARKER
+    if not marker.exists():
+        return None
+    for line in marker.read_text().splitlines():
+        if line.startswith(_KEYS):
+            return line.removeprefix(_KEYS).split()
+    return []  # placed evenly: the caller derives the keys
+
+
+def _write_marker(recovery_dir: Path, processes: int, keys: list[str] | None) -> None:
+    """Write ``cluster.txt`` at once (the processes of a cluster read it while others start)."""
+    text = f"processes {processes}\n{_PLACED}\n" + (f"{_KEYS} {' '.join(keys)}\n" if keys else "")
+    scratch = recovery_dir / f".{_MARKER}.{os.getpid()}"
+    scratch.write_text(text)
+    os.replace(scratch, recovery_dir / _MARKER)
+
+
+def record_shard_keys(recovery_dir: Path, processes: int, keys: list[str]) -> None:
+    """Record the keys the shards' state is kept under, unless the folder already holds some.
+
+    Every process of a cluster computes the same keys from the same Kafka metadata, so a
+    second writer writes what the first wrote.
+    """
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    check_recovery_layout(recovery_dir, processes)
+    if not recorded_shard_keys(recovery_dir):
+        _write_marker(recovery_dir, processes, keys)
+
+
 def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) -> Path:
     """The recovery folder of process ``process_id`` of ``processes`` (created with its partition).
 
@@ -164,7 +206,7 @@ def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) ->
 
     recovery_dir.mkdir(parents=True, exist_ok=True)
     check_recovery_layout(recovery_dir, processes)
-    (recovery_dir / _MARKER).write_text(f"processes {processes}\n{_PLACED}\n")
+    _write_marker(recovery_dir, processes, recorded_shard_keys(recovery_dir))
     own = recovery_dir / f"process-{process_id}"
     part = own / f"part-{process_id}.sqlite3"
     if not part.exists():
@@ -177,6 +219,37 @@ def cluster_recovery_dir(recovery_dir: Path, process_id: int, processes: int) ->
             leftover.unlink()
         scratch.rmdir()
     return own
+
+
+def quick_cluster(argv: list[str]) -> tuple[int, Path, Path | None] | None:
+    """``[--debug] run SPEC ... --processes N`` (N > 1): N, SPEC and ``--recovery-dir``; else None.
+
+    Such a command only checks the spec and the recovery folder and starts its children, so
+    the entry point does that without loading the rest of the CLI (about a second of imports,
+    several on a busy machine, before the children even start). Any other form, and ``--help``,
+    ``--addresses`` or ``--process-id``, go through the full parser (None).
+
+    >>> quick_cluster(["run", "f.yaml", "--processes", "2", "--recovery-dir", "r"])
+    (2, PosixPath('f.yaml'), PosixPath('r'))
+    >>> quick_cluster(["run", "f.yaml", "--processes=1"]), quick_cluster(["run", "--quiet", "f.yaml"])
+    (None, None)
+    """
+    head = argv[: argv.index("run")] if "run" in argv else ["?"]
+    rest = argv[len(head) + 1 :]
+    if any(a != "--debug" for a in head) or not rest or rest[0].startswith("-"):
+        return None
+    values: dict[str, str] = {}
+    for i, arg in enumerate(rest):
+        name, eq, value = arg.partition("=")
+        if name in ("-h", "--help", "--addresses", "--process-id"):
+            return None
+        if name in ("--processes", "--recovery-dir"):
+            values[name] = value if eq else (rest[i + 1] if i + 1 < len(rest) else "")
+    processes = values.get("--processes", "")
+    if not processes.isdigit() or int(processes) < 2:
+        return None
+    recovery = values.get("--recovery-dir")
+    return int(processes), Path(rest[0]), Path(recovery) if recovery else None
 
 
 def child_argv(argv: list[str], addresses: list[str], process_id: int) -> list[str]:

@@ -74,6 +74,9 @@ def tune_allocator() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
+    quick = _start_cluster(list(argv) if argv is not None else sys.argv[1:])
+    if quick is not None:
+        return quick
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # a cluster starts its children with it
@@ -89,6 +92,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dte-stream: error: {one_line(exc)}", file=sys.stderr)
         return exit_code(exc)
     return code
+
+
+def _start_cluster(argv: list[str]) -> int | None:
+    """``run SPEC --processes N``: check the spec and the folder, start the children (None: not that).
+
+    The checks are those of ``run`` (:func:`dte_stream.cli.run._launch`); the children parse
+    the whole command line and run the dataflow (:mod:`dte_stream.cli.cluster`).
+    """
+    from dte_stream.cli.cluster import check_recovery_layout, quick_cluster, run_cluster
+
+    quick = quick_cluster(argv)
+    if quick is None:
+        return None
+    processes, spec_path, recovery_dir = quick
+    try:
+        from dte_stream.spec import load_spec
+
+        load_spec(spec_path)
+        if recovery_dir is not None:
+            check_recovery_layout(recovery_dir, processes)
+        return run_cluster(argv, processes)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if "--debug" in argv[: argv.index("run")]:
+            traceback.print_exc()
+        print(f"dte-stream: error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ def _execute(
         f"{n:,} readings processed ({n / max(elapsed, 1e-9):,.0f} readings/s), "
         f"{METRICS.gauge('twins'):,} twins, {METRICS.get('dead_letters'):,} dead letters"
         + (f" ({dropped:,} of them dropped points or spooled messages)" if dropped else "")
+        + (f", {METRICS.get('readings_from_other_processes'):,} readings from other processes" if who else "")
     )
     data_dir = spec.data_dir()
     if data_dir is not None and not quiet and not process_id:

@@ -10,6 +10,7 @@ Readings that cannot be routed become dead letters that say why.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import zlib
@@ -39,11 +40,16 @@ _CACHE_LIMIT = 1_000_000
 
 @dataclass(frozen=True, slots=True, eq=False)
 class TypedBatch:
-    """Readings of one twin type, each with the index of its channel in the type's channels."""
+    """Readings of one twin type, each with the index of its channel in the type's channels.
+
+    ``origin`` is the process id of the process that routed them (0: not known): a cluster
+    counts the readings that its shards got from another process (:mod:`dte_stream.placement`).
+    """
 
     twin_type: str
     readings: ReadingBatch
     channel_index: npt.NDArray[np.intp]
+    origin: int = 0
 
     def __len__(self) -> int:
         return len(self.readings)
@@ -56,6 +62,7 @@ class TypedBatch:
             batches[0].twin_type,
             ReadingBatch.concat([b.readings for b in batches]),
             np.concatenate([b.channel_index for b in batches]),
+            batches[0].origin,
         )
 
 
@@ -212,6 +219,7 @@ class Router:
         ok = (type_idx >= 0) & (channel_idx >= 0)
         group = np.where(ok, type_idx * self.shards + shard, -1)
         routed: list[tuple[str, TypedBatch]] = []
+        origin = os.getpid()
         good = np.flatnonzero(ok)
         if good.size:
             order = good[np.argsort(group[good], kind="stable")]
@@ -221,7 +229,7 @@ class Router:
                 routed.append(
                     (
                         shard_key(s),
-                        TypedBatch(self.types[t], batch.take(idx), channel_idx[idx]),
+                        TypedBatch(self.types[t], batch.take(idx), channel_idx[idx], origin),
                     )
                 )
         return RouteResult(routed, errors)
