@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException, Request
 
@@ -18,10 +18,10 @@ __all__ = ["require"]
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="dte-stream"'}
 
 
-def require(scope: Scope) -> Callable[[Request], TokenInfo]:
+def require(scope: Scope) -> Callable[[Request], Awaitable[TokenInfo]]:
     """A FastAPI dependency: the caller's token, which must allow ``scope``."""
 
-    def check(request: Request) -> TokenInfo:
+    async def check(request: Request) -> TokenInfo:  # no worker thread: a header and a cached lookup
         ctx: ApiState = request.app.state.dte
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")

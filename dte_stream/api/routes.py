@@ -106,7 +106,7 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 @router.get("/twins", response_model=TwinList, tags=["twins"])
-def list_twins(  # the answer is a TwinList, written by orjson from the view's rows (see _json)
+async def list_twins(  # the answer is a TwinList, written by orjson from the view's rows (see _json)
     request: Request,
     _: Reader,
     twin_type: Annotated[str | None, Query(alias="type", max_length=128)] = None,
@@ -155,7 +155,7 @@ def with_ages(record: dict[str, Any], now: int) -> dict[str, Any]:
 
 
 @router.get("/twins/{twin_id}", tags=["twins"])
-def get_twin(request: Request, _: Reader, twin_id: TwinId) -> Response:
+async def get_twin(request: Request, _: Reader, twin_id: TwinId) -> Response:
     """One twin: latest readings, estimates with std and age, flags, scores, alerts, filter states."""
     return _json(with_ages(_twin(_ctx(request), twin_id), now_ns()))
 
