@@ -178,3 +178,49 @@ def test_an_untrusted_broker_certificate_is_one_line(kafka: Any, tmp_path: Path)
     assert len(lines) == 1, result.stderr
     assert "TLS handshake" in lines[0]
     assert "ssl.ca.location" in lines[0]
+
+
+def test_a_view_url_with_tls_and_sasl_settings_writes_and_reads_the_view_topic(
+    kafka: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve --view 'kafka://...?security.protocol=SASL_SSL&...'``: the settings of the URL reach
+    the view's writer and reader, which talk to the SASL_SSL listener (the password from the
+    environment)."""
+    import time
+
+    from dte_stream.connectors.kafka.view import KafkaViewWriter
+    from dte_stream.connectors.kafka.view_reader import KafkaViewReader
+    from dte_stream.readiness import Readiness
+    from dte_stream.spec.kafka import KafkaTopicCreationSpec
+    from dte_stream.spec.view import parse_view_url
+    from dte_stream.view import TwinView
+
+    _secure(kafka)
+    monkeypatch.setenv("KAFKA_PASSWORD", kafka.password)
+    topic = f"secure-view-{uuid.uuid4().hex[:8]}"
+    url = (
+        f"kafka://127.0.0.1:{kafka.sasl_ssl_port}/{topic}?security.protocol=SASL_SSL"
+        f"&sasl.mechanism=SCRAM-SHA-512&sasl.username={kafka.username}&sasl.password=${{KAFKA_PASSWORD}}"
+        f"&ssl.ca.location={kafka.ca_file}"
+    )
+    spec = parse_view_url(url)
+    assert spec.client_config()["sasl.password"] == kafka.password
+    writer = KafkaViewWriter.open(spec.model_copy(update={"create_topic": KafkaTopicCreationSpec()}))
+    record = {"twin_id": "p-1", "twin_type": "pump", "labels": {}, "last_seen_ns": 1, "alert_state": "ok",
+              "anomaly_score": None, "channels": {}, "models": [], "alerts": []}  # fmt: skip
+    writer.put([record], 5, [])
+    assert writer.flush(30) == 0
+    writer.close()
+    view = TwinView.open(tmp_path)
+    follower = KafkaViewReader(parse_view_url(url), view, readiness=Readiness()).start()
+    try:
+        assert follower.caught_up.wait(60), "the reader did not reach the end of the topic over SASL_SSL"
+        deadline = time.monotonic() + 60  # a liveness bound on a loaded machine, not a timing check
+        while view.get_twin("p-1") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        got = view.get_twin("p-1")
+        assert got is not None
+        assert got["updated_ns"] == 5
+    finally:
+        follower.stop()
+        view.close()
