@@ -17,8 +17,14 @@ Both run in the same process on the same shard, epochs interleaved; CPU ms are m
 RSS per twin: the growth of the process's resident set from before the shard was built to
 after every twin reported (a fresh forked process per twin count), divided by the twins.
 
+With ``--memory``, instead: where the memory of a grown shard goes (no epochs). The RSS growth
+per twin (fresh forked process, no tracing), then in another fork the live Python allocations
+by source line (``tracemalloc``, numpy arrays included), and numpy bytes by component of the
+bank (allocated capacity, so spare rows count) with the capacity the bank grew to.
+
     python benchmarks/bench_snapshot.py                    # 1,000 and 100,000 twins
     python benchmarks/bench_snapshot.py --twins 1000 --epochs 5
+    python benchmarks/bench_snapshot.py --memory --twins 100000
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ import numpy as np
 
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec import load_spec, parse_spec
+from dte_stream.twins.bank import CELL_ARRAYS
 from dte_stream.twins.routing import Router
 from dte_stream.twins.shard import TwinShard
 from dte_stream.twins.snapshot_log import SnapshotLog, restore_snapshot
 
+CELLS = tuple(CELL_ARRAYS)
 SPEC = Path(__file__).resolve().parents[1] / "dataflows" / "kafka_to_influxdb.yaml"
 
 
@@ -151,11 +159,87 @@ def log_manifest(log: SnapshotLog, shard: TwinShard) -> dict[str, Any]:
     return log.snapshot(shard)
 
 
+def array_bytes(obj: Any) -> int:
+    """``nbytes`` of every distinct numpy array (that owns its data) reachable from ``obj``."""
+    seen: set[int] = set()
+    total, stack = 0, [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or o is None or isinstance(o, str | int | float | bool):
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):
+            total += o.nbytes if o.base is None else 0
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list | tuple | set):
+            stack.extend(o)
+        elif type(o).__module__.startswith("dte_stream.twins"):
+            stack.extend(vars(o).values() if hasattr(o, "__dict__") else ())
+            stack.extend(getattr(o, n) for n in getattr(type(o), "__slots__", ()) if hasattr(o, n))
+    return total
+
+
+def memory(twins: int, traced: bool, queue: Any) -> None:
+    """RSS growth per twin of a grown shard; with ``traced``, where tracemalloc sees it go."""
+    import tracemalloc
+
+    gc.collect()
+    if traced:
+        tracemalloc.start()
+    before = rss_bytes()
+    shard, _, _ = grown_shard(twins)
+    gc.collect()
+    out: dict[str, Any] = {"rss_per_twin": (rss_bytes() - before) / twins}
+    if traced:
+        stats = tracemalloc.take_snapshot().statistics("lineno")
+        out["traced_per_twin"] = sum(s.size for s in stats) / twins
+        out["top"] = [(str(s.traceback), s.size / twins, s.count) for s in stats[:12]]
+        tracemalloc.stop()
+    bank = shard.banks["pump"]
+    out["capacity"] = bank.capacity
+    out["parts"] = {
+        "filters": array_bytes([g.state for g in bank.groups]),
+        "quality": array_bytes(bank.quality),
+        "anomaly scorer": array_bytes(bank.scorer),
+        "id index": array_bytes(bank._index),
+        "bank's own": array_bytes([getattr(bank, n) for n in ("last_seen", "changed", "dirty", *CELLS)]),
+        "twin ids (Python list of str)": sys.getsizeof(bank.twin_ids)
+        + sum(sys.getsizeof(t) for t in bank.twin_ids),
+    }
+    queue.put(out)
+
+
+def memory_report(args: argparse.Namespace) -> None:
+    ctx = multiprocessing.get_context("fork")
+    for twins in args.twins:
+        results = []
+        for traced in (False, True):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=memory, args=(twins, traced, queue))
+            proc.start()
+            results.append(queue.get())
+            proc.join()
+        plain, traced_run = results
+        print(f"\n{twins:,} twins, bank capacity {plain['capacity']:,} rows\n")
+        print(f"- RSS growth: {plain['rss_per_twin']:,.0f} B per twin")
+        print(f"- live Python allocations (tracemalloc): {traced_run['traced_per_twin']:,.0f} B per twin\n")
+        print("| component | B per twin |")
+        print("|---|---:|")
+        for name, size in plain["parts"].items():
+            print(f"| {name} | {size / twins:,.0f} |")
+        print("\n| allocated at (tracemalloc, top 12) | B per twin | blocks |")
+        print("|---|---:|---:|")
+        for where, per_twin, count in traced_run["top"]:
+            print(f"| `{where.replace(str(SPEC.parents[1]) + '/', '')}` | {per_twin:,.0f} | {count:,} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--twins", type=int, nargs="+", default=[1_000, 100_000])
     parser.add_argument("--epochs", type=int, default=7)
     parser.add_argument("--changed", type=int, default=100, help="twins that report in each epoch")
+    parser.add_argument("--memory", action="store_true", help="where a grown shard's memory goes")
     args = parser.parse_args()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -163,6 +247,10 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {load} (shared machine: CPU ms)"
     )
     command = " ".join(["python", *sys.argv])
+    if args.memory:
+        print(f"`{command}`")
+        memory_report(args)
+        return
     print(f"`{command}`; {args.changed} twins change per epoch, median of {args.epochs}\n")
     print("| twins | full: CPU ms | full: bytes | incremental: CPU ms | incremental: bytes | RSS per twin |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -28,7 +28,7 @@ through two per-reading implementations of the same work, on a prefix (``--per-r
   one-element arrays; one output record per reading. Its outputs are checked against the bank's.
 - *bank, 1-reading batches*: ``TwinBank.update`` called with a batch of one reading.
 
-Memory per twin (after the warm-up, on the bank grown by doubling): ``nbytes`` of every numpy
+Memory per twin (after the warm-up, on the bank grown as it grows, ``bank.GROWTH``): ``nbytes`` of every numpy
 array reachable from the bank (allocated capacity, divided by twins), the pickled snapshot, and
 the process RSS growth from before the bank was built (includes river models, ids, dicts; each
 configuration and twin count runs in a fresh forked process).

@@ -56,6 +56,12 @@ from dte_stream.twins.stages import Copies, by_reading, by_rounds, copies_of, ro
 
 __all__ = ["CELL_ARRAYS", "PER_READING_BELOW", "BankUpdate", "TwinBank", "rounds_of"]
 
+#: Factor by which the bank's arrays grow when new twins need rows (the spare rows after a growth
+#: are at most a fifth of the twins; with 2, half the rows were spare right after one). Growth
+#: copies the arrays, so a smaller factor costs more copies: each twin's state is copied about
+#: 1 / (GROWTH - 1) = 4 times over the bank's life, a few microseconds per twin.
+GROWTH = 1.25
+
 #: Micro-batches whose rounds hold fewer readings than this on average (few twins, many readings
 #: each: one series replayed alone) take the per-reading path of :mod:`dte_stream.twins.stages`.
 PER_READING_BELOW = 16
@@ -178,7 +184,7 @@ class TwinBank:
             rows[missing] = new_rows[np.searchsorted(new_ids, twin_id[missing])]
             self._index.add(new_ids, new_rows)
             if len(self.twin_ids) > self.capacity:
-                self._grow(max(len(self.twin_ids), 2 * self.capacity))
+                self._grow(max(len(self.twin_ids), int(GROWTH * self.capacity)))
         return rows
 
     def _grow(self, capacity: int) -> None:
@@ -402,7 +408,7 @@ class TwinBank:
 
     def _keep_rows(self, keep: IntP) -> None:
         ids = [self.twin_ids[i] for i in keep.tolist()]
-        capacity = max(64, 2 * len(ids))
+        capacity = max(64, int(GROWTH * len(ids)))
         for group in self.groups:
             group.keep(keep, capacity)
         self.quality.take(keep)

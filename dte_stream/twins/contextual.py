@@ -33,12 +33,12 @@ The five tail probabilities (two views, point and window; the likelihood) are co
 smallest, with Bonferroni factors, into ``score = min(1, -log10(p) / decades)``. Scores are computed before
 the reading updates its cell; a NaN innovation scores 0.0 and is not learned.
 
-State per cell: 18 numbers and two float32 profiles (mean and scale) of ``context_bins``
-numbers: 336 bytes with the default 24 slots. The mean profile holds offsets from the cell's
-*anchor* (its first value), so float32 keeps its precision far from zero (a reading of 300.0 +-
-0.001); scores move by about 1e-6 at most against float64 profiles. Snapshots of the layout
-before December 2026 (float64 absolute profiles, no likelihood) load through
-:func:`upgrade_snapshot`.
+State per cell: 14 float64 and 4 int32 numbers (counts) and two float32 profiles (mean and
+scale) of ``context_bins`` numbers: 320 bytes with the default 24 slots. The mean profile holds
+offsets from the cell's *anchor* (its first value), so float32 keeps its precision far from
+zero (a reading of 300.0 +- 0.001); scores move by about 1e-6 at most against float64
+profiles. Snapshots of the layout before December 2026 (float64 absolute profiles, no
+likelihood) load through :func:`upgrade_snapshot`.
 """
 
 from __future__ import annotations
@@ -251,8 +251,8 @@ class ContextualScorer:
         shape: tuple[int, ...] = (
             (rows, self.channels, self.bins) if name in self._PROFILES else (rows, self.channels)
         )
-        if name in ("count", "c_count", "quiet_left", "l_count"):
-            return np.zeros(shape, dtype=np.int64)
+        if name in ("count", "c_count", "quiet_left", "l_count"):  # int32: 2**31 readings per cell
+            return np.zeros(shape, dtype=np.int32)
         if name == "last_time":
             return np.full(shape, _NEVER, dtype=np.int64)
         if name in self._PROFILES:  # float32: see the module docstring

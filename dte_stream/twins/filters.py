@@ -60,10 +60,10 @@ class FilterGroup:
         return twins * self.cells
 
     def ensure(self, twins: int) -> None:
-        """Grow the state to hold ``twins`` twins (doubling)."""
+        """Grow the state to hold ``twins`` twins (exactly: the bank chooses its spare rows)."""
         need = self.capacity_for(twins)
         if need > self.state.capacity:
-            self.state = self.state.grow(self.model, max(need, 2 * self.state.capacity))
+            self.state = self.state.grow(self.model, need)
 
     def keep(self, twin_rows: IntP, capacity: int) -> None:
         """Keep only these twin rows, in this order (eviction), with room for ``capacity`` twins."""

@@ -60,6 +60,7 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
 IntP = npt.NDArray[np.intp]
 Bool = npt.NDArray[np.bool_]
 
@@ -89,16 +90,16 @@ class QualityState:
 
     last_ns: I64  # latest event time (clock-skewed readings counted at the engine clock)
     interval_ns: F64  # robust EW mean of the positive gaps; NaN before the first gap
-    gaps: I64  # positive gaps seen
+    gaps: I32  # positive gaps seen (int32, like the other counts: 2**31 readings per cell)
     deadline_ns: I64  # engine time at which the cell goes stale; NOT_DUE while it cannot
     stale: Bool  # in a stale episode already reported by due()
     ref: F64  # last usable value not flagged spike
     prev: F64  # last usable value
     prev_spike: Bool  # was the last usable value flagged spike?
     change: F64  # EW mean absolute non-zero change
-    changes: I64  # non-zero changes seen
+    changes: I32  # non-zero changes seen
     anchor: F64  # value that started the current flat run
-    run: I64  # readings in a row within tolerance of the anchor, after it
+    run: I32  # readings in a row within tolerance of the anchor, after it
 
     @classmethod
     def allocate(cls, capacity: int, channels: int) -> QualityState:
@@ -106,16 +107,16 @@ class QualityState:
         return cls(
             last_ns=np.full(shape, NEVER, dtype=np.int64),
             interval_ns=np.full(shape, np.nan),
-            gaps=np.zeros(shape, dtype=np.int64),
+            gaps=np.zeros(shape, dtype=np.int32),
             deadline_ns=np.full(shape, NOT_DUE, dtype=np.int64),
             stale=np.zeros(shape, dtype=np.bool_),
             ref=np.full(shape, np.nan),
             prev=np.full(shape, np.nan),
             prev_spike=np.zeros(shape, dtype=np.bool_),
             change=np.zeros(shape),
-            changes=np.zeros(shape, dtype=np.int64),
+            changes=np.zeros(shape, dtype=np.int32),
             anchor=np.full(shape, np.nan),
-            run=np.zeros(shape, dtype=np.int64),
+            run=np.zeros(shape, dtype=np.int32),
         )
 
     @property
@@ -319,7 +320,7 @@ class QualityBank:
             put(s.stale, False)
         return QualityOutput(flags, r_scale)
 
-    def _deadline(self, ch: IntP, last_ns: I64, interval_ns: F64, gaps: I64) -> I64:
+    def _deadline(self, ch: IntP, last_ns: I64, interval_ns: F64, gaps: npt.NDArray[np.integer[Any]]) -> I64:
         """Engine time at which each cell goes stale, NOT_DUE while its interval is unknown."""
         ready = gaps >= MIN_GAPS
         with np.errstate(all="ignore"):

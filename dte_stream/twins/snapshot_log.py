@@ -236,10 +236,10 @@ class SnapshotLog:
         folder = self.folder()
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{kind}-{self.seq:09d}-{self.run}.pkl"
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         tmp = folder / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb") as f:  # pickled into the file: no second copy of the state in memory
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            size = f.tell()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, folder / name)
@@ -248,7 +248,7 @@ class SnapshotLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return name, len(data)
+        return name, size
 
     # -- deleting files no manifest needs -------------------------------------------------------
 

@@ -135,7 +135,8 @@ def test_snapshot_restore_grow_take_reset() -> None:
     assert scorer.snapshot(1)["count"].tolist() == [[0]]
     with pytest.raises(ValueError, match="lacks"):
         copy.restore({"count": snap["count"]})
-    assert ContextualScorer(1, 1).nbytes_per_cell() == 18 * 8 + 2 * 24 * 4  # float32 profiles
+    # 14 float64, 4 int32 counts, two float32 profiles
+    assert ContextualScorer(1, 1).nbytes_per_cell() == 14 * 8 + 4 * 4 + 2 * 24 * 4
 
 
 def test_likelihood_sees_surprises_become_frequent() -> None:
