@@ -24,13 +24,14 @@ Each run's estimates are compared with those of the first Kalman variant on a sa
 tree's VmHWM) and CPU seconds (the process tree's, not Kafka's or InfluxDB's: on a shared
 machine a second process can only be faster where CPU is left over) are recorded. With
 ``--latency``, each variant then runs once more while a producer writes readings stamped with
-the wall clock at half of dte-stream's best rate for ``--latency-seconds``; a poller counts
-the points per 50 ms of event time every 50 ms, and a reading's latency is when its slot
-became complete minus its event time (an upper bound, precise to the polling interval, that
-includes the query's own time: seconds under load).
-Beside it, each writer's own measure: for every point, when InfluxDB acknowledged the write that
-held it minus its time (dte-stream's ``dte_influxdb_stored_lag_seconds`` histogram, read from
-``/metrics``; the baselines count the same buckets). Both leave out the first 5 s (warm-up).
+the wall clock at half of dte-stream's best rate for ``--latency-seconds``, and each writer
+reports, for every point, when InfluxDB acknowledged the write that held it minus its time
+(dte-stream's ``dte_influxdb_stored_lag_seconds`` histogram, read from ``/metrics``; the
+baselines count the same buckets). With ``--latency-poller`` a poller also counts the points
+per 50 ms of event time every 50 ms, and a reading's latency is when its slot became complete
+minus its event time (an upper bound that includes the query's own time, and the query takes
+CPU from the pipeline it measures: off by default). The first ``--latency-warmup`` seconds
+(10) are left out.
 
     .venv/bin/python benchmarks/bench_e2e.py --quick                       # a few minutes
     .venv/bin/python benchmarks/bench_e2e.py --twins 1000 100000 --rounds 3 --latency --plot e2e.png
@@ -419,9 +420,10 @@ def compare(reference: dict[Any, tuple[float, float]], other: dict[Any, tuple[fl
 # ------------------------------------------------------------------------------------------
 
 SLOT_NS = 50_000_000
-#: The first seconds of a latency run are left out: the variant's first batches (allocations,
-#: new series in InfluxDB, the API process starting beside dte-stream) are not its steady state.
-WARMUP_SECONDS = 5.0
+#: The first seconds of a latency run are left out (``--latency-warmup``): the variant's first
+#: batches (allocations, new series in InfluxDB, the API process starting beside dte-stream) are
+#: not its steady state; at 36,500 readings/s dte-stream needs about 10 s to catch up with them.
+WARMUP_SECONDS = 10.0
 #: How long the latency poller waits for the last readings after producing stops.
 DRAIN_SECONDS = 20.0
 
@@ -460,15 +462,26 @@ def scrape_lag(port: int) -> list[int]:
     return counts
 
 
-def latency_run(variant: str, ctx: Context, influx: Influx, rate: float, seconds: float) -> Latency:
+def latency_run(
+    variant: str,
+    ctx: Context,
+    influx: Influx,
+    rate: float,
+    seconds: float,
+    *,
+    poll: bool = False,
+    warmup: float = WARMUP_SECONDS,
+) -> Latency:
     """p50 and p99 seconds from a reading's (wall-clock) event time until InfluxDB returns it.
 
     Two measurements of the same run: the poller below (when a query first finds the reading's
     50 ms slot complete: an upper bound that includes the query's own time, which under load is
     seconds), and the writer's (when InfluxDB acknowledged the write that held the point:
     dte-stream's ``dte_influxdb_stored_lag_seconds`` histogram, scraped from ``--http``, and the
-    same buckets counted by the baselines' writer), which has no polling in it. Both leave out
-    the first :data:`WARMUP_SECONDS`.
+    same buckets counted by the baselines' writer), which has no polling in it. The poller runs
+    only with ``poll``: at tens of thousands of readings/s its query every 50 ms takes CPU from
+    the very pipeline it measures (dte-stream fell 5 s behind at 36,500 readings/s with it, kept
+    up without it). Both leave out the first ``warmup`` seconds.
     """
     db = f"lat_{variant.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
     influx.create(db)
@@ -524,17 +537,23 @@ def latency_run(variant: str, ctx: Context, influx: Influx, rate: float, seconds
         writer.start()
         ended: int | None = None  # when producing stopped; polling goes on until all is in
         warm: list[int] | None = None  # the acknowledgement counts when the warm-up ended
+        produced_at_warm = 0
         while True:
-            if warm is None and time.time_ns() - began >= WARMUP_SECONDS * NS_PER_S:
-                warm = read_acked()
+            if warm is None and time.time_ns() - began >= warmup * NS_PER_S:
+                warm, produced_at_warm = read_acked(), sum(produced.values())
             if ended is None and time.time_ns() - began >= seconds * NS_PER_S:
                 stop.set()
                 writer.join(30)
                 ended = time.time_ns()
             if ended is not None and (
-                time.time_ns() - ended > DRAIN_SECONDS * NS_PER_S or all(s in complete for s in produced)
+                time.time_ns() - ended > DRAIN_SECONDS * NS_PER_S
+                or (poll and all(s in complete for s in produced))
+                or (not poll and sum(read_acked()) >= sum(produced.values()))
             ):
                 break
+            if not poll:
+                time.sleep(0.25)
+                continue
             time.sleep(0.05)
             q = f"SELECT count(value) FROM {MEASUREMENT} WHERE time >= {began} GROUP BY time(50ms)"
             now = time.time_ns()
@@ -545,13 +564,18 @@ def latency_run(variant: str, ctx: Context, influx: Influx, rate: float, seconds
                     if slot not in complete and n and n >= produced.get(slot, 1 << 60):
                         complete[slot] = now
         acked = [a - w for a, w in zip(read_acked(), warm or [], strict=False)]
+        # readings produced after the warm-up that were never stored count as infinitely late
+        missing = sum(produced.values()) - produced_at_warm - sum(acked)
+        if acked and missing > 0:
+            say(f"  {variant}: {missing:,} readings not stored by the end of the latency run")
+            acked[-1] += missing
     finally:
         stop_all(procs, logs)
         influx.drop(db)
         shutil.rmtree(work, ignore_errors=True)
     # a reading's latency: its slot's completion minus its time (mid-slot), weighted by readings;
     # slots of the warm-up are left out (start-up)
-    slots = sorted(s for s in produced if s - min(produced) > WARMUP_SECONDS * NS_PER_S // SLOT_NS)
+    slots = sorted(s for s in produced if s - min(produced) > warmup * NS_PER_S // SLOT_NS)
     samples: list[float] = []
     missing = 0
     for s in slots:
@@ -560,7 +584,7 @@ def latency_run(variant: str, ctx: Context, influx: Influx, rate: float, seconds
             samples += [lat] * produced[s]
         else:
             missing += produced[s]
-    if not samples:
+    if not samples or not poll:
         return Latency(float("nan"), float("nan"), acked)
     samples.sort()
     if missing:
@@ -620,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="200,000 records, 1,000 twins, one round")
     parser.add_argument("--latency", action="store_true", help="also p50/p99 latency at half of dte's rate")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--latency-warmup", type=float, default=WARMUP_SECONDS, help="seconds left out at the start"
+    )
+    parser.add_argument(
+        "--latency-poller", action="store_true", help="also poll InfluxDB for each 50 ms slot"
+    )
     parser.add_argument(
         "--latency-rate", type=float, help="readings/s of the latency runs (default: half of dte's best)"
     )
@@ -695,7 +725,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"latency of {variant} at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s ..."
                     )
                     latencies[(variant, twins)] = latency_run(
-                        variant, ctx, influx, rate, args.latency_seconds
+                        variant,
+                        ctx,
+                        influx,
+                        rate,
+                        args.latency_seconds,
+                        poll=args.latency_poller,
+                        warmup=args.latency_warmup,
                     )
                     lat = latencies[(variant, twins)]
                     say(

@@ -998,6 +998,19 @@ KAFKA_JVM_OPTS = [
 ]
 
 
+def _kafka_cluster_id() -> str:
+    """A random KRaft cluster id (16 bytes, URL-safe base64), never starting with ``-``: the
+    storage tool would read such an id as an option and refuse to format (1 start in 64 failed).
+
+    >>> all(not _kafka_cluster_id().startswith("-") for _ in range(500))
+    True
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _start_kafka(state: Path, log: Path, detach: bool) -> Service:
     java = java_binary()
     libs, version = kafka_jars()
@@ -1012,7 +1025,7 @@ def _start_kafka(state: Path, log: Path, detach: bool) -> Service:
     )
     username, password = "dte", base64.urlsafe_b64encode(os.urandom(12)).decode()
     scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    cluster_id = _kafka_cluster_id()
     log4j = _write(state / "log4j2.properties", KAFKA_LOG4J2)
     props = _write(
         state / "server.properties",
