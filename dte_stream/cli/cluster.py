@@ -339,11 +339,23 @@ def child_argv(argv: list[str], addresses: list[str], process_id: int) -> list[s
     ]  # fmt: skip
 
 
-def run_cluster(argv: list[str], processes: int) -> int:
-    """Start ``processes`` children of this command on loopback ports, pass signals on, wait for all."""
+def run_cluster(argv: list[str], processes: int, check: Callable[[], None] | None = None) -> int:
+    """Start ``processes`` children of this command on loopback ports, pass signals on, wait for all.
+
+    ``check`` runs once the children are started; if it raises, they are killed (they have not
+    read anything yet) and its exception goes to the caller.
+    """
     addresses = loopback_addresses(free_ports(processes))
     print(f"dte-stream: starting {processes} processes ({', '.join(addresses)})", file=sys.stderr)
     children = [subprocess.Popen(child_argv(argv, addresses, i)) for i in range(processes)]
+    if check is not None:
+        try:
+            check()
+        except BaseException:
+            for child in children:
+                child.kill()
+                child.wait()
+            raise
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:
