@@ -185,7 +185,9 @@ class SnapshotLog:
         if not shard.banks:
             return {}
         self.key = self.key or shard.key
-        full = shard.snapshot() if self._needs_base(shard) else None
+        # views of the banks' arrays, pickled into the file below before the shard changes: the
+        # base costs no second copy of the shard's state (at 100,000 twins in 4 shards, 40 MB)
+        full = shard.snapshot(copy=False) if self._needs_base(shard) else None
         if full is not None:
             name, size = self._write("base", full)
             self.base, self.base_bytes, self.parts, self.parts_bytes = name, size, [], 0

@@ -365,7 +365,7 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
     from dte_stream.errors import DteStreamError
     from dte_stream.logs import configure
     from dte_stream.view.publisher import EPOCH_FLUSH_S, AsyncViewWriter
-    from dte_stream.view.records import build_records
+    from dte_stream.view.records import record_chunks
 
     config = _read_frame(stdin)
     if config is None:
@@ -393,22 +393,29 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         done += 1
         if done % GC_EVERY == 0:
             gc.collect()
-        kind = frame[0]
+        kind, tag = frame[0], frame[1]
         start = time.process_time()
         undelivered: list[str] = []
         try:
             if kind == "columns":
-                _, _, now_ns, columns, alerts = frame
-                records: list[dict[str, Any]] = []
-                for cols in columns:
+                now_ns, columns, alerts = frame[2:]
+                frame = None  # the columns go chunk by chunk below: drop them as they are written
+                written: list[str] = []
+                while columns:
+                    cols = columns.pop(0)
                     if cols.removed:
                         writer.remove(cols.removed)
-                    records += build_records(cols)
-                if records or alerts:
-                    writer.put(records, now_ns, alerts)
+                    for records in record_chunks(cols):
+                        writer.put(records, now_ns, alerts)  # the alert rows with the first chunk
+                        alerts = []
+                        if is_async:
+                            written += [r["twin_id"] for r in records]
+                    del cols
+                if alerts:
+                    writer.put([], now_ns, alerts)
                 if is_async:
                     writer.flush(EPOCH_FLUSH_S)
-                    undelivered = writer.take_undelivered([r["twin_id"] for r in records])
+                    undelivered = writer.take_undelivered(written)
             elif kind == "records":
                 writer.put(frame[1], frame[2], frame[3])
             elif kind == "remove":
@@ -419,7 +426,7 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
             log.error("twin view: %s", exc)
         if kind == "columns" and answering:
             try:
-                _write_frame(stdout, ("ack", frame[1], undelivered, time.process_time() - start))
+                _write_frame(stdout, ("ack", tag, undelivered, time.process_time() - start))
             except (OSError, ValueError):
                 answering = False  # the parent is gone: write what it sent all the same
     close = getattr(writer, "close", None)
