@@ -8,9 +8,13 @@ one child (``python -m dte_stream.view.process``) that owns the view writer (the
 send it :class:`~dte_stream.view.records.ViewColumns`: the changed twins' state as a few
 arrays, pickled on a sender thread and written to the child's stdin.
 
-- **One message in flight.** A publisher sends only while the child has no message to write
-  (:meth:`ViewProcess.busy`); meanwhile the banks keep marking the twins that change, so a slow
-  child means fewer, larger writes, never a queue that grows.
+- **One message in flight, of bounded size.** A publisher sends only while the child has no
+  message to write (:meth:`ViewProcess.busy`), and at most
+  :data:`~dte_stream.view.publisher.MAX_TWINS_PER_WRITE` twins in one; meanwhile the banks keep
+  marking the twins that change, so a slow child means fewer, larger writes (up to that bound),
+  never a queue that grows. The child builds and writes a message's records
+  :data:`~dte_stream.view.records.RECORD_CHUNK` twins at a time, so its memory does not grow
+  with the twins that changed either.
 - **The child spends at most a share of what the dataflow spends** (:class:`CpuBudget`): it
   reports the CPU time each write took, and publishers send only while the child's CPU time
   stays within ``max_share`` of the dataflow process's own (plus a trickle of wall time, so an
