@@ -440,6 +440,11 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 
 
 if __name__ == "__main__":
+    from dte_stream import allocator
+
+    # Frames of a few hundred kB to 1 MB are freed after each write: with glibc's rising mmap
+    # threshold they would come from the heap and stay (see dte_stream.allocator).
+    allocator.tune()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dataflow decides when the view ends
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _frames_out = os.fdopen(os.dup(1), "wb")

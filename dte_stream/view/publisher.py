@@ -101,6 +101,10 @@ class ViewFanOut:
 #: state of then (a twin that changed twice is written once, as it is now).
 MAX_TWINS_PER_WRITE = 5_000
 
+#: At the end of the input, how long each of several writes waits for the writer process to
+#: take the one before (seconds).
+FINISH_WAIT_S = 60.0
+
 #: How long the end of an epoch waits for an asynchronous writer's deliveries (seconds).
 EPOCH_FLUSH_S = 2.0
 
@@ -151,6 +155,7 @@ class ColumnWriter(Protocol):
     ) -> None: ...
     def take_undelivered(self, tag: int) -> list[str]: ...
     def remove(self, twin_ids: Sequence[str]) -> None: ...
+    def wait_idle(self, tag: int, timeout: float) -> bool: ...
 
 
 class ViewPublisher:
@@ -267,8 +272,12 @@ class ViewPublisher:
     def finish(self, bank: TwinBank, alerts: AlertEngine | None, now_ns: int) -> None:
         """The input ended: write what is left now, whatever the pace (closing the view waits for it)."""
         self.pending_since = self.pending_since if self.pending_since is not None else now_ns
+        columnar = self.view if isinstance(self.view, ColumnWriter) else None
         while self.publish(bank, alerts, now_ns, force=True, paced=False) and self.pending_since is not None:
-            pass  # more changed twins than one write takes: the next ones at once
+            # more changed twins than one write takes: the next ones once the writer process has
+            # the last (no queue of every changed twin's columns; a writer that is gone is not waited for)
+            if columnar is not None:
+                columnar.wait_idle(self._tag, FINISH_WAIT_S)
 
     def evicted(self, twin_ids: list[str]) -> None:
         """Twins dropped from the view at once (the bank's own evictions come with :meth:`publish`)."""
