@@ -271,3 +271,31 @@ def test_a_child_that_dies_is_logged_once_and_the_dataflow_goes_on(
     assert child.busy(1)
     assert sum("writer process ended" in r.getMessage() for r in caplog.records) == 1
     child.close()
+
+
+def test_a_failed_write_leaves_the_view_as_it_was_and_names_the_file(tmp_path: Path) -> None:
+    view = TwinView.open(tmp_path)
+    good = {"twin_id": "p1", "twin_type": "pump", "labels": {}, "last_seen_ns": 1, "alert_state": "ok"}
+    seq = view.put([dict(good)], now_ns=10)
+    # a record without its twin id fails half-way: the twin written before it is rolled back too
+    with pytest.raises(KeyError, match="twin_id"):
+        view.put([{**good, "twin_id": "p2"}, {"twin_type": "pump"}], now_ns=20)
+    assert view.seq() == seq
+    assert view.get_twin("p2") is None
+    assert view.get_twin("p1")["updated_ns"] == 10  # type: ignore[index]
+    # an SQLite error in any write becomes a StoreError that names the view's file
+    other = sqlite3.connect(tmp_path / "twin_view.sqlite3")
+    other.execute("DROP TABLE alerts")  # what a damaged or foreign file could do
+    other.execute("DROP TABLE twin_types")
+    other.close()
+    writes = (
+        lambda: view.remove(["p1"]),
+        lambda: view.remove_alerts(["a"]),
+        lambda: view.put_types([{"name": "x"}]),
+    )
+    for write in writes:
+        with pytest.raises(StoreError, match=r"cannot write the twin view .*twin_view.*no such table"):
+            write()
+    assert view.seq() == seq  # each of them rolled back
+    assert view.get_twin("p1") is not None
+    view.close()
