@@ -10,7 +10,6 @@ traceback and no engine panic is printed unless ``--debug`` is given
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -62,14 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: glibc malloc settings from the environment: when any is set, the user decides.
-_MALLOC_TUNABLES = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-
-
 def tune_allocator() -> None:
     """Freed memory back to the system (:mod:`dte_stream.allocator`), unless the environment tunes malloc."""
-    if not any(name in os.environ for name in _MALLOC_TUNABLES):
-        allocator.fix_mmap_threshold()
+    allocator.tune()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
