@@ -269,7 +269,7 @@ def run_flow(
     """
     from bytewax.run import cli_main
 
-    from dte_stream.cli.cluster import one_host_cluster
+    from dte_stream.cli.cluster import await_lower_processes, one_host_cluster
 
     processes = len(addresses) if addresses is not None else 1
     if flow is None:  # built first: a cluster records its shard keys in a fresh recovery folder
@@ -278,6 +278,8 @@ def run_flow(
     recovery = None
     if recovery_dir is not None:
         recovery = recovery_config(recovery_dir, process_id=process_id, processes=processes)
+    if addresses is not None and process_id is not None:
+        await_lower_processes(addresses, process_id)  # no refused connection, no second lost
     try:
         cli_main(  # type: ignore[no-untyped-call]  # bytewax's stub leaves it unannotated
             flow,
