@@ -429,7 +429,8 @@ def main() -> None:
     for r in range(args.rounds):
         for name in configs:
             best: tuple[Run, Latencies] | None = None
-            for _ in range(1 + (args.retries if args.max_foreign is not None else 0)):
+            attempts = 1 + (args.retries if args.max_foreign is not None else 0)
+            for k in range(attempts):
                 if args.max_foreign is not None:
                     wait_quiet(args.max_foreign, args.quiet_wait)
                 code, rps = how[name]
@@ -438,7 +439,8 @@ def main() -> None:
                     best = attempt
                 if args.max_foreign is None or attempt[0].foreign <= args.max_foreign:
                     break
-                print(f"  ({name}: other programs used {attempt[0].foreign:.2f} cores: again)", flush=True)
+                then = "again" if k + 1 < attempts else "keeping the quietest attempt"
+                print(f"  ({name}: other programs used {attempt[0].foreign:.2f} cores: {then})", flush=True)
             assert best is not None
             run, (lat_list, lat_detail) = best
             runs[name].append(run)
