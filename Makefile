@@ -61,7 +61,7 @@ typecheck: install ## mypy --strict on the package
 check: lint typecheck ## lint and typecheck
 
 ci: install services lint typecheck ## what CI runs: install everything, lint, typecheck, whole suite
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=15
 
 bench: install ## the benchmarks recorded in docs/benchmarks.md
 	$(PY) benchmarks/bench_twin_bank.py

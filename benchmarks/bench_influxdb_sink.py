@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -168,6 +169,12 @@ def run_sink(url: str, batches: list[EstimateBatch], db: str) -> float:
     return time.perf_counter() - start
 
 
+def _rows(b: EstimateBatch) -> Iterator[tuple[Any, ...]]:
+    """A batch's rows as Python values: twin, channel, time, value, unit, estimate, std, innovation, nis."""
+    columns = (b.twin_id, b.channel, b.time_ns, b.value, b.unit, b.estimate, b.std, b.innovation, b.nis)
+    return zip(*(c.tolist() for c in columns), strict=True)
+
+
 def serialiser_rates(batches: list[EstimateBatch], sample: int) -> dict[str, float]:
     """Lines per second of three ways of making line protocol (no server involved)."""
     from influxdb_client.client.write.point import Point
@@ -195,34 +202,12 @@ def serialiser_rates(batches: list[EstimateBatch], sample: int) -> dict[str, flo
         return [
             f"dte_readings,channel={c},twin_id={t},twin_type={b.twin_type},unit={u} "
             f"value={v!r},estimate={e!r},std={s!r},innovation={i!r},nis={x!r} {ts}"
-            for t, c, ts, v, u, e, s, i, x in zip(
-                b.twin_id.tolist(),
-                b.channel.tolist(),
-                b.time_ns.tolist(),
-                b.value.tolist(),
-                b.unit.tolist(),
-                b.estimate.tolist(),
-                b.std.tolist(),
-                b.innovation.tolist(),
-                b.nis.tolist(),
-                strict=True,
-            )
+            for t, c, ts, v, u, e, s, i, x in _rows(b)
         ]
 
     def points(b: EstimateBatch) -> list[str]:
         out = []
-        for t, c, ts, v, u, e, s, i, x in zip(
-            b.twin_id.tolist(),
-            b.channel.tolist(),
-            b.time_ns.tolist(),
-            b.value.tolist(),
-            b.unit.tolist(),
-            b.estimate.tolist(),
-            b.std.tolist(),
-            b.innovation.tolist(),
-            b.nis.tolist(),
-            strict=True,
-        ):
+        for t, c, ts, v, u, e, s, i, x in _rows(b):
             point = (
                 Point("dte_readings")
                 .tag("channel", c)

@@ -63,7 +63,15 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("dte_stream/metrics.py",)),
     ("start-up (imports, spec)", ("_find_and_load", "dte_stream/spec/")),
     ("Bytewax engine (native, below run_flow)", ("run_flow (",)),
-    ("dataflow wiring", ("dte_stream/dataflow.py", "dte_stream/batches.py")),
+    (
+        "dataflow wiring",
+        (
+            "dte_stream/dataflow.py",
+            "dte_stream/flow_steps.py",
+            "dte_stream/shard_logic.py",
+            "dte_stream/batches.py",
+        ),
+    ),
     ("Bytewax", ("bytewax",)),
 ]
 

@@ -10,9 +10,9 @@ grew by 2,345 B per twin with the raised threshold and by 1,748 B with a fixed o
 1,646 B of live allocations.
 
 :func:`fix_mmap_threshold` sets the threshold, which also turns the raising off (``mallopt``,
-as the ``MALLOC_MMAP_THRESHOLD_`` environment variable would). The ``dte-stream`` command calls
-it at start unless the environment already sets glibc's malloc tunables. Elsewhere than on
-glibc it does nothing.
+as the ``MALLOC_MMAP_THRESHOLD_`` environment variable would). The ``dte-stream`` command and the
+twin view's writer process call it at start (:func:`tune`) unless the environment already sets
+glibc's malloc tunables. Elsewhere than on glibc it does nothing.
 
 >>> isinstance(fix_mmap_threshold(), bool)
 True
@@ -21,8 +21,12 @@ True
 from __future__ import annotations
 
 import ctypes
+import os
 
-__all__ = ["DEFAULT_THRESHOLD", "fix_mmap_threshold"]
+__all__ = ["DEFAULT_THRESHOLD", "MALLOC_TUNABLES", "fix_mmap_threshold", "tune"]
+
+#: glibc malloc settings from the environment: when any is set, the user decides.
+MALLOC_TUNABLES = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 #: glibc's own initial threshold: blocks from 128 KiB up are mapped and unmapped on their own.
 DEFAULT_THRESHOLD = 128 * 1024
@@ -40,3 +44,10 @@ def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+
+
+def tune() -> bool:
+    """:func:`fix_mmap_threshold`, unless the environment sets glibc's malloc tunables; True when set."""
+    if any(name in os.environ for name in MALLOC_TUNABLES):
+        return False
+    return fix_mmap_threshold()

@@ -226,7 +226,7 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
             tags=spec.tags,
         )
         self._buffer = LineBuffer(
-            spec.max_buffer_lines,
+            spec.buffer_lines,
             spec.max_block,
             stop_requested=stop_requested,
             stop_now=stop_now_requested,
@@ -290,7 +290,7 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
         METRICS.add("influxdb_points_dropped", count)
         reason = (
             f"dropped: the server was failing for max_block ({self._spec.max_block} s) with the "
-            f"buffer of {self._spec.max_buffer_lines} lines full"
+            f"buffer of {self._spec.buffer_lines} lines full"
         )
         source = f"influxdb:{self._spec.name}"
         self._dead_letters([DeadLetter(source, reason, line.encode("utf-8")) for c in chunks for line in c])
@@ -308,7 +308,7 @@ class _InfluxDBPartition(StatelessSinkPartition[EstimateBatch], StatefulSinkPart
                 "full; dropped the %d oldest lines (max_block %s s)",
                 self._spec.target(),
                 since,
-                self._spec.max_buffer_lines,
+                self._spec.buffer_lines,
                 self._dropped_since_log,
                 self._spec.max_block,
             )

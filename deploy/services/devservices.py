@@ -817,6 +817,20 @@ password_file {pwfile}
     )
 
 
+def _http_service(
+    name: str, http: int, proc: subprocess.Popen[bytes], ports: dict[str, int] | None = None
+) -> Service:
+    """A started service whose main port serves HTTP on the loopback address."""
+    return Service(
+        name=name,
+        url=f"http://{LOOPBACK}:{http}",
+        port=http,
+        ports=ports or {"http": http},
+        process=proc,
+        pid=proc.pid,
+    )
+
+
 def _start_influxdb(state: Path, log: Path, detach: bool) -> Service:
     influxd = find_binary("influxd")
     http, rpc = free_ports(2)
@@ -856,14 +870,7 @@ bind-address = "{LOOPBACK}:{rpc}"
 """,
     )
     proc = _launch([influxd, "-config", str(conf)], log, state, detach=detach)
-    return Service(
-        name="influxdb",
-        url=f"http://{LOOPBACK}:{http}",
-        port=http,
-        ports={"http": http, "rpc": rpc},
-        process=proc,
-        pid=proc.pid,
-    )
+    return _http_service("influxdb", http, proc, ports={"http": http, "rpc": rpc})
 
 
 def _start_victoriametrics(state: Path, log: Path, detach: bool) -> Service:
@@ -880,14 +887,7 @@ def _start_victoriametrics(state: Path, log: Path, detach: bool) -> Service:
         "-loggerLevel=INFO",
     ]
     proc = _launch(cmd, log, state, detach=detach)
-    return Service(
-        name="victoriametrics",
-        url=f"http://{LOOPBACK}:{http}",
-        port=http,
-        ports={"http": http},
-        process=proc,
-        pid=proc.pid,
-    )
+    return _http_service("victoriametrics", http, proc)
 
 
 def _start_alertmanager(state: Path, log: Path, detach: bool) -> Service:
@@ -915,14 +915,7 @@ receivers:
         "--log.level=info",
     ]
     proc = _launch(cmd, log, state, detach=detach)
-    return Service(
-        name="alertmanager",
-        url=f"http://{LOOPBACK}:{http}",
-        port=http,
-        ports={"http": http},
-        process=proc,
-        pid=proc.pid,
-    )
+    return _http_service("alertmanager", http, proc)
 
 
 def _start_prometheus(state: Path, log: Path, detach: bool) -> Service:
@@ -953,14 +946,7 @@ scrape_configs:
         "--log.level=info",
     ]
     proc = _launch(cmd, log, state, detach=detach)
-    return Service(
-        name="prometheus",
-        url=f"http://{LOOPBACK}:{http}",
-        port=http,
-        ports={"http": http},
-        process=proc,
-        pid=proc.pid,
-    )
+    return _http_service("prometheus", http, proc)
 
 
 def prometheus_targets(service: Service, targets: list[str], labels: dict[str, str] | None = None) -> None:

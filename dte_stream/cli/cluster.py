@@ -38,12 +38,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from dte_stream.errors import ConfigError
+from dte_stream.shutdown import stop_requested
 
 __all__ = [
+    "await_lower_processes",
     "check_cluster",
     "check_recovery_layout",
     "child_argv",
@@ -70,6 +73,9 @@ _KEYS = "shard-keys:"
 
 #: Seconds the other processes get to stop once one process of the cluster failed.
 STOP_GRACE_S = 10.0
+
+#: The longest wait of a process for the lower processes of a one-host cluster to listen.
+LISTEN_WAIT_S = 120.0
 
 
 def free_ports(count: int, low: int = 20_000, high: int = 32_000) -> list[int]:
@@ -126,6 +132,67 @@ def one_host_cluster(addresses: list[str]) -> bool:
     False
     """
     return len({address.rpartition(":")[0] for address in addresses}) == 1
+
+
+def listening_ports(tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> set[int] | None:
+    """The TCP ports some socket of this host listens on (Linux ``/proc/net``); None if unreadable.
+
+    >>> import tempfile, pathlib
+    >>> table = pathlib.Path(tempfile.mkdtemp()) / "tcp"
+    >>> _ = table.write_text(
+    ...     "  sl  local_address rem_address   st\\n"
+    ...     "   0: 0100007F:1B9D 00000000:0000 0A\\n"  # 127.0.0.1:7069, LISTEN
+    ...     "   1: 0100007F:1B9E 0100007F:9C40 01\\n"  # 127.0.0.1:7070, ESTABLISHED
+    ... )
+    >>> listening_ports((str(table),))
+    {7069}
+    """
+    ports: set[int] = set()
+    read = False
+    for table in tables:
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports if read else None
+
+
+def await_lower_processes(
+    addresses: list[str],
+    process_id: int,
+    timeout: float = LISTEN_WAIT_S,
+    ports: Callable[[], set[int] | None] = listening_ports,
+) -> float:
+    """On one host, wait until every process below ``process_id`` listens; the seconds waited.
+
+    Bytewax's cluster (timely) has process I connect to processes 0..I-1, and a connection
+    that is refused is tried again only after a whole second: a process that is ready before
+    the ones below it would cost the cluster a second of start-up, often. So it waits here
+    for their ports (``/proc/net/tcp``, read only: a test connection would be taken for a
+    peer). Anything else (several hosts, no ``/proc``, ``timeout`` passed, a stop requested)
+    goes ahead, and timely retries as before.
+
+    >>> await_lower_processes(["127.0.0.1:7101", "127.0.0.1:7102"], 1, ports=lambda: {7101}) < 0.01
+    True
+    >>> await_lower_processes(["127.0.0.1:7101", "127.0.0.1:7102"], 1, timeout=0.05, ports=lambda: set()) > 0
+    True
+    """
+    if process_id == 0 or not one_host_cluster(addresses):
+        return 0.0
+    wanted = {int(address.rpartition(":")[2]) for address in addresses[:process_id]}
+    started = time.monotonic()
+    while True:
+        listening = ports()
+        waited = time.monotonic() - started
+        if listening is None or wanted <= listening or waited > timeout or stop_requested():
+            return waited
+        time.sleep(0.01)
 
 
 def check_cluster(addresses: list[str] | None, process_id: int | None) -> None:
@@ -272,11 +339,23 @@ def child_argv(argv: list[str], addresses: list[str], process_id: int) -> list[s
     ]  # fmt: skip
 
 
-def run_cluster(argv: list[str], processes: int) -> int:
-    """Start ``processes`` children of this command on loopback ports, pass signals on, wait for all."""
+def run_cluster(argv: list[str], processes: int, check: Callable[[], None] | None = None) -> int:
+    """Start ``processes`` children of this command on loopback ports, pass signals on, wait for all.
+
+    ``check`` runs once the children are started; if it raises, they are killed (they have not
+    read anything yet) and its exception goes to the caller.
+    """
     addresses = loopback_addresses(free_ports(processes))
     print(f"dte-stream: starting {processes} processes ({', '.join(addresses)})", file=sys.stderr)
     children = [subprocess.Popen(child_argv(argv, addresses, i)) for i in range(processes)]
+    if check is not None:
+        try:
+            check()
+        except BaseException:
+            for child in children:
+                child.kill()
+                child.wait()
+            raise
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:

@@ -10,7 +10,6 @@ traceback and no engine panic is printed unless ``--debug`` is given
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -62,14 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: glibc malloc settings from the environment: when any is set, the user decides.
-_MALLOC_TUNABLES = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-
-
 def tune_allocator() -> None:
     """Freed memory back to the system (:mod:`dte_stream.allocator`), unless the environment tunes malloc."""
-    if not any(name in os.environ for name in _MALLOC_TUNABLES):
-        allocator.fix_mmap_threshold()
+    allocator.tune()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +92,9 @@ def _start_cluster(argv: list[str]) -> int | None:
     """``run SPEC --processes N``: check the spec and the folder, start the children (None: not that).
 
     The checks are those of ``run`` (:func:`dte_stream.cli.run._launch`); the children parse
-    the whole command line and run the dataflow (:mod:`dte_stream.cli.cluster`).
+    the whole command line and run the dataflow (:mod:`dte_stream.cli.cluster`). The spec is
+    checked once the children are started (they are stopped if it is refused): loading the
+    spec models first delayed every child by their import, about a second on a busy host.
     """
     from dte_stream.cli.cluster import check_recovery_layout, quick_cluster, run_cluster
 
@@ -106,13 +102,16 @@ def _start_cluster(argv: list[str]) -> int | None:
     if quick is None:
         return None
     processes, spec_path, recovery_dir = quick
-    try:
+
+    def check_spec() -> None:  # while the children start: their imports take longer than this
         from dte_stream.spec import load_spec
 
         load_spec(spec_path)
+
+    try:
         if recovery_dir is not None:
             check_recovery_layout(recovery_dir, processes)
-        return run_cluster(argv, processes)
+        return run_cluster(argv, processes, check=check_spec)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

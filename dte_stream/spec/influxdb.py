@@ -138,7 +138,14 @@ class InfluxDBSinkSpec(SpecModel):
             "reading to stored under 1 s; at rates that fill batch_size sooner it does not matter)"
         ),
     )
-    max_buffer_lines: int = Field(200_000, ge=1, description="lines waiting per worker before it blocks")
+    max_buffer_lines: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "lines waiting per worker before it blocks; unset = 2 x batch_size (each epoch's end "
+            "waits for what is buffered, so a long buffer stalls every epoch during a backlog)"
+        ),
+    )
     max_block: Seconds | None = Field(
         None,
         description=(
@@ -248,7 +255,7 @@ class InfluxDBSinkSpec(SpecModel):
                     f"{' and '.join(missing)}: required with api v2 (InfluxDB 1.8 and "
                     "VictoriaMetrics ignore org: any value will do)"
                 )
-        if self.max_buffer_lines < self.batch_size:
+        if self.max_buffer_lines is not None and self.max_buffer_lines < self.batch_size:
             raise ValueError(
                 f"max_buffer_lines: must be at least batch_size ({self.batch_size}), "
                 f"got {self.max_buffer_lines}"
@@ -260,6 +267,22 @@ class InfluxDBSinkSpec(SpecModel):
         if self.ca_file is not None and not self.url.startswith("https://"):
             raise ValueError("ca_file: only used with an https:// url")
         return self
+
+    @property
+    def buffer_lines(self) -> int:
+        """Lines a worker's buffer holds: ``max_buffer_lines``, or twice ``batch_size`` when unset.
+
+        Twice a batch keeps the writer busy (one batch in flight, the next one filling) while
+        the end of an epoch, which waits until the buffer is written, stays one or two write
+        round trips long. A cluster's processes wait for each other there, and Bytewax keeps
+        a waiting process's input polling at full speed (docs/benchmarks.md, issue 9).
+
+        >>> InfluxDBSinkSpec(kind="influxdb", database="d").buffer_lines
+        10000
+        >>> InfluxDBSinkSpec(kind="influxdb", database="d", max_buffer_lines=200_000).buffer_lines
+        200000
+        """
+        return self.max_buffer_lines if self.max_buffer_lines is not None else 2 * self.batch_size
 
     def target(self) -> str:
         """Where the points go, without secrets: for logs and messages."""

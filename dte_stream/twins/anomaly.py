@@ -199,12 +199,16 @@ class AnomalyScorer:
             getattr(self, name)[index] = 1.0 if name == "window" else 0
 
     def snapshot(
-        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None
+        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None, *, copy: bool = True
     ) -> dict[str, npt.NDArray[np.generic]]:
-        """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name."""
+        """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name
+        (``copy=False``: views of the rows, for a caller that pickles them at once)."""
         if rows is not None:
             return {name: getattr(self, name)[rows] for name in self._FIELDS}
-        return {name: getattr(self, name)[:n_rows].copy() for name in self._FIELDS}
+        return {
+            name: getattr(self, name)[:n_rows].copy() if copy else getattr(self, name)[:n_rows]
+            for name in self._FIELDS
+        }
 
     def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
         """Load a :meth:`snapshot` into rows ``0..n-1`` (growing if needed); other rows are reset."""

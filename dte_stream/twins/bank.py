@@ -140,6 +140,7 @@ class TwinBank:
         self.last_score = np.full(capacity * self.width, np.nan)
         #: Twins updated since the view last took them (:meth:`take_changed`), and twins evicted.
         self.changed = np.zeros(capacity, dtype=bool)
+        self._changed_from = 0  # where the next limited take_changed starts
         self.removed: list[str] = []
         #: Twins updated since the last incremental snapshot (:mod:`dte_stream.twins.snapshot_log`).
         self.dirty = np.zeros(capacity, dtype=bool)
@@ -307,13 +308,30 @@ class TwinBank:
         self.last_flags[c] = flags[latest]
         self.last_score[c] = score[latest]
 
-    def take_changed(self) -> tuple[IntP, list[str]]:
-        """Rows of the twins changed since the last call, and the ids evicted since; both reset."""
+    def take_changed(self, limit: int | None = None) -> tuple[IntP, list[str]]:
+        """Rows of the twins changed since the last call, and the ids evicted since; both reset.
+
+        With ``limit``, at most that many rows (ascending); the others stay marked for a later
+        call, which goes on after the last row taken (round the bank), so every changed twin
+        comes in turn however often the first ones change.
+        """
         n = len(self.twin_ids)
         rows = np.flatnonzero(self.changed[:n])
-        self.changed[:n] = False
+        if limit is not None and 0 < limit < rows.shape[0]:
+            turn = np.roll(rows, -int(np.searchsorted(rows, self._changed_from)))[:limit]
+            self._changed_from = int(turn[-1]) + 1
+            rows = np.sort(turn)
+        self.changed[rows] = False
         removed, self.removed = self.removed, []
         return rows, removed
+
+    def mark_changed(self, rows: IntP) -> None:
+        """Have :meth:`take_changed` return these rows too (twins to publish again)."""
+        self.changed[rows] = True
+
+    def has_changed(self) -> bool:
+        """Whether twins changed since :meth:`take_changed` last took them."""
+        return bool(self.changed[: len(self.twin_ids)].any())
 
     def _too_late(self, batch: TypedBatch, index: IntP, rows: IntP) -> list[DeadLetter]:
         r = batch.readings
@@ -430,11 +448,12 @@ class TwinBank:
 
     # -- snapshots --------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Compact, picklable copy of the state (:func:`~dte_stream.twins.checkpoint.bank_snapshot`)."""
+    def snapshot(self, *, copy: bool = True) -> dict[str, Any]:
+        """Compact, picklable copy of the state (:func:`~dte_stream.twins.checkpoint.bank_snapshot`;
+        ``copy=False``: views where they can be, to pickle at once)."""
         from dte_stream.twins.checkpoint import bank_snapshot
 
-        return bank_snapshot(self)
+        return bank_snapshot(self, copy=copy)
 
     @classmethod
     def restore(cls, spec: TwinTypeSpec, snap: dict[str, Any]) -> TwinBank:

@@ -51,41 +51,50 @@ class SnapshotMismatchError(ValueError):
     """A snapshot that this twin type cannot load (other layout, other spec)."""
 
 
-def bank_snapshot(bank: TwinBank, rows: npt.NDArray[np.intp] | None = None) -> dict[str, Any]:
+def bank_snapshot(
+    bank: TwinBank, rows: npt.NDArray[np.intp] | None = None, *, copy: bool = True
+) -> dict[str, Any]:
     """Compact, picklable copy of ``bank``'s state: numpy arrays trimmed to the twins present.
 
     With ``rows``, only those twins' state (in that order): a *part* that
     :func:`merge_bank_snapshots` lays over an earlier snapshot (incremental snapshots,
     :mod:`dte_stream.twins.snapshot_log`); everything that is not per twin is copied whole.
+    ``copy=False`` (all twins only): views of the bank's arrays where they can be, for a caller
+    that pickles the snapshot at once, before the bank changes: no second copy of the state.
     """
     from dte_stream.twins.bank import CELL_ARRAYS
 
     n = len(bank.twin_ids)
     pick = slice(None) if rows is None else rows
+    copy = copy or rows is not None
+
+    def out(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return a[pick].copy() if copy else a[pick]
+
     groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
     for group in bank.groups:
         arrays = {name: a[: group.capacity_for(n)] for name, a in group.state.arrays().items()}
         if not group.per_cell:
-            groups[f"model:{group.name}"] = {name: a[pick].copy() for name, a in arrays.items()}
+            groups[f"model:{group.name}"] = {name: out(a) for name, a in arrays.items()}
             continue
         for slot, c in enumerate(group.channels):
             groups[f"channel:{bank.channels[c]}"] = {
-                name: a[slot :: group.cells][pick].copy() for name, a in arrays.items()
+                name: out(a[slot :: group.cells]) for name, a in arrays.items()
             }
     cells = {
-        name: getattr(bank, name)[: n * bank.width].reshape(n, bank.width)[pick].reshape(-1).copy()
+        name: out(getattr(bank, name)[: n * bank.width].reshape(n, bank.width)).reshape(-1)
         for name in CELL_ARRAYS
     }
     if rows is None:
         ids = list(bank.twin_ids)
-        quality = bank.quality.snapshot(n)
+        quality = bank.quality.snapshot(n, copy=copy)
     else:
         ids = [bank.twin_ids[i] for i in rows.tolist()]
         quality = bank.quality.snapshot(0)
         state = bank.quality.state.arrays()
         quality.update({k: state[k][rows] for k, v in quality.items() if isinstance(v, np.ndarray)})
         quality["rows"] = len(ids)
-    anomaly = bank.scorer.snapshot(n, rows) if bank.scorer is not None else None
+    anomaly = bank.scorer.snapshot(n, rows, copy=copy) if bank.scorer is not None else None
     return {
         "format": SNAPSHOT_FORMAT,
         "twin_type": bank.spec.name,
@@ -94,7 +103,7 @@ def bank_snapshot(bank: TwinBank, rows: npt.NDArray[np.intp] | None = None) -> d
         "layout": bank.spec.state_layout(),
         "channels": list(bank.channels),
         "twin_ids": ids,
-        "last_seen": bank.last_seen[:n][pick].copy(),
+        "last_seen": out(bank.last_seen[:n]),
         **cells,
         "groups": groups,
         "quality": quality,

@@ -77,14 +77,26 @@ def algebra_for(
     return MatrixAlgebra
 
 
-class MatrixAlgebra:
-    """The linear algebra of one step for any ``n``: batched ``(k, n, n)`` matrix products."""
+class _Rows:
+    """The rows of one round: their state as read, and the posterior written back."""
 
     def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
         self.kernel, self.state, self.rows = kernel, state, rows
         self.x = state.x[rows]
         self.P = state.P[rows]
         self.u = state.u[rows]
+
+    def _commit(self, x_new: F64, P_new: F64, keep: Bool) -> None:  # noqa: N803 (matrices in capitals)
+        """Write the posterior back; the ``keep`` rows (not updated this round) keep their state."""
+        if keep.any():
+            x_new[keep] = self.x[keep]
+            P_new[keep] = self.P[keep]
+        self.state.x[self.rows] = self.x_new = x_new
+        self.state.P[self.rows] = self.P_new = P_new
+
+
+class MatrixAlgebra(_Rows):
+    """The linear algebra of one step for any ``n``: batched ``(k, n, n)`` matrix products."""
 
     def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
         mdl = self.kernel.model
@@ -122,11 +134,7 @@ class MatrixAlgebra:
             ikh @ P_pred @ np.swapaxes(ikh, 1, 2) + (gain[:, :, None] * gain[:, None, :]) * r[:, None, None]
         )
         P_new = 0.5 * (P_new + np.swapaxes(P_new, 1, 2))
-        if keep.any():
-            x_new[keep] = self.x[keep]
-            P_new[keep] = self.P[keep]
-        self.state.x[self.rows] = self.x_new = x_new
-        self.state.P[self.rows] = self.P_new = P_new
+        self._commit(x_new, P_new, keep)
         return s_upd
 
     def posterior(self) -> tuple[F64, F64, F64, F64]:
@@ -210,18 +218,12 @@ class ScalarAlgebra:
         return mean, var
 
 
-class PairAlgebra:
+class PairAlgebra(_Rows):
     """The same algebra for ``n == 2``: each entry of ``x`` and ``P`` is its own ``(k,)`` array.
 
     ``a_ij`` below is entry ``(i, j)`` of matrix ``a`` for every reading of the round; the
     formulas are the matrix ones written out (``F P F' + Qd``, ``(I - K h) P (I - K h)' + K r K'``).
     """
-
-    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
-        self.kernel, self.state, self.rows = kernel, state, rows
-        self.x = state.x[rows]
-        self.P = state.P[rows]
-        self.u = state.u[rows]
 
     def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
         x, P = self.x, self.P
@@ -301,11 +303,7 @@ class PairAlgebra:
         P_new = np.empty_like(self.P)
         off = 0.5 * (pn01 + pn10)  # symmetrised
         P_new[:, 0, 0], P_new[:, 0, 1], P_new[:, 1, 0], P_new[:, 1, 1] = pn00, off, off, pn11
-        if keep.any():
-            x_new[keep] = self.x[keep]
-            P_new[keep] = self.P[keep]
-        self.state.x[self.rows] = self.x_new = x_new
-        self.state.P[self.rows] = self.P_new = P_new
+        self._commit(x_new, P_new, keep)
         return s_upd
 
     def posterior(self) -> tuple[F64, F64, F64, F64]:

@@ -346,15 +346,16 @@ class QualityBank:
         earliest = int(pending.min()) if pending.size else NOT_DUE
         return None if earliest == NOT_DUE else earliest
 
-    def snapshot(self, n_rows: int | None = None) -> dict[str, Any]:
-        """Compact, picklable copy of the statistics of the first ``n_rows`` rows (all by default)."""
+    def snapshot(self, n_rows: int | None = None, *, copy: bool = True) -> dict[str, Any]:
+        """Compact, picklable copy of the statistics of the first ``n_rows`` rows (all by default;
+        ``copy=False``: views of them, for a caller that pickles them at once)."""
         n = self.capacity if n_rows is None else n_rows
         if not 0 <= n <= self.capacity:
             raise ValueError(f"snapshot of {n} rows from a quality bank of {self.capacity}")
         snap: dict[str, Any] = {"format": QUALITY_SNAPSHOT_FORMAT, "channels": self.channels, "rows": n}
         for name, a in self.state.arrays().items():
             if name != "deadline_ns":  # derived: recomputed from the (possibly changed) specs
-                snap[name] = a[:n].copy()
+                snap[name] = a[:n].copy() if copy else a[:n]
         return snap
 
     @classmethod

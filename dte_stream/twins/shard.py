@@ -229,13 +229,14 @@ class TwinShard:
             at = poll if at is None else min(at, poll)
         return None if at is None else max(at, wall + MIN_TIMER_NS)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The shard's state: compact arrays per twin type (:mod:`dte_stream.twins.shard_state`)."""
+    def snapshot(self, *, copy: bool = True) -> dict[str, Any]:
+        """The shard's state: compact arrays per twin type (:mod:`dte_stream.twins.shard_state`;
+        ``copy=False``: the banks' arrays as views where they can be, to pickle at once)."""
         if not self.banks:
             return {}
         return {
             **shard_header(self.spec, self.key, self.watermark, self.alert_engines),
-            "banks": {name: bank.snapshot() for name, bank in self.banks.items()},
+            "banks": {name: bank.snapshot(copy=copy) for name, bank in self.banks.items()},
         }
 
     @classmethod

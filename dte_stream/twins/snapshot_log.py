@@ -43,6 +43,7 @@ import pickle
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,11 @@ LOG_FORMAT = 1
 
 #: The parts since the base may reach this share of the base's bytes before a new base is written.
 COMPACT_SHARE = 0.5
+#: Twins per type in one pickle of a part file: a part of every twin of a busy shard is made and
+#: written this many twins at a time, so its copy of the state stays small (a base is pickled
+#: from views of the banks' arrays, with no copy). Measured on a shard of 25,000 twins that all
+#: changed (tracemalloc): 5.7 MiB above the state at 2,000 twins per pickle, 36.7 MiB as one pickle.
+PART_CHUNK = 2_000
 #: Look for files to delete every this many snapshots (and after every new base).
 GC_EVERY = 10
 
@@ -84,8 +90,8 @@ def restore_snapshot(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"incremental snapshot format {manifest.get('incremental')!r}, this version reads {LOG_FORMAT}"
         )
-    base = _read(folder, manifest["base"])
-    parts = [_read(folder, name) for name in manifest["parts"]]
+    base = _read(folder, manifest["base"])[0]
+    parts = [part for name in manifest["parts"] for part in _read(folder, name)]
     banks: dict[str, Any] = dict(base["banks"])
     for name in sorted({t for p in parts for t in p}):
         mine = [p[name] for p in parts if name in p]
@@ -99,16 +105,20 @@ def restore_snapshot(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest["shard"], "banks": banks}
 
 
-def _read(folder: Path, name: str) -> Any:
+def _read(folder: Path, name: str) -> list[Any]:
+    """The pickles of a file, in order (a base is one; a part one per :data:`PART_CHUNK` twins)."""
     path = folder / name
+    out: list[Any] = []
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            while f.peek(1):
+                out.append(pickle.load(f))  # our own files, in the recovery folder
     except FileNotFoundError:
         raise ConfigError(
             f"the recovery state names {path}, which is missing: the recovery folder is incomplete "
             "(restore it whole, or use a fresh --recovery-dir)"
         ) from None
-    return pickle.loads(data)  # our own files, in the recovery folder
+    return out
 
 
 @dataclass
@@ -185,14 +195,15 @@ class SnapshotLog:
         if not shard.banks:
             return {}
         self.key = self.key or shard.key
-        full = shard.snapshot() if self._needs_base(shard) else None
+        # views of the banks' arrays, pickled into the file below before the shard changes: the
+        # base costs no second copy of the shard's state (at 100,000 twins in 4 shards, 40 MB)
+        full = shard.snapshot(copy=False) if self._needs_base(shard) else None
         if full is not None:
-            name, size = self._write("base", full)
+            name, size = self._write("base", [full])
             self.base, self.base_bytes, self.parts, self.parts_bytes = name, size, [], 0
             header = {k: v for k, v in full.items() if k != "banks"}
         else:
-            part = {t: self._part(t, bank) for t, bank in shard.banks.items()}
-            name, size = self._write("part", part)
+            name, size = self._write("part", self._part(shard))
             self.parts.append(name)
             self.parts_bytes += size
             header = _header(shard)
@@ -223,22 +234,33 @@ class SnapshotLog:
         # a bank the chain does not describe (replaced by a live reload): start again
         return any(self.banks.get(t, bank) is not bank for t, bank in shard.banks.items())
 
-    def _part(self, twin_type: str, bank: TwinBank) -> dict[str, Any]:
-        n = len(bank.twin_ids)
-        rows = np.flatnonzero(bank.dirty[:n])
-        moved = self.counts.get(twin_type) != _count(bank)
-        return {
-            "bank": bank_snapshot(bank, rows),
-            "order": list(bank.twin_ids) if moved or twin_type not in self.banks else None,
-        }
+    def _part(self, shard: TwinShard) -> Iterator[dict[str, Any]]:
+        """The twins changed since the last snapshot, as one or more pickles of at most
+        :data:`PART_CHUNK` twins per type (made one after the other as they are written)."""
+        rows = {t: np.flatnonzero(bank.dirty[: len(bank.twin_ids)]) for t, bank in shard.banks.items()}
+        chunks = max(1, *(-(-r.shape[0] // PART_CHUNK) for r in rows.values()))
+        for c in range(chunks):
+            part: dict[str, Any] = {}
+            for t, bank in shard.banks.items():
+                mine = rows[t][c * PART_CHUNK : (c + 1) * PART_CHUNK]
+                if c and not mine.size:
+                    continue
+                moved = self.counts.get(t) != _count(bank) or t not in self.banks
+                part[t] = {
+                    "bank": bank_snapshot(bank, mine),
+                    "order": list(bank.twin_ids) if moved and not c else None,
+                }
+            yield part
 
-    def _write(self, kind: str, value: object) -> tuple[str, int]:
+    def _write(self, kind: str, values: Iterable[object]) -> tuple[str, int]:
+        """``values`` pickled one after the other into a new file: one at a time in memory."""
         folder = self.folder()
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{kind}-{self.seq:09d}-{self.run}.pkl"
         tmp = folder / f".{name}.tmp"
         with open(tmp, "wb") as f:  # pickled into the file: no second copy of the state in memory
-            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            for value in values:
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
             size = f.tell()
             f.flush()
             os.fsync(f.fileno())

@@ -8,9 +8,13 @@ one child (``python -m dte_stream.view.process``) that owns the view writer (the
 send it :class:`~dte_stream.view.records.ViewColumns`: the changed twins' state as a few
 arrays, pickled on a sender thread and written to the child's stdin.
 
-- **One message in flight.** A publisher sends only while the child has no message to write
-  (:meth:`ViewProcess.busy`); meanwhile the banks keep marking the twins that change, so a slow
-  child means fewer, larger writes, never a queue that grows.
+- **One message in flight, of bounded size.** A publisher sends only while the child has no
+  message to write (:meth:`ViewProcess.busy`), and at most
+  :data:`~dte_stream.view.publisher.MAX_TWINS_PER_WRITE` twins in one; meanwhile the banks keep
+  marking the twins that change, so a slow child means fewer, larger writes (up to that bound),
+  never a queue that grows. The child builds and writes a message's records
+  :data:`~dte_stream.view.records.RECORD_CHUNK` twins at a time, so its memory does not grow
+  with the twins that changed either.
 - **The child spends at most a share of what the dataflow spends** (:class:`CpuBudget`): it
   reports the CPU time each write took, and publishers send only while the child's CPU time
   stays within ``max_share`` of the dataflow process's own (plus a trickle of wall time, so an
@@ -365,7 +369,7 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
     from dte_stream.errors import DteStreamError
     from dte_stream.logs import configure
     from dte_stream.view.publisher import EPOCH_FLUSH_S, AsyncViewWriter
-    from dte_stream.view.records import build_records
+    from dte_stream.view.records import record_chunks
 
     config = _read_frame(stdin)
     if config is None:
@@ -393,22 +397,29 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         done += 1
         if done % GC_EVERY == 0:
             gc.collect()
-        kind = frame[0]
+        kind, tag = frame[0], frame[1]
         start = time.process_time()
         undelivered: list[str] = []
         try:
             if kind == "columns":
-                _, _, now_ns, columns, alerts = frame
-                records: list[dict[str, Any]] = []
-                for cols in columns:
+                now_ns, columns, alerts = frame[2:]
+                frame = None  # the columns go chunk by chunk below: drop them as they are written
+                written: list[str] = []
+                while columns:
+                    cols = columns.pop(0)
                     if cols.removed:
                         writer.remove(cols.removed)
-                    records += build_records(cols)
-                if records or alerts:
-                    writer.put(records, now_ns, alerts)
+                    for records in record_chunks(cols):
+                        writer.put(records, now_ns, alerts)  # the alert rows with the first chunk
+                        alerts = []
+                        if is_async:
+                            written += [r["twin_id"] for r in records]
+                    del cols
+                if alerts:
+                    writer.put([], now_ns, alerts)
                 if is_async:
                     writer.flush(EPOCH_FLUSH_S)
-                    undelivered = writer.take_undelivered([r["twin_id"] for r in records])
+                    undelivered = writer.take_undelivered(written)
             elif kind == "records":
                 writer.put(frame[1], frame[2], frame[3])
             elif kind == "remove":
@@ -419,7 +430,7 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
             log.error("twin view: %s", exc)
         if kind == "columns" and answering:
             try:
-                _write_frame(stdout, ("ack", frame[1], undelivered, time.process_time() - start))
+                _write_frame(stdout, ("ack", tag, undelivered, time.process_time() - start))
             except (OSError, ValueError):
                 answering = False  # the parent is gone: write what it sent all the same
     close = getattr(writer, "close", None)
@@ -429,6 +440,11 @@ def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 
 
 if __name__ == "__main__":
+    from dte_stream import allocator
+
+    # Frames of a few hundred kB to 1 MB are freed after each write: with glibc's rising mmap
+    # threshold they would come from the heap and stay (see dte_stream.allocator).
+    allocator.tune()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dataflow decides when the view ends
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _frames_out = os.fdopen(os.dup(1), "wb")

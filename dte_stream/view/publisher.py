@@ -28,8 +28,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
-
 from dte_stream.times import NS_PER_S
 from dte_stream.view.records import ViewColumns, alert_row, build_records, gather, rows_of
 from dte_stream.view.store import TwinView
@@ -97,6 +95,16 @@ class ViewFanOut:
         self.local.close()
 
 
+#: At most this many twins per write (:class:`ViewPublisher`): what a write holds, here (the
+#: gathered columns, pickled for a writer process) and in the writer, does not grow with the
+#: twins that changed; the others stay marked in the bank and go with the next writes, with their
+#: state of then (a twin that changed twice is written once, as it is now).
+MAX_TWINS_PER_WRITE = 5_000
+
+#: At the end of the input, how long each of several writes waits for the writer process to
+#: take the one before (seconds).
+FINISH_WAIT_S = 60.0
+
 #: How long the end of an epoch waits for an asynchronous writer's deliveries (seconds).
 EPOCH_FLUSH_S = 2.0
 
@@ -147,6 +155,7 @@ class ColumnWriter(Protocol):
     ) -> None: ...
     def take_undelivered(self, tag: int) -> list[str]: ...
     def remove(self, twin_ids: Sequence[str]) -> None: ...
+    def wait_idle(self, tag: int, timeout: float) -> bool: ...
 
 
 class ViewPublisher:
@@ -168,8 +177,10 @@ class ViewPublisher:
         *,
         min_interval_s: float = 0.25,
         max_wait_s: float = 60.0,
+        max_twins: int = MAX_TWINS_PER_WRITE,
     ) -> None:
         self.view = view
+        self.max_twins = max_twins
         self.pacer = pacer if pacer is not None else ViewPacer()
         self.min_interval_ns = round(min_interval_s * NS_PER_S)
         self.max_wait_ns = round(max_wait_s * NS_PER_S)
@@ -234,14 +245,15 @@ class ViewPublisher:
         if paced and not overdue and not (interval_over and self.pacer.ready(now_ns)):
             return False
         start = time.perf_counter()  # wall time: what a write takes from the shard (CPU, I/O, waits)
-        rows, removed = bank.take_changed()
-        if self._touched:
-            rows = np.union1d(rows, rows_of(bank, self._touched))
-        self._touched -= set(removed)
+        if self._touched:  # they wait in the bank with the changed ones (evicted ones are gone)
+            bank.mark_changed(rows_of(bank, self._touched))
+        rows, removed = bank.take_changed(self.max_twins)
         columns = gather(bank, rows, alerts, removed)
         columns.written_by = _WRITER
         alert_rows = list(self._alerts.values())
-        self._touched, self._alerts, self.pending_since = set(), {}, None
+        self._touched, self._alerts = set(), {}
+        # twins left for the next write (more changed than max_twins) wait as a fresh change
+        self.pending_since = now_ns if bank.has_changed() else None
         if columnar is not None:
             columnar.put_columns(self._tag, [columns], now_ns, alert_rows)
         elif isinstance(view, ViewWriter):
@@ -260,7 +272,12 @@ class ViewPublisher:
     def finish(self, bank: TwinBank, alerts: AlertEngine | None, now_ns: int) -> None:
         """The input ended: write what is left now, whatever the pace (closing the view waits for it)."""
         self.pending_since = self.pending_since if self.pending_since is not None else now_ns
-        self.publish(bank, alerts, now_ns, force=True, paced=False)
+        columnar = self.view if isinstance(self.view, ColumnWriter) else None
+        while self.publish(bank, alerts, now_ns, force=True, paced=False) and self.pending_since is not None:
+            # more changed twins than one write takes: the next ones once the writer process has
+            # the last (no queue of every changed twin's columns; a writer that is gone is not waited for)
+            if columnar is not None:
+                columnar.wait_idle(self._tag, FINISH_WAIT_S)
 
     def evicted(self, twin_ids: list[str]) -> None:
         """Twins dropped from the view at once (the bank's own evictions come with :meth:`publish`)."""

@@ -31,6 +31,7 @@ updates touched and builds their records at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,16 @@ if TYPE_CHECKING:
     from dte_stream.batches import AlertEvent
     from dte_stream.twins.bank import BankUpdate, TwinBank
 
-__all__ = ["ModelColumns", "ViewCollector", "ViewColumns", "alert_row", "build_records", "gather"]
+__all__ = [
+    "RECORD_CHUNK",
+    "ModelColumns",
+    "ViewCollector",
+    "ViewColumns",
+    "alert_row",
+    "build_records",
+    "gather",
+    "record_chunks",
+]
 
 NEVER = np.iinfo(np.int64).min
 
@@ -122,6 +132,44 @@ class ViewColumns:
 
     def __len__(self) -> int:
         return int(self.twin_id.shape[0])
+
+    def take(self, index: npt.NDArray[np.intp]) -> ViewColumns:
+        """The twins at ``index`` (positions in these columns), with the same alerts and labels
+        and no removals."""
+        models = [
+            ModelColumns(
+                m.group, m.channels, m.controls, m.states, m.observe,
+                m.x[index], m.cov[index], m.init[index], m.time_ns[index], m.u[index],
+            )
+            for m in self.models
+        ]  # fmt: skip
+        return ViewColumns(
+            self.twin_type, self.channels, self.units, self.twin_id[index], self.last_seen[index],
+            self.last_time[index], self.last_value[index], self.flags[index], self.score[index],
+            models, self.alerts, [], self.labels, self.written_by,
+        )  # fmt: skip
+
+
+#: Twins per chunk of records (:func:`record_chunks`): a record is about 4 kB of Python objects,
+#: so a chunk holds about 2 MB however many twins changed (2,000 twins per chunk: the writer
+#: process peaked 15 MB higher, measured).
+RECORD_CHUNK = 500
+
+
+def record_chunks(cols: ViewColumns, size: int = RECORD_CHUNK) -> Iterator[list[dict[str, Any]]]:
+    """The records of ``cols`` (as :func:`build_records`), ``size`` twins at a time, in twin-id
+    order: a writer that writes each chunk before taking the next holds one chunk's records,
+    not every changed twin's.
+
+    >>> cols = ViewColumns("pump", [], [], np.array(["c", "a", "b"]), np.zeros(3, dtype=np.int64),
+    ...     np.zeros((3, 0), dtype=np.int64), np.zeros((3, 0)), np.zeros((3, 0), dtype=np.uint16),
+    ...     np.zeros((3, 0)), [])
+    >>> [[r["twin_id"] for r in chunk] for chunk in record_chunks(cols, size=2)]
+    [['a', 'b'], ['c']]
+    """
+    order = np.argsort(cols.twin_id, kind="stable")
+    for start in range(0, order.shape[0], size):
+        yield build_records(cols.take(order[start : start + size]))
 
 
 def gather(

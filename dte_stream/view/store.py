@@ -24,10 +24,11 @@ see :mod:`dte_stream.view.records`) and ``alerts`` (one row per alert: its lates
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,21 @@ ON CONFLICT (twin_id) DO UPDATE SET twin_type = excluded.twin_type, labels = exc
     alert_state = excluded.alert_state, anomaly_score = excluded.anomaly_score, seq = excluded.seq,
     record = excluded.record
 """
+
+
+def _twin_rows(records: Iterable[dict[str, Any]], now_ns: int | None, seq: int) -> Iterator[tuple[Any, ...]]:
+    """The ``twins`` rows of ``records`` (``updated_ns`` and ``seq`` set in each record)."""
+    for rec in records:
+        if now_ns is not None:
+            rec["updated_ns"] = now_ns
+        rec["seq"] = seq
+        yield (
+            rec["twin_id"], rec["twin_type"],
+            orjson.dumps(rec.get("labels") or {}, option=orjson.OPT_SORT_KEYS).decode(),
+            rec.get("last_seen_ns"), int(rec.get("updated_ns") or 0),
+            rec.get("alert_state", "ok"), rec.get("anomaly_score"), seq,
+            orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY),
+        )  # fmt: skip
 
 
 class TwinView:
@@ -153,6 +169,21 @@ class TwinView:
             raise
         return db
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (rolled back on any error); SQLite errors name the view's file."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+
     def _ensure_schema(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -198,33 +229,13 @@ class TwinView:
         :meth:`put_alerts`). Returns the new ``seq``.
         """
         alert_rows = list(alerts)
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = self._next_seq(db)
-                rows = []
-                for rec in records:
-                    if now_ns is not None:
-                        rec["updated_ns"] = now_ns
-                    rec["seq"] = seq
-                    rows.append(
-                        (
-                            rec["twin_id"], rec["twin_type"],
-                            orjson.dumps(rec.get("labels") or {}, option=orjson.OPT_SORT_KEYS).decode(),
-                            rec.get("last_seen_ns"), int(rec.get("updated_ns") or 0),
-                            rec.get("alert_state", "ok"), rec.get("anomaly_score"), seq,
-                            orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY),
-                        )
-                    )  # fmt: skip
-                db.executemany(_UPSERT_TWIN, rows)
-                self._put_alerts(db, alert_rows, seq)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+        with self._writing() as db:
+            seq = self._next_seq(db)
+            # One row at a time into executemany, never a list of them: orjson's bytes keep the
+            # buffer they were written in (about 8 kB resident for a 1 kB record, measured with
+            # orjson 3.13), so a list of 25,000 rows held 200 MB.
+            db.executemany(_UPSERT_TWIN, _twin_rows(records, now_ns, seq))
+            self._put_alerts(db, alert_rows, seq)
         return seq
 
     def put_alerts(self, alerts: Iterable[dict[str, Any]]) -> int:
@@ -250,20 +261,11 @@ class TwinView:
 
     def put_types(self, specs: Sequence[dict[str, Any]]) -> None:
         """Store the twin types (their spec as JSON, by ``name``): what-if rebuilds models from them."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT OR REPLACE INTO twin_types VALUES (?, ?)",
-                    [(s["name"], orjson.dumps(s)) for s in specs],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+        with self._writing() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO twin_types VALUES (?, ?)",
+                [(s["name"], orjson.dumps(s)) for s in specs],
+            )
 
     def types(self) -> dict[str, dict[str, Any]]:
         """The twin types the dataflows stored, by name (their spec as JSON)."""
@@ -273,37 +275,19 @@ class TwinView:
         """Drop twins (evicted by their TTL) and their resolved alerts."""
         if not twin_ids:
             return
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._next_seq(db)
-                ids = [(t,) for t in twin_ids]
-                db.executemany("DELETE FROM twins WHERE twin_id = ?", ids)
-                db.executemany("DELETE FROM alerts WHERE twin_id = ? AND state = 'resolved'", ids)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+        with self._writing() as db:
+            self._next_seq(db)
+            ids = [(t,) for t in twin_ids]
+            db.executemany("DELETE FROM twins WHERE twin_id = ?", ids)
+            db.executemany("DELETE FROM alerts WHERE twin_id = ? AND state = 'resolved'", ids)
 
     def remove_alerts(self, alert_ids: Sequence[str]) -> None:
         """Drop alerts (a Kafka view's tombstones: resolved a while ago, or their twin evicted)."""
         if not alert_ids:
             return
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._next_seq(db)
-                db.executemany("DELETE FROM alerts WHERE alert_id = ?", [(a,) for a in alert_ids])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the twin view {self.path}: {exc}") from None
+        with self._writing() as db:
+            self._next_seq(db)
+            db.executemany("DELETE FROM alerts WHERE alert_id = ?", [(a,) for a in alert_ids])
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import os
 import sys
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -132,6 +133,17 @@ def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """devservices.Service for Prometheus Alertmanager: `url`, API under /api/v2."""
     yield from _service("alertmanager", tmp_path_factory)
+
+
+@pytest.fixture
+def database(influxdb: Any) -> Iterator[str]:
+    """A fresh InfluxDB database on the session's InfluxDB, dropped after the test."""
+    from influxql import influxql
+
+    name = f"dte_test_{uuid.uuid4().hex[:10]}"
+    influxql(influxdb.url, f'CREATE DATABASE "{name}"')
+    yield name
+    influxql(influxdb.url, f'DROP DATABASE "{name}"')
 
 
 def _influxql(url: str, query: str, auth: tuple[str, str] | None = None) -> int:

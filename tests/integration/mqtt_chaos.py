@@ -401,3 +401,14 @@ def compare(influx_url: str, a: Run, b: Run, influx_url_b: str | None = None) ->
         twins_differing,
         examples,
     )
+
+
+def assert_same(influx_url: str, a: Run, b: Run, total: int, influx_url_b: str | None = None) -> None:
+    """Run B equals the uninterrupted run A: every field of every point, every twin's state."""
+    cmp = compare(influx_url, a, b, influx_url_b)
+    assert cmp.points_a == total
+    assert cmp.equal, (
+        f"{b.name} ({'; '.join(b.events)}) against the uninterrupted run: {cmp.missing} points "
+        f"missing, {cmp.extra} extra, {cmp.differing_points} differ, {cmp.differing_twins} twins' "
+        "state differs\n" + "\n".join(cmp.examples)
+    )

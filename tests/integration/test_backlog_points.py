@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from test_pipeline_kafka import _influxql
+from influxql import influxql_rows
 from test_twin_recovery import _produce
 
 from dte_stream.twins import flags as fl
@@ -117,10 +117,12 @@ def test_a_backlog_writes_its_readings_and_only_the_stale_markers_its_times_just
     took = time.monotonic_ns() - started
     assert done.returncode == 0, log.read_text()[-4000:]
 
-    [[_, values, points]] = _influxql(
+    [[_, values, points]] = influxql_rows(
         influxdb.url, 'SELECT count("value"), count("flags") FROM "dte_readings"', db
     )
-    flag_only = _influxql(influxdb.url, 'SELECT "twin_id", "flags" FROM "dte_readings" WHERE "flags" > 0', db)
+    flag_only = influxql_rows(
+        influxdb.url, 'SELECT "twin_id", "flags" FROM "dte_readings" WHERE "flags" > 0', db
+    )
     stale = sorted((str(twin), int(t)) for t, twin, flags in flag_only if int(flags) & fl.STALE)
     print(f"backlog of {readings:,} readings, {processes} process(es): {points:,} points, "
           f"{len(stale):,} stale markers, {took / 1e9:.1f} s")  # fmt: skip

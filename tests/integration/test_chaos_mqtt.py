@@ -58,17 +58,6 @@ def uninterrupted(
     return run
 
 
-def _assert_same(influxdb: Any, a: mqtt_chaos.Run, b: mqtt_chaos.Run, total: int) -> None:
-    cmp = mqtt_chaos.compare(influxdb.url, a, b)
-    assert cmp.points_a == total
-    detail = "\n".join(cmp.examples)
-    assert cmp.equal, (
-        f"{b.name} ({'; '.join(b.events)}) against the uninterrupted run: {cmp.missing} points "
-        f"missing, {cmp.extra} extra, {cmp.differing_points} differ, {cmp.differing_twins} twins' "
-        f"state differs\n{detail}"
-    )
-
-
 def test_mosquitto_restarted_mid_stream_applies_every_reading_once(
     broker: Any,
     influxdb: Any,
@@ -124,7 +113,7 @@ def test_mosquitto_restarted_mid_stream_applies_every_reading_once(
             again.ensure_dead()
         assert run.processed == [total, 0], f"{run.processed}: a resent message was applied again"
         assert mqtt_chaos.left_in_session(broker.host, broker.port, run.session_id) == 0
-    _assert_same(influxdb, uninterrupted, run, total)
+    mqtt_chaos.assert_same(influxdb.url, uninterrupted, run, total)
 
 
 def test_daemon_killed_mid_stream_applies_every_reading_once(
@@ -158,4 +147,4 @@ def test_daemon_killed_mid_stream_applies_every_reading_once(
     assert len(stored) == KILLS
     assert all(0 < n < total for n in stored), f"a kill landed outside the stream: {run.events}"
     assert mqtt_chaos.left_in_session(broker.host, broker.port, run.session_id) == 0
-    _assert_same(influxdb, uninterrupted, run, total)
+    mqtt_chaos.assert_same(influxdb.url, uninterrupted, run, total)

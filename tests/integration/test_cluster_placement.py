@@ -25,7 +25,7 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from test_pipeline_kafka import _influxql
+from influxql import influxql_rows
 
 from dte_stream.cli.cluster import recorded_shard_keys
 from dte_stream.placement import observe
@@ -147,5 +147,5 @@ def test_readings_of_a_keyed_partition_stay_in_the_process_that_read_them(
     assert crossed == expected_crossed
     assert sum(crossed.values()) > 0  # strays on a partition of the other process crossed
     strays = TICKS * TWINS // 4
-    [[_, points]] = _influxql(influxdb.url, 'SELECT count("value") FROM "dte_readings"', db)
+    [[_, points]] = influxql_rows(influxdb.url, 'SELECT count("value") FROM "dte_readings"', db)
     assert points == len(partition_of) == TICKS * TWINS + strays

@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from influxql import influxql
 
 from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.influxdb import InfluxDBSink
@@ -116,27 +116,9 @@ class FlakyInfluxDB:
         self.thread.join(5)
 
 
-def influxql(url: str, query: str, db: str | None = None) -> list[dict[str, Any]]:
-    params = {"q": query, "epoch": "ns", **({"db": db} if db else {})}
-    request = urllib.request.Request(f"{url}/query?{urllib.parse.urlencode(params)}", method="POST")
-    with urllib.request.urlopen(request, timeout=15) as response:
-        result = json.loads(response.read())["results"][0]
-    assert "error" not in result, result
-    series: list[dict[str, Any]] = result.get("series", [])
-    return series
-
-
 def count(url: str, db: str) -> int:
     series = influxql(url, "SELECT count(value) FROM dte_readings", db)
     return int(series[0]["values"][0][1]) if series else 0
-
-
-@pytest.fixture
-def database(influxdb: Any) -> Iterator[str]:
-    name = f"dte_test_{uuid.uuid4().hex[:10]}"
-    influxql(influxdb.url, f'CREATE DATABASE "{name}"')
-    yield name
-    influxql(influxdb.url, f'DROP DATABASE "{name}"')
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.testing import TestingSource, run_main
+from influxql import influxql
 
 from dte_stream.batches import EstimateBatch
 from dte_stream.connectors.influxdb import InfluxDBSink
@@ -79,17 +80,6 @@ def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]
             return exc.code, exc.read()
 
 
-def influxql(url: str, query: str, db: str | None = None) -> list[dict[str, Any]]:
-    """Run InfluxQL; the series of the first statement (raising on an error)."""
-    params = {"q": query, "epoch": "ns", **({"db": db} if db else {})}
-    status, body = _http("POST", f"{url}/query?{urllib.parse.urlencode(params)}")
-    assert status == 200, body
-    result = json.loads(body)["results"][0]
-    assert "error" not in result, result
-    series: list[dict[str, Any]] = result.get("series", [])
-    return series
-
-
 def influxql_string(text: str) -> str:
     """An InfluxQL string literal."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -101,14 +91,6 @@ def points(url: str, db: str, where: str = "") -> list[dict[str, Any]]:
     for series in influxql(url, f"SELECT * FROM dte_readings {where}", db):
         rows.extend(dict(zip(series["columns"], values, strict=True)) for values in series["values"])
     return rows
-
-
-@pytest.fixture
-def database(influxdb: Any) -> Iterator[str]:
-    name = f"dte_test_{_uid()}"
-    influxql(influxdb.url, f'CREATE DATABASE "{name}"')
-    yield name
-    influxql(influxdb.url, f'DROP DATABASE "{name}"')
 
 
 @pytest.fixture(autouse=True)

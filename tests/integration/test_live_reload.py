@@ -28,7 +28,7 @@ import polars as pl
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from test_operations import free_port, wait_for
+from test_operations import free_port, stop_gracefully, wait_for
 
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec import parse_spec
@@ -241,13 +241,7 @@ def test_sighup_applies_a_new_threshold_keeps_the_state_and_refuses_a_new_channe
         wait_for("every reading stored", lambda: stored(daemon_dir).height == 35 * 3 * 2)
     finally:
         publisher.close()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+        stop_gracefully(daemon)
     assert daemon.returncode == 0, log_path.read_text()
 
     # no state lost: every estimate equals that of shards that saw the same readings and were
@@ -359,13 +353,7 @@ def test_a_notifier_added_by_a_reload_gets_the_next_alerts(
         assert {a["labels"]["env"] for a in alerts} == {"reload"}
     finally:
         publisher.close()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+        stop_gracefully(daemon)
     assert daemon.returncode == 0, log_path.read_text()
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pipeline_kafka import _count, _dte, _influxql, _wait_for
+from influxql import influxql_rows
+from test_pipeline_kafka import _count, _dte, _wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,5 +80,5 @@ def test_mqtt_to_influxdb_daemon_restart_loses_nothing_and_duplicates_nothing(
     finally:
         stop(proc)
     assert _count(influxdb.url, db) == 600
-    tags = _influxql(influxdb.url, 'SHOW TAG VALUES FROM "dte_readings" WITH KEY = "twin_id"', db)
+    tags = influxql_rows(influxdb.url, 'SHOW TAG VALUES FROM "dte_readings" WITH KEY = "twin_id"', db)
     assert sorted(v for _, v in tags) == [f"pump-{i:04d}" for i in range(5)]

@@ -174,6 +174,22 @@ def test_unknown_twins_are_added_and_rows_are_stable() -> None:
     assert bank.capacity >= 3
 
 
+def test_changed_twins_are_taken_a_limited_number_at_a_time_round_the_bank() -> None:
+    bank = TwinBank(SPEC)
+    ids = [f"p{i}" for i in range(10)]
+    bank.update(_batch(ids, [0] * 10, [0] * 10, [1.0] * 10), now_ns=0)
+    assert bank.take_changed(4)[0].tolist() == [0, 1, 2, 3]
+    assert bank.take_changed(4)[0].tolist() == [4, 5, 6, 7]
+    bank.update(_batch(["p0"], [0], [S], [2.0]), now_ns=S)  # p0 changes again before 8 and 9 went
+    assert bank.has_changed()
+    assert bank.take_changed(2)[0].tolist() == [8, 9]  # the rest first: nobody waits forever
+    assert bank.take_changed(2)[0].tolist() == [0]
+    assert not bank.has_changed()
+    assert bank.take_changed(2)[0].tolist() == []
+    bank.update(_batch(ids[:3], [0] * 3, [2 * S] * 3, [3.0] * 3), now_ns=2 * S)
+    assert bank.take_changed()[0].tolist() == [0, 1, 2]  # no limit: all of them
+
+
 def _noisy_batch(rng: np.random.Generator, twins: int, n: int, t0: int) -> TypedBatch:
     ids = [f"pump-{i}" for i in rng.integers(0, twins, n)]
     return _batch(
@@ -210,6 +226,26 @@ def test_snapshot_restores_identical_outputs_and_is_compact() -> None:
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         for name in a.extra:
             np.testing.assert_array_equal(a.extra[name], b.extra[name])
+
+
+def test_a_snapshot_of_views_pickles_to_the_same_state_as_a_copy() -> None:
+    bank = TwinBank(LEARNING)
+    rng = np.random.default_rng(2)
+    for k in range(3):
+        bank.update(_noisy_batch(rng, 40, 600, k * 60 * S), now_ns=k * 60 * S)
+    views = pickle.loads(pickle.dumps(bank.snapshot(copy=False)))  # as SnapshotLog writes a base
+    copies = bank.snapshot()
+
+    def same(a: object, b: object) -> bool:
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, np.ndarray):
+            return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+        return bool(a == b)
+
+    assert same(views, copies)
+    assert np.shares_memory(bank.snapshot(copy=False)["last_value"], bank.last_value)  # no second copy
+    assert not np.shares_memory(copies["last_value"], bank.last_value)
 
 
 def test_restore_refuses_another_layout_and_accepts_tuning() -> None:

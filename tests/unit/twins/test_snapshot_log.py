@@ -260,3 +260,30 @@ def test_full_snapshots_need_no_log_and_an_old_full_state_starts_a_chain(tmp_pat
     assert off is None
     assert restored is not None
     assert_same(restored, full)
+
+
+def test_a_part_of_many_twins_is_written_a_chunk_at_a_time_and_restores_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dte_stream.twins.snapshot_log.PART_CHUNK", 3)
+    rng = np.random.default_rng(5)
+    router, shard = Router(SPEC), TwinShard(SPEC, "shard-0000")
+    log = SnapshotLog(tmp_path)
+    t = 1_700_000_000 * S
+    apply(shard, router, readings([f"pump-{i}" for i in range(4)], t, rng))
+    manifest = log.snapshot(shard)  # the base
+    pool = [f"pump-{i}" for i in range(12)] + [f"valve-{i}" for i in range(4)]  # new twins, a new type
+    for k in range(1, 4):
+        apply(shard, router, readings(pool[: 8 + 2 * k], t + k * S, rng))
+        manifest = log.snapshot(shard)
+        assert_same(restore_snapshot(log.folder(), manifest), shard.snapshot())
+    assert manifest["parts"]
+    with open(log.folder() / manifest["parts"][-1], "rb") as f:  # 12 pumps and 2 valves: 4 pickles
+        chunks = []
+        while f.peek(1):
+            chunks.append(pickle.load(f))
+    assert [sorted(c) for c in chunks] == [["pump", "valve"], ["pump"], ["pump"], ["pump"]]
+    log, full = SnapshotLog.start(tmp_path, True, manifest)  # a restart goes on from it
+    assert log is not None
+    again = TwinShard.restore(SPEC, None, full)
+    assert_same(again.snapshot(), shard.snapshot())

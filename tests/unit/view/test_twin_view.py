@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from dte_stream.twins.bank import BankUpdate, TwinBank
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.view import AlertQuery, TwinQuery, TwinView, ViewCollector, ViewPublisher
 from dte_stream.view.process import ViewProcess
-from dte_stream.view.records import build_records, gather
+from dte_stream.view.records import build_records, gather, record_chunks
 
 S = 10**9
 
@@ -187,6 +188,52 @@ def test_the_child_writes_the_records_the_dataflow_would_have_built(tmp_path: Pa
     view.close()
 
 
+def test_record_chunks_are_the_records_in_twin_id_order() -> None:
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    feed(bank, engine, [(f"r{i}", "temp", S, 20.0 + 3 * i) for i in range(7)])  # r4 and up are hot
+    cols = gather(bank, np.array([5, 0, 6, 2, 1, 4, 3]), engine)
+    chunks = list(record_chunks(cols, size=3))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert [r for chunk in chunks for r in chunk] == build_records(cols)
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("updated_ns", "seq", "written_by")}
+
+
+def test_many_changed_twins_go_in_bounded_writes_and_the_view_ends_at_the_last_state(
+    tmp_path: Path,
+) -> None:
+    bank = TwinBank(ROOM)
+    engine = AlertEngine("room", ROOM.channel_names(), ROOM.alerts)
+    child = _start(tmp_path, max_share=1.0)
+    sent: list[int] = []
+    put_columns = child.put_columns
+
+    def counting(tag: int, columns: list[Any], now_ns: int, alerts: list[dict[str, Any]]) -> None:
+        sent.append(sum(len(c) for c in columns))
+        put_columns(tag, columns, now_ns, alerts)
+
+    child.put_columns = counting  # type: ignore[method-assign]
+    publisher = ViewPublisher(child, min_interval_s=0.0, max_twins=4)
+    twins = [f"r{i:02d}" for i in range(11)]
+    for step in range(1, 9):  # every twin changes at every step, faster than the writes go
+        rows = [(t, "temp", step * S, 20.0 + step + i) for i, t in enumerate(twins)]
+        publisher.note(feed(bank, engine, rows))
+        publisher.publish(bank, engine, now_ns=step * S)
+    publisher.finish(bank, engine, now_ns=10 * S)
+    child.close()
+    assert sent
+    assert max(sent) <= 4
+    expected = build_records(gather(bank, np.arange(len(twins)), engine))
+    view = TwinView.open(tmp_path)
+    got = [view.get_twin(t) for t in twins]
+    view.close()
+    assert [_comparable(r) for r in got if r is not None] == [_comparable(r) for r in expected]
+    assert [r["channels"]["temp"]["value"] for r in expected] == [28.0 + i for i in range(11)]
+
+
 def test_the_child_waits_for_its_cpu_allowance(tmp_path: Path) -> None:
     child = _start(tmp_path, max_share=1e-9)
     child.budget.trickle = 0.0  # any write overdraws the allowance
@@ -224,3 +271,31 @@ def test_a_child_that_dies_is_logged_once_and_the_dataflow_goes_on(
     assert child.busy(1)
     assert sum("writer process ended" in r.getMessage() for r in caplog.records) == 1
     child.close()
+
+
+def test_a_failed_write_leaves_the_view_as_it_was_and_names_the_file(tmp_path: Path) -> None:
+    view = TwinView.open(tmp_path)
+    good = {"twin_id": "p1", "twin_type": "pump", "labels": {}, "last_seen_ns": 1, "alert_state": "ok"}
+    seq = view.put([dict(good)], now_ns=10)
+    # a record without its twin id fails half-way: the twin written before it is rolled back too
+    with pytest.raises(KeyError, match="twin_id"):
+        view.put([{**good, "twin_id": "p2"}, {"twin_type": "pump"}], now_ns=20)
+    assert view.seq() == seq
+    assert view.get_twin("p2") is None
+    assert view.get_twin("p1")["updated_ns"] == 10  # type: ignore[index]
+    # an SQLite error in any write becomes a StoreError that names the view's file
+    other = sqlite3.connect(tmp_path / "twin_view.sqlite3")
+    other.execute("DROP TABLE alerts")  # what a damaged or foreign file could do
+    other.execute("DROP TABLE twin_types")
+    other.close()
+    writes = (
+        lambda: view.remove(["p1"]),
+        lambda: view.remove_alerts(["a"]),
+        lambda: view.put_types([{"name": "x"}]),
+    )
+    for write in writes:
+        with pytest.raises(StoreError, match=r"cannot write the twin view .*twin_view.*no such table"):
+            write()
+    assert view.seq() == seq  # each of them rolled back
+    assert view.get_twin("p1") is not None
+    view.close()

@@ -75,7 +75,8 @@ def test_both_apis_from_the_environment_is_an_error() -> None:
 def test_defaults() -> None:
     spec = InfluxDBSinkSpec(kind="influxdb", database="plant")
     assert (spec.measurement, spec.batch_size, spec.flush_interval) == ("dte_readings", 5000, 0.2)
-    assert spec.max_buffer_lines == 200_000
+    assert spec.max_buffer_lines is None
+    assert spec.buffer_lines == 10_000  # twice batch_size: an epoch end waits for at most two batches
     assert spec.max_block is None  # hold the dataflow, never drop
     assert spec.retries.max_attempts is None
     assert spec.unit == "tag"
