@@ -27,7 +27,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from dte_stream.errors import ConfigError, ConnectorError
+from dte_stream.connectors.mqtt._paho import (
+    HandshakeError,
+    PahoClient,
+    network_reason,
+    reason_text,
+    tls_context,
+)
+from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
 from dte_stream.readiness import READINESS
 from dte_stream.spec.mqtt import MqttConnectionSpec
@@ -37,23 +44,6 @@ __all__ = ["LOG", "MqttConnection", "reason_text"]
 #: The logger of the MQTT connector.
 LOG = logging.getLogger("dte_stream.connectors.mqtt")
 
-#: MQTT 5 reason codes (CONNACK, SUBACK, DISCONNECT) with what an operator should check.
-_HINTS = {
-    0x80: "the broker gave no reason",
-    0x84: 'the broker does not speak this protocol version; try protocol: "3.1.1"',
-    0x85: "the broker refuses this client id; set client_id",
-    0x86: "check username and password",
-    0x87: "check username/password or the client certificate, and the broker's access rules",
-    0x88: "the broker is not available",
-    0x89: "the broker is busy",
-    0x8A: "this client is banned by the broker",
-    0x8C: "the broker wants another authentication method",
-    0x8E: "another client connected with the same client id; give each dataflow and process its own",
-    0x8F: "the broker refuses this topic filter",
-    0x97: "the broker's quota is exceeded",
-    0x9E: "the broker does not support shared subscriptions ($share/...)",
-    0xA2: "the broker does not support wildcard subscriptions",
-}
 _SESSION_TAKEN_OVER = 0x8E
 #: A reconnection that holds this long (s; at least 3 reconnect delays) ends an outage.
 _STABLE_SECONDS = 3.0
@@ -61,133 +51,6 @@ _STABLE_SECONDS = 3.0
 _FLAPS = 3
 #: How long closing waits for paho to write what is queued and the DISCONNECT (s).
 _CLOSE_WAIT = 5.0
-
-
-def reason_text(reason: ReasonCode | int) -> str:
-    """A reason code as ``Name (0xNN): what to check``."""
-    code = reason if isinstance(reason, int) else reason.value
-    name = str(reason) if isinstance(reason, ReasonCode) else f"reason {code}"
-    hint = _HINTS.get(code)
-    return f"{name} (0x{code:02X})" + (f": {hint}" if hint else "")
-
-
-class _HandshakeError(OSError):
-    """The TLS handshake failed; ``__cause__`` is the error from the ssl module or the socket."""
-
-
-class _Client(mqtt.Client):
-    """paho's client with one repair and one addition.
-
-    The repair: a socket whose TLS handshake fails is closed. paho (2.x) leaves such a socket
-    to the garbage collector (a ``ResourceWarning``, and a file descriptor held meanwhile), on
-    the first connection and on every reconnect attempt. The TLS context is always ours
-    (:func:`_tls_context`), with the hostname check in it.
-
-    The addition: PINGREQ/PINGRESP counted per socket, so that the source knows which of its
-    PUBACKs the broker has (a broker handles a connection's packets in order: the PINGRESP to
-    a PINGREQ sent after some PUBACKs means they arrived). ``socket_no`` counts the sockets
-    (from 1, raised before each CONNECT), ``pings``/``pongs`` the PINGREQs sent and PINGRESPs
-    received on the current one. ``ping_lock`` is held while a reconnect replaces the socket
-    (paho drops the packets still queued for the old one then) and while the source queues
-    its PUBACKs and PINGREQ, so both always belong to one socket.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ping_lock = threading.RLock()
-        self.socket_no = 0
-        self.pings = 0
-        self.pongs = 0
-
-    def reconnect(self) -> MQTTErrorCode:
-        with self.ping_lock:
-            self.socket_no += 1
-            self.pings = self.pongs = 0
-            return super().reconnect()
-
-    def _send_pingreq(self) -> MQTTErrorCode:
-        with self.ping_lock:
-            rc = super()._send_pingreq()
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self.pings += 1
-            return rc
-
-    def send_pingreq(self) -> None:
-        """Queue a PINGREQ behind what is queued (the source's confirmation of its PUBACKs)."""
-        self._send_pingreq()
-
-    def _handle_pingresp(self) -> MQTTErrorCode:
-        rc = super()._handle_pingresp()
-        self.pongs += 1
-        return rc
-
-    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        context = self._ssl_context
-        if context is None:  # pragma: no cover - paho only calls this with TLS configured
-            raise ValueError("TLS is not configured")
-        ssl_sock = context.wrap_socket(tcp_sock, server_hostname=self._host, do_handshake_on_connect=False)
-        try:
-            ssl_sock.settimeout(self._connect_timeout)
-            ssl_sock.do_handshake()
-        except OSError as exc:  # ssl.SSLError is an OSError
-            ssl_sock.close()
-            raise _HandshakeError(str(exc)) from exc
-        return ssl_sock
-
-
-def _network_reason(exc: BaseException, spec: MqttConnectionSpec) -> str:
-    """An exception from opening the connection as one readable line with a hint."""
-    if isinstance(exc, _HandshakeError):
-        cause = exc.__cause__
-        if isinstance(cause, ssl.SSLError):
-            return _network_reason(cause, spec)
-        return f"TLS handshake failed ({cause}); is this a plain mqtt:// port?"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"the broker's TLS certificate was not accepted: {exc.verify_message or exc.reason} "
-            "(check tls.ca_file, and tls.check_hostname against the url's host)"
-        )
-    if isinstance(exc, ssl.SSLError):
-        text = (exc.reason or str(exc)).lower()
-        if "wrong version" in text or "record layer" in text:
-            return f"TLS handshake failed ({exc.reason}); is this a plain mqtt:// port?"
-        return (
-            f"TLS handshake failed ({exc.reason or exc}); the broker may require a client "
-            "certificate (tls.cert_file, tls.key_file) signed by a CA it trusts"
-        )
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host {spec.host!r} ({exc.strerror})"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused: nothing listens on port {spec.port} (is the broker running?)"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return f"no answer within connect_timeout={spec.connect_timeout:g} s"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _tls_context(spec: MqttConnectionSpec) -> ssl.SSLContext:
-    """The TLS context of an ``mqtts://`` connection; unreadable files are ConfigErrors."""
-    tls = spec.tls
-    try:
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls.ca_file: cannot load {tls.ca_file if tls else ''}: {exc}") from None
-    if tls is not None and tls.cert_file is not None:
-        password = tls.key_password.get_secret_value() if tls.key_password is not None else None
-        try:
-            ctx.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file) if tls.key_file else None, password=password
-            )
-        except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-            raise ConfigError(
-                f"tls.cert_file/tls.key_file: cannot load {tls.cert_file} ({reason}); "
-                "check the paths, and tls.key_password for an encrypted key"
-            ) from None
-    if tls is not None and not tls.check_hostname:
-        ctx.check_hostname = False
-    return ctx
 
 
 class MqttConnection:
@@ -223,7 +86,7 @@ class MqttConnection:
         self._clean_start = clean_start
         self._subscriptions = list(subscriptions)
         self._on_new_session = on_new_session
-        self.client = _Client(
+        self.client = PahoClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=None if self._v5 else clean_start,
@@ -244,7 +107,7 @@ class MqttConnection:
         elif spec.password is not None:
             self.client.username_pw_set(None, spec.password.get_secret_value())  # MQTT 5 only
         if spec.uses_tls:
-            self.client.tls_set_context(_tls_context(spec))
+            self.client.tls_set_context(tls_context(spec))
             if spec.tls is not None and not spec.tls.check_hostname:
                 self.client.tls_insecure_set(True)
         # paho types the delays as int but computes with them as numbers: keep sub-second values.
@@ -307,14 +170,14 @@ class MqttConnection:
                 else:
                     self.client.connect(spec.host, spec.port, keepalive=max(1, round(spec.keepalive)))
                 break
-            except (_HandshakeError, ssl.SSLError, ssl.CertificateError, socket.gaierror) as exc:
-                raise self._fail(f"cannot connect: {_network_reason(exc, spec)}") from None
+            except (HandshakeError, ssl.SSLError, ssl.CertificateError, socket.gaierror) as exc:
+                raise self._fail(f"cannot connect: {network_reason(exc, spec)}") from None
             except OSError as exc:
                 left = deadline - time.monotonic()
                 if left <= delay:
                     raise self._fail(
                         f"cannot connect within connect_timeout={spec.connect_timeout:g} s: "
-                        f"{_network_reason(exc, spec)}"
+                        f"{network_reason(exc, spec)}"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, spec.reconnect_max_delay)
