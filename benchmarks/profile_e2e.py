@@ -60,7 +60,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("quality checks", ("twins/quality.py",)),
     ("routing and id lookup", ("twins/routing.py", "twins/idindex.py")),
     ("bank (filters, outputs)", ("dte_stream/twins/",)),
-    ("metrics", ("dte_stream/metrics.py",)),
+    ("metrics", ("dte_stream/metrics.py", "dte_stream/metric_catalogue.py")),
     ("start-up (imports, spec)", ("_find_and_load", "dte_stream/spec/")),
     ("Bytewax engine (native, below run_flow)", ("run_flow (",)),
     (

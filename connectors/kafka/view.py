@@ -127,14 +127,14 @@ class KafkaViewWriter:
 
     # -- the AsyncViewWriter interface ----------------------------------------------------------
 
-    def take_undelivered(self, twin_ids: Sequence[str]) -> list[str]:
+    def take_undelivered(self, twin_ids: Iterable[str]) -> list[str]:
         """The twins among ``twin_ids`` whose last record was not delivered (forgotten here)."""
         with self._lock:
             if not self._undelivered:
                 return []
             mine = self._undelivered.intersection(twin_ids)
             self._undelivered -= mine
-        return sorted(mine)
+        return sorted(str(t) for t in mine)  # numpy ids (np.str_) as str
 
     def flush(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for the deliveries; how many records are still on the way."""

@@ -46,7 +46,7 @@ from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, format_time_ns
 from dte_stream.twins import flags as fl
 from dte_stream.twins.filters import FilterGroup, build_groups
-from dte_stream.twins.idindex import IdIndex
+from dte_stream.twins.idindex import RowIds
 from dte_stream.twins.kalman_scalar import ScalarKernel
 from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
@@ -129,8 +129,8 @@ class TwinBank:
         self.learners = LearnerBank(list(spec.learners), self.channels) if spec.learners else None
         self.horizons = spec.horizon_names()
         self.extra_columns = self._extra_columns()
-        self.twin_ids: list[str] = []
-        self._index = IdIndex()
+        #: The twin id of each row, and the lookup from id to row (each id held once).
+        self.index = RowIds()
         self.last_seen = np.full(capacity, NEVER, dtype=np.int64)
         self.last_value = np.full(capacity * self.width, np.nan)
         self.last_time = np.full(capacity * self.width, NEVER, dtype=np.int64)
@@ -158,7 +158,13 @@ class TwinBank:
         }
 
     def __len__(self) -> int:
-        return len(self.twin_ids)
+        return len(self.index)
+
+    @property
+    def twin_ids(self) -> list[str]:
+        """The twin id of each row, as a new list (``index.ids`` is the bank's own array)."""
+        ids: list[str] = self.index.ids.tolist()
+        return ids
 
     def _extra_columns(self) -> list[str]:
         cols: list[str] = []
@@ -174,18 +180,15 @@ class TwinBank:
     # -- twins ------------------------------------------------------------------------------
 
     def rows_for(self, twin_id: npt.NDArray[np.str_]) -> IntP:
-        """Row of each twin id, adding unseen twins (vectorised; see :class:`IdIndex`)."""
-        rows, known = self._index.lookup(twin_id)
+        """Row of each twin id, adding unseen twins (vectorised; see :class:`RowIds`)."""
+        rows, known = self.index.lookup(twin_id)
         if not known.all():
             missing = ~known
             new_ids = np.unique(twin_id[missing])
-            first = len(self.twin_ids)
-            new_rows = np.arange(first, first + new_ids.shape[0], dtype=np.intp)
-            self.twin_ids += new_ids.tolist()
+            new_rows = self.index.add(new_ids)
             rows[missing] = new_rows[np.searchsorted(new_ids, twin_id[missing])]
-            self._index.add(new_ids, new_rows)
-            if len(self.twin_ids) > self.capacity:
-                self._grow(max(len(self.twin_ids), int(GROWTH * self.capacity)))
+            if len(self) > self.capacity:
+                self._grow(max(len(self), int(GROWTH * self.capacity)))
         return rows
 
     def _grow(self, capacity: int) -> None:
@@ -315,7 +318,7 @@ class TwinBank:
         call, which goes on after the last row taken (round the bank), so every changed twin
         comes in turn however often the first ones change.
         """
-        n = len(self.twin_ids)
+        n = len(self)
         rows = np.flatnonzero(self.changed[:n])
         if limit is not None and 0 < limit < rows.shape[0]:
             turn = np.roll(rows, -int(np.searchsorted(rows, self._changed_from)))[:limit]
@@ -331,7 +334,7 @@ class TwinBank:
 
     def has_changed(self) -> bool:
         """Whether twins changed since :meth:`take_changed` last took them."""
-        return bool(self.changed[: len(self.twin_ids)].any())
+        return bool(self.changed[: len(self)].any())
 
     def _too_late(self, batch: TypedBatch, index: IntP, rows: IntP) -> list[DeadLetter]:
         r = batch.readings
@@ -388,7 +391,7 @@ class TwinBank:
         self.dirty[stale.rows] = True
         return EstimateBatch(
             self.spec.name,
-            np.asarray(self.twin_ids, dtype=np.str_)[stale.rows],
+            self.index.ids[stale.rows],
             self.channel_names[stale.ch],
             np.full(k, now_ns, dtype=np.int64),
             nan,
@@ -409,14 +412,14 @@ class TwinBank:
     def evict_idle(self, now_ns: int) -> list[str]:
         """Drop twins with no reading for the type's TTL; returns the evicted twin ids."""
         ttl = self.spec.ttl
-        n = len(self.twin_ids)
+        n = len(self)
         if ttl is None or n == 0:
             return []
         idle = self.last_seen[:n] < now_ns - round(ttl * NS_PER_S)
         if not idle.any():
             return []
         keep = np.flatnonzero(~idle)
-        gone = [self.twin_ids[i] for i in np.flatnonzero(idle).tolist()]
+        gone: list[str] = self.index.ids[np.flatnonzero(idle)].tolist()
         self._keep_rows(keep)
         if self.learners is not None:
             self.learners.evict(gone)
@@ -425,8 +428,7 @@ class TwinBank:
         return gone
 
     def _keep_rows(self, keep: IntP) -> None:
-        ids = [self.twin_ids[i] for i in keep.tolist()]
-        capacity = max(64, int(GROWTH * len(ids)))
+        capacity = max(64, int(GROWTH * keep.shape[0]))
         for group in self.groups:
             group.keep(keep, capacity)
         self.quality.take(keep)
@@ -441,10 +443,7 @@ class TwinBank:
         for name, (_, fill) in CELL_ARRAYS.items():
             setattr(self, name, _pad(getattr(self, name)[cells], capacity * self.width, fill))
         self.capacity = capacity
-        self.twin_ids = ids
-        self._index = IdIndex()
-        if ids:
-            self._index.add(np.asarray(ids, dtype=np.str_), np.arange(len(ids), dtype=np.intp))
+        self.index = self.index.take(keep)
 
     # -- snapshots --------------------------------------------------------------------------
 

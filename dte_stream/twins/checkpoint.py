@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dte_stream.spec.twins import TwinTypeSpec
+from dte_stream.twins.idindex import RowIds
 from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
 
@@ -64,7 +65,7 @@ def bank_snapshot(
     """
     from dte_stream.twins.bank import CELL_ARRAYS
 
-    n = len(bank.twin_ids)
+    n = len(bank)
     pick = slice(None) if rows is None else rows
     copy = copy or rows is not None
 
@@ -86,10 +87,10 @@ def bank_snapshot(
         for name in CELL_ARRAYS
     }
     if rows is None:
-        ids = list(bank.twin_ids)
+        ids = bank.twin_ids
         quality = bank.quality.snapshot(n, copy=copy)
     else:
-        ids = [bank.twin_ids[i] for i in rows.tolist()]
+        ids = bank.index.ids[rows].tolist()
         quality = bank.quality.snapshot(0)
         state = bank.quality.state.arrays()
         quality.update({k: state[k][rows] for k, v in quality.items() if isinstance(v, np.ndarray)})
@@ -208,9 +209,7 @@ def restore_bank(spec: TwinTypeSpec, snap: dict[str, Any]) -> TwinBank:
     bank.last_seen[:n] = snap["last_seen"]
     for name in CELL_ARRAYS:
         getattr(bank, name)[: n * bank.width] = snap[name]
-    bank.twin_ids = list(ids)
-    if ids:
-        bank._index.add(np.asarray(ids, dtype=np.str_), np.arange(n, dtype=np.intp))
+    bank.index = RowIds(ids)
     bank.counters.update(snap.get("counters", {}))
     return bank
 
@@ -228,7 +227,7 @@ def retuned_bank(bank: TwinBank, spec: TwinTypeSpec) -> TwinBank:
         bank.spec = spec  # only the alert rules changed: nothing in the bank uses them
         return bank
     new = restore_bank(spec, bank_snapshot(bank))
-    n = len(bank.twin_ids)
+    n = len(bank)
     new.changed[:n] = bank.changed[:n]
     new.removed = list(bank.removed)
     return new

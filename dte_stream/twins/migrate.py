@@ -46,6 +46,7 @@ from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins.bank import CELL_ARRAYS, TwinBank
 from dte_stream.twins.checkpoint import SNAPSHOT_FORMAT, SnapshotMismatchError, bank_snapshot, restore_bank
 from dte_stream.twins.contextual import upgrade_snapshot
+from dte_stream.twins.idindex import RowIds
 
 __all__ = ["MigrationError", "migrate_shard"]
 
@@ -134,7 +135,7 @@ def _with_channels(saved: dict[str, Any], spec: TwinTypeSpec) -> dict[str, Any]:
     ids: list[str] = list(saved["twin_ids"])
     n = len(ids)
     bank = TwinBank(spec, capacity=max(64, n))
-    bank.twin_ids = list(ids)
+    bank.index = RowIds(ids)
     fresh = bank_snapshot(bank)  # every twin, every channel, in its starting state
     cols = np.array([spec.channel_names().index(c) for c in saved["channels"]], dtype=np.intp)
     width_old = len(saved["channels"])

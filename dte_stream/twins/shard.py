@@ -310,7 +310,7 @@ class TwinShard:
             touched = self._alert_twins.pop(twin_type, set())
             if touched:
                 extra = np.array(sorted(touched), dtype=np.str_)
-                known, found = bank._index.lookup(extra)
+                known, found = bank.index.lookup(extra)
                 rows = np.union1d(rows, known[found])
             if rows.size or removed:
                 engine = self.alert_engines.get(twin_type)

@@ -237,7 +237,7 @@ class SnapshotLog:
     def _part(self, shard: TwinShard) -> Iterator[dict[str, Any]]:
         """The twins changed since the last snapshot, as one or more pickles of at most
         :data:`PART_CHUNK` twins per type (made one after the other as they are written)."""
-        rows = {t: np.flatnonzero(bank.dirty[: len(bank.twin_ids)]) for t, bank in shard.banks.items()}
+        rows = {t: np.flatnonzero(bank.dirty[: len(bank)]) for t, bank in shard.banks.items()}
         chunks = max(1, *(-(-r.shape[0] // PART_CHUNK) for r in rows.values()))
         for c in range(chunks):
             part: dict[str, Any] = {}
@@ -248,7 +248,7 @@ class SnapshotLog:
                 moved = self.counts.get(t) != _count(bank) or t not in self.banks
                 part[t] = {
                     "bank": bank_snapshot(bank, mine),
-                    "order": list(bank.twin_ids) if moved and not c else None,
+                    "order": bank.twin_ids if moved and not c else None,
                 }
             yield part
 
@@ -366,7 +366,7 @@ def _files(manifest: dict[str, Any]) -> list[str]:
 
 def _count(bank: TwinBank) -> int:
     """Changes whenever twins come or go: the twins held plus the evictions so far."""
-    return len(bank.twin_ids) * 1_000_003 + bank.counters["evicted_twins"]
+    return len(bank) * 1_000_003 + bank.counters["evicted_twins"]
 
 
 def _header(shard: TwinShard) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def twin_states(
         for c in group.channels:
             srows = group.state_rows(rows, np.full(rows.shape[0], c, dtype=np.intp))
             filters[bank.channels[c]] = FilterStates(names, group.state.x[srows], group.state.P[srows])
-    ids = np.asarray(bank.twin_ids, dtype=np.str_)[rows] if rows.size else np.empty(0, dtype=np.str_)
+    ids = bank.index.ids[rows] if rows.size else np.empty(0, dtype=np.str_)
     alerts: dict[str, list[dict[str, Any]]] = {}
     if engine is not None and rows.size:
         wanted = set(ids.tolist())

@@ -56,7 +56,7 @@ class AsyncViewWriter(ViewWriter, Protocol):
     and publishes again the twins whose records were not delivered."""
 
     def flush(self, timeout: float) -> int: ...
-    def take_undelivered(self, twin_ids: Sequence[str]) -> list[str]: ...
+    def take_undelivered(self, twin_ids: Iterable[str]) -> list[str]: ...
 
 
 class ViewFanOut:
@@ -85,7 +85,7 @@ class ViewFanOut:
     def flush(self, timeout: float) -> int:
         return self.remote.flush(timeout)
 
-    def take_undelivered(self, twin_ids: Sequence[str]) -> list[str]:
+    def take_undelivered(self, twin_ids: Iterable[str]) -> list[str]:
         return self.remote.take_undelivered(twin_ids)
 
     def close(self) -> None:
@@ -229,7 +229,7 @@ class ViewPublisher:
         if columnar is not None:
             again = columnar.take_undelivered(self._tag)
         elif isinstance(view, AsyncViewWriter):
-            again = view.take_undelivered(bank.twin_ids)
+            again = view.take_undelivered(bank.index.ids)
         else:
             again = []
         if again:  # not delivered: publish their current state again

@@ -202,7 +202,7 @@ def gather(
                     st.u[srows],
                 )
             )
-    ids = np.asarray(bank.twin_ids, dtype=np.str_)[rows] if rows.size else np.empty(0, dtype=np.str_)
+    ids = bank.index.ids[rows] if rows.size else np.empty(0, dtype=np.str_)
     alerts: dict[str, list[dict[str, Any]]] = {}
     if engine is not None and rows.size:
         wanted = set(ids.tolist())
@@ -295,14 +295,8 @@ def rows_of(bank: TwinBank, twin_ids: set[str] | list[str]) -> npt.NDArray[np.in
     """Rows of those of ``twin_ids`` that ``bank`` holds (others, evicted twins, are left out)."""
     if not twin_ids:
         return np.empty(0, dtype=np.intp)
-    held = np.asarray(bank.twin_ids, dtype=np.str_)
-    wanted = np.asarray(sorted(twin_ids), dtype=np.str_)
-    if not held.size:
-        return np.empty(0, dtype=np.intp)
-    order = np.argsort(held, kind="stable")
-    pos = np.minimum(np.searchsorted(held[order], wanted), held.shape[0] - 1)
-    found = held[order][pos] == wanted
-    return np.sort(order[pos[found]]).astype(np.intp)
+    rows, found = bank.index.lookup(np.asarray(sorted(twin_ids), dtype=np.str_))
+    return np.sort(rows[found]).astype(np.intp)
 
 
 class ViewCollector:
