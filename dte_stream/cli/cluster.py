@@ -9,7 +9,10 @@ subscription member per process. dte-stream takes the same two forms:
 - ``dte-stream run SPEC --processes N`` on one host: this process picks N free loopback ports,
   starts N children ``dte-stream run SPEC --addresses ... --process-id I`` and waits for them.
   SIGINT/SIGTERM are passed on to every child (each drains gracefully), and SIGHUP (each
-  reloads the spec, :mod:`dte_stream.reload`); if one child fails,
+  reloads the spec, :mod:`dte_stream.reload`). The children have process groups of their own,
+  so a signal to the launcher's group reaches each of them once (a second copy would mean
+  "stop at once"); a service manager should signal the launcher alone (systemd:
+  ``KillMode=mixed``). If one child fails,
   the others get SIGTERM, and SIGKILL after ``STOP_GRACE_S`` (a cluster that lost a process
   cannot drain). The exit code is the first non-zero code of a child, else 0; restart the
   cluster with the same ``--recovery-dir`` to resume.
@@ -347,7 +350,10 @@ def run_cluster(argv: list[str], processes: int, check: Callable[[], None] | Non
     """
     addresses = loopback_addresses(free_ports(processes))
     print(f"dte-stream: starting {processes} processes ({', '.join(addresses)})", file=sys.stderr)
-    children = [subprocess.Popen(child_argv(argv, addresses, i)) for i in range(processes)]
+    # Each child in a process group of its own: a signal sent to the launcher's group (Ctrl-C in a
+    # terminal, ``kill -TERM -PGID``) reaches the children once, through ``forward``; had it reached
+    # them directly as well, the second copy would read as "stop at once" instead of "drain".
+    children = [subprocess.Popen(child_argv(argv, addresses, i), process_group=0) for i in range(processes)]
     if check is not None:
         try:
             check()

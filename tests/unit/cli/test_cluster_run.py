@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -85,3 +88,39 @@ def test_a_cluster_folder_from_before_the_shard_placement_is_refused(tmp_path: P
     (tmp_path / "cluster.txt").write_text("processes 2\n")  # what older versions wrote
     with pytest.raises(ConfigError, match="older dte-stream that named a cluster's shards differently"):
         check_recovery_layout(tmp_path, 2)
+
+
+def test_sigterm_to_the_whole_process_group_drains_each_process_once(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal or ``kill -TERM -PGID`` signals the launcher's whole group; each child
+    must see one stop request (drain), not two (stop at once, which aborted a child before)."""
+    spec = tmp_path / "flow.yaml"
+    endless = SPEC.replace("ticks: 25, rate: 0", "ticks: 1000000, rate: 20")
+    spec.write_text(endless.replace("DATA", str(tmp_path / "data")))
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "dte_stream", "run", str(spec), "--processes", "2",
+             "--recovery-dir", str(tmp_path / "recovery")],
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not list((tmp_path / "data").glob("readings/**/*.parquet")):
+                assert launcher.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            os.killpg(launcher.pid, signal.SIGTERM)
+            code = launcher.wait(timeout=120)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert text.count("SIGTERM received: draining") == 2, text  # one per child, none twice
+    assert "received again" not in text, text
+    summaries = re.findall(r"\[process (\d) of 2\]: stopped after", text)
+    assert sorted(summaries) == ["0", "1"], text
+    rows = pl.read_parquet(tmp_path / "data" / "readings" / "**" / "*.parquet")
+    assert rows.height > 0
+    assert rows.select("twin_id", "channel", "time").n_unique() == rows.height
