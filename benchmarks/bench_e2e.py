@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -462,6 +463,25 @@ def scrape_lag(port: int) -> list[int]:
     return counts
 
 
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (a cluster's ``--http`` ports)."""
+    for _ in range(100):
+        first = devservices().free_ports(1)[0]
+        socks: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def latency_run(
     variant: str,
     ctx: Context,
@@ -490,7 +510,10 @@ def latency_run(
     work = Path(tempfile.mkdtemp(prefix=f"dte-e2e-lat-{variant}-"))
     launch = launch_of(variant, lat_ctx, db, work)
     lag_file = work / "lag.json"
-    http_port = devservices().free_ports(1)[0] if variant.startswith("dte") else None
+    # a cluster of N processes on one host serves --http on port, port + 1, ... (one per process):
+    # the points of every process are in the sum of their histograms
+    processes = 2 if variant == "dte2" else 1
+    http_port = consecutive_free_ports(processes) if variant.startswith("dte") else None
     if http_port is not None:
         launch.argv[0] += ["--http", f"127.0.0.1:{http_port}"]
     env = {**os.environ, **launch.env, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}
@@ -507,7 +530,8 @@ def latency_run(
 
     def read_acked() -> list[int]:
         if http_port is not None:
-            return scrape_lag(http_port)
+            per_process = [scrape_lag(http_port + i) for i in range(processes)]
+            return [sum(counts) for counts in zip(*per_process, strict=True)]
         if lag_file.exists():
             return list(json.loads(lag_file.read_text()))
         return [0] * (len(LAG_BUCKETS) + 1)
