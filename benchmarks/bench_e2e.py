@@ -340,6 +340,9 @@ class RunResult:
     rss_mb: float
     points: int
     cpu_s: float = 0.0  # CPU seconds of the variant's processes (not Kafka's or InfluxDB's)
+    #: the machine's busy cores over the run (everything: the variant, Kafka, InfluxDB, the rest):
+    #: near the machine's core count, the run was bound by the CPU of all of them together
+    machine_cores: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -354,7 +357,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
     launch = launch_of(variant, ctx, db, work)
     env = {**os.environ, **launch.env, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}
     logs = [open(work / f"log{i}.txt", "w") for i in range(len(launch.argv))]  # noqa: SIM115
-    started = time.perf_counter()
+    started, busy_at_start = time.perf_counter(), machine_busy()
     procs = [
         subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         for argv, log in zip(launch.argv, logs, strict=True)
@@ -379,9 +382,17 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
                 last_report = time.perf_counter()
                 say(f"  {variant}: {points:,} of {ctx.records:,} points after {elapsed:.0f} s")
         seconds = time.perf_counter() - started
+        cores = (machine_busy() - busy_at_start) / seconds
     finally:
         stop_all(procs, logs)
-    return RunResult(variant, ctx.twins, seconds, hwm / 1024, points, cpu), db, work
+    return RunResult(variant, ctx.twins, seconds, hwm / 1024, points, cpu, cores), db, work
+
+
+def machine_busy() -> float:
+    """CPU seconds the machine's cores have been busy so far (user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def estimates(influx: Influx, db: str, twins: list[str]) -> dict[tuple[str, str, int], tuple[float, float]]:
@@ -736,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(work, ignore_errors=True)
                     say(
                         f"  {variant}: {result.rate:,.0f} readings/s ({result.seconds:.1f} s), "
-                        f"peak RSS {result.rss_mb:,.0f} MB, CPU {result.cpu_s:.1f} s {verdict}"
+                        f"peak RSS {result.rss_mb:,.0f} MB, CPU {result.cpu_s:.1f} s, "
+                        f"machine {result.machine_cores:.2f} of {os.cpu_count()} cores busy {verdict}"
                         + (f" (db {db}, {work})" if args.keep else "")
                     )
             if args.latency:
