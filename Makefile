@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 DATA   ?= dte-data
+# pytest-xdist workers for `make ci` and `make test`: each test file runs whole in one worker
+# (its fixtures and order kept); each worker starts the services its tests ask for
+TEST_WORKERS ?= 3
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-run demo services test test-unit test-integration chaos lint typecheck check ci bench clean
@@ -49,7 +52,7 @@ chaos: install services ## chaos tests, long mode: InfluxDB down 120 s, kills, K
 		tests/integration/test_chaos_mqtt_spool.py tests/integration/test_chaos_alerts.py -q -s
 
 test: install services ## the whole suite: unit and integration tests
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install ## ruff on the code and tests
 	$(BIN)/ruff check --no-cache dte_stream connectors tests benchmarks deploy
@@ -61,7 +64,7 @@ typecheck: install ## mypy --strict on the package
 check: lint typecheck ## lint and typecheck
 
 ci: install services lint typecheck ## what CI runs: install everything, lint, typecheck, whole suite
-	$(PY) -m pytest tests -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 bench: install ## the benchmarks recorded in docs/benchmarks.md
 	$(PY) benchmarks/bench_twin_bank.py

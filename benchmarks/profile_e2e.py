@@ -82,7 +82,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
 BLOCKED_LEAVES = (
     "Condition.wait (threading.py",
     "Event.wait (threading.py",
-    "_read_frame (dte_stream/view/process.py",
+    "read_frame (dte_stream/view/process_child.py",
     "_copy (dte_stream/cli/failures.py",
     "readinto (socket.py",
     "select (selectors.py",

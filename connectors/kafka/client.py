@@ -231,6 +231,48 @@ def _startup_error(
     )
 
 
+#: Error codes that mean "ask again in a moment": a partition whose leader is being elected, or
+#: whose metadata has not reached every broker yet (just after the topic was created, or while a
+#: broker restarts). Whoever meets one retries until its own timeout.
+_NOT_READY_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,  # librdkafka's local code for the same
+    }
+)
+
+
+def not_ready_yet(exc: KafkaException) -> bool:
+    """True when ``exc`` says the partition has no leader (yet): worth asking again shortly."""
+    return bool(exc.args) and isinstance(exc.args[0], KafkaError) and exc.args[0].code() in _NOT_READY_YET
+
+
+def _await_leaders(admin: Any, topics: list[str], spec: KafkaConnectionSpec, who: str) -> None:
+    """Wait until every partition of ``topics`` has a leader (a new topic's are elected after
+    its creation returns), at most ``spec.startup_timeout`` seconds."""
+    deadline = time.monotonic() + spec.startup_timeout
+    while True:
+        metadata: Any = admin.list_topics(timeout=spec.startup_timeout)
+        waiting = [t for t in topics if not _has_leaders(metadata.topics.get(t))]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            raise ConnectorError(
+                f"{who}: created topic{'s' if len(waiting) > 1 else ''} {', '.join(map(repr, waiting))}, "
+                f"but Kafka at {spec.bootstrap_servers} elected no leader for every partition within "
+                f"{spec.startup_timeout:g} s (startup_timeout); look at the brokers' logs"
+            )
+        time.sleep(0.1)
+
+
+def _has_leaders(topic: Any) -> bool:
+    if topic is None or topic.error is not None or not topic.partitions:
+        return False
+    return all(p.error is None and p.leader >= 0 for p in topic.partitions.values())
+
+
 def check_cluster(
     spec: KafkaConnectionSpec, who: str, topics: list[str], topic_config: dict[str, str] | None = None
 ) -> None:
@@ -301,3 +343,4 @@ def check_cluster(
             create.partitions,
             create.replication_factor,
         )
+    _await_leaders(admin, missing, spec, who)

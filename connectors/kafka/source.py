@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dte_stream.batches import RawBatch
-from dte_stream.connectors.kafka.client import LOG, ErrorLog, connector_error, make_client
+from dte_stream.connectors.kafka.client import LOG, ErrorLog, connector_error, make_client, not_ready_yet
 from dte_stream.connectors.kafka.records import RecordMapper
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
@@ -77,7 +78,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._consumer: Consumer | None = make_client(Consumer, spec, consumer_config(spec), self._errors)
         self._tp = TopicPartition(topic, partition)
         try:
-            marks = self._consumer.get_watermark_offsets(self._tp, timeout=spec.metadata_timeout)
+            marks = self._watermarks(spec)
             if marks is None:
                 raise ConnectorError(
                     f"{self._where}: no answer from Kafka at {spec.bootstrap_servers} "
@@ -112,6 +113,22 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             start,
             "resumed" if resume is not None else spec.starting_offset,
         )
+
+    def _watermarks(self, spec: KafkaSourceSpec) -> tuple[int, int] | None:
+        """The partition's low and high offsets. A partition without a leader yet (just created,
+        or its broker restarting) is asked again until ``startup_timeout`` has passed."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + spec.startup_timeout
+        while True:
+            try:
+                marks: tuple[int, int] | None = self._consumer.get_watermark_offsets(
+                    self._tp, timeout=spec.metadata_timeout
+                )
+                return marks
+            except KafkaException as exc:
+                if not not_ready_yet(exc) or time.monotonic() >= deadline or stop_requested():
+                    raise
+                time.sleep(0.2)
 
     def next_batch(self) -> list[RawBatch]:
         if self._done or stop_requested() or self._consumer is None:

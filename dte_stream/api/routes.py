@@ -4,49 +4,37 @@ Every route reads the twin view (:mod:`dte_stream.view`) or the stores of the da
 never a running dataflow; acknowledgements go through :func:`dte_stream.alerts.store.acknowledge`
 like ``dte-stream alerts ack``. Scopes: ``read`` for everything that looks, ``operate`` to
 acknowledge and simulate. Times are int64 nanoseconds since the epoch (UTC); durations and ages
-are seconds.
+are seconds. The alert routes are in :mod:`dte_stream.api.alert_routes` (included here), what
+every route depends on (scopes, state) in :mod:`dte_stream.api.deps`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any, Literal
 
 import orjson
-import polars as pl
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dte_stream.alerts.store import acknowledge, alert_table, check_alert_id
 from dte_stream.api import live
-from dte_stream.api.auth import require
+from dte_stream.api.alert_routes import router as alert_router
+from dte_stream.api.deps import Admin, Operator, Reader, api_state, store_unavailable
 from dte_stream.api.history import HistoryUnavailableError, bucket_width, influxdb_history, local_history
 from dte_stream.api.state import ApiState
-from dte_stream.api.tokens import TokenInfo
-from dte_stream.errors import ConfigError, DteStreamError, StoreError
+from dte_stream.errors import ConfigError, StoreError
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import NS_PER_S, now_ns
-from dte_stream.view.records import alert_row
-from dte_stream.view.store import AlertQuery, TwinQuery
+from dte_stream.view.store import TwinQuery
 from dte_stream.whatif import Scenario, simulate
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1")
 
-Reader = Annotated[TokenInfo, Depends(require("read"))]
-Operator = Annotated[TokenInfo, Depends(require("operate"))]
-Admin = Annotated[TokenInfo, Depends(require("admin"))]
 TwinId = Annotated[str, Path(min_length=1, max_length=256, description="the twin's id")]
 _MAX_LABELS = 16
 _MAX_NS = 2**63 - 1  # int64 nanoseconds: the store's time type
-_AlertFilter = Literal["firing", "resolved", "all"]
-
-
-def _ctx(request: Request) -> ApiState:
-    ctx: ApiState = request.app.state.dte
-    return ctx
 
 
 def _json(payload: object) -> Response:
@@ -58,10 +46,6 @@ def _json(payload: object) -> Response:
     docs/benchmarks.md). The OpenAPI document still describes the answers' models.
     """
     return Response(orjson.dumps(payload), media_type="application/json")
-
-
-def _store_error(exc: StoreError) -> HTTPException:
-    return HTTPException(503, f"the data directory cannot be read: {exc}")
 
 
 # -- twins ---------------------------------------------------------------------------------------
@@ -124,9 +108,9 @@ async def list_twins(  # the answer is a TwinList, written by orjson from the vi
         twin_type, _labels(label), alert_state, search, seen_within, silent_for, now, limit, offset
     )
     try:
-        page = _ctx(request).view.list_twins(query)
+        page = api_state(request).view.list_twins(query)
     except StoreError as exc:
-        raise _store_error(exc) from None
+        raise store_unavailable(exc) from None
     twins = [
         {"twin_id": t["twin_id"], "twin_type": t["twin_type"], "labels": t["labels"],
          "last_seen_ns": t["last_seen_ns"], "age_s": _age(t["last_seen_ns"], now),
@@ -140,7 +124,7 @@ def _twin(ctx: ApiState, twin_id: str) -> dict[str, Any]:
     try:
         record = ctx.view.get_twin(twin_id)
     except StoreError as exc:
-        raise _store_error(exc) from None
+        raise store_unavailable(exc) from None
     if record is None:
         raise HTTPException(404, f"no twin {twin_id!r} in the view (GET /api/v1/twins lists them)")
     return record
@@ -157,7 +141,7 @@ def with_ages(record: dict[str, Any], now: int) -> dict[str, Any]:
 @router.get("/twins/{twin_id}", tags=["twins"])
 async def get_twin(request: Request, _: Reader, twin_id: TwinId) -> Response:
     """One twin: latest readings, estimates with std and age, flags, scores, alerts, filter states."""
-    return _json(with_ages(_twin(_ctx(request), twin_id), now_ns()))
+    return _json(with_ages(_twin(api_state(request), twin_id), now_ns()))
 
 
 @router.get("/twins/{twin_id}/history", tags=["twins"])
@@ -180,7 +164,7 @@ def twin_history(
     (1.x) sink. Per bucket: its first time, the mean, min and max reading, the mean estimate and
     std, the highest anomaly score, the flags of any reading and the number of readings.
     """
-    ctx = _ctx(request)
+    ctx = api_state(request)
     end = until if until is not None else now_ns() + NS_PER_S
     start = since if since is not None else end - 3600 * NS_PER_S
     if start >= end:
@@ -249,7 +233,7 @@ def simulate_twin(
 ) -> dict[str, Any]:
     """What-if from the twin's current state in the view: bands of every state and channel, and the
     probability and time (median, 90th percentile) of each threshold alert rule firing."""
-    ctx = _ctx(request)
+    ctx = api_state(request)
     record = _twin(ctx, twin_id)
     spec = twin_type_spec(ctx, record["twin_type"])
     s = body.scenario
@@ -263,130 +247,6 @@ def simulate_twin(
     return result.to_json_dict()
 
 
-# -- alerts --------------------------------------------------------------------------------------------
-
-
-@router.get("/alerts", tags=["alerts"])
-def list_alerts(
-    request: Request,
-    _: Reader,
-    state: _AlertFilter = "all",
-    twin_id: Annotated[str | None, Query(max_length=256)] = None,
-    rule: Annotated[str | None, Query(max_length=128)] = None,
-    severity: Literal["info", "warning", "critical"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> dict[str, Any]:
-    """The current state of each alert (from the alert log): firing first, then the newest."""
-    ctx = _ctx(request)
-    if ctx.remote_view:  # no alert log on this host: the alert rows of the Kafka view
-        return _view_alerts(ctx, state, twin_id, rule, severity, limit, offset)
-    if not ctx.data_dir.is_dir():
-        return {"total": 0, "limit": limit, "offset": offset, "alerts": []}
-    try:
-        table = alert_table(ctx.data_dir, state, twin_id=twin_id)
-    except StoreError as exc:
-        raise _store_error(exc) from None
-    if rule is not None:
-        table = table.filter(pl.col("rule") == rule)
-    if severity is not None:
-        table = table.filter(pl.col("severity") == severity)
-    times = [c for c, t in table.schema.items() if isinstance(t, pl.Datetime)]
-    page = (
-        table.slice(offset, limit)
-        .with_columns([pl.col(c).dt.epoch("ns").alias(f"{c}_ns") for c in times])
-        .drop(times)
-    )
-    return {"total": table.height, "limit": limit, "offset": offset, "alerts": page.fill_nan(None).to_dicts()}
-
-
-def _view_alerts(
-    ctx: ApiState,
-    state: str,
-    twin_id: str | None,
-    rule: str | None,
-    severity: str | None,
-    limit: int,
-    offset: int,
-) -> dict[str, Any]:
-    """Alerts from the view's rows, in the shape of the alert log's (what the Kafka view knows)."""
-    query = AlertQuery(
-        twin_id=twin_id,
-        rule=rule,
-        severity=severity,
-        states=("firing", "resolved") if state == "all" else (state,),
-        limit=limit,
-        offset=offset,
-    )
-    try:
-        rows, total = ctx.view.list_alerts(query), ctx.view.count_alerts(query)
-    except StoreError as exc:
-        raise _store_error(exc) from None
-    alerts = [
-        {
-            "alert_id": r["alert_id"], "state": r["state"], "twin_id": r["twin_id"],
-            "twin_type": r.get("twin_type"), "rule": r.get("rule"), "severity": r.get("severity"),
-            "channel": r.get("channel"), "message": r.get("message"), "value": r.get("value"),
-            "acked_by": r.get("acked_by"), "since_ns": r.get("starts_ns"), "ended_ns": r.get("ends_ns"),
-            "acked_at_ns": r.get("time_ns") if r.get("acked_by") else None,
-            "last_event_ns": r.get("time_ns"), "events": None,
-        }
-        for r in rows
-    ]  # fmt: skip
-    return {"total": total, "limit": limit, "offset": offset, "alerts": alerts}
-
-
-@router.post("/alerts/{alert_id:path}/ack", tags=["alerts"])
-def ack_alert(request: Request, token: Operator, alert_id: str) -> dict[str, Any]:
-    """Acknowledge a firing alert; recorded with the token's name (like ``dte-stream alerts ack``).
-
-    With a Kafka view (no alert log on this host) the acknowledgement goes to the view topic's
-    acknowledgements topic, which the dataflow follows; the answer is the alert as it will be.
-    """
-    ctx = _ctx(request)
-    if ctx.acks is not None:
-        return _ack_through_kafka(ctx, alert_id, token.name)
-    try:
-        event = acknowledge(ctx.data_dir, alert_id, by=token.name)
-    except ConfigError as exc:
-        text = str(exc)
-        raise HTTPException(404 if text.startswith("unknown alert") else 409, text) from None
-    except StoreError as exc:
-        raise HTTPException(404 if "no data directory" in str(exc) else 503, str(exc)) from None
-    row = alert_row(event)
-    with contextlib.suppress(StoreError):  # the ack is recorded; the view catches up from the dataflow
-        ctx.view.put_alerts([dict(row)])
-    return row
-
-
-def _ack_through_kafka(ctx: ApiState, alert_id: str, by: str) -> dict[str, Any]:
-    try:
-        check_alert_id(alert_id)
-        row = ctx.view.get_alert(alert_id)
-    except ConfigError as exc:
-        raise HTTPException(404, str(exc)) from None
-    except StoreError as exc:
-        raise _store_error(exc) from None
-    if row is None:
-        raise HTTPException(404, f"unknown alert {alert_id!r} in the twin view")
-    if row.get("state") != "firing":
-        raise HTTPException(
-            409, f"alert {alert_id!r} is {row.get('state')}, not firing: nothing to acknowledge"
-        )
-    if row.get("acked_by"):
-        raise HTTPException(409, f"alert {alert_id!r} is already acknowledged by {row['acked_by']!r}")
-    when = now_ns()
-    try:
-        ctx.acks.send(alert_id, by, when)  # type: ignore[union-attr]  # the caller checked
-    except DteStreamError as exc:
-        raise HTTPException(503, str(exc)) from None
-    row = {**row, "acked_by": by, "time_ns": when}
-    row.pop("seq", None)
-    with contextlib.suppress(StoreError):  # this host's copy at once; the dataflow's row follows
-        ctx.view.put_alerts([dict(row)])
-    return row
-
-
 # -- live updates ----------------------------------------------------------------------------------------
 
 
@@ -398,42 +258,25 @@ def _ack_through_kafka(ctx: ApiState, alert_id: str, by: str) -> dict[str, Any]:
 )
 def twin_events(request: Request, _: Reader, twin_id: TwinId) -> StreamingResponse:
     """Server-Sent Events: ``twin`` with the twin's record now and whenever the view changes it."""
-    ctx = _ctx(request)
+    ctx = api_state(request)
     _twin(ctx, twin_id)
     return live.stream(request, live.twin_updates(ctx, twin_id, with_ages))
-
-
-@router.get(
-    "/alerts/events",
-    tags=["live"],
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
-)
-def alert_events(
-    request: Request,
-    _: Reader,
-    after: Annotated[
-        int | None, Query(ge=0, description="send changes after this seq (the events' id)")
-    ] = None,
-) -> StreamingResponse:
-    """Server-Sent Events: ``alert`` with an alert's latest state each time it changes."""
-    ctx = _ctx(request)
-    last = request.headers.get("last-event-id")
-    start = after if after is not None else int(last) if last and last.isdigit() else None
-    return live.stream(request, live.alert_updates(ctx, start))
 
 
 @router.get("/twin-types", tags=["twins"])
 def twin_types(request: Request, _: Reader) -> dict[str, Any]:
     """The twin types the dataflows declared: channels, models and alert rules."""
-    return {"twin_types": list(_ctx(request).view.types().values())}
+    return {"twin_types": list(api_state(request).view.types().values())}
 
 
 @router.get("/tokens", tags=["admin"])
 def list_tokens(request: Request, _: Admin) -> dict[str, Any]:
     """The API tokens (name, scope, creation time; never the tokens or their hashes)."""
     try:
-        tokens = _ctx(request).tokens.tokens()
+        tokens = api_state(request).tokens.tokens()
     except StoreError as exc:
-        raise _store_error(exc) from None
+        raise store_unavailable(exc) from None
     return {"tokens": [{"name": t.name, "scope": t.scope, "created_ns": t.created_ns} for t in tokens]}
+
+
+router.include_router(alert_router)  # /alerts, /alerts/{id}/ack, /alerts/events

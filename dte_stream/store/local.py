@@ -26,55 +26,30 @@ suffix) ensures. Queries are lazy polars scans over the day partitions the time 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
 
 from dte_stream.errors import ConfigError, StoreError
-from dte_stream.store.journal import finish_journals, live_files
+from dte_stream.store.compaction import DAY_DIR, EPOCH_DAY, NS_PER_DAY, compact_table, expire_days
+from dte_stream.store.files import READ_ERRORS, file_size, first_line, fsync_dir, write_atomic
+from dte_stream.store.journal import live_files
 from dte_stream.store.schema import TABLE_SCHEMAS, TIME_DTYPE, check_table_name, normalize_frame
 
 __all__ = ["LocalStore", "day_of_ns"]
 
-_NS_PER_DAY = 86_400 * 1_000_000_000
-_EPOCH_DAY = date(1970, 1, 1)
-_DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _WRITER_ID = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
-_READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError)
 
 
 def day_of_ns(time_ns: int) -> date:
     """The UTC calendar day of an int64 nanosecond time (the partition it is stored in)."""
-    return _EPOCH_DAY + timedelta(days=time_ns // _NS_PER_DAY)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+    return EPOCH_DAY + timedelta(days=time_ns // NS_PER_DAY)
 
 
 def _time_literal(time_ns: int) -> pl.Expr:
@@ -165,32 +140,13 @@ class LocalStore:
             if not day_dir.is_dir():
                 day_dir.mkdir(parents=True, exist_ok=True)
                 if self.fsync:
-                    _fsync_dir(day_dir.parent)
-            self._write_atomic(final, lambda tmp: frame.write_parquet(tmp, compression="zstd"))
+                    fsync_dir(day_dir.parent)
+            write_atomic(final, lambda tmp: frame.write_parquet(tmp, compression="zstd"), fsync=self.fsync)
         except OSError as exc:
             raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from None
         except pl.exceptions.PolarsError as exc:  # polars reports some I/O errors its own way
-            raise StoreError(f"cannot write {final}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot write {final}: {first_line(exc)}") from None
         return final
-
-    def _write_atomic(self, final: Path, write: Callable[[Path], object]) -> None:
-        """Write through ``write(tmp_path)`` and rename to ``final``; never leave a temp file."""
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            write(tmp)
-            if self.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        if self.fsync:
-            _fsync_dir(final.parent)
 
     # ----------------------------------------------------------------------------- listing
 
@@ -235,7 +191,7 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot list {table_dir}: {exc.strerror or exc}") from None
         for day_dir in entries:
-            m = _DAY_DIR.match(day_dir.name)
+            m = DAY_DIR.match(day_dir.name)
             if not m or not day_dir.is_dir():
                 continue
             try:
@@ -258,8 +214,8 @@ class LocalStore:
             raise StoreError(f"no data in table {table!r} in {self.data_dir}")
         try:
             return pl.Schema(pl.read_parquet_schema(sample[0]))
-        except _READ_ERRORS as exc:
-            raise StoreError(f"corrupt Parquet file {sample[0]}: {_first_line(exc)}") from None
+        except READ_ERRORS as exc:
+            raise StoreError(f"corrupt Parquet file {sample[0]}: {first_line(exc)}") from None
 
     def scan(
         self,
@@ -343,7 +299,7 @@ class LocalStore:
             lf = lf.sort(keys) if limit is None else lf.top_k(limit, by=keys).sort(keys)
             try:
                 return lf.collect()
-            except _READ_ERRORS as exc:
+            except READ_ERRORS as exc:
                 if attempt == 0 and any(not f.exists() for f in files):
                     continue  # a compaction replaced files while we read: list again
                 raise self._read_error(table, files, exc) from None
@@ -356,8 +312,8 @@ class LocalStore:
             try:
                 file_schema = pl.read_parquet_schema(path)
                 pl.read_parquet(path)
-            except _READ_ERRORS as file_exc:
-                return StoreError(f"corrupt Parquet file {path}: {_first_line(file_exc)}")
+            except READ_ERRORS as file_exc:
+                return StoreError(f"corrupt Parquet file {path}: {first_line(file_exc)}")
             if schema is not None:
                 for name, dtype in file_schema.items():
                     if name not in schema:
@@ -369,7 +325,7 @@ class LocalStore:
                             f"Parquet file {path}: column {name} is {dtype}, "
                             f"table {table!r} stores {schema[name]}"
                         )
-        return StoreError(f"cannot read table {table!r} in {self.data_dir}: {_first_line(exc)}")
+        return StoreError(f"cannot read table {table!r} in {self.data_dir}: {first_line(exc)}")
 
     def twins(self, table: str = "readings") -> pl.DataFrame:
         """One row per twin id: ``twin_id``, ``twin_type``, ``rows``, ``first_time``, ``last_time``.
@@ -393,7 +349,7 @@ class LocalStore:
         )
         try:
             return summary.collect()
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise self._read_error(table, files, exc) from None
 
     # ----------------------------------------------------------------------------- retention
@@ -405,30 +361,14 @@ class LocalStore:
         than asked for is kept. Readers that listed a deleted file see it missing and list
         again (see :meth:`query`).
         """
-        gone = []
-        table_dir = self._table_dir(table)
-        for day_dir in sorted(table_dir.iterdir()):
-            match = _DAY_DIR.match(day_dir.name)
-            if match is None or not day_dir.is_dir():
-                continue
-            day = date.fromisoformat(match.group(1))
-            day_end_ns = ((day - _EPOCH_DAY).days + 1) * _NS_PER_DAY
-            if day_end_ns > before_ns:
-                break  # sorted: the later days are younger still
-            for path in sorted(day_dir.iterdir()):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            with contextlib.suppress(OSError):  # a writer may have put a file in meanwhile
-                day_dir.rmdir()
-            gone.append(day)
-        return gone
+        return expire_days(self, table, before_ns)
 
     def size_bytes(self) -> int:
         """Bytes of every file under the data directory (tables, view, logs)."""
         total = 0
         for root, _dirs, names in os.walk(self.data_dir):
             for name in names:
-                total += _size(Path(root) / name)
+                total += file_size(Path(root) / name)
         return total
 
     # ----------------------------------------------------------------------------- compaction
@@ -448,41 +388,4 @@ class LocalStore:
         lock file), a second one raises :class:`StoreError`. A day must fit in memory.
         Returns the number of files merged away.
         """
-        removed = 0
-        table_dir = self._table_dir(table)
-        with open(table_dir / ".compact.lock", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(f"another compaction of {table_dir} is running") from None
-            for day_dir in sorted(table_dir.iterdir()):
-                if _DAY_DIR.match(day_dir.name) and day_dir.is_dir():
-                    removed += self._compact_day(table, day_dir, min_files, max_file_bytes)
-        return removed
-
-    def _compact_day(self, table: str, day_dir: Path, min_files: int, max_file_bytes: int | None) -> int:
-        finish_journals(day_dir)
-        files = live_files(day_dir)
-        if max_file_bytes is not None:
-            files = [f for f in files if _size(f) < max_file_bytes]
-        if len(files) < max(min_files, 2):
-            return 0
-        schema = self._table_schema(table, files)
-        try:
-            merged = pl.scan_parquet(files, schema=schema, missing_columns="insert").collect()
-        except _READ_ERRORS as exc:
-            raise self._read_error(table, files, exc) from None
-        keys = [c for c in ("time", "twin_id", "channel") if c in merged.columns]
-        merged = merged.sort(keys, maintain_order=True)
-        target = day_dir / self._next_name()
-        journal = day_dir / f".compact-{target.stem}.json"
-        record = {"merged": target.name, "replaces": [f.name for f in files]}
-        try:
-            self._write_atomic(journal, lambda tmp: tmp.write_text(json.dumps(record)))
-            self._write_atomic(target, lambda tmp: merged.write_parquet(tmp, compression="zstd"))
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            with contextlib.suppress(OSError):
-                journal.unlink()
-            raise StoreError(f"cannot compact {day_dir}: {_first_line(exc)}") from None
-        finish_journals(day_dir)
-        return len(files)
+        return compact_table(self, table, min_files=min_files, max_file_bytes=max_file_bytes)

@@ -35,54 +35,36 @@ arrays, pickled on a sender thread and written to the child's stdin.
   view is no longer updated (the dataflow goes on).
 
 Frames are an 8-byte big-endian length and a pickle, both ways. Only a dataflow process
-starts the child, with its own interpreter, and reads what it sends back.
+starts the child, with its own interpreter, and reads what it sends back. This module is the
+parent's end; the child's (what ``python -m dte_stream.view.process`` runs) is
+:mod:`dte_stream.view.process_child`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
-import pickle
 import queue
-import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from dte_stream.errors import StoreError
+from dte_stream.view.process_child import main
+from dte_stream.view.process_child import read_frame as _read_frame
+from dte_stream.view.process_child import write_frame as _write_frame
 
 __all__ = ["ViewProcess"]
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct(">Q")
 #: How long :meth:`ViewProcess.start` waits for the child to open its writer (Kafka may be slow).
 START_TIMEOUT_S = 120.0
-
-
-def _write_frame(stream: IO[bytes], obj: object) -> None:
-    data = pickle.dumps(obj, protocol=5)
-    stream.write(_LENGTH.pack(len(data)))
-    stream.write(data)
-    stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> Any:
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    (size,) = _LENGTH.unpack(head)
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return pickle.loads(data)  # frames come only from our own parent or child
 
 
 def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
@@ -153,8 +135,8 @@ class ViewProcess:
     def start(
         cls, config: dict[str, Any], max_share: float = 0.05, timeout: float = START_TIMEOUT_S
     ) -> ViewProcess:
-        """Start the child with ``config`` (see :func:`_open_writer`); raises :class:`StoreError`
-        with the child's reason when it cannot open the view."""
+        """Start the child with ``config`` (see :mod:`~dte_stream.view.process_child`); raises
+        :class:`StoreError` with the child's reason when it cannot open the view."""
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # the dte_stream this process runs
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -304,155 +286,5 @@ class ViewProcess:
             )
 
 
-# -- the child ----------------------------------------------------------------------------------
-
-
-def _open_writer(config: dict[str, Any]) -> Any:
-    """The writer ``config`` asks for: ``data_dir`` (SQLite), ``kafka`` (a KafkaViewSpec as JSON)
-    and ``local`` (both)."""
-    from dte_stream.view.publisher import ViewFanOut
-    from dte_stream.view.store import TwinView
-
-    if config.get("kafka") is None:
-        return TwinView.open(config["data_dir"])
-    from dte_stream.connectors.kafka.view import KafkaViewWriter
-    from dte_stream.spec.view import KafkaViewSpec
-
-    remote = KafkaViewWriter.open(KafkaViewSpec.model_validate(config["kafka"]))
-    return ViewFanOut(TwinView.open(config["data_dir"]), remote) if config.get("local") else remote
-
-
-#: The child's cyclic garbage collection runs once every this many frames (see :func:`_child`).
-GC_EVERY = 50
-#: How often the child looks whether its parent is still there while no frame comes (seconds).
-PARENT_CHECK_S = 0.5
-#: Once the parent is gone: how long the child still takes frames already on their way (seconds).
-DRAIN_S = 1.0
-
-
-def _frames(stdin: IO[bytes]) -> queue.Queue[Any]:
-    """The frames of ``stdin``, read on a thread (None after the last): the main loop can look at
-    its parent meanwhile, and is not stuck in a read when another process holds the pipe open."""
-    frames: queue.Queue[Any] = queue.Queue()
-
-    def read() -> None:
-        try:
-            while (frame := _read_frame(stdin)) is not None:
-                frames.put(frame)
-        except (OSError, ValueError, pickle.UnpicklingError):
-            pass
-        frames.put(None)
-
-    threading.Thread(target=read, name="dte-view-frames", daemon=True).start()
-    return frames
-
-
-def _next_frame(frames: queue.Queue[Any], parent: int | None) -> Any:
-    """The next frame; None when the parent closed the pipe, or is gone (then whatever frames
-    still arrive within :data:`DRAIN_S` first: they were sent before it went)."""
-    while True:
-        try:
-            return frames.get(timeout=PARENT_CHECK_S)
-        except queue.Empty:
-            if parent is not None and os.getppid() != parent:
-                break
-    log.warning("the dataflow process that started the twin view's writer is gone: writing what it sent")
-    try:
-        return frames.get(timeout=DRAIN_S)
-    except queue.Empty:
-        return None
-
-
-def _child(stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    """Write what the parent sends until it closes the pipe or ends (crashed, killed), then close
-    the writer (Kafka: its deliveries are waited for) and end."""
-    from dte_stream.errors import DteStreamError
-    from dte_stream.logs import configure
-    from dte_stream.view.publisher import EPOCH_FLUSH_S, AsyncViewWriter
-    from dte_stream.view.records import record_chunks
-
-    config = _read_frame(stdin)
-    if config is None:
-        return 1
-    configure(config.get("log_level", "warning"), config.get("log_format", "text"))
-    parent = config.get("parent_pid")
-    if parent is not None and os.getppid() != parent:
-        return 1  # the parent went before the writer was open: nobody to write for
-    try:
-        writer = _open_writer(config)
-    except DteStreamError as exc:
-        _write_frame(stdout, ("ready", str(exc)))
-        return 1
-    _write_frame(stdout, ("ready", None))
-    is_async = isinstance(writer, AsyncViewWriter)
-    frames = _frames(stdin)
-    answering = True
-    # A write makes and drops hundreds of thousands of small objects (the records' dicts and
-    # lists) that hold no cycles; the cyclic collector ran over them dozens of times per write
-    # and took half of build_records' time (28-31 -> 10-11 us per twin measured without it). So
-    # it runs here only every GC_EVERY frames, between writes, when little is alive.
-    gc.disable()
-    done = 0
-    while (frame := _next_frame(frames, parent)) is not None:
-        done += 1
-        if done % GC_EVERY == 0:
-            gc.collect()
-        kind, tag = frame[0], frame[1]
-        start = time.process_time()
-        undelivered: list[str] = []
-        try:
-            if kind == "columns":
-                now_ns, columns, alerts = frame[2:]
-                frame = None  # the columns go chunk by chunk below: drop them as they are written
-                written: list[str] = []
-                while columns:
-                    cols = columns.pop(0)
-                    if cols.removed:
-                        writer.remove(cols.removed)
-                    for records in record_chunks(cols):
-                        writer.put(records, now_ns, alerts)  # the alert rows with the first chunk
-                        alerts = []
-                        if is_async:
-                            written += [r["twin_id"] for r in records]
-                    del cols
-                if alerts:
-                    writer.put([], now_ns, alerts)
-                if is_async:
-                    writer.flush(EPOCH_FLUSH_S)
-                    undelivered = writer.take_undelivered(written)
-            elif kind == "records":
-                writer.put(frame[1], frame[2], frame[3])
-            elif kind == "remove":
-                writer.remove(frame[1])
-            elif kind == "types":
-                writer.put_types(frame[1])
-        except DteStreamError as exc:
-            log.error("twin view: %s", exc)
-        if kind == "columns" and answering:
-            try:
-                _write_frame(stdout, ("ack", tag, undelivered, time.process_time() - start))
-            except (OSError, ValueError):
-                answering = False  # the parent is gone: write what it sent all the same
-    close = getattr(writer, "close", None)
-    if close is not None:
-        close()
-    return 0
-
-
 if __name__ == "__main__":
-    from dte_stream import allocator
-
-    # Frames of a few hundred kB to 1 MB are freed after each write: with glibc's rising mmap
-    # threshold they would come from the heap and stay (see dte_stream.allocator).
-    allocator.tune()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the dataflow decides when the view ends
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _frames_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed goes to stderr, never into the frames
-    _code = _child(sys.stdin.buffer, _frames_out)
-    logging.shutdown()
-    sys.stderr.flush()
-    # Not sys.exit: the frame reader thread may still be blocked reading a pipe that another
-    # process holds open, and the interpreter's shutdown would wait for its lock; the writer is
-    # closed by now.
-    os._exit(_code)
+    main()

@@ -511,7 +511,7 @@ def test_read_acks_skips_malformed_lines(tmp_path: Path, caplog: pytest.LogCaptu
     ]
     data = good + b"".join(bad) + good
     (tmp_path / ACKS_FILE).write_bytes(data)
-    with caplog.at_level(logging.WARNING, logger="dte_stream.alerts.store"):
+    with caplog.at_level(logging.WARNING, logger="dte_stream.alerts.acks"):
         acks, offset = read_acks(tmp_path, 0)
     assert acks == [{"alert_id": "p/r", "by": "ana", "time_ns": 1}] * 2
     assert offset == len(data)

@@ -17,7 +17,7 @@ from store_helpers import DAY0, NS_PER_S, ReadingsFactory, make_readings
 
 from dte_stream.errors import ConfigError, StoreError
 from dte_stream.store import READINGS_SCHEMA, LocalStore, day_of_ns
-from dte_stream.store import local as local_module
+from dte_stream.store import compaction as compaction_module
 
 
 def _ns(frame: pl.DataFrame) -> list[int]:
@@ -338,7 +338,7 @@ def test_a_crash_during_compaction_never_shows_duplicates(
     for k in range(3):
         store.append("readings", make_readings(10, start_ns=DAY0 + k * 100 * NS_PER_S))
     # crash after the merged file is in place but before the old files are deleted
-    monkeypatch.setattr(local_module, "finish_journals", lambda day_dir: None)
+    monkeypatch.setattr(compaction_module, "finish_journals", lambda day_dir: None)
     store.compact("readings")
     day_dir = data_dir / "readings" / "date=2026-01-02"
     assert len(list(day_dir.glob("part-*.parquet"))) == 4
