@@ -142,12 +142,12 @@ class JsonCodec(CodecBase):
         # Every record is a dict: the columns are gathered by dict.get through map, no Python
         # frame per record (a comprehension or generator costs about 40 ns more a record).
         n = len(records)
-        twins = list(map(dict.get, records, repeat("twin_id", n)))
+        twins: list[Any] = list(map(dict.get, records, repeat("twin_id", n)))
         if None in twins:
             for i in [i for i, twin in enumerate(twins) if twin is None]:
                 named = records[i].get("twin")
                 twins[i] = named if named is not None else payloads.twin_id(i if owner is None else owner[i])
-        channels = list(map(dict.get, records, repeat("channel", n)))
+        channels: list[Any] = list(map(dict.get, records, repeat("channel", n)))
         if None in channels:
             return None
         numbers = list(map(dict.get, records, repeat("value", n)))
