@@ -6,8 +6,9 @@ and :class:`AlertEvent` (alert state changes); anything refused anywhere is a
 :class:`~dte_stream.readings.DeadLetter`. Connectors import these types from here and never
 from the kernel packages (``dte_stream.twins``, ``dte_stream.alerts``), so the kernels can
 change inside without touching a connector. :class:`~dte_stream.readings.ReadingBatch` and
-``DeadLetter`` are defined with the reading checks in :mod:`dte_stream.readings` and named
-here as well.
+``DeadLetter`` are defined with the reading checks in :mod:`dte_stream.readings`,
+:class:`AlertEvent` in :mod:`dte_stream.alert_event` and :class:`TwinStates` (what the twin
+state view publishes) in :mod:`dte_stream.twin_states`; all are named here as well.
 
 >>> import numpy as np
 >>> b = EstimateBatch("pump", np.array(["p1"]), np.array(["temp"]), np.array([1_000]),
@@ -27,15 +28,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from dte_stream.alert_event import AlertEvent, AlertState, alert_id
 from dte_stream.codecs.base import DecodeContext
 from dte_stream.readings import DeadLetter, ReadingBatch
-from dte_stream.times import format_time_ns
+from dte_stream.twin_states import FilterStates, TwinStates
 
 __all__ = [
     "AlertEvent",
@@ -291,156 +293,3 @@ class EstimateBatch:
         if not parts:
             return None
         return pl.concat(parts).select("time", "twin_id", "twin_type", "channel", "output", "value")
-
-
-# -- alert events -----------------------------------------------------------------------------
-
-#: ``firing``: a new alert or a re-notification (``renotify``); ``resolved``: over;
-#: ``acknowledged``: someone took it (who and when in ``acked_by``/``time_ns``).
-AlertState = Literal["firing", "resolved", "acknowledged"]
-
-
-def alert_id(twin_id: str, rule: str) -> str:
-    """The id of the one alert a (twin, rule) pair can have."""
-    return f"{twin_id}/{rule}"
-
-
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """One state change of one alert."""
-
-    alert_id: str
-    twin_id: str
-    twin_type: str
-    rule: str
-    state: AlertState
-    severity: str
-    starts_ns: int  # when the condition began (firing since)
-    time_ns: int  # when this event happened
-    message: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    value: float | None = None  # the value that triggered or cleared it, when there is one
-    channel: str | None = None
-    ends_ns: int | None = None  # set on resolved
-    renotify: bool = False  # a reminder of an alert still firing
-    acked_by: str | None = None
-    sequence: int = 0  # per alert, increases with every event: receivers can drop repeats
-
-    def all_labels(self) -> dict[str, str]:
-        """The rule's labels plus alertname, twin_id, twin_type, severity (and channel)."""
-        out = dict(self.labels)
-        out.update(
-            alertname=self.rule, twin_id=self.twin_id, twin_type=self.twin_type, severity=self.severity
-        )
-        if self.channel:
-            out["channel"] = self.channel
-        return out
-
-    def to_json_dict(self) -> dict[str, object]:
-        """A JSON-ready dict (times as RFC 3339 and ns): the webhook, MQTT and Kafka payload."""
-        return {
-            "alert_id": self.alert_id,
-            "state": self.state,
-            "rule": self.rule,
-            "twin_id": self.twin_id,
-            "twin_type": self.twin_type,
-            "severity": self.severity,
-            "channel": self.channel,
-            "message": self.message,
-            "value": self.value,
-            "labels": self.all_labels(),
-            "starts_at": format_time_ns(self.starts_ns),
-            "ends_at": format_time_ns(self.ends_ns) if self.ends_ns is not None else None,
-            "time": format_time_ns(self.time_ns),
-            "time_ns": self.time_ns,
-            "renotify": self.renotify,
-            "acked_by": self.acked_by,
-            "sequence": self.sequence,
-        }
-
-
-# -- the twin state view ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class FilterStates:
-    """One filter's state for some twins: mean ``(n, k)`` and covariance ``(n, k, k)``."""
-
-    names: list[str]
-    mean: npt.NDArray[np.float64]
-    covariance: npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class TwinStates:
-    """The current state of some twins of one type, column-wise: what the twin state view publishes.
-
-    Per twin (first axis ``n``): ``twin_id``, ``last_seen_ns`` (latest reading time of any
-    channel); per twin and channel (``(n, len(channels))``): the latest reading's
-    ``last_time_ns`` (``-2**63``: never) and ``value``, the twin's ``estimate`` and ``std`` after
-    it, its ``flags`` (bits of :mod:`dte_stream.twins.flags`; a stale sensor keeps ``stale``) and
-    ``anomaly_score``; ``filters``: every filter's state mean and covariance, by shared model
-    name or, for a channel filtered on its own, by channel name; ``alerts``: each twin's alerts
-    (pending, firing, resolved) as dicts; ``removed``: twins evicted since the last view;
-    ``time_ns``: the shard's twin clock when the states were taken.
-    """
-
-    twin_type: str
-    channels: list[str]
-    twin_id: npt.NDArray[np.str_]
-    last_seen_ns: npt.NDArray[np.int64]
-    last_time_ns: npt.NDArray[np.int64]
-    value: npt.NDArray[np.float64]
-    estimate: npt.NDArray[np.float64]
-    std: npt.NDArray[np.float64]
-    flags: npt.NDArray[np.uint16]
-    anomaly_score: npt.NDArray[np.float64]
-    filters: dict[str, FilterStates] = field(default_factory=dict)
-    alerts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)
-    time_ns: int = 0
-
-    def __len__(self) -> int:
-        return int(self.twin_id.shape[0])
-
-    def documents(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """One JSON-ready document per twin (non-finite numbers as None, times in ns and RFC 3339)."""
-        never = np.iinfo(np.int64).min
-
-        def num(x: float) -> float | None:
-            return x if np.isfinite(x) else None
-
-        for i, twin in enumerate(self.twin_id.tolist()):
-            channels = {}
-            for j, name in enumerate(self.channels):
-                t = int(self.last_time_ns[i, j])
-                channels[name] = {
-                    "time_ns": None if t == never else t,
-                    "time": None if t == never else format_time_ns(t),
-                    "value": num(float(self.value[i, j])),
-                    "estimate": num(float(self.estimate[i, j])),
-                    "std": num(float(self.std[i, j])),
-                    "flags": int(self.flags[i, j]),
-                    "anomaly_score": num(float(self.anomaly_score[i, j])),
-                }
-            filters = {
-                name: {
-                    "states": f.names,
-                    "mean": [num(v) for v in f.mean[i].tolist()],
-                    "covariance": [[num(v) for v in row] for row in f.covariance[i].tolist()],
-                }
-                for name, f in self.filters.items()
-            }
-            seen = int(self.last_seen_ns[i])
-            yield (
-                twin,
-                {
-                    "twin_id": twin,
-                    "twin_type": self.twin_type,
-                    "last_seen_ns": None if seen == never else seen,
-                    "channels": channels,
-                    "filters": filters,
-                    "alerts": self.alerts.get(twin, []),
-                    "time_ns": self.time_ns,
-                },
-            )

@@ -143,6 +143,8 @@ class EstimateSerialiser:
         self._keys = {name: escape_tag(name) for name in TAGS}
         self._fields = {name: escape_field_key(name) for name in FIELDS}
         self._cache: dict[tuple[bool, str], _Tag] = {}
+        # Values known to hold no character that escaping acts on, by the pattern that found it.
+        self._plain: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -201,14 +203,21 @@ class EstimateSerialiser:
         new: list[str] = []
         refused: dict[str, str] = {}
         # Only values holding a character that escaping acts on (or refuses), or empty ones,
-        # need a look: the escape functions return every other value unchanged. One vectorised
-        # pass finds them; most batches have none.
-        # (an empty unit is no tag at all; any other empty value is refused)
+        # need a look: the escape functions return every other value unchanged; most batches
+        # have none. (an empty unit is no tag at all; any other empty value is refused)
         pattern = _FIELD_SPECIAL if as_field else _TAG_SPECIAL if name == "unit" else f"^$|{_TAG_SPECIAL}"
-        special = series.str.contains(pattern)
-        if not special.any():
+        # The distinct values are few (channels, units, the twins of a batch) and recur from
+        # batch to batch: only values not yet known to be plain are searched, once each.
+        plain = self._plain.setdefault(pattern, set())
+        fresh = list(set(raw) - plain)
+        if not fresh:
             return series
-        for value in series.filter(special).unique().to_list():
+        hit = pl.Series(name, fresh, dtype=pl.String).str.contains(pattern).to_list()
+        if len(plain) + len(fresh) > _CACHE_LIMIT:
+            plain.clear()
+        plain.update(value for value, found in zip(fresh, hit, strict=True) if not found)
+        specials = [value for value, found in zip(fresh, hit, strict=True) if found]
+        for value in specials:
             tag = self._escape(value, as_field=as_field)
             if tag.problem is not None:
                 if not (name == "unit" and value == ""):

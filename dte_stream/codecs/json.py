@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, repeat
+from operator import contains, itemgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -65,6 +66,9 @@ def _record_time(record: dict[str, Any], received_ns: int) -> int | str:
         return seconds_to_ns(time)
     except ValueError as exc:
         return str(exc)
+
+
+_first = itemgetter(0)
 
 
 class JsonCodec(CodecBase):
@@ -121,7 +125,7 @@ class JsonCodec(CodecBase):
         if kinds == {list}:
             sizes = list(map(len, documents))
             if min(sizes) == 1 and max(sizes) == 1:
-                records = [d[0] for d in documents]
+                records = list(map(_first, documents))
             elif min(sizes) == 0:
                 return None
             else:
@@ -135,19 +139,24 @@ class JsonCodec(CodecBase):
             return None
         if set(map(type, records)) != {dict}:
             return None
-        twins = [r.get("twin_id") for r in records]
+        # Every record is a dict: the columns are gathered by dict.get through map, no Python
+        # frame per record (a comprehension or generator costs about 40 ns more a record).
+        n = len(records)
+        twins: list[Any] = list(map(dict.get, records, repeat("twin_id", n)))
         if None in twins:
             for i in [i for i, twin in enumerate(twins) if twin is None]:
                 named = records[i].get("twin")
                 twins[i] = named if named is not None else payloads.twin_id(i if owner is None else owner[i])
-        channels = [r.get("channel") for r in records]
+        channels: list[Any] = list(map(dict.get, records, repeat("channel", n)))
         if None in channels:
             return None
-        numbers = [r.get("value") for r in records]
-        times = [r.get("time_ns") for r in records]
+        numbers = list(map(dict.get, records, repeat("value", n)))
+        times = list(map(dict.get, records, repeat("time_ns", n)))
         if not set(map(type, numbers)) <= {float, int} or set(map(type, times)) != {int}:
             return None
-        if any(("unit" in r or "quality" in r) for r in records):
+        if any(map(contains, records, repeat("unit", n))) or any(
+            map(contains, records, repeat("quality", n))
+        ):
             return None
         try:
             if not (self._ids_valid(twins, "twin id") and self._ids_valid(channels, "channel")):

@@ -28,23 +28,24 @@ drops twins idle past the type's TTL. The bank remembers which twins changed (``
 ``removed``) for the twin state view, and keeps each cell's latest estimate, std, flags and
 score for it. The bank imports no engine and no alert code: the twin shard
 (:mod:`dte_stream.twins.shard`) drives it, snapshots it with :meth:`snapshot` and rebuilds it
-with :meth:`restore` (both in :mod:`dte_stream.twins.checkpoint`).
+with :meth:`restore` (both in :mod:`dte_stream.twins.checkpoint`). What an update gives back
+(:class:`BankUpdate`) and the dead letters of refused readings are in
+:mod:`dte_stream.twins.bank_update`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
-from dte_stream.batches import AlertEvent, EstimateBatch
+from dte_stream.batches import EstimateBatch
 from dte_stream.readings import DeadLetter
 from dte_stream.spec.twins import TwinTypeSpec
-from dte_stream.times import NS_PER_S, format_time_ns
+from dte_stream.times import NS_PER_S
 from dte_stream.twins import flags as fl
+from dte_stream.twins.bank_update import BankUpdate, copy_letters, too_late_letters
 from dte_stream.twins.filters import FilterGroup, build_groups
 from dte_stream.twins.idindex import RowIds
 from dte_stream.twins.kalman_scalar import ScalarKernel
@@ -52,7 +53,7 @@ from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.scorers import build_scorer
-from dte_stream.twins.stages import Copies, by_reading, by_rounds, copies_of, rounds_of, supports_by_reading
+from dte_stream.twins.stages import by_reading, by_rounds, copies_of, rounds_of, supports_by_reading
 
 __all__ = ["CELL_ARRAYS", "PER_READING_BELOW", "BankUpdate", "TwinBank", "rounds_of"]
 
@@ -80,23 +81,6 @@ CELL_ARRAYS: dict[str, tuple[Any, Any]] = {
     "last_flags": (np.uint16, 0),
     "last_score": (np.float64, np.nan),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class BankUpdate:
-    """What one micro-batch produced: output rows, readings refused as too late, and alert events.
-
-    The bank itself never sets ``alerts``; the shard's alert engines do, and the twin view
-    notes updates of one twin type with their events in this shape.
-    """
-
-    estimates: EstimateBatch
-    rejected: list[DeadLetter]
-    alerts: list[AlertEvent] = field(default_factory=list)
-    #: Readings not applied as copies of one applied (same twin, channel and event time),
-    #: and how many of those had another value (they are in ``rejected`` too).
-    copies: int = 0
-    conflicts: int = 0
 
 
 class TwinBank:
@@ -216,7 +200,7 @@ class TwinBank:
         copies = copies_of(cells, r.time_ns, r.value, order, self.last_time, self.last_value)
         repeated: list[DeadLetter] = []
         if copies is not None:  # the first copy wins: the others are dead letters, never applied
-            repeated = self._copies(batch, copies)
+            repeated = copy_letters(batch, copies)
             fresh = ~copies.copy
             batch = TypedBatch(batch.twin_type, r.take(fresh), ch[fresh])
             r, rows, ch, cells = batch.readings, rows[fresh], ch[fresh], cells[fresh]
@@ -270,7 +254,9 @@ class TwinBank:
         keep = slice(None)
         if rejected.any():
             self.counters["rejected_readings"] += int(rejected.sum())
-            dead = self._too_late(batch, np.flatnonzero(rejected), rows)
+            dead = too_late_letters(
+                batch, np.flatnonzero(rejected), rows, self.last_seen, self.spec.kalman.lateness
+            )
             keep = np.flatnonzero(~rejected)  # type: ignore[assignment]
         self._remember(cells, rejected, time_ns, estimate, std, flags, score)
         self.changed[rows] = True
@@ -335,46 +321,6 @@ class TwinBank:
     def has_changed(self) -> bool:
         """Whether twins changed since :meth:`take_changed` last took them."""
         return bool(self.changed[: len(self)].any())
-
-    def _too_late(self, batch: TypedBatch, index: IntP, rows: IntP) -> list[DeadLetter]:
-        r = batch.readings
-        bound = self.spec.kalman.lateness
-        letters = []
-        for i in index.tolist():
-            latest = int(self.last_seen[rows[i]])
-            behind = (latest - int(r.time_ns[i])) / NS_PER_S
-            reason = (
-                f"reading at {format_time_ns(int(r.time_ns[i]))} is {behind:g} s older than twin "
-                f"{str(r.twin_id[i])!r} ({format_time_ns(latest)}); the lateness bound is {bound:g} s"
-            )
-            raw = orjson.dumps(
-                {
-                    "twin_id": str(r.twin_id[i]),
-                    "channel": str(r.channel[i]),
-                    "time_ns": int(r.time_ns[i]),
-                    "value": float(r.value[i]),
-                }
-            )
-            letters.append(DeadLetter(f"twin_bank:{batch.twin_type}", reason, raw))
-        return letters
-
-    def _copies(self, batch: TypedBatch, copies: Copies) -> list[DeadLetter]:
-        """A dead letter for each copy of an applied reading (same twin, channel and event time)."""
-        r = batch.readings
-        letters = []
-        for i in np.flatnonzero(copies.copy).tolist():
-            twin, channel, t, v = str(r.twin_id[i]), str(r.channel[i]), int(r.time_ns[i]), float(r.value[i])
-            at = f"twin {twin!r} channel {channel!r} at {format_time_ns(t)}"
-            if copies.conflict[i]:
-                reason = (
-                    f"conflicting value: {at} has {v!r}, the reading applied at that time has "
-                    f"{float(copies.winner[i])!r}; the first copy wins"
-                )
-            else:
-                reason = f"duplicate reading: {at} was already applied; the first copy wins"
-            raw = orjson.dumps({"twin_id": twin, "channel": channel, "time_ns": t, "value": v})
-            letters.append(DeadLetter(f"twin_bank:{batch.twin_type}", reason, raw))
-        return letters
 
     # -- timers -----------------------------------------------------------------------------
 

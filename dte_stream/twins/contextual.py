@@ -38,19 +38,21 @@ scale) of ``context_bins`` numbers: 320 bytes with the default 24 slots. The mea
 offsets from the cell's *anchor* (its first value), so float32 keeps its precision far from
 zero (a reading of 300.0 +- 0.001); scores move by about 1e-6 at most against float64
 profiles. Snapshots of the layout before December 2026 (float64 absolute profiles, no
-likelihood) load through :func:`upgrade_snapshot`.
+likelihood) load through :func:`upgrade_snapshot`. That state (its arrays, growth, compaction,
+snapshots) is :class:`~dte_stream.twins.contextual_state.ContextualCells`, which the scorer extends.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from dte_stream.twins.anomaly import ANOMALY_LEVEL, gaussian_log_sf
+from dte_stream.twins.contextual_state import NEVER as _NEVER
+from dte_stream.twins.contextual_state import ContextualCells, upgrade_snapshot
 
 __all__ = [
     "CONTEXT_AFTER_S",
@@ -72,7 +74,6 @@ _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 _LN10 = math.log(10.0)
 _U_MAX = 1e150
 _Z_MAX = 1e6
-_NEVER = np.iinfo(np.int64).min
 
 #: Defaults, the same for every sensor (chosen on the 13 NAB series in shared/, see docs/anomaly.md).
 CONTEXT_BINS = 24
@@ -87,39 +88,6 @@ _LN2 = math.log(2.0)
 _VAR_FLOOR = 1e-12
 
 
-def upgrade_snapshot(arrays: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
-    """A :meth:`ContextualScorer.snapshot` from before December 2026, in today's layout.
-
-    Before, the profile was absolute float64 values and there was no likelihood stage. Now the
-    profile is float32 offsets from a per-cell ``anchor`` (the old profile's mean over its
-    slots), and the likelihood's statistics start blank (learned afresh). Snapshots in today's
-    layout, and those of other scorers (no ``profile``), come back unchanged; so this may be
-    applied to every part of a snapshot before parts of two layouts are merged.
-
-    >>> profile = np.array([[[10.0, np.nan]], [[np.nan, np.nan]]])  # 2 twins, 1 channel, 2 slots
-    >>> old = {"count": np.zeros((2, 1), dtype=np.int64), "profile": profile}
-    >>> new = upgrade_snapshot(old)
-    >>> new["anchor"].tolist(), new["profile"].tolist()[0], new["l_count"].tolist()
-    ([[10.0], [nan]], [[0.0, nan]], [[0], [0]])
-    """
-    if "profile" not in arrays or "anchor" in arrays:
-        return dict(arrays)
-    out = dict(arrays)
-    shape = np.asarray(arrays["count"]).shape
-    for name in ("l_short", "l_mean", "l_var"):
-        out.setdefault(name, np.zeros(shape))
-    out.setdefault("l_count", np.zeros(shape, dtype=np.int64))
-    profile = np.asarray(arrays["profile"], dtype=np.float64)
-    seen = np.isfinite(profile)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        anchor = np.where(seen, profile, 0.0).sum(axis=-1) / seen.sum(axis=-1)
-    out["anchor"] = anchor
-    out["profile"] = (profile - anchor[..., None]).astype(np.float32)
-    if "profile_spread" in arrays:
-        out["profile_spread"] = np.asarray(arrays["profile_spread"]).astype(np.float32)
-    return out
-
-
 def _abs_z(u: F64, centre: F64, spread: F64) -> F64:
     """``|u - centre| / sigma`` with sigma from a mean absolute deviation (inf when sigma is 0)."""
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -129,13 +97,19 @@ def _abs_z(u: F64, centre: F64, spread: F64) -> F64:
     return np.minimum(np.abs(np.where(np.isnan(z), 0.0, z)), _Z_MAX)
 
 
+#: Rounds of at least this many cells work the half-life powers out once per distinct value.
+_UNIQUE_POWERS_FROM = 4096
+
+
 def _half_power(halflife: F64) -> F64:
     """``0.5 ** (1 / halflife)``, worked out once per distinct value when the values repeat.
 
     A power costs some 60 ns per element; the cells of a round mostly share their sampling
     interval, hence their half-lives. Each element gets the very number the full form gives.
+    ``np.unique`` sorts, so it pays only on large rounds: on a round of a few hundred cells (a
+    shard's share of a consumed Kafka batch) it cost 4 times the powers (measured 2026-12-07).
     """
-    if halflife.shape[0] < 64:
+    if halflife.shape[0] < _UNIQUE_POWERS_FROM:
         return 0.5 ** (1.0 / halflife)
     distinct, inverse = np.unique(halflife, return_inverse=True)
     if distinct.shape[0] * 4 > halflife.shape[0]:
@@ -143,7 +117,7 @@ def _half_power(halflife: F64) -> F64:
     return (0.5 ** (1.0 / distinct))[inverse.reshape(-1)]
 
 
-class ContextualScorer:
+class ContextualScorer(ContextualCells):
     """Anomaly scores in ``[0, 1]`` from innovations and a time-of-day profile; struct-of-arrays.
 
     Arrays have shape ``(capacity, channels)`` (the profile ``(capacity, channels, bins)``);
@@ -164,18 +138,6 @@ class ContextualScorer:
     >>> bool(score(t, day_cycle(t) - 10.0, 0.3) >= ANOMALY_LEVEL)  # the filter saw nothing; the context did
     True
     """
-
-    _FIELDS = (
-        "count", "last_time", "interval",
-        "i_centre", "i_spread", "i_window", "i_peak",
-        "c_spread", "c_window", "c_peak", "c_count",
-        "quiet_left", "quiet_score", "l_short", "l_mean", "l_var", "l_count",
-        "anchor", "profile", "profile_spread",
-    )  # fmt: skip
-    _LIKELIHOOD = ("l_short", "l_mean", "l_var", "l_count")
-    _ONES = frozenset({"i_window", "c_window"})
-    _NANS = frozenset({"anchor", "profile", "profile_spread"})
-    _PROFILES = frozenset({"profile", "profile_spread"})
 
     def __init__(
         self,
@@ -246,78 +208,6 @@ class ContextualScorer:
         for name in self._FIELDS:
             self._arrays[name] = self._blank(name, 0)
         self.grow(capacity)
-
-    def _blank(self, name: str, rows: int) -> npt.NDArray[Any]:
-        shape: tuple[int, ...] = (
-            (rows, self.channels, self.bins) if name in self._PROFILES else (rows, self.channels)
-        )
-        if name in ("count", "c_count", "quiet_left", "l_count"):  # int32: 2**31 readings per cell
-            return np.zeros(shape, dtype=np.int32)
-        if name == "last_time":
-            return np.full(shape, _NEVER, dtype=np.int64)
-        if name in self._PROFILES:  # float32: see the module docstring
-            return np.full(shape, np.nan, dtype=np.float32)
-        return np.full(shape, 1.0 if name in self._ONES else np.nan if name in self._NANS else 0.0)
-
-    @property
-    def capacity(self) -> int:
-        return int(self._arrays["count"].shape[0])
-
-    def grow(self, capacity: int) -> None:
-        """Make room for ``capacity`` rows in place; existing rows keep their statistics."""
-        extra = int(capacity) - self.capacity
-        if extra <= 0:
-            return
-        for name in self._FIELDS:
-            self._arrays[name] = np.concatenate([self._arrays[name], self._blank(name, extra)])
-
-    def take(self, index: IntP) -> None:
-        """Keep only rows ``index``, in that order (compaction after eviction); capacity is kept."""
-        index = np.asarray(index, dtype=np.intp)
-        capacity = self.capacity
-        for name in self._FIELDS:
-            new = self._blank(name, capacity)
-            new[: index.shape[0]] = self._arrays[name][index]
-            self._arrays[name] = new
-
-    def reset_rows(self, index: IntP) -> None:
-        """Forget the given rows (eviction or a new twin in a reused row)."""
-        index = np.asarray(index, dtype=np.intp)
-        for name in self._FIELDS:
-            self._arrays[name][index] = self._blank(name, index.shape[0])
-
-    def snapshot(
-        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None, *, copy: bool = True
-    ) -> dict[str, npt.NDArray[np.generic]]:
-        """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name
-        (``copy=False``: views of the rows, for a caller that pickles them at once)."""
-        if rows is not None:
-            return {name: self._arrays[name][rows] for name in self._FIELDS}
-        return {
-            name: self._arrays[name][:n_rows].copy() if copy else self._arrays[name][:n_rows]
-            for name in self._FIELDS
-        }
-
-    def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
-        """Load a :meth:`snapshot` into rows ``0..n-1`` (growing if needed); other rows are reset."""
-        arrays = upgrade_snapshot(arrays)
-        missing = [name for name in self._FIELDS if name not in arrays]
-        if missing:
-            raise ValueError(f"anomaly scorer snapshot lacks {missing}")
-        n = int(np.asarray(arrays["count"]).shape[0])
-        for name in self._FIELDS:
-            want = self._blank(name, n).shape
-            if np.asarray(arrays[name]).shape != want:
-                raise ValueError(f"anomaly scorer snapshot field {name} has shape "
-                                 f"{np.asarray(arrays[name]).shape}, expected {want}")  # fmt: skip
-        self.grow(n)
-        self.reset_rows(np.arange(self.capacity, dtype=np.intp))
-        for name in self._FIELDS:
-            self._arrays[name][:n] = arrays[name]
-
-    def nbytes_per_cell(self) -> int:
-        """Bytes of state per (twin, channel) cell."""
-        return sum(a.itemsize * (self.bins if n in self._PROFILES else 1) for n, a in self._arrays.items())
 
     def score(self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64) -> F64:
         """Scores of one round (each cell at most once), then learn the round's readings."""

@@ -26,7 +26,6 @@ from array import array
 from dte_stream.twins.anomaly import _ERFC_COEF
 from dte_stream.twins.contextual import (
     _LN10,
-    _NEVER,
     _NS_PER_DAY,
     _SQRT_HALF_PI,
     _U_MAX,
@@ -34,6 +33,7 @@ from dte_stream.twins.contextual import (
     _Z_MAX,
     ContextualScorer,
 )
+from dte_stream.twins.contextual_state import NEVER as _NEVER
 
 __all__ = ["ContextualCell", "gaussian_log_sf"]
 
