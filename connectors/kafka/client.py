@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -185,6 +186,32 @@ def make_client(
         raise ConfigError(
             f"{errors.who}: Kafka refused the settings ({error_text(exc)}); settings: {shown}"
         ) from None
+
+
+def whole_topic_config(spec: KafkaConnectionSpec, group_prefix: str) -> dict[str, Any]:
+    """Consumer settings to read a topic whole, from its start, under a group of its own.
+
+    The group id is new each time (``group_prefix`` and a random suffix) and nothing is
+    committed, so every process that reads (the twin view's readers, the acknowledgement inboxes)
+    sees every record.
+    """
+    return {
+        **spec.client_config(),
+        "group.id": f"{group_prefix}-{uuid.uuid4().hex}",
+        "enable.auto.commit": "false",
+        "enable.auto.offset.store": "false",
+        "auto.offset.reset": "earliest",
+    }
+
+
+def topic_partitions(consumer: Any, topic: str, timeout: float) -> list[int] | None:
+    """The partitions of ``topic`` (sorted) once the brokers' metadata has them, else None (a topic
+    not created yet, or just created); raises KafkaException when no broker answers."""
+    metadata: Any = consumer.list_topics(topic, timeout=timeout)
+    found = metadata.topics.get(topic)
+    if found is not None and found.error is None and found.partitions:
+        return sorted(found.partitions)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

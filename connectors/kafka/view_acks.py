@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,15 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dte_stream.alerts.store import ack_record, acknowledge
-from dte_stream.connectors.kafka.client import LOG, ErrorLog, check_cluster, error_text, make_client
+from dte_stream.connectors.kafka.client import (
+    LOG,
+    ErrorLog,
+    check_cluster,
+    error_text,
+    make_client,
+    topic_partitions,
+    whole_topic_config,
+)
 from dte_stream.errors import ConfigError, ConnectorError, StoreError
 from dte_stream.spec.view import KafkaViewSpec
 from dte_stream.times import NS_PER_S
@@ -117,13 +124,7 @@ class KafkaAckInbox:
         self._thread.join(5.0)
 
     def _run(self) -> None:
-        config = {
-            **self.spec.client_config(),
-            "group.id": f"dte-view-acks-{uuid.uuid4().hex}",  # never committed: each process reads all
-            "enable.auto.commit": "false",
-            "enable.auto.offset.store": "false",
-            "auto.offset.reset": "earliest",
-        }
+        config = whole_topic_config(self.spec, "dte-view-acks")  # each process reads all
         consumer = make_client(Consumer, self.spec, config, self._errors)
         try:
             partitions = self._partitions(consumer)
@@ -191,10 +192,9 @@ class KafkaAckInbox:
         """The topic's partitions, once its metadata has them (a topic just created may not yet)."""
         while not self._stop.is_set():
             try:
-                metadata: Any = consumer.list_topics(self.topic, timeout=self.spec.startup_timeout)
-                found = metadata.topics.get(self.topic)
-                if found is not None and found.error is None and found.partitions:
-                    return sorted(found.partitions)
+                found = topic_partitions(consumer, self.topic, self.spec.startup_timeout)
+                if found is not None:
+                    return found
             except KafkaException as exc:
                 LOG.debug("%s: no metadata yet: %s", self.topic, error_text(exc))
             self._stop.wait(1.0)

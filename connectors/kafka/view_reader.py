@@ -17,13 +17,19 @@ given, and skipped; the reader goes on.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from dte_stream.connectors.kafka.client import LOG, ErrorLog, error_text, make_client
+from dte_stream.connectors.kafka.client import (
+    LOG,
+    ErrorLog,
+    error_text,
+    make_client,
+    topic_partitions,
+    whole_topic_config,
+)
 from dte_stream.errors import StoreError
 from dte_stream.metrics import METRICS, reason_class
 from dte_stream.readiness import READINESS, Readiness
@@ -144,13 +150,7 @@ class KafkaViewReader:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        config = {
-            **self.spec.client_config(),
-            "group.id": f"dte-view-reader-{uuid.uuid4().hex}",  # never committed: each reader reads all
-            "enable.auto.commit": "false",
-            "enable.auto.offset.store": "false",
-            "auto.offset.reset": "earliest",
-        }
+        config = whole_topic_config(self.spec, "dte-view-reader")  # each reader reads all
         try:
             consumer = make_client(Consumer, self.spec, config, self._errors)
         except Exception as exc:  # a refused setting: say it where the operator looks
@@ -178,10 +178,9 @@ class KafkaViewReader:
         topic, servers = self.spec.topic, self.spec.bootstrap_servers
         while True:
             try:
-                metadata: Any = consumer.list_topics(topic, timeout=self.spec.startup_timeout)
-                found = metadata.topics.get(topic)
-                if found is not None and found.error is None and found.partitions:
-                    return sorted(found.partitions)
+                found = topic_partitions(consumer, topic, self.spec.startup_timeout)
+                if found is not None:
+                    return found
                 reason = (
                     f"topic {topic!r} does not exist yet at Kafka {servers} "
                     "(a dataflow with view: kafka creates it)"

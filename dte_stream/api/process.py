@@ -188,9 +188,8 @@ class ApiProcess:
 
 
 def _child() -> int:
-    import uvicorn
-
     from dte_stream.api.app import ApiContext, create_app
+    from dte_stream.api.server import uvicorn_server
     from dte_stream.errors import DteStreamError
     from dte_stream.logs import configure
 
@@ -211,7 +210,7 @@ def _child() -> int:
         out.write(f"{exc}\n")
         out.flush()
         return 1
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False))
+    server = uvicorn_server(app, "warning")
 
     def parent_gone() -> None:
         sys.stdin.buffer.read()  # returns when the parent closes the pipe or ends

@@ -27,7 +27,14 @@ if TYPE_CHECKING:  # uvicorn and FastAPI load only when a command serves HTTP
     import uvicorn
     from fastapi import FastAPI
 
-__all__ = ["BackgroundServer", "add_http_argument", "bind", "parse_address", "serve_forever"]
+__all__ = [
+    "BackgroundServer",
+    "add_http_argument",
+    "bind",
+    "parse_address",
+    "serve_forever",
+    "uvicorn_server",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
+def uvicorn_server(app: FastAPI, log_level: str) -> uvicorn.Server:
+    """A uvicorn server for ``app`` as dte-stream runs it (here and in :mod:`dte_stream.api.process`)."""
     import uvicorn
 
     # log_config=None: uvicorn logs through dte-stream's logging setup (dte_stream.logs)
@@ -100,7 +108,7 @@ class BackgroundServer:
         self.host = host
         self._socket = bind(host, port)
         self.port: int = self._socket.getsockname()[1]
-        self._server = _server(app, log_level)
+        self._server = uvicorn_server(app, log_level)
         self._thread = threading.Thread(target=self._serve, name="dte-http", daemon=True)
 
     @property
@@ -157,6 +165,6 @@ def serve_forever(app: FastAPI, host: str, port: int, *, log_level: str = "warni
     sock = bind(host, port)
     log.info("serving HTTP at http://%s:%d", host, port)
     try:
-        _server(app, log_level).run(sockets=[sock])
+        uvicorn_server(app, log_level).run(sockets=[sock])
     finally:
         sock.close()

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import TextIO
 
 import polars as pl
 
 from dte_stream.alerts.store import AlertStateFilter, acknowledge, alert_table
-from dte_stream.cli.query import DEFAULT_DATA_DIR, format_table
+from dte_stream.cli.query import add_data_dir_argument, format_table
 from dte_stream.errors import ConfigError
 from dte_stream.times import format_time_ns
 
@@ -44,13 +43,7 @@ def default_ack_by() -> str:
 
 
 def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(DEFAULT_DATA_DIR),
-        metavar="DIR",
-        help=f"directory of the local store the dataflow writes to (default: ./{DEFAULT_DATA_DIR})",
-    )
+    add_data_dir_argument(parser, "directory of the local store the dataflow writes to")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -43,6 +43,17 @@ def _time_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_data_dir_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--data-dir DIR`` (a Path, default ``./dte-data``); ``what`` says what the command finds there."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(DEFAULT_DATA_DIR),
+        metavar="DIR",
+        help=f"{what} (default: ./{DEFAULT_DATA_DIR})",
+    )
+
+
 def _limit_argument(text: str) -> int:
     try:
         value = int(text)
@@ -75,15 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "--until exclusive."
         ),
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(DEFAULT_DATA_DIR),
-        metavar="DIR",
-        help=(
-            "directory of the local store, the --data-dir the dataflow or demo wrote to "
-            f"(default: ./{DEFAULT_DATA_DIR}, the demo's default)"
-        ),
+    add_data_dir_argument(
+        parser, "directory of the local store, the --data-dir the dataflow or demo wrote to"
     )
     parser.add_argument(
         "--table",

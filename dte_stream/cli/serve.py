@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from dte_stream.api.server import add_http_argument, serve_forever
-from dte_stream.cli.query import DEFAULT_DATA_DIR
+from dte_stream.cli.query import add_data_dir_argument
 from dte_stream.cli.token import add_tokens_argument, tokens_path
 from dte_stream.errors import ConfigError
 from dte_stream.logs import add_logging_arguments, configure
@@ -49,13 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=__doc__.split("\n\n")[0],
     )
     add_http_argument(parser)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(DEFAULT_DATA_DIR),
-        metavar="DIR",
-        help=f"the data directory the dataflows write (default: ./{DEFAULT_DATA_DIR})",
-    )
+    add_data_dir_argument(parser, "the data directory the dataflows write")
     parser.add_argument(
         "--spec",
         type=Path,

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from dte_stream.api.tokens import SCOPES, TokenFile, default_tokens_path
-from dte_stream.cli.query import DEFAULT_DATA_DIR
+from dte_stream.cli.query import DEFAULT_DATA_DIR, add_data_dir_argument
 from dte_stream.times import format_time_ns
 
 __all__ = ["add_parser", "add_tokens_argument", "tokens_path"]
@@ -43,13 +43,7 @@ def tokens_path(tokens: Path | None, data_dir: Path | None) -> Path:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_tokens_argument(parser)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(DEFAULT_DATA_DIR),
-        metavar="DIR",
-        help=f"data directory holding the default tokens file (default: ./{DEFAULT_DATA_DIR})",
-    )
+    add_data_dir_argument(parser, "data directory holding the default tokens file")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from dte_stream.cli.query import DEFAULT_DATA_DIR
+from dte_stream.cli.query import add_data_dir_argument
 from dte_stream.errors import ConfigError
 from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.times import format_time_ns, parse_duration_ns
@@ -45,10 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("twin", help="the twin id")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), metavar="DIR",
-        help=f"the data directory with the twin view (default: ./{DEFAULT_DATA_DIR})",
-    )  # fmt: skip
+    add_data_dir_argument(parser, "the data directory with the twin view")
     parser.add_argument(
         "--horizon", type=_seconds, default=3600.0, help="how far ahead (e.g. 30m, 2h; default 1h)"
     )

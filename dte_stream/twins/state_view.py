@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
     from dte_stream.twins.bank import TwinBank
 
-__all__ = ["twin_states"]
+__all__ = ["alerts_by_twin", "twin_states"]
 
 
 def twin_states(
@@ -55,12 +55,7 @@ def twin_states(
             srows = group.state_rows(rows, np.full(rows.shape[0], c, dtype=np.intp))
             filters[bank.channels[c]] = FilterStates(names, group.state.x[srows], group.state.P[srows])
     ids = bank.index.ids[rows] if rows.size else np.empty(0, dtype=np.str_)
-    alerts: dict[str, list[dict[str, Any]]] = {}
-    if engine is not None and rows.size:
-        wanted = set(ids.tolist())
-        for alert in engine.alerts("all"):
-            if alert["twin_id"] in wanted:
-                alerts.setdefault(alert["twin_id"], []).append(alert)
+    alerts = alerts_by_twin(engine, ids)
     return TwinStates(
         bank.spec.name,
         list(bank.channels),
@@ -77,3 +72,19 @@ def twin_states(
         list(removed),
         now_ns,
     )
+
+
+def alerts_by_twin(
+    engine: AlertEngine | None, ids: npt.NDArray[np.str_], keys: tuple[str, ...] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The alerts (pending, firing, resolved) of the twins ``ids`` in ``engine``, by twin id;
+    with ``keys``, each alert cut down to those of its keys it has."""
+    alerts: dict[str, list[dict[str, Any]]] = {}
+    if engine is not None and ids.size:
+        wanted = set(ids.tolist())
+        for a in engine.alerts("all"):
+            if a["twin_id"] in wanted:
+                alerts.setdefault(a["twin_id"], []).append(
+                    a if keys is None else {k: a[k] for k in keys if k in a}
+                )
+    return alerts

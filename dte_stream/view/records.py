@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dte_stream.twins.flags import flag_names
+from dte_stream.twins.state_view import alerts_by_twin
 
 if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
@@ -203,12 +204,7 @@ def gather(
                 )
             )
     ids = bank.index.ids[rows] if rows.size else np.empty(0, dtype=np.str_)
-    alerts: dict[str, list[dict[str, Any]]] = {}
-    if engine is not None and rows.size:
-        wanted = set(ids.tolist())
-        for a in engine.alerts("all"):
-            if a["twin_id"] in wanted:
-                alerts.setdefault(a["twin_id"], []).append({k: a[k] for k in _ALERT_KEYS if k in a})
+    alerts = alerts_by_twin(engine, ids, _ALERT_KEYS)
     return ViewColumns(
         bank.spec.name,
         list(bank.channels),
