@@ -281,7 +281,12 @@ def _await_leaders(admin: Any, topics: list[str], spec: KafkaConnectionSpec, who
     its creation returns), at most ``spec.startup_timeout`` seconds."""
     deadline = time.monotonic() + spec.startup_timeout
     while True:
-        metadata: Any = admin.list_topics(timeout=spec.startup_timeout)
+        try:
+            metadata: Any = admin.list_topics(timeout=spec.startup_timeout)
+        except KafkaException as exc:
+            raise connector_error(
+                f"{who}: cannot read the metadata of the created {', '.join(map(repr, topics))}", spec, exc
+            ) from None
         waiting = [t for t in topics if not _has_leaders(metadata.topics.get(t))]
         if not waiting:
             return

@@ -9,13 +9,15 @@ created and stopped with "cannot open the partition". Opening now asks again unt
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from dte_stream.connectors.kafka.client import not_ready_yet
+from dte_stream.connectors.kafka.client import _await_leaders, not_ready_yet
 from dte_stream.connectors.kafka.source import _KafkaPartition
+from dte_stream.errors import ConnectorError
 from dte_stream.spec.kafka import KafkaSourceSpec
 
 
@@ -80,3 +82,40 @@ def test_a_leader_that_never_comes_is_raised_after_startup_timeout() -> None:
         _partition(answers)._watermarks(_spec(startup_timeout=0.5))
     assert caught.value.args[0].code() == KafkaError.NOT_LEADER_FOR_PARTITION
     assert 2 <= answers.calls < 1000
+
+
+class _Admin:
+    """An admin client whose metadata answers are handed to it (a KafkaError raises)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+
+    def list_topics(self, timeout: float) -> Any:
+        answer = self.answers.pop(0)
+        if isinstance(answer, KafkaError):
+            raise KafkaException(answer)
+        return answer
+
+
+def _metadata(leader: int) -> Any:
+    partition = SimpleNamespace(error=None, leader=leader)
+    return SimpleNamespace(topics={"t": SimpleNamespace(error=None, partitions={0: partition})})
+
+
+def test_the_start_waits_for_a_created_topic_to_have_leaders() -> None:
+    admin = _Admin(_metadata(-1), _metadata(-1), _metadata(1))
+    _await_leaders(admin, ["t"], _spec(), "source plant")
+    assert admin.answers == []
+
+
+def test_metadata_that_cannot_be_read_after_creating_is_one_clear_error() -> None:
+    admin = _Admin(KafkaError(KafkaError._TIMED_OUT))
+    with pytest.raises(ConnectorError) as caught:
+        _await_leaders(admin, ["t"], _spec(), "source plant")
+    assert str(caught.value).startswith("source plant: cannot read the metadata of the created 't' at Kafka")
+
+
+def test_a_created_topic_without_leaders_is_reported_after_startup_timeout() -> None:
+    admin = _Admin(*[_metadata(-1)] * 1000)
+    with pytest.raises(ConnectorError, match=r"elected no leader for every partition within 0\.3 s"):
+        _await_leaders(admin, ["t"], _spec(startup_timeout=0.3), "source plant")
