@@ -171,16 +171,18 @@ def rewrite_shards(state: RecoveryState, change: Callable[[SnapRow], dict[str, A
             raise ConfigError(
                 f"{part} is in use (its write-ahead log stays open): stop the dataflow, then migrate"
             )
-        _fsync(tmp)
+        fsync_path(tmp)
         backup = Path(f"{part}{BACKUP_SUFFIX}")
         backup.unlink(missing_ok=True)
         os.link(part, backup)
         os.replace(tmp, part)
-        _fsync(part.parent)
+        fsync_path(part.parent)
     return len(new_blobs)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk (a file created or renamed in a directory
+    survives a crash only once the directory is flushed)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

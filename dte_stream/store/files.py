@@ -23,6 +23,8 @@ from pathlib import Path
 
 import polars as pl
 
+from dte_stream.state_dir import fsync_path as fsync_dir
+
 __all__ = ["READ_ERRORS", "file_size", "first_line", "fsync_dir", "write_atomic"]
 
 #: What reading a broken or vanished Parquet file raises.
@@ -33,15 +35,6 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's text (polars errors run to many lines), or its type."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries to disk, so that a file created or renamed in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_size(path: Path) -> int:
