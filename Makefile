@@ -6,10 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 DATA   ?= dte-data
-# pytest-xdist workers for `make ci` and `make test` (0: none, in-process, until two test races seen with 3 are fixed,
-# see docs/testing.md): each test file runs whole in one worker
-# (its fixtures and order kept); each worker starts the services its tests ask for
-TEST_WORKERS ?= 0
+# pytest-xdist workers for `make ci` and `make test` (0: none, in-process; see docs/testing.md):
+# each test file runs whole in one worker (its fixtures and order kept); each worker starts the
+# services its tests ask for
+TEST_WORKERS ?= 3
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-run demo services test test-unit test-integration chaos lint typecheck check ci bench clean

@@ -26,6 +26,7 @@ influxdb_buffer_lines      gauge: lines waiting, per worker
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 import zlib
@@ -50,9 +51,11 @@ from dte_stream.connectors.influxdb.writer import (
     REPEAT_LOG,
     BatchWriter,
     DeadLetterOut,
+    sink_check,
 )
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.shutdown import stop_now_requested, stop_requested
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.sink import DeadLetterOutput
@@ -142,6 +145,22 @@ class InfluxDBSink(DynamicSink[EstimateBatch]):
         finally:
             transport.close()
 
+    def report_start(self) -> None:
+        """Check the server answers and tell ``/readyz`` (:func:`sink_check`); never raises.
+
+        A server that does not answer leaves the sink unready until a writer's write works.
+        """
+        name = sink_check(self.spec)
+        transport = self._transport_factory(self.spec)
+        try:
+            transport.check()
+        except InfluxDBError as exc:
+            READINESS.failed(name, str(exc))
+        else:
+            READINESS.ok(name, f"{self.spec.target()} answers")
+        finally:
+            transport.close()
+
     def per_epoch(self, partitions: int, routes: dict[str, int] | None = None) -> InfluxDBEpochSink:
         """The sink whose epochs end only once their points are written (see the class docs)."""
         return InfluxDBEpochSink(self, partitions, routes)
@@ -185,6 +204,8 @@ class InfluxDBEpochSink(FixedPartitionedSink[EstimateBatch, None]):
         self.sink = sink
         self.partitions = max(1, partitions)
         self.routes = dict(routes or {})
+        self._reported = False  # the start-up check went to /readyz (once per process)
+        self._reported_lock = threading.Lock()
 
     @staticmethod
     def part_names(partitions: int) -> list[str]:
@@ -192,6 +213,12 @@ class InfluxDBEpochSink(FixedPartitionedSink[EstimateBatch, None]):
         return [f"writer-{i}" for i in range(max(1, partitions))]
 
     def list_parts(self) -> list[str]:
+        # Bytewax asks this of every worker as it builds the dataflow, but builds a writer only
+        # when its first batch comes: /readyz learns of the sink here, from its start-up check.
+        with self._reported_lock:
+            if not self._reported:
+                self._reported = True
+                self.sink.report_start()
         return self.part_names(self.partitions)
 
     def part_fn(self, item_key: str) -> int:

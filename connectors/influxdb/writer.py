@@ -65,6 +65,15 @@ def stored_lag(chunks: list[pl.Series], acked_ns: int) -> npt.NDArray[np.float64
     return np.asarray((acked_ns - kept.to_series().to_numpy()) / 1e9, dtype=np.float64)
 
 
+def sink_check(spec: InfluxDBSinkSpec) -> str:
+    """The ``/readyz`` check of a whole sink: its start-up check, then any write that worked.
+
+    Each writer has a check of its own as well (``sink STEP/N``), but Bytewax builds a writer
+    only when its first batch comes; this one is there from the start.
+    """
+    return f"sink {spec.name}"
+
+
 #: How often an ongoing outage is logged again (seconds).
 REPEAT_LOG = 60.0
 #: How many distinct rejection messages are logged in full per worker.
@@ -97,8 +106,10 @@ class BatchWriter:
         )
         self._rng = random.Random()
         self._ready = f"sink {key}"  # the /readyz check of this writer
+        self._sink_ready = sink_check(spec)
         if checked:
             READINESS.ok(self._ready, f"{self._target} answers")
+            READINESS.ok(self._sink_ready, f"{self._target} answers")
         else:
             READINESS.failed(self._ready, f"{self._target} did not answer the start-up check")
         self._abort = threading.Event()
@@ -182,6 +193,7 @@ class BatchWriter:
             METRICS.add("influxdb_points_written", count)
             METRICS.observe_many("influxdb_stored_lag_seconds", stored_lag(chunks, time.time_ns()))
             READINESS.ok(self._ready, f"{self._target} takes writes")
+            READINESS.ok(self._sink_ready, f"{self._target} takes writes")
             METRICS.add("influxdb_batches_written")
             METRICS.add("influxdb_bytes_written", len(body))
             return

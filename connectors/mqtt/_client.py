@@ -301,7 +301,6 @@ class MqttConnection:
         self._session_resumed = flags.session_present
         self._connected_at = time.monotonic()
         self.connected = True
-        READINESS.ok(self._ready, f"connected to {self.where}")
         if self._outage_since is not None:
             LOG.debug("%s: connected again (session present: %s)", self.who, flags.session_present)
         if self._subscriptions and (self._v5 or not flags.session_present):
@@ -312,9 +311,10 @@ class MqttConnection:
                 ]
             else:
                 topics = list(self._subscriptions)
-            _rc, self._sub_mid = client.subscribe(topics)
+            _rc, self._sub_mid = client.subscribe(topics)  # ready once the SUBACK comes
         else:
             self._subscribed.set()
+            READINESS.ok(self._ready, f"connected to {self.where}")
         self._answered.set()
 
     def _on_subscribe(
@@ -331,6 +331,10 @@ class MqttConnection:
             LOG.error("%s: %s refused %s", self.who, self.where, "; ".join(failures))
             METRICS.add("mqtt_subscribe_errors", len(failures))
         self._sub_failures = failures
+        if failures:
+            READINESS.failed(self._ready, f"{self.where} refused " + "; ".join(failures))
+        else:
+            READINESS.ok(self._ready, f"connected to {self.where}, subscribed")
         self._subscribed.set()
 
     def _on_disconnect(

@@ -342,6 +342,22 @@ def child_argv(argv: list[str], addresses: list[str], process_id: int) -> list[s
     ]  # fmt: skip
 
 
+def _new_failures(children: list[subprocess.Popen[bytes]], reported: set[int]) -> list[tuple[int, int]]:
+    """The children that exited with a failure since the last call, as ``(index, returncode)``.
+
+    A child killed by a signal comes first: when one process dies, its peers fail a moment
+    later (their connections to it break), and two exits can fall between two polls; the
+    killed one is the cause.
+    """
+    found = []
+    for i, child in enumerate(children):
+        rc = child.poll()
+        if rc not in (None, 0) and i not in reported:
+            reported.add(i)
+            found.append((i, rc))
+    return sorted(found, key=lambda f: (f[1] >= 0, f[0]))
+
+
 def run_cluster(argv: list[str], processes: int, check: Callable[[], None] | None = None) -> int:
     """Start ``processes`` children of this command on loopback ports, pass signals on, wait for all.
 
@@ -371,21 +387,25 @@ def run_cluster(argv: list[str], processes: int, check: Callable[[], None] | Non
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     code = 0
     failed_at: float | None = None
+    reported: set[int] = set()
     try:
         while any(child.poll() is None for child in children):
-            for i, child in enumerate(children):
-                rc = child.poll()
-                if rc not in (None, 0) and code == 0:
-                    code = rc if rc > 0 else 128 - rc
-                    print(f"dte-stream: process {i} exited with {rc}; stopping the others", file=sys.stderr)
-                    forward(signal.SIGTERM, None)
-                    failed_at = time.monotonic()
+            failures = _new_failures(children, reported)
+            if failures and code == 0:
+                i, rc = failures[0]
+                code = rc if rc > 0 else 128 - rc
+                print(f"dte-stream: process {i} exited with {rc}; stopping the others", file=sys.stderr)
+                forward(signal.SIGTERM, None)
+                failed_at = time.monotonic()
+                failures = failures[1:]
+            for i, rc in failures:
+                print(f"dte-stream: process {i} exited with {rc}", file=sys.stderr)
             if failed_at is not None and time.monotonic() - failed_at > STOP_GRACE_S:
                 break  # a cluster that lost a process cannot drain: the finally kills the rest
             time.sleep(0.1)
-        for child in children:
-            rc = child.returncode
-            if rc != 0 and code == 0:
+        for i, rc in _new_failures(children, reported):
+            print(f"dte-stream: process {i} exited with {rc}", file=sys.stderr)
+            if code == 0:
                 code = rc if rc > 0 else 128 - rc
     finally:
         for s, handler in previous.items():

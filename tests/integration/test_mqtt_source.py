@@ -30,6 +30,7 @@ from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MqttSource
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
+from dte_stream.readiness import READINESS
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 pytestmark = pytest.mark.integration
@@ -119,11 +120,18 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def later(delay: float, action: Callable[[], None]) -> threading.Thread:
-    """Run ``action`` in a thread after ``delay`` seconds (while the dataflow runs)."""
+def once_subscribed(action: Callable[[], None], clients: int = 1) -> threading.Thread:
+    """Run ``action`` in a thread once the source's ``clients`` MQTT connections have their
+    SUBACK (``/readyz`` says so): a message published before would reach no subscription."""
+
+    def subscribed() -> int:
+        return sum(c.ok for c in READINESS.status().checks if c.name.startswith("mqtt: "))
 
     def body() -> None:
-        time.sleep(delay)
+        deadline = time.monotonic() + 60
+        while subscribed() < clients:
+            assert time.monotonic() < deadline, "the source did not subscribe within 60 s"
+            time.sleep(0.02)
         action()
 
     thread = threading.Thread(target=body, daemon=True)
@@ -147,7 +155,7 @@ def test_live_messages_arrive_once_with_their_contexts_and_bad_ones_as_dead_lett
     ]
     spec = source_spec(mosquitto, p, max_payload_bytes=1000, twin_type="pump", stop_after_idle=1.5)
     before = time.time_ns()
-    publisher = later(0.5, lambda: publish(mosquitto, good + bad))
+    publisher = once_subscribed(lambda: publish(mosquitto, good + bad))
     out = run_source(spec)
     publisher.join()
 
@@ -228,7 +236,7 @@ def test_graceful_stop_request_ends_the_source(mosquitto: Any) -> None:
             time.sleep(0.05)
         shutdown.STOP.set()
 
-    thread = later(0.5, publish_then_stop)
+    thread = once_subscribed(publish_then_stop)
     try:
         out = run_source(spec)
     finally:
@@ -258,7 +266,7 @@ def test_shared_subscription_splits_messages_over_two_workers(mosquitto: Any) ->
     flow = Dataflow("mqtt_shared")
     batches = op.input("source_plant", flow, MqttSource(spec))
     op.output("out", op.inspect_debug("which_worker", batches, note), TestingSink(out))
-    publisher = later(0.7, lambda: publish(mosquitto, messages))
+    publisher = once_subscribed(lambda: publish(mosquitto, messages), clients=2)
     cli_main(flow, workers_per_process=2, epoch_interval=EPOCH)  # type: ignore[no-untyped-call]
     publisher.join()
     assert Counter(payloads(out)) == Counter(payload for _, payload in messages)
@@ -277,7 +285,7 @@ def test_tls_with_a_client_certificate(mosquitto: Any) -> None:
     }
     spec = source_spec(mosquitto, p, url=f"mqtts://{mosquitto.host}:{mosquitto.tls_port}", tls=tls)
     messages = numbered(p, 40)
-    publisher = later(0.5, lambda: publish(mosquitto, messages))
+    publisher = once_subscribed(lambda: publish(mosquitto, messages))
     out = run_source(spec)
     publisher.join()
     assert Counter(payloads(out)) == Counter(payload for _, payload in messages)
@@ -324,7 +332,7 @@ def test_password_auth_and_a_wrong_password(mosquitto: Any) -> None:
     url = f"mqtt://{mosquitto.host}:{mosquitto.auth_port}"
     spec = source_spec(mosquitto, p, url=url, username=mosquitto.username, password=mosquitto.password)
     messages = numbered(p, 20)
-    publisher = later(0.5, lambda: publish(mosquitto, messages))
+    publisher = once_subscribed(lambda: publish(mosquitto, messages))
     assert Counter(payloads(run_source(spec))) == Counter(payload for _, payload in messages)
     publisher.join()
 
@@ -376,7 +384,7 @@ def test_qos0_subscription_and_several_subscriptions(mosquitto: Any) -> None:
     )
     pack = b'[{"bn": "v-1:", "n": "flow", "v": 2.5}]'
     messages = [(f"{p}/json/t1/temp", b"21.5"), (f"{p}/senml/line-1", pack)]
-    publisher = later(0.5, lambda: publish(mosquitto, messages, qos=0))
+    publisher = once_subscribed(lambda: publish(mosquitto, messages, qos=0))
     out = run_source(spec)
     publisher.join()
     assert sorted((b.codec, b.twin_type, [p for p, _ in b.payloads]) for b in out) == [

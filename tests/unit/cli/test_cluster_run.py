@@ -124,3 +124,23 @@ def test_sigterm_to_the_whole_process_group_drains_each_process_once(tmp_path: P
     rows = pl.read_parquet(tmp_path / "data" / "readings" / "**" / "*.parquet")
     assert rows.height > 0
     assert rows.select("twin_id", "channel", "time").n_unique() == rows.height
+
+
+def test_every_failed_process_is_reported_and_a_killed_one_is_named_the_cause(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Process 1 is killed; process 0 fails a moment later as its peer is gone. When both exits
+    fall between two polls of the launcher, the killed one is still the cause it reports."""
+    from dte_stream.cli import cluster
+
+    scripts = [
+        "import time; time.sleep(0.4); raise SystemExit(1)",  # a peer failing after the kill
+        "import os, signal, time; time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)",
+    ]
+    monkeypatch.setattr(cluster, "child_argv", lambda argv, addresses, i: [sys.executable, "-c", scripts[i]])
+    real_sleep = time.sleep
+    monkeypatch.setattr(cluster.time, "sleep", lambda s: real_sleep(max(s, 0.6)))  # both exit in one poll
+    code = cluster.run_cluster(["run", "flow.yaml"], 2)
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGKILL
+    assert err.index("process 1 exited with -9") < err.index("process 0 exited with 1\n"), err

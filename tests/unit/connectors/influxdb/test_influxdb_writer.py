@@ -27,6 +27,7 @@ from influxdb_helpers import estimates, parse_line
 from dte_stream.connectors.influxdb import InfluxDBRejected, InfluxDBSink, InfluxDBUnavailable
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS, exposition
+from dte_stream.readiness import READINESS
 from dte_stream.spec.influxdb import InfluxDBSinkSpec
 from dte_stream.store.dead_letters import DeadLetterLog
 from dte_stream.store.sink import DeadLetterOutput
@@ -423,3 +424,46 @@ def test_a_second_signal_stops_waiting_at_once() -> None:
         shutdown.STOP.clear()
         shutdown.STOP_NOW.clear()
     assert METRICS.get("influxdb_points_dropped") == 0
+
+
+def _run_epoch_sink(sink: InfluxDBSink, items: list[Any]) -> None:
+    flow = Dataflow("influxdb_epoch_test")
+    op.output("influxdb", op.input("in", flow, TestingSource(items)), sink.per_epoch(2))
+    run_main(flow)
+
+
+def test_readyz_knows_the_sink_from_the_start_though_no_writer_was_built() -> None:
+    """Bytewax builds an epoch sink's writer only when its first batch comes; the sink's own
+    check (its start-up check) is in /readyz from the start, and a write that works clears it."""
+    READINESS.reset()
+    try:
+        transport = ScriptedTransport()
+        _run_epoch_sink(_sink(transport), [])  # no batch: no writer
+        checks = {c.name: c for c in READINESS.status().checks}
+        assert list(checks) == ["sink influxdb"]
+        assert checks["sink influxdb"].ok
+        assert transport.checks == 1
+        assert transport.closed
+
+        READINESS.reset()
+        down = ScriptedTransport(check=unavailable())
+        _run_epoch_sink(_sink(down), [])
+        status = READINESS.status()
+        assert not status.ready
+        assert status.reasons() == ["sink influxdb: InfluxDB at test answered 503"]
+
+        # The server answers again: the first write that works makes the sink ready.
+        state = {"checks": 0}
+
+        def down_at_start(body: bytes) -> None:
+            state["checks"] += 1
+            if state["checks"] == 1:
+                raise InfluxDBUnavailable("InfluxDB at test is not reachable: connection refused")
+
+        READINESS.reset()
+        recovering = ScriptedTransport(check=down_at_start)
+        _run_epoch_sink(_sink(recovering), [("shard-0", estimates(["a"]))])
+        assert _twins(recovering.lines()) == ["a"]
+        assert READINESS.status().ready, READINESS.status().reasons()
+    finally:
+        READINESS.reset()
