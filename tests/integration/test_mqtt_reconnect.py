@@ -21,6 +21,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from ci import skip_or_fail
+from daemon_ready import wait_subscribed
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dte_stream.batches import RawBatch
@@ -108,7 +109,7 @@ def test_source_recovers_from_a_broker_restart_and_logs_the_outage_once(
 
     def scenario() -> None:
         try:
-            time.sleep(0.5)
+            wait_subscribed()
             publish(svc, before)
             wait_metric("mqtt_messages_in", received + len(before))
             time.sleep(1.0)  # several epochs: the messages are acknowledged

@@ -22,6 +22,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 from bytewax.testing import TestingSink, run_main
 from ci import skip_or_fail
+from daemon_ready import wait_subscribed
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dte_stream import shutdown
@@ -30,7 +31,6 @@ from dte_stream.codecs import get_codec
 from dte_stream.connectors.mqtt import MqttSource
 from dte_stream.errors import ConnectorError
 from dte_stream.metrics import METRICS
-from dte_stream.readiness import READINESS
 from dte_stream.spec.mqtt import MqttSourceSpec
 
 pytestmark = pytest.mark.integration
@@ -122,16 +122,10 @@ def prefix() -> str:
 
 def once_subscribed(action: Callable[[], None], clients: int = 1) -> threading.Thread:
     """Run ``action`` in a thread once the source's ``clients`` MQTT connections have their
-    SUBACK (``/readyz`` says so): a message published before would reach no subscription."""
-
-    def subscribed() -> int:
-        return sum(c.ok for c in READINESS.status().checks if c.name.startswith("mqtt: "))
+    SUBACK: a message published before would reach no subscription."""
 
     def body() -> None:
-        deadline = time.monotonic() + 60
-        while subscribed() < clients:
-            assert time.monotonic() < deadline, "the source did not subscribe within 60 s"
-            time.sleep(0.02)
+        wait_subscribed(clients)
         action()
 
     thread = threading.Thread(target=body, daemon=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_ready import free_port, wait_until_ready
 from influxql import influxql_rows
 from test_pipeline_kafka import _count, _dte, _wait_for
 
@@ -33,9 +34,12 @@ def test_mqtt_to_influxdb_daemon_restart_loses_nothing_and_duplicates_nothing(
         "DTE_DEAD_LETTERS": str(tmp_path / "dead.jsonl"),
     }
 
+    port = free_port()
+
     def daemon() -> subprocess.Popen[str]:
+        command = ["run", "dataflows/mqtt_to_influxdb.yaml", "--quiet", "--http", f"127.0.0.1:{port}"]
         return subprocess.Popen(
-            [sys.executable, "-m", "dte_stream", "run", "dataflows/mqtt_to_influxdb.yaml", "--quiet"],
+            [sys.executable, "-m", "dte_stream", *command],
             env={**os.environ, **env},
             stderr=subprocess.PIPE,
             text=True,
@@ -49,7 +53,7 @@ def test_mqtt_to_influxdb_daemon_restart_loses_nothing_and_duplicates_nothing(
     to = f"{url}/{topic}"
     proc = daemon()
     try:
-        time.sleep(3)  # subscribed: from now on the broker keeps a session for it
+        wait_until_ready(port, proc)  # subscribed: from now on the broker keeps a session for it
         sent = _dte(
             "simulate", "--to", to, "--twins", "5", "--count", "300", "--start", "2026-01-01T00:00:00Z"
         )

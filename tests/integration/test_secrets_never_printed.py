@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from daemon_ready import free_port, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -133,8 +133,9 @@ def test_no_configured_secret_is_ever_printed(
     assert out.run("validate wrong scheme", _dte("validate", str(bad_url)), right, tmp_path).returncode == 2
 
     # The daemon with the right credentials: readings published with a password, stored.
+    port = free_port()
     daemon = subprocess.Popen(
-        _dte("run", str(spec)),
+        _dte("run", str(spec), "--http", f"127.0.0.1:{port}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -142,7 +143,9 @@ def test_no_configured_secret_is_ever_printed(
         env={**os.environ, **right},
     )
     try:
-        time.sleep(8.0)  # subscribed by then (the source ends 20 s after the last message)
+        # subscribed once ready (the source ends 20 s after the last message); /readyz names
+        # every source and sink by URL: it is checked for secrets as well
+        out.texts["readyz"] = json.dumps(wait_until_ready(port, daemon))
         sent = out.run(
             "simulate",
             _dte(
@@ -188,5 +191,6 @@ def test_no_configured_secret_is_ever_printed(
     status = [sys.executable, str(REPO / "deploy" / "services" / "devservices.py"), "status"]
     out.run("devservices status", status, {"DTE_DEVSERVICES_DIR": str(state)}, tmp_path)
 
-    assert set(out.texts) >= {"validate", "validate wrong scheme", "simulate", "run", "devservices status"}
+    wanted = {"validate", "validate wrong scheme", "simulate", "readyz", "run", "devservices status"}
+    assert set(out.texts) >= wanted
     assert out.leaks(secrets) == []
