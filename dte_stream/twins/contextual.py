@@ -264,11 +264,19 @@ class ContextualScorer(ContextualCells):
         c_state = (zero, spread_eff, a["c_window"].take(cell), a["c_peak"].take(cell))
         # Both views in one pass over stacked arrays (elementwise: the same numbers as two passes).
         k = cell.shape[0]
-        stacked = self._view(
+        z, z_seen, wh, new_window, new_peak = self._view(
             *(np.concatenate(pair) for pair in zip((u, count, peak_decay, *i_state),
                                                    (resid, c_count, peak_decay, *c_state), strict=True))
         )  # fmt: skip
-        (i_logp, c_logp), (i_z, c_z) = (stacked[0][:k], stacked[0][k:]), (stacked[1][:k], stacked[1][k:])
+        i_z, c_z = z[:k], z[k:]
+        seen_s = count * np.where(new_interval > 0, new_interval, 0.0)
+        c_ready = seen & (seen_s >= self.context_after) & (c_count >= self.warmup)
+        # Every tail probability of the round in one call: each view's point and window tails,
+        # and the likelihood's surprise (of the larger residual z, before the peak memory).
+        z_likely = np.where(c_ready, np.maximum(i_z, c_z), i_z)
+        tails = gaussian_log_sf(np.concatenate((z_seen, wh, z_likely) if self.likelihood else (z_seen, wh)))
+        views_logp = np.minimum(tails[: 2 * k] + math.log(2.0), tails[2 * k : 4 * k]) + math.log(2.0)
+        i_logp, c_logp = views_logp[:k], views_logp[k:]
         positive = new_interval > 0
         visits_per_day = np.where(
             positive, 86_400.0 / (np.where(positive, new_interval, 1.0) * self.bins), 1.0
@@ -284,16 +292,14 @@ class ContextualScorer(ContextualCells):
             np.concatenate((count, c_count, c_count)),
             np.concatenate((np.full(2 * k, self._alpha_long), alpha_p)),
         )
-        i_new = (scaled[0][:k], scaled[1][:k], stacked[2][:k], stacked[3][:k])
-        c_new = (stacked[2][k:], stacked[3][k:])
+        i_new = (scaled[0][:k], scaled[1][:k], new_window[:k], new_peak[:k])
+        c_new = (new_window[k:], new_peak[k:])
         new_c_spread, new_bin_spread = scaled[1][k : 2 * k], scaled[1][2 * k :]
-        seen_s = count * np.where(new_interval > 0, new_interval, 0.0)
-        c_ready = seen & (seen_s >= self.context_after) & (c_count >= self.warmup)
         log_p = np.where(c_ready, np.minimum(i_logp, c_logp) + math.log(2.0), i_logp)
         log_p = np.minimum(log_p, 0.0)
         ready = valid & (count >= self.warmup)
         if self.likelihood:
-            log_p, l_new = self._likelihood(cell, np.where(c_ready, np.maximum(i_z, c_z), i_z), log_p)
+            log_p, l_new = self._likelihood(cell, tails[4 * k :], log_p)
         raw = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0) + 0.0
         # -- one flag per episode: damp scores for `quiet` readings after a flag, unless larger.
         quiet_left = a["quiet_left"].take(cell)
@@ -333,7 +339,7 @@ class ContextualScorer(ContextualCells):
                 put(name, np.where(ready, l_value, a[name].take(cell)))
         return scores
 
-    def _likelihood(self, cell: IntP, z: F64, log_p: F64) -> tuple[F64, tuple[F64, F64, F64, I64]]:
+    def _likelihood(self, cell: IntP, log_sf: F64, log_p: F64) -> tuple[F64, tuple[F64, F64, F64, I64]]:
         """The anomaly likelihood: log p of the recent mean of surprises under their long run.
 
         A reading's surprise is ``-log10`` of the two-sided tail of its larger residual z
@@ -345,12 +351,13 @@ class ContextualScorer(ContextualCells):
         surprises. A rate change (spikes that become denser, noise
         that grows) raises the short mean well above the cell's own long run, though no single
         reading is surprising. Returns the combined log p (the smaller, Bonferroni times 2) and
-        the learned state, to be kept where the reading is ready.
+        the learned state, to be kept where the reading is ready. ``log_sf`` is
+        :func:`~dte_stream.twins.anomaly.gaussian_log_sf` of each reading's larger residual z.
         """
         a = self._arrays
         short, mean, var = (a[name].take(cell) for name in ("l_short", "l_mean", "l_var"))
         n = a["l_count"].take(cell)
-        surprise = np.clip(-(gaussian_log_sf(z) + _LN2) / _LN10, 0.0, self.decades)
+        surprise = np.clip(-(log_sf + _LN2) / _LN10, 0.0, self.decades)
         spread = np.sqrt(np.maximum(var, _VAR_FLOOR))
         # Winsorised into the short mean: one rare huge surprise is not a rate.
         bound = np.where(n >= 2, mean + self.likelihood_winsor * spread, np.inf)
@@ -358,7 +365,9 @@ class ContextualScorer(ContextualCells):
         sd = spread * self._l_short_sd
         zl = (new_short - mean) / sd
         rising = (n >= self.likelihood_after) & (zl > 0)
-        lp_l = np.where(rising, gaussian_log_sf(np.where(rising, zl, 0.0)), 0.0)
+        lp_l = np.zeros_like(zl)  # the tail only where the short mean rises (none while young)
+        if rising.any():
+            lp_l[rising] = gaussian_log_sf(zl[rising])
         alpha = np.maximum(self._alpha_l_long, 1.0 / (n + 1.0))
         dev = surprise - mean
         new_mean = mean + alpha * dev
@@ -367,9 +376,10 @@ class ContextualScorer(ContextualCells):
 
     def _view(
         self, u: F64, count: I64, peak_decay: F64, centre: F64, spread: F64, window: F64, peak: F64
-    ) -> tuple[F64, F64, F64, F64]:
-        """Log tail probability of residual ``u`` (point and short window), its ``|z|``, and the
-        learned window and peak (the centre and spread are :meth:`_scale_step`'s)."""
+    ) -> tuple[F64, F64, F64, F64, F64]:
+        """The ``|z|`` of residual ``u``, the z of its point and short-window tail probabilities
+        (after the peak memory; :meth:`_score` works the tails out), and the learned window and
+        peak (the centre and spread are :meth:`_scale_step`'s)."""
         z = _abs_z(u, centre, spread)
         z_seen = z / np.maximum(peak / self.peak_ref, 1.0)
         z2 = np.minimum(z_seen * z_seen, self.window_cap**2)
@@ -377,12 +387,8 @@ class ContextualScorer(ContextualCells):
         new_window = np.where(young, 1.0, (1.0 - self._alpha_short) * window + self._alpha_short * z2)
         k = self._window_dof
         wh = (np.cbrt(new_window) - (1.0 - 2.0 / (9.0 * k))) / math.sqrt(2.0 / (9.0 * k))
-        n = u.shape[0]  # both tails in one call (elementwise: the same numbers as two calls)
-        tails = gaussian_log_sf(np.concatenate((z_seen, wh)))
-        log_p_point = tails[:n] + math.log(2.0)
-        log_p = np.minimum(log_p_point, tails[n:]) + math.log(2.0)
         new_peak = np.where(count >= 3, np.maximum(peak * peak_decay, z), 0.0)
-        return log_p, z, new_window, new_peak
+        return z, z_seen, wh, new_window, new_peak
 
     def _scale_step(
         self, u: F64, centre: F64, spread: F64, count: I64, alpha_long: F64 | float

@@ -175,20 +175,51 @@ class StateSpaceKernel:
         ``r_scale`` (k,), finite and ``>= 1``: a factor on the measurement variance ``R[c]`` of
         each reading (lower trust); ``None`` means all ones.
         """
-        mdl = self.model
-        m = mdl.m
+        return self.step_rounds(state, rows, channel_idx, time_ns, values, r_scale, [(0, rows.shape[0])])[0]
+
+    def step_rounds(
+        self,
+        state: StateSpaceState,
+        rows: IntP,
+        channel_idx: IntP,
+        time_ns: I64,
+        values: F64,
+        r_scale: F64 | None,
+        spans: list[tuple[int, int]],
+    ) -> list[StateSpaceOutput]:
+        """Apply rounds of readings in turn, as :meth:`step` for each; round ``j`` is the readings
+        at positions ``spans[j][0]`` to ``spans[j][1]`` (each row at most once in a round).
+
+        What depends only on a reading's channel and trust (observation or control, its
+        measurement variance) is worked out once for every round.
+        """
+        obs = channel_idx < self.model.m
+        ch = np.where(obs, channel_idx, 0)
+        r_nominal = self.model.R[ch]
+        r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
+        return [
+            self._round(
+                state, rows[a:b], channel_idx[a:b], time_ns[a:b], values[a:b], obs[a:b], ch[a:b],
+                r_nominal[a:b], r[a:b],
+            )
+            for a, b in spans
+        ]  # fmt: skip
+
+    def _round(
+        self, state: StateSpaceState, rows: IntP, channel_idx: IntP, time_ns: I64, values: F64,
+        obs: Bool, ch: IntP, r_nominal: F64, r: F64,
+    ) -> StateSpaceOutput:  # fmt: skip
+        """One round of :meth:`step_rounds`: ``obs``, ``ch`` (observed channel, else 0) and the
+        measurement variances ``r_nominal`` and ``r`` (with trust) of each reading given."""
+        m = self.model.m
         last = state.last_ns[rows]
         init = state.initialised[rows]
-        obs = channel_idx < m
         gap = time_ns - last
         late = init & (gap < 0)
         rejected = late & (-gap > self.lateness_ns)
         moving = init & (gap > 0)
         live = obs & ~rejected
         measured = live & init
-        ch = np.where(obs, channel_idx, 0)
-        r_nominal = mdl.R[ch]
-        r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
         # Control readings hold the new input from now on; they do not initialise a twin.
         keep = rejected | (~obs & ~init)
         lin = self._algebra(self, state, rows)

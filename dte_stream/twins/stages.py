@@ -221,11 +221,9 @@ def by_rounds(
         pos = g_rounds.order if sel is None else sel[g_rounds.order]
         k_rows, k_local = srows[g_rounds.order], group.local[ch[pos]]
         k_time, k_value, k_r_scale = time_ns[pos], value[pos], r_scale[pos]
-        step, state = group.kernel.step, group.state
-        outs = [
-            step(state, k_rows[a:b], k_local[a:b], k_time[a:b], k_value[a:b], k_r_scale[a:b])
-            for a, b in g_rounds.spans()
-        ]
+        outs = group.kernel.step_rounds(
+            group.state, k_rows, k_local, k_time, k_value, k_r_scale, g_rounds.spans()
+        )
         estimate[pos] = _joined(outs, "channel_estimate")
         std[pos] = _joined(outs, "channel_std")
         innovation[pos] = _joined(outs, "innovation")
