@@ -2,7 +2,7 @@
 
 :func:`twin_states` gathers, for some rows of a :class:`~dte_stream.twins.bank.TwinBank`, each
 twin's latest reading per channel and what the twin made of it, every filter's state mean and
-covariance, and the twin's alerts, into one :class:`~dte_stream.batches.TwinStates` (numpy
+covariance, and the twin's alerts, into one :class:`~dte_stream.twin_states.TwinStates` (numpy
 gathers: the cost grows with the rows asked for, not with the bank).
 
 >>> import numpy as np
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from dte_stream.batches import FilterStates, TwinStates
+from dte_stream.twin_states import FilterStates, TwinStates
 
 if TYPE_CHECKING:
     from dte_stream.alerts.rules import AlertEngine
