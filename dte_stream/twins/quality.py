@@ -227,6 +227,18 @@ class QualityBank:
         come in event-time order, late readings excepted. Every reading ends its cell's stale
         episode.
         """
+        return self.update_rounds(rows, ch, time_ns, value, now_ns)
+
+    def update_rounds(
+        self, rows: IntP, ch: IntP, time_ns: I64, value: F64, now_ns: int,
+        spans: list[tuple[int, int]] | None = None,
+    ) -> QualityOutput:  # fmt: skip
+        """Rounds of readings in turn, each as :meth:`update`: round ``j`` is the readings at
+        positions ``spans[j][0]`` to ``spans[j][1]`` (without ``spans``, all of them in one round).
+
+        What depends only on a reading and its channel's settings (in range, clock skew, the
+        channel's limits) is worked out once for every round; so are the checks of the input.
+        """
         rows = np.asarray(rows, dtype=np.intp)
         ch = np.asarray(ch, dtype=np.intp)
         time_ns = np.asarray(time_ns, dtype=np.int64)
@@ -243,7 +255,38 @@ class QualityBank:
             raise IndexError(
                 f"update: a cell lies outside {self.capacity} rows x {self.channels} channels; grow() first"
             )
-        cell = rows * self.channels + ch
+        flags = np.empty(k, dtype=np.uint16)
+        r_scale = np.empty(k)
+        with np.errstate(all="ignore"):
+            usable = np.isfinite(value) & (value >= self._min.take(ch)) & (value <= self._max.take(ch))
+            skew = (time_ns - now_ns) > self._skew_ns.take(ch)
+            stuck_after = self._stuck_after.take(ch)
+            spike_sigma = self._spike_sigma.take(ch)
+            base_flags: Flags = np.where(usable, np.uint16(0), np.uint16(OUT_OF_RANGE))
+            base_flags |= np.where(skew, np.uint16(CLOCK_SKEW), np.uint16(0))
+            readings = _Readings(
+                cell=rows * self.channels + ch,
+                value=value,
+                usable=usable,
+                skew=skew,
+                t_eff=np.where(skew, np.minimum(time_ns, now_ns), time_ns),
+                base_flags=base_flags,
+                tolerance=self._tolerance.take(ch),
+                stuck_after=stuck_after,
+                stuck_on=stuck_after > 0,
+                spike_sigma=spike_sigma,
+                spike_on=spike_sigma > 0,
+                distrust=self._distrust.take(ch),
+                stale_after=self._stale_after.take(ch),
+                stale_min_ns=self._stale_min_ns.take(ch),
+            )
+            for a, b in spans or [(0, k)]:
+                flags[a:b], r_scale[a:b] = self._round(readings.part(a, b))
+        return QualityOutput(flags, r_scale)
+
+    def _round(self, r: _Readings) -> tuple[Flags, F64]:
+        """Judge one round, then fold it into the statistics (under ``np.errstate(all="ignore")``)."""
+        cell, value, usable = r.cell, r.value, r.usable
         s = self.state
 
         def get(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -252,84 +295,66 @@ class QualityBank:
         def put(a: npt.NDArray[Any], new: npt.ArrayLike) -> None:
             a.reshape(-1)[cell] = new
 
-        with np.errstate(all="ignore"):
-            # -- judge ---------------------------------------------------------------------
-            usable = np.isfinite(value) & (value >= self._min.take(ch)) & (value <= self._max.take(ch))
-            skew = (time_ns - now_ns) > self._skew_ns.take(ch)
+        # -- judge -------------------------------------------------------------------------
+        tolerance = r.tolerance
+        anchor = get(s.anchor)
+        old_run = get(s.run)
+        same = usable & (np.abs(value - anchor) <= tolerance)
+        run = np.where(same, old_run + 1, 0)
+        stuck = same & r.stuck_on & (run >= r.stuck_after)
 
-            tolerance = self._tolerance.take(ch)
-            anchor = get(s.anchor)
-            old_run = get(s.run)
-            same = usable & (np.abs(value - anchor) <= tolerance)
-            run = np.where(same, old_run + 1, 0)
-            stuck_after = self._stuck_after.take(ch)
-            stuck = same & (stuck_after > 0) & (run >= stuck_after)
+        ref = get(s.ref)
+        prev = get(s.prev)
+        prev_spike = get(s.prev_spike)
+        change = get(s.change)
+        changes = get(s.changes)
+        sigma = _SIGMA_PER_MEAN_ABS * change
+        limit = r.spike_sigma * sigma
+        jump = np.abs(value - ref)
+        candidate = usable & (changes >= SPIKE_WARMUP) & r.spike_on & (jump > limit)
+        from_prev = np.abs(value - prev)
+        shift = candidate & prev_spike & (from_prev <= limit)
+        spike = candidate & ~shift
 
-            ref = get(s.ref)
-            prev = get(s.prev)
-            prev_spike = get(s.prev_spike)
-            change = get(s.change)
-            changes = get(s.changes)
-            sigma = _SIGMA_PER_MEAN_ABS * change
-            spike_sigma = self._spike_sigma.take(ch)
-            limit = spike_sigma * sigma
-            jump = np.abs(value - ref)
-            candidate = usable & (changes >= SPIKE_WARMUP) & (spike_sigma > 0) & (jump > limit)
-            from_prev = np.abs(value - prev)
-            shift = candidate & prev_spike & (from_prev <= limit)
-            spike = candidate & ~shift
+        flags = np.where(stuck, np.uint16(STUCK), np.uint16(0))
+        flags |= np.where(spike, np.uint16(SPIKE), np.uint16(0))
+        flags |= r.base_flags  # out of range, clock skew
+        r_scale = np.where(flags & np.uint16(_SUSPECT), r.distrust, 1.0)
 
-            flags = np.where(stuck, np.uint16(STUCK), np.uint16(0))
-            flags |= np.where(spike, np.uint16(SPIKE), np.uint16(0))
-            flags |= np.where(usable, np.uint16(0), np.uint16(OUT_OF_RANGE))
-            flags |= np.where(skew, np.uint16(CLOCK_SKEW), np.uint16(0))
-            r_scale = np.where(flags & np.uint16(_SUSPECT), self._distrust.take(ch), 1.0)
+        # -- fold values in (usable readings only) -----------------------------------------
+        accept = usable & ~spike
+        step = np.where(shift, from_prev, jump)
+        moved = accept & np.isfinite(step) & (step > tolerance)
+        alpha = np.maximum(_CHANGE_ALPHA, 1.0 / (changes + 1))
+        clipped = np.where(changes >= SPIKE_WARMUP, np.minimum(step, _CHANGE_CLIP * sigma), step)
+        put(s.change, np.where(moved, change + alpha * (clipped - change), change))
+        put(s.changes, changes + moved)
+        put(s.ref, np.where(accept, value, ref))
+        put(s.prev, np.where(usable, value, prev))
+        put(s.prev_spike, np.where(usable, spike, prev_spike))
+        put(s.anchor, np.where(usable & ~same, value, anchor))
+        put(s.run, np.where(usable, run, old_run))
 
-            # -- fold values in (usable readings only) -------------------------------------
-            accept = usable & ~spike
-            step = np.where(shift, from_prev, jump)
-            moved = accept & np.isfinite(step) & (step > tolerance)
-            alpha = np.maximum(_CHANGE_ALPHA, 1.0 / (changes + 1))
-            clipped = np.where(changes >= SPIKE_WARMUP, np.minimum(step, _CHANGE_CLIP * sigma), step)
-            put(s.change, np.where(moved, change + alpha * (clipped - change), change))
-            put(s.changes, changes + moved)
-            put(s.ref, np.where(accept, value, ref))
-            put(s.prev, np.where(usable, value, prev))
-            put(s.prev_spike, np.where(usable, spike, prev_spike))
-            put(s.anchor, np.where(usable & ~same, value, anchor))
-            put(s.run, np.where(usable, run, old_run))
-
-            # -- fold times in (every reading) ---------------------------------------------
-            last = get(s.last_ns)
-            t_eff = np.where(skew, np.minimum(time_ns, now_ns), time_ns)
-            fresh = last == NEVER
-            gap = np.where(fresh, 0, t_eff - last).astype(np.float64)
-            positive = (gap > 0) & ~skew
-            gaps = get(s.gaps)
-            interval = get(s.interval_ns)
-            bounded = np.minimum(np.maximum(gap, interval / _INTERVAL_CLIP), interval * _INTERVAL_CLIP)
-            weight = np.maximum(_INTERVAL_ALPHA, 1.0 / (gaps + 1))
-            moved_iv = np.where(gaps == 0, gap, interval + weight * (bounded - interval))
-            interval = np.where(positive, moved_iv, interval)
-            gaps = gaps + positive
-            last = np.where(fresh, t_eff, np.maximum(last, t_eff))
-            put(s.interval_ns, interval)
-            put(s.gaps, gaps)
-            put(s.last_ns, last)
-            put(s.deadline_ns, self._deadline(ch, last, interval, gaps))
-            put(s.stale, False)
-        return QualityOutput(flags, r_scale)
-
-    def _deadline(self, ch: IntP, last_ns: I64, interval_ns: F64, gaps: npt.NDArray[np.integer[Any]]) -> I64:
-        """Engine time at which each cell goes stale, NOT_DUE while its interval is unknown.
-
-        Called under ``np.errstate(all="ignore")`` (NaN intervals become 0 before they count).
-        """
-        ready = gaps >= MIN_GAPS
-        wait = np.maximum(self._stale_after.take(ch) * interval_ns, self._stale_min_ns.take(ch))
-        wait = np.where(ready, np.minimum(np.rint(wait), _MAX_NS_F), 0.0).astype(np.int64)
-        room = NOT_DUE - np.maximum(last_ns, 0)
-        return np.where(ready, last_ns + np.minimum(wait, room), NOT_DUE)
+        # -- fold times in (every reading) -------------------------------------------------
+        last = get(s.last_ns)
+        t_eff = r.t_eff
+        fresh = last == NEVER
+        gap = np.where(fresh, 0, t_eff - last).astype(np.float64)
+        positive = (gap > 0) & ~r.skew
+        gaps = get(s.gaps)
+        interval = get(s.interval_ns)
+        bounded = np.minimum(np.maximum(gap, interval / _INTERVAL_CLIP), interval * _INTERVAL_CLIP)
+        weight = np.maximum(_INTERVAL_ALPHA, 1.0 / (gaps + 1))
+        moved_iv = np.where(gaps == 0, gap, interval + weight * (bounded - interval))
+        interval = np.where(positive, moved_iv, interval)
+        gaps = gaps + positive
+        last = np.where(fresh, t_eff, np.maximum(last, t_eff))
+        put(s.interval_ns, interval)
+        put(s.gaps, gaps)
+        put(s.last_ns, last)
+        put(s.deadline_ns, _deadline(r.stale_after, r.stale_min_ns, last, interval, gaps))
+        put(s.stale, False)
+        return flags, r_scale
 
     def due(self, now_ns: int) -> StaleCells:
         """Cells that went stale since the last call (each stale episode reported once)."""
@@ -377,8 +402,49 @@ class QualityBank:
                 a[:n] = snap[name]
         ch = np.broadcast_to(np.arange(bank.channels, dtype=np.intp), (n, bank.channels))
         with np.errstate(all="ignore"):
-            s.deadline_ns[:n] = bank._deadline(ch, s.last_ns[:n], s.interval_ns[:n], s.gaps[:n])
+            s.deadline_ns[:n] = _deadline(
+                bank._stale_after[ch], bank._stale_min_ns[ch], s.last_ns[:n], s.interval_ns[:n], s.gaps[:n]
+            )
         return bank
+
+
+@dataclass(slots=True)
+class _Readings:
+    """What :meth:`QualityBank.update_rounds` works out once per reading, for every round."""
+
+    cell: IntP
+    value: F64
+    usable: Bool
+    skew: Bool
+    t_eff: I64  # event time, a clock-skewed reading's at the engine clock
+    base_flags: Flags  # out of range, clock skew
+    tolerance: F64
+    stuck_after: I64
+    stuck_on: Bool
+    spike_sigma: F64
+    spike_on: Bool
+    distrust: F64
+    stale_after: F64
+    stale_min_ns: F64
+
+    def part(self, start: int, stop: int) -> _Readings:
+        """The readings ``start:stop`` (views)."""
+        return _Readings(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+
+
+def _deadline(
+    stale_after: F64, stale_min_ns: F64, last_ns: I64, interval_ns: F64, gaps: npt.NDArray[np.integer[Any]]
+) -> I64:
+    """Engine time at which each cell goes stale, NOT_DUE while its interval is unknown.
+
+    ``stale_after`` and ``stale_min_ns`` are each cell's channel's settings. Called under
+    ``np.errstate(all="ignore")`` (NaN intervals become 0 before they count).
+    """
+    ready = gaps >= MIN_GAPS
+    wait = np.maximum(stale_after * interval_ns, stale_min_ns)
+    wait = np.where(ready, np.minimum(np.rint(wait), _MAX_NS_F), 0.0).astype(np.int64)
+    room = NOT_DUE - np.maximum(last_ns, 0)
+    return np.where(ready, last_ns + np.minimum(wait, room), NOT_DUE)
 
 
 def _ns(seconds: float) -> int:

@@ -191,16 +191,11 @@ def by_rounds(
     perm = rounds.order
     spans = rounds.spans()
     p_rows, p_ch, p_time, p_value = rows[perm], ch[perm], time_ns[perm], value[perm]
-    p_flags = np.empty(n, dtype=np.uint16)
-    p_r_scale = np.empty(n)
-    for a, b in spans:
-        q = bank.quality.update(p_rows[a:b], p_ch[a:b], p_time[a:b], p_value[a:b], now_ns)
-        p_flags[a:b] = q.flags
-        p_r_scale[a:b] = q.r_scale
+    q = bank.quality.update_rounds(p_rows, p_ch, p_time, p_value, now_ns, spans)
     flags = np.empty(n, dtype=np.uint16)
-    flags[perm] = p_flags
+    flags[perm] = q.flags
     r_scale = np.empty(n)
-    r_scale[perm] = p_r_scale
+    r_scale[perm] = q.r_scale
     delta, dt = _changes(bank, rows * bank.width + ch, time_ns, value, rounds.by_cell)
 
     estimate = np.full(n, np.nan)
