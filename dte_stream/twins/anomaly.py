@@ -227,6 +227,17 @@ class AnomalyScorer:
         for name in self._FIELDS:
             getattr(self, name)[:n] = arrays[name]
 
+    def score_rounds(
+        self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64,
+        rounds: list[slice | IntP],
+    ) -> F64:  # fmt: skip
+        """Rounds of readings in turn, each as :meth:`score`: round ``j`` is the readings at
+        ``rounds[j]`` (a slice or positions); the scores of every reading, NaN if in no round."""
+        scores = np.full(np.shape(rows)[0], np.nan)
+        for at in rounds:
+            scores[at] = self.score(rows[at], ch[at], time_ns[at], value[at], innovation[at], s[at])
+        return scores
+
     def score(self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64) -> F64:
         """Scores of one round (each cell at most once), then learn the round's readings.
 

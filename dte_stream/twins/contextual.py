@@ -68,6 +68,7 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 IntP = npt.NDArray[np.intp]
+Bool = npt.NDArray[np.bool_]
 
 _NS_PER_DAY = 86_400 * 10**9
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
@@ -213,18 +214,37 @@ class ContextualScorer(ContextualCells):
 
     def score(self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64) -> F64:
         """Scores of one round (each cell at most once), then learn the round's readings."""
+        return self.score_rounds(rows, ch, time_ns, value, innovation, s, [slice(None)])
+
+    def score_rounds(
+        self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64,
+        rounds: list[slice | IntP],
+    ) -> F64:  # fmt: skip
+        """Rounds of readings in turn, each as :meth:`score`: round ``j`` is the readings at
+        ``rounds[j]`` (a slice or positions); the scores of every reading, NaN if in no round.
+
+        What depends only on the reading (its cell and time-of-day slot, whether it counts, its
+        clipped innovation and value) is worked out once for every round.
+        """
         del s  # the innovation variance follows the engine's distrust of suspect readings: not a scale
-        # Flat positions: take/put move the same numbers as a[rows, ch], at a fraction of the cost.
-        cell = np.asarray(rows, dtype=np.intp) * self.channels + ch
-        # One error state for the round (entering one costs as much as a few array operations):
+        # One error state for the rounds (entering one costs as much as a few array operations):
         # overflow, division by 0 and inf - inf are expected and handled where they occur.
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            return self._score(cell, np.asarray(time_ns, dtype=np.int64), value, innovation)
+            # Flat positions: take/put move the same numbers as a[rows, ch], at a fraction of the cost.
+            cell = np.asarray(rows, dtype=np.intp) * self.channels + ch
+            time_ns = np.asarray(time_ns, dtype=np.int64)
+            valid = np.isfinite(innovation) & np.isfinite(value)
+            u = np.minimum(np.maximum(np.where(valid, innovation, 0.0), -_U_MAX), _U_MAX)  # = np.clip
+            v = np.minimum(np.maximum(np.where(valid, value, 0.0), -_U_MAX), _U_MAX)
+            slot = cell * self.bins + ((time_ns % _NS_PER_DAY) * self.bins // _NS_PER_DAY).astype(np.intp)
+            scores = np.full(cell.shape[0], np.nan)
+            for at in rounds:
+                scores[at] = self._score(cell[at], time_ns[at], valid[at], u[at], v[at], slot[at])
+        return scores
 
-    def _score(self, cell: IntP, time_ns: I64, value: F64, innovation: F64) -> F64:
+    def _score(self, cell: IntP, time_ns: I64, valid: Bool, u: F64, v: F64, slot: IntP) -> F64:
         a = self._arrays
         count = a["count"].take(cell)
-        valid = np.isfinite(innovation) & np.isfinite(value)
         # Sampling interval (seconds), for the context's learning rate and readiness.
         last = a["last_time"].take(cell)
         gap = np.where(last != _NEVER, (time_ns - last) / 1e9, np.nan)
@@ -235,7 +255,6 @@ class ContextualScorer(ContextualCells):
             interval,
         )
         # -- the filter's surprise
-        u = np.minimum(np.maximum(np.where(valid, innovation, 0.0), -_U_MAX), _U_MAX)  # = np.clip
         i_state = tuple(a[name].take(cell) for name in ("i_centre", "i_spread", "i_window", "i_peak"))
         # Recurring surprises are remembered for about `peak_time` (two days: a daily event
         # stays known from one day to the next), within peak_halflife..peak_max_halflife readings.
@@ -244,11 +263,8 @@ class ContextualScorer(ContextualCells):
         )
         peak_decay = _half_power(np.minimum(np.maximum(per_time, self.peak_halflife), self.peak_max_halflife))
         # -- the time-of-day context
-        bin_ = ((time_ns % _NS_PER_DAY) * self.bins // _NS_PER_DAY).astype(np.intp)
-        slot = cell * self.bins + bin_
         profile = a["profile"].take(slot).astype(np.float64)
         seen = np.isfinite(profile)
-        v = np.minimum(np.maximum(np.where(valid, value, 0.0), -_U_MAX), _U_MAX)
         # The profile holds offsets from the cell's anchor (its first value), in float32.
         anchor = a["anchor"].take(cell)
         anchor = np.where(np.isnan(anchor), v, anchor)

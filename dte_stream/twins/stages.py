@@ -246,17 +246,13 @@ def by_rounds(
     if bank.scorer is not None:
         p_live = (~rejected & bank.observed[ch])[perm]
         p_innovation, p_s = innovation[perm], s[perm]
-        p_score = np.full(n, np.nan)
+        live_rounds: list[slice | IntP] = []
         for a, b in spans:
-            at: slice | IntP = slice(a, b)
-            if not p_live[a:b].all():
-                at = a + np.flatnonzero(p_live[a:b])
-                if at.size == 0:
-                    continue
-            p_score[at] = bank.scorer.score(
-                p_rows[at], p_ch[at], p_time[at], p_value[at], p_innovation[at], p_s[at]
-            )
-        score[perm] = p_score
+            if p_live[a:b].all():
+                live_rounds.append(slice(a, b))
+            elif p_live[a:b].any():
+                live_rounds.append(a + np.flatnonzero(p_live[a:b]))
+        score[perm] = bank.scorer.score_rounds(p_rows, p_ch, p_time, p_value, p_innovation, p_s, live_rounds)
     return Stages(flags, delta, dt, estimate, std, innovation, nis, rejected, extra, score)
 
 
