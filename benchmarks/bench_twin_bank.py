@@ -552,7 +552,7 @@ def measure(config: str, twins: int, args: argparse.Namespace, profile: bool) ->
         "quality": array_bytes(bank.quality) / twins,
         "anomaly": array_bytes(bank.scorer) / twins,
         "learners": array_bytes(bank.learners) / twins,
-        "id index": array_bytes(bank._index) / twins,
+        "id index": array_bytes(bank.index) / twins,
         "bank's own": array_bytes([bank.last_seen, bank.last_value, bank.last_time]) / twins,
     }
     res.capacity = bank.capacity

@@ -65,8 +65,9 @@ def _log_erfc_pos(x: F64) -> F64:
     """``log(erfc(x))`` for ``x >= 0`` without underflow (log of Numerical Recipes' erfcc)."""
     x = np.minimum(x, 1e100)  # infinite z: a finite, hugely negative log
     t = 1.0 / (1.0 + 0.5 * x)
-    poly = np.full_like(x, _ERFC_COEF[-1])
-    for coef in _ERFC_COEF[-2::-1]:  # in place: the same products and sums, no temporaries
+    poly = t * _ERFC_COEF[-1]  # Horner's scheme from the top: the same products and sums
+    poly += _ERFC_COEF[-2]
+    for coef in _ERFC_COEF[-3::-1]:  # in place: no temporaries
         poly *= t
         poly += coef
     return np.log(t) - x * x + poly

@@ -53,7 +53,14 @@ from dte_stream.twins.learners import LearnerBank
 from dte_stream.twins.quality import QualityBank
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.scorers import build_scorer
-from dte_stream.twins.stages import by_reading, by_rounds, copies_of, rounds_of, supports_by_reading
+from dte_stream.twins.stages import (
+    by_reading,
+    by_rounds,
+    copies_of,
+    rounds_in,
+    rounds_of,
+    supports_by_reading,
+)
 
 __all__ = ["CELL_ARRAYS", "PER_READING_BELOW", "BankUpdate", "TwinBank", "rounds_of"]
 
@@ -208,7 +215,7 @@ class TwinBank:
         n = len(r)
         time_ns, value = r.time_ns, r.value
         np.maximum.at(self.last_seen, rows, time_ns)
-        cell_rounds = rounds_of(cells, time_ns, order)
+        cell_rounds = rounds_in(cells, time_ns, order)
         per_reading = (
             len(cell_rounds) * PER_READING_BELOW > n if self.way == "auto" else self.way == "reading"
         )

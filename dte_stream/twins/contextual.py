@@ -89,11 +89,13 @@ _VAR_FLOOR = 1e-12
 
 
 def _abs_z(u: F64, centre: F64, spread: F64) -> F64:
-    """``|u - centre| / sigma`` with sigma from a mean absolute deviation (inf when sigma is 0)."""
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        dev = u - centre
-        sigma = spread * _SQRT_HALF_PI
-        z = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.inf))
+    """``|u - centre| / sigma`` with sigma from a mean absolute deviation (inf when sigma is 0).
+
+    Called under :meth:`ContextualScorer.score`'s ``np.errstate`` (overflow, division by 0).
+    """
+    dev = u - centre
+    sigma = spread * _SQRT_HALF_PI
+    z = np.where(sigma > 0, dev / sigma, np.where(dev == 0, 0.0, np.inf))
     return np.minimum(np.abs(np.where(np.isnan(z), 0.0, z)), _Z_MAX)
 
 
@@ -212,12 +214,17 @@ class ContextualScorer(ContextualCells):
     def score(self, rows: IntP, ch: IntP, time_ns: I64, value: F64, innovation: F64, s: F64) -> F64:
         """Scores of one round (each cell at most once), then learn the round's readings."""
         del s  # the innovation variance follows the engine's distrust of suspect readings: not a scale
-        a = self._arrays
         # Flat positions: take/put move the same numbers as a[rows, ch], at a fraction of the cost.
         cell = np.asarray(rows, dtype=np.intp) * self.channels + ch
+        # One error state for the round (entering one costs as much as a few array operations):
+        # overflow, division by 0 and inf - inf are expected and handled where they occur.
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return self._score(cell, np.asarray(time_ns, dtype=np.int64), value, innovation)
+
+    def _score(self, cell: IntP, time_ns: I64, value: F64, innovation: F64) -> F64:
+        a = self._arrays
         count = a["count"].take(cell)
         valid = np.isfinite(innovation) & np.isfinite(value)
-        time_ns = np.asarray(time_ns, dtype=np.int64)
         # Sampling interval (seconds), for the context's learning rate and readiness.
         last = a["last_time"].take(cell)
         gap = np.where(last != _NEVER, (time_ns - last) / 1e9, np.nan)
@@ -228,21 +235,20 @@ class ContextualScorer(ContextualCells):
             interval,
         )
         # -- the filter's surprise
-        u = np.clip(np.where(valid, innovation, 0.0), -_U_MAX, _U_MAX)
+        u = np.minimum(np.maximum(np.where(valid, innovation, 0.0), -_U_MAX), _U_MAX)  # = np.clip
         i_state = tuple(a[name].take(cell) for name in ("i_centre", "i_spread", "i_window", "i_peak"))
         # Recurring surprises are remembered for about `peak_time` (two days: a daily event
         # stays known from one day to the next), within peak_halflife..peak_max_halflife readings.
         per_time = np.where(
             new_interval > 0, self.peak_time / np.where(new_interval > 0, new_interval, 1.0), 0.0
         )
-        peak_decay = _half_power(np.clip(per_time, self.peak_halflife, self.peak_max_halflife))
-        i_logp, i_z, i_new = self._view(u, count, peak_decay, *i_state)
+        peak_decay = _half_power(np.minimum(np.maximum(per_time, self.peak_halflife), self.peak_max_halflife))
         # -- the time-of-day context
         bin_ = ((time_ns % _NS_PER_DAY) * self.bins // _NS_PER_DAY).astype(np.intp)
         slot = cell * self.bins + bin_
         profile = a["profile"].take(slot).astype(np.float64)
         seen = np.isfinite(profile)
-        v = np.clip(np.where(valid, value, 0.0), -_U_MAX, _U_MAX)
+        v = np.minimum(np.maximum(np.where(valid, value, 0.0), -_U_MAX), _U_MAX)
         # The profile holds offsets from the cell's anchor (its first value), in float32.
         anchor = a["anchor"].take(cell)
         anchor = np.where(np.isnan(anchor), v, anchor)
@@ -256,14 +262,44 @@ class ContextualScorer(ContextualCells):
         spread_eff = np.where(np.isfinite(bin_spread), bin_spread, c_spread)
         zero = np.zeros_like(resid)
         c_state = (zero, spread_eff, a["c_window"].take(cell), a["c_peak"].take(cell))
-        c_logp, c_z, c_new = self._view(resid, c_count, peak_decay, *c_state)
+        # Both views in one pass over stacked arrays (elementwise: the same numbers as two passes).
+        k = cell.shape[0]
+        z, z_seen, wh, new_window, new_peak = self._view(
+            *(np.concatenate(pair) for pair in zip((u, count, peak_decay, *i_state),
+                                                   (resid, c_count, peak_decay, *c_state), strict=True))
+        )  # fmt: skip
+        i_z, c_z = z[:k], z[k:]
         seen_s = count * np.where(new_interval > 0, new_interval, 0.0)
         c_ready = seen & (seen_s >= self.context_after) & (c_count >= self.warmup)
+        # Every tail probability of the round in one call: each view's point and window tails,
+        # and the likelihood's surprise (of the larger residual z, before the peak memory).
+        z_likely = np.where(c_ready, np.maximum(i_z, c_z), i_z)
+        tails = gaussian_log_sf(np.concatenate((z_seen, wh, z_likely) if self.likelihood else (z_seen, wh)))
+        views_logp = np.minimum(tails[: 2 * k] + math.log(2.0), tails[2 * k : 4 * k]) + math.log(2.0)
+        i_logp, c_logp = views_logp[:k], views_logp[k:]
+        positive = new_interval > 0
+        visits_per_day = np.where(
+            positive, 86_400.0 / (np.where(positive, new_interval, 1.0) * self.bins), 1.0
+        )
+        halflife_visits = np.maximum(self.context_halflife / 86_400.0 * visits_per_day, 1.0)
+        alpha_p = 1.0 - _half_power(halflife_visits)
+        # The three robust scale updates (the filter's surprise; the context's, per cell and per
+        # slot) in one pass over stacked arrays, like the views.
+        scaled = self._scale_step(
+            np.concatenate((u, resid, resid)),
+            np.concatenate((i_state[0], zero, zero)),
+            np.concatenate((i_state[1], c_spread, spread_eff)),
+            np.concatenate((count, c_count, c_count)),
+            np.concatenate((np.full(2 * k, self._alpha_long), alpha_p)),
+        )
+        i_new = (scaled[0][:k], scaled[1][:k], new_window[:k], new_peak[:k])
+        c_new = (new_window[k:], new_peak[k:])
+        new_c_spread, new_bin_spread = scaled[1][k : 2 * k], scaled[1][2 * k :]
         log_p = np.where(c_ready, np.minimum(i_logp, c_logp) + math.log(2.0), i_logp)
         log_p = np.minimum(log_p, 0.0)
         ready = valid & (count >= self.warmup)
         if self.likelihood:
-            log_p, l_new = self._likelihood(cell, np.where(c_ready, np.maximum(i_z, c_z), i_z), log_p)
+            log_p, l_new = self._likelihood(cell, tails[4 * k :], log_p)
         raw = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0) + 0.0
         # -- one flag per episode: damp scores for `quiet` readings after a flag, unless larger.
         quiet_left = a["quiet_left"].take(cell)
@@ -284,21 +320,13 @@ class ContextualScorer(ContextualCells):
         for name, new in zip(("i_centre", "i_spread", "i_window", "i_peak"), i_new, strict=True):
             put(name, new)
         learn_c = keep & seen
-        for name, new, old in zip(("c_window", "c_peak"), c_new[2:], c_state[2:], strict=True):
+        for name, new, old in zip(("c_window", "c_peak"), c_new, c_state[2:], strict=True):
             put(name, np.where(learn_c, new, old))
-        _, new_c_spread = self._scale_step(resid, zero, c_spread, c_count, self._alpha_long)
         put("c_spread", np.where(learn_c, new_c_spread, c_spread))
         put("c_count", np.where(learn_c, c_count + 1, c_count))
-        positive = new_interval > 0
-        visits_per_day = np.where(
-            positive, 86_400.0 / (np.where(positive, new_interval, 1.0) * self.bins), 1.0
-        )
-        halflife_visits = np.maximum(self.context_halflife / 86_400.0 * visits_per_day, 1.0)
-        alpha_p = 1.0 - _half_power(halflife_visits)
         new_profile = np.where(seen, profile + alpha_p * (x - np.where(seen, profile, 0.0)), x)
         put("profile", new_profile, slot_at)
         put("anchor", anchor)
-        _, new_bin_spread = self._scale_step(resid, zero, spread_eff, c_count, alpha_p)
         new_bin_spread = np.where(learn_c & (c_count >= 3), new_bin_spread, bin_spread)
         put("profile_spread", new_bin_spread, slot_at)
         put("count", count + 1)
@@ -311,7 +339,7 @@ class ContextualScorer(ContextualCells):
                 put(name, np.where(ready, l_value, a[name].take(cell)))
         return scores
 
-    def _likelihood(self, cell: IntP, z: F64, log_p: F64) -> tuple[F64, tuple[F64, F64, F64, I64]]:
+    def _likelihood(self, cell: IntP, log_sf: F64, log_p: F64) -> tuple[F64, tuple[F64, F64, F64, I64]]:
         """The anomaly likelihood: log p of the recent mean of surprises under their long run.
 
         A reading's surprise is ``-log10`` of the two-sided tail of its larger residual z
@@ -323,12 +351,13 @@ class ContextualScorer(ContextualCells):
         surprises. A rate change (spikes that become denser, noise
         that grows) raises the short mean well above the cell's own long run, though no single
         reading is surprising. Returns the combined log p (the smaller, Bonferroni times 2) and
-        the learned state, to be kept where the reading is ready.
+        the learned state, to be kept where the reading is ready. ``log_sf`` is
+        :func:`~dte_stream.twins.anomaly.gaussian_log_sf` of each reading's larger residual z.
         """
         a = self._arrays
         short, mean, var = (a[name].take(cell) for name in ("l_short", "l_mean", "l_var"))
         n = a["l_count"].take(cell)
-        surprise = np.clip(-(gaussian_log_sf(z) + _LN2) / _LN10, 0.0, self.decades)
+        surprise = np.clip(-(log_sf + _LN2) / _LN10, 0.0, self.decades)
         spread = np.sqrt(np.maximum(var, _VAR_FLOOR))
         # Winsorised into the short mean: one rare huge surprise is not a rate.
         bound = np.where(n >= 2, mean + self.likelihood_winsor * spread, np.inf)
@@ -336,7 +365,9 @@ class ContextualScorer(ContextualCells):
         sd = spread * self._l_short_sd
         zl = (new_short - mean) / sd
         rising = (n >= self.likelihood_after) & (zl > 0)
-        lp_l = np.where(rising, gaussian_log_sf(np.where(rising, zl, 0.0)), 0.0)
+        lp_l = np.zeros_like(zl)  # the tail only where the short mean rises (none while young)
+        if rising.any():
+            lp_l[rising] = gaussian_log_sf(zl[rising])
         alpha = np.maximum(self._alpha_l_long, 1.0 / (n + 1.0))
         dev = surprise - mean
         new_mean = mean + alpha * dev
@@ -345,34 +376,33 @@ class ContextualScorer(ContextualCells):
 
     def _view(
         self, u: F64, count: I64, peak_decay: F64, centre: F64, spread: F64, window: F64, peak: F64
-    ) -> tuple[F64, F64, tuple[F64, F64, F64, F64]]:
-        """Log tail probability of residual ``u`` (point and short window), its ``|z|``, the learned state."""
+    ) -> tuple[F64, F64, F64, F64, F64]:
+        """The ``|z|`` of residual ``u``, the z of its point and short-window tail probabilities
+        (after the peak memory; :meth:`_score` works the tails out), and the learned window and
+        peak (the centre and spread are :meth:`_scale_step`'s)."""
         z = _abs_z(u, centre, spread)
         z_seen = z / np.maximum(peak / self.peak_ref, 1.0)
-        log_p_point = gaussian_log_sf(z_seen) + math.log(2.0)
         z2 = np.minimum(z_seen * z_seen, self.window_cap**2)
         young = count < self.warmup
         new_window = np.where(young, 1.0, (1.0 - self._alpha_short) * window + self._alpha_short * z2)
         k = self._window_dof
         wh = (np.cbrt(new_window) - (1.0 - 2.0 / (9.0 * k))) / math.sqrt(2.0 / (9.0 * k))
-        log_p = np.minimum(log_p_point, gaussian_log_sf(wh)) + math.log(2.0)
-        new_centre, new_spread = self._scale_step(u, centre, spread, count, self._alpha_long)
         new_peak = np.where(count >= 3, np.maximum(peak * peak_decay, z), 0.0)
-        return log_p, z, (new_centre, new_spread, new_window, new_peak)
+        return z, z_seen, wh, new_window, new_peak
 
     def _scale_step(
         self, u: F64, centre: F64, spread: F64, count: I64, alpha_long: F64 | float
     ) -> tuple[F64, F64]:
         """One robust update of a centre and mean absolute deviation (winsorised at ``clip`` sigma).
 
-        Bias-corrected weights while young (``1 / (count + 1)``), then ``alpha_long``.
+        Bias-corrected weights while young (``1 / (count + 1)``), then ``alpha_long``. Called
+        under :meth:`score`'s ``np.errstate``.
         """
         alpha = np.maximum(alpha_long, 1.0 / (count + 1.0))
         dev = u - centre
         # No winsorising while the spread is 0 (a flat start), or it could never grow.
         limit = np.where((count >= 3) & (spread > 0), self.clip * spread * _SQRT_HALF_PI, np.inf)
-        with np.errstate(invalid="ignore"):
-            step = np.clip(dev, -limit, limit)
-            new_centre = centre + alpha * step
-            new_spread = spread + alpha * (np.minimum(np.abs(dev), limit) - spread)
+        step = np.minimum(np.maximum(dev, -limit), limit)  # np.clip: the limit is never 0
+        new_centre = centre + alpha * step
+        new_spread = spread + alpha * (np.minimum(np.abs(dev), limit) - spread)
         return new_centre, new_spread

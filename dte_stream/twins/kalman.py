@@ -175,20 +175,51 @@ class StateSpaceKernel:
         ``r_scale`` (k,), finite and ``>= 1``: a factor on the measurement variance ``R[c]`` of
         each reading (lower trust); ``None`` means all ones.
         """
-        mdl = self.model
-        m = mdl.m
+        return self.step_rounds(state, rows, channel_idx, time_ns, values, r_scale, [(0, rows.shape[0])])[0]
+
+    def step_rounds(
+        self,
+        state: StateSpaceState,
+        rows: IntP,
+        channel_idx: IntP,
+        time_ns: I64,
+        values: F64,
+        r_scale: F64 | None,
+        spans: list[tuple[int, int]],
+    ) -> list[StateSpaceOutput]:
+        """Apply rounds of readings in turn, as :meth:`step` for each; round ``j`` is the readings
+        at positions ``spans[j][0]`` to ``spans[j][1]`` (each row at most once in a round).
+
+        What depends only on a reading's channel and trust (observation or control, its
+        measurement variance) is worked out once for every round.
+        """
+        obs = channel_idx < self.model.m
+        ch = np.where(obs, channel_idx, 0)
+        r_nominal = self.model.R[ch]
+        r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
+        return [
+            self._round(
+                state, rows[a:b], channel_idx[a:b], time_ns[a:b], values[a:b], obs[a:b], ch[a:b],
+                r_nominal[a:b], r[a:b],
+            )
+            for a, b in spans
+        ]  # fmt: skip
+
+    def _round(
+        self, state: StateSpaceState, rows: IntP, channel_idx: IntP, time_ns: I64, values: F64,
+        obs: Bool, ch: IntP, r_nominal: F64, r: F64,
+    ) -> StateSpaceOutput:  # fmt: skip
+        """One round of :meth:`step_rounds`: ``obs``, ``ch`` (observed channel, else 0) and the
+        measurement variances ``r_nominal`` and ``r`` (with trust) of each reading given."""
+        m = self.model.m
         last = state.last_ns[rows]
         init = state.initialised[rows]
-        obs = channel_idx < m
         gap = time_ns - last
         late = init & (gap < 0)
         rejected = late & (-gap > self.lateness_ns)
         moving = init & (gap > 0)
         live = obs & ~rejected
         measured = live & init
-        ch = np.where(obs, channel_idx, 0)
-        r_nominal = mdl.R[ch]
-        r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
         # Control readings hold the new input from now on; they do not initialise a twin.
         keep = rejected | (~obs & ~init)
         lin = self._algebra(self, state, rows)
@@ -203,7 +234,8 @@ class StateSpaceKernel:
             over = measured & (count >= self.warmup) & (nis > self.gate)
         else:
             over = measured & (nis > self.gate)
-        run = state.gated_run[rows, ch] + over
+        run_cells = state.gated_run[:, 0] if m == 1 else None  # one observed channel: a 1-d view
+        run = (state.gated_run[rows, ch] if run_cells is None else run_cells[rows]) + over
         reset = over & (run >= self.reset_after)
         gated = over & ~reset
         s_upd = lin.update(innovation, r, live & ~gated, reset, keep)
@@ -212,7 +244,10 @@ class StateSpaceKernel:
         ctrl = ~obs & ~rejected
         if ctrl.any():
             state.u[rows[ctrl], channel_idx[ctrl] - m] = values[ctrl]
-        state.gated_run[rows[live], ch[live]] = np.where(gated, run, 0)[live]
+        if run_cells is None:
+            state.gated_run[rows[live], ch[live]] = np.where(gated, run, 0)[live]
+        else:
+            run_cells[rows[live]] = np.where(gated, run, 0)[live]
         # Outputs: NaN where the quantity does not apply; variances in the estimated noise scale.
         nan = np.nan
         scored = measured
@@ -224,10 +259,16 @@ class StateSpaceKernel:
             scored = measured & (count > 0)
             s_out = s_u * scale
         estimate, diag, chan_est, chan_var = lin.posterior()
-        column = np.reshape(var_scale, (-1, 1))
+        # Variances in the noise scale; without adaptive noise the scale is 1.0 (x * 1.0 == x).
+        column = np.reshape(var_scale, (-1, 1)) if self.adaptive_noise else None
+        diag = np.maximum(diag, 0.0)
+        chan_var = np.maximum(chan_var, 0.0)
+        if column is not None:
+            diag = diag * column
+            chan_var = chan_var * var_scale
         out = StateSpaceOutput(
             estimate=estimate,
-            std=np.sqrt(np.maximum(diag, 0.0) * column),
+            std=np.sqrt(diag),
             predicted=np.where(live, predicted, nan),
             innovation=np.where(measured, innovation, nan),
             s=np.where(scored, s_out, nan),
@@ -237,12 +278,15 @@ class StateSpaceKernel:
             late=late & ~rejected,
             rejected=rejected,
             channel_estimate=np.where(live, chan_est, nan),
-            channel_std=np.where(live, np.sqrt(np.maximum(chan_var, 0.0) * var_scale), nan),
+            channel_std=np.where(live, np.sqrt(chan_var), nan),
         )
         if self._horizon is not None:
             mean, var = lin.forecast(self._horizon, state.u[rows], r_nominal)
             out.forecast = np.where(live[:, None], mean, nan)
-            out.forecast_std = np.where(live[:, None], np.sqrt(np.maximum(var, 0.0) * column), nan)
+            var = np.maximum(var, 0.0)
+            if column is not None:
+                var = var * column
+            out.forecast_std = np.where(live[:, None], np.sqrt(var), nan)
         return out
 
     def _learn(
@@ -270,6 +314,7 @@ def _trust(r_scale: npt.ArrayLike, k: int) -> F64:
     rs = np.asarray(r_scale, dtype=np.float64)
     if rs.shape != (k,):
         raise ValueError(f"r_scale has shape {rs.shape}, expected ({k},): one factor per reading")
-    if not (np.isfinite(rs).all() and (rs >= 1.0).all()):
+    # Every factor in [1, inf): NaN fails both comparisons (one pass each, no temporaries kept).
+    if k and not (rs.min() >= 1.0 and rs.max() < math.inf):
         raise ValueError("r_scale must be finite and at least 1 (a factor on the measurement variance)")
     return rs

@@ -161,8 +161,9 @@ class ScalarAlgebra:
 
     def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
         self.kernel, self.state, self.rows = kernel, state, rows
-        self.x = state.x[rows, 0]
-        self.P = state.P[rows, 0, 0]
+        # Through 1-d views of the columns: the same elements as ``x[rows, 0]``, a tenth of the cost.
+        self.x = state.x[:, 0][rows]
+        self.P = state.P[:, 0, 0][rows]
 
     def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
         mdl = self.kernel.model
@@ -201,8 +202,8 @@ class ScalarAlgebra:
         if keep.any():
             x_new = np.where(keep, self.x, x_new)
             P_new = np.where(keep, self.P, P_new)
-        self.state.x[self.rows, 0] = self.x_new = x_new
-        self.state.P[self.rows, 0, 0] = self.P_new = P_new
+        self.state.x[:, 0][self.rows] = self.x_new = x_new
+        self.state.P[:, 0, 0][self.rows] = self.P_new = P_new
         return s_upd
 
     def posterior(self) -> tuple[F64, F64, F64, F64]:

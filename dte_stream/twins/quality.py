@@ -321,13 +321,15 @@ class QualityBank:
         return QualityOutput(flags, r_scale)
 
     def _deadline(self, ch: IntP, last_ns: I64, interval_ns: F64, gaps: npt.NDArray[np.integer[Any]]) -> I64:
-        """Engine time at which each cell goes stale, NOT_DUE while its interval is unknown."""
+        """Engine time at which each cell goes stale, NOT_DUE while its interval is unknown.
+
+        Called under ``np.errstate(all="ignore")`` (NaN intervals become 0 before they count).
+        """
         ready = gaps >= MIN_GAPS
-        with np.errstate(all="ignore"):
-            wait = np.maximum(self._stale_after.take(ch) * interval_ns, self._stale_min_ns.take(ch))
-            wait = np.where(ready, np.minimum(np.rint(wait), _MAX_NS_F), 0.0).astype(np.int64)
-            room = NOT_DUE - np.maximum(last_ns, 0)
-            return np.where(ready, last_ns + np.minimum(wait, room), NOT_DUE)
+        wait = np.maximum(self._stale_after.take(ch) * interval_ns, self._stale_min_ns.take(ch))
+        wait = np.where(ready, np.minimum(np.rint(wait), _MAX_NS_F), 0.0).astype(np.int64)
+        room = NOT_DUE - np.maximum(last_ns, 0)
+        return np.where(ready, last_ns + np.minimum(wait, room), NOT_DUE)
 
     def due(self, now_ns: int) -> StaleCells:
         """Cells that went stale since the last call (each stale episode reported once)."""
@@ -374,7 +376,8 @@ class QualityBank:
             if name != "deadline_ns":
                 a[:n] = snap[name]
         ch = np.broadcast_to(np.arange(bank.channels, dtype=np.intp), (n, bank.channels))
-        s.deadline_ns[:n] = bank._deadline(ch, s.last_ns[:n], s.interval_ns[:n], s.gaps[:n])
+        with np.errstate(all="ignore"):
+            s.deadline_ns[:n] = bank._deadline(ch, s.last_ns[:n], s.interval_ns[:n], s.gaps[:n])
         return bank
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,13 +29,24 @@ from dte_stream.times import NS_PER_S
 from dte_stream.twins import flags as fl
 from dte_stream.twins.contextual import ContextualScorer
 from dte_stream.twins.contextual_scalar import ContextualCell
+from dte_stream.twins.kalman import StateSpaceOutput
 from dte_stream.twins.kalman_scalar import KernelRow, ScalarKernel
 from dte_stream.twins.quality_scalar import QualityCell
 
 if TYPE_CHECKING:
     from dte_stream.twins.bank import TwinBank
 
-__all__ = ["Copies", "Stages", "by_reading", "by_rounds", "copies_of", "rounds_of", "supports_by_reading"]
+__all__ = [
+    "Copies",
+    "Rounds",
+    "Stages",
+    "by_reading",
+    "by_rounds",
+    "copies_of",
+    "rounds_in",
+    "rounds_of",
+    "supports_by_reading",
+]
 
 IntP = npt.NDArray[np.intp]
 F64 = npt.NDArray[np.float64]
@@ -60,6 +71,53 @@ class Stages:
     score: F64
 
 
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """Readings of a micro-batch split into rounds: each round holds every cell at most once.
+
+    ``by_cell`` is ``np.lexsort((time_ns, cells))`` (each cell's readings together, in time
+    order); ``order`` the same positions round by round: round ``j`` is
+    ``order[bounds[j]:bounds[j + 1]]``, the ``j``-th reading of every cell that has one. Taken
+    in this order once, the inputs of each round are slices (views), not gathers.
+    """
+
+    by_cell: IntP
+    order: IntP
+    bounds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def spans(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each round in :attr:`order`."""
+        return list(zip(self.bounds[:-1], self.bounds[1:], strict=True))
+
+
+def rounds_in(cells: IntP, time_ns: I64, order: IntP | None = None) -> Rounds:
+    """The :class:`Rounds` of a micro-batch; ``order`` is ``np.lexsort((time_ns, cells))`` if known.
+
+    >>> r = rounds_in(np.array([3, 1, 3, 3]), np.array([20, 5, 10, 30]))
+    >>> r.order.tolist(), r.bounds
+    ([1, 2, 0, 3], [0, 2, 3, 4])
+    """
+    n = cells.shape[0]
+    if order is None:
+        order = np.lexsort((time_ns, cells))
+    if n == 0:
+        return Rounds(order, order, [0])
+    sorted_cells = cells[order]
+    starts = np.empty(n, dtype=bool)
+    starts[0] = True
+    np.not_equal(sorted_cells[1:], sorted_cells[:-1], out=starts[1:])
+    if starts.all():
+        return Rounds(order, order, [0, n])
+    group = np.cumsum(starts) - 1
+    rank = np.arange(n) - np.flatnonzero(starts)[group]
+    by_rank = order[np.argsort(rank, kind="stable")]
+    counts = np.bincount(rank)
+    return Rounds(order, by_rank, [0, *np.cumsum(counts).tolist()])
+
+
 def rounds_of(cells: IntP, time_ns: I64, order: IntP | None = None) -> list[IntP]:
     """Split reading positions into rounds: each round has every cell at most once, in time order.
 
@@ -68,22 +126,8 @@ def rounds_of(cells: IntP, time_ns: I64, order: IntP | None = None) -> list[IntP
     >>> [r.tolist() for r in rounds_of(np.array([3, 1, 3, 3]), np.array([20, 5, 10, 30]))]
     [[1, 2], [0], [3]]
     """
-    n = cells.shape[0]
-    if n == 0:
-        return []
-    if order is None:
-        order = np.lexsort((time_ns, cells))
-    sorted_cells = cells[order]
-    starts = np.empty(n, dtype=bool)
-    starts[0] = True
-    np.not_equal(sorted_cells[1:], sorted_cells[:-1], out=starts[1:])
-    if starts.all():
-        return [order]
-    group = np.cumsum(starts) - 1
-    rank = np.arange(n) - np.flatnonzero(starts)[group]
-    by_rank = order[np.argsort(rank, kind="stable")]
-    counts = np.bincount(rank)
-    return np.split(by_rank, np.cumsum(counts)[:-1])
+    rounds = rounds_in(cells, time_ns, order)
+    return [rounds.order[a:b] for a, b in rounds.spans()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,32 +178,30 @@ def copies_of(
 
 
 def by_rounds(
-    bank: TwinBank, rows: IntP, ch: IntP, time_ns: I64, value: F64, now_ns: int, cell_rounds: list[IntP]
+    bank: TwinBank, rows: IntP, ch: IntP, time_ns: I64, value: F64, now_ns: int, rounds: Rounds
 ) -> Stages:
-    """The stages over rounds, vectorised; ``cell_rounds`` are the rounds of the (twin, channel) cells."""
+    """The stages over rounds, vectorised; ``rounds`` are the rounds of the (twin, channel) cells.
+
+    Each stage takes its inputs in round-major order once, calls its kernel on one slice per
+    round, and puts the outputs back in the batch's order once: per round, only the stage's
+    own numpy work. What depends on a cell's previous reading alone (the change since it and
+    the time since it) is worked out for the whole batch at once.
+    """
     n = rows.shape[0]
-    cells = rows * bank.width + ch
-    flags = np.zeros(n, dtype=np.uint16)
-    r_scale = np.ones(n)
-    delta = np.full(n, np.nan)
-    dt = np.full(n, np.nan)
-    for idx in cell_rounds:
-        q = bank.quality.update(rows[idx], ch[idx], time_ns[idx], value[idx], now_ns)
-        flags[idx] = q.flags
-        r_scale[idx] = q.r_scale
-        c = cells[idx]
-        last_time = bank.last_time[c]
-        t, v = time_ns[idx], value[idx]
-        seen = last_time != NEVER
-        delta[idx] = np.where(seen, v - bank.last_value[c], np.nan)
-        dt[idx] = np.where(seen, (t - last_time) / NS_PER_S, np.nan)
-        newer = t >= last_time
-        if newer.all():
-            bank.last_value[c] = v
-            bank.last_time[c] = t
-        else:
-            bank.last_value[c[newer]] = v[newer]
-            bank.last_time[c[newer]] = t[newer]
+    perm = rounds.order
+    spans = rounds.spans()
+    p_rows, p_ch, p_time, p_value = rows[perm], ch[perm], time_ns[perm], value[perm]
+    p_flags = np.empty(n, dtype=np.uint16)
+    p_r_scale = np.empty(n)
+    for a, b in spans:
+        q = bank.quality.update(p_rows[a:b], p_ch[a:b], p_time[a:b], p_value[a:b], now_ns)
+        p_flags[a:b] = q.flags
+        p_r_scale[a:b] = q.r_scale
+    flags = np.empty(n, dtype=np.uint16)
+    flags[perm] = p_flags
+    r_scale = np.empty(n)
+    r_scale[perm] = p_r_scale
+    delta, dt = _changes(bank, rows * bank.width + ch, time_ns, value, rounds.by_cell)
 
     estimate = np.full(n, np.nan)
     std = np.full(n, np.nan)
@@ -170,43 +212,96 @@ def by_rounds(
     extra = {name: np.full(n, np.nan) for name in bank.extra_columns}
     group_of = bank.group_of[ch]
     for g, group in enumerate(bank.groups):
-        sel = np.flatnonzero(group_of == g) if len(bank.groups) > 1 else np.arange(n)
-        if sel.size == 0:
+        sel = np.flatnonzero(group_of == g) if len(bank.groups) > 1 else None
+        if sel is not None and sel.size == 0:
             continue
-        srows = group.state_rows(rows[sel], ch[sel])
+        g_rows, g_ch, g_time = (rows, ch, time_ns) if sel is None else (rows[sel], ch[sel], time_ns[sel])
+        srows = group.state_rows(g_rows, g_ch)
+        g_rounds = rounds_in(srows, g_time)
+        pos = g_rounds.order if sel is None else sel[g_rounds.order]
+        k_rows, k_local = srows[g_rounds.order], group.local[ch[pos]]
+        k_time, k_value, k_r_scale = time_ns[pos], value[pos], r_scale[pos]
+        outs = group.kernel.step_rounds(
+            group.state, k_rows, k_local, k_time, k_value, k_r_scale, g_rounds.spans()
+        )
+        estimate[pos] = _joined(outs, "channel_estimate")
+        std[pos] = _joined(outs, "channel_std")
+        innovation[pos] = _joined(outs, "innovation")
+        nis[pos] = _joined(outs, "nis")
+        s[pos] = _joined(outs, "s")
+        rejected[pos] = _joined(outs, "rejected")
+        flags[pos] |= (
+            _joined(outs, "gated").astype(np.uint16) * fl.GATED
+            | _joined(outs, "late").astype(np.uint16) * fl.LATE
+            | _joined(outs, "reset").astype(np.uint16) * fl.RESET
+        )
         state_cols = group.state_columns() if bank.spec.outputs.states else []
-        for idx in rounds_of(srows, time_ns[sel]):
-            pos = sel[idx]
-            out = group.kernel.step(
-                group.state, srows[idx], group.local[ch[pos]], time_ns[pos], value[pos], r_scale[pos]
-            )
-            estimate[pos] = out.channel_estimate
-            std[pos] = out.channel_std
-            innovation[pos] = out.innovation
-            nis[pos] = out.nis
-            s[pos] = out.s
-            rejected[pos] = out.rejected
-            flags[pos] |= (
-                out.gated.astype(np.uint16) * fl.GATED
-                | out.late.astype(np.uint16) * fl.LATE
-                | out.reset.astype(np.uint16) * fl.RESET
-            )
-            for j, _state in enumerate(state_cols[::2]):
-                extra[state_cols[2 * j]][pos] = out.estimate[:, j]
-                extra[state_cols[2 * j + 1]][pos] = out.std[:, j]
+        if state_cols:
+            means, stds = _joined(outs, "estimate"), _joined(outs, "std")
+            for j in range(len(state_cols) // 2):
+                extra[state_cols[2 * j]][pos] = means[:, j]
+                extra[state_cols[2 * j + 1]][pos] = stds[:, j]
+        if bank.horizons:
+            means, stds = _joined(outs, "forecast"), _joined(outs, "forecast_std")
             for j, h in enumerate(bank.horizons):
-                extra[f"forecast_{h}"][pos] = out.forecast[:, j]
-                extra[f"forecast_{h}_std"][pos] = out.forecast_std[:, j]
+                extra[f"forecast_{h}"][pos] = means[:, j]
+                extra[f"forecast_{h}_std"][pos] = stds[:, j]
 
     score = np.full(n, np.nan)
     if bank.scorer is not None:
-        for idx in cell_rounds:
-            live = idx[~rejected[idx] & bank.observed[ch[idx]]]
-            if live.size:
-                score[live] = bank.scorer.score(
-                    rows[live], ch[live], time_ns[live], value[live], innovation[live], s[live]
-                )
+        p_live = (~rejected & bank.observed[ch])[perm]
+        p_innovation, p_s = innovation[perm], s[perm]
+        p_score = np.full(n, np.nan)
+        for a, b in spans:
+            at: slice | IntP = slice(a, b)
+            if not p_live[a:b].all():
+                at = a + np.flatnonzero(p_live[a:b])
+                if at.size == 0:
+                    continue
+            p_score[at] = bank.scorer.score(
+                p_rows[at], p_ch[at], p_time[at], p_value[at], p_innovation[at], p_s[at]
+            )
+        score[perm] = p_score
     return Stages(flags, delta, dt, estimate, std, innovation, nis, rejected, extra, score)
+
+
+def _changes(bank: TwinBank, cells: IntP, time_ns: I64, value: F64, by_cell: IntP) -> tuple[F64, F64]:
+    """Each reading's change and time (seconds) since its cell's previous one; the cells' latest kept.
+
+    The previous reading is the one before in the batch (``by_cell`` is the lexsort by cell,
+    then time) if that one was not older than the cell's latest before the batch (the bank's
+    ``last_time``, ``last_value``), else that latest; NaN for a cell's first reading ever. The
+    same numbers as going through the batch reading by reading; a late reading (older than the
+    cell's latest) leaves the latest as it is.
+    """
+    n = cells.shape[0]
+    sc, st, sv = cells[by_cell], time_ns[by_cell], value[by_cell]
+    stored_t, stored_v = bank.last_time[sc], bank.last_value[sc]
+    same = sc[1:] == sc[:-1]  # reading i + 1 is of the same cell as reading i (sorted)
+    follows = np.zeros(n, dtype=bool)
+    follows[1:] = same & (st[:-1] >= stored_t[:-1])
+    prev_t, prev_v = stored_t.copy(), stored_v.copy()
+    prev_t[follows] = st[:-1][follows[1:]]
+    prev_v[follows] = sv[:-1][follows[1:]]
+    seen = prev_t != NEVER
+    delta = np.empty(n)
+    dt = np.empty(n)
+    delta[by_cell] = np.where(seen, sv - prev_v, np.nan)
+    dt[by_cell] = np.where(seen, (st - prev_t) / NS_PER_S, np.nan)
+    latest = np.ones(n, dtype=bool)
+    latest[:-1] = ~same
+    latest &= st >= stored_t
+    bank.last_time[sc[latest]] = st[latest]
+    bank.last_value[sc[latest]] = sv[latest]
+    return delta, dt
+
+
+def _joined(outs: list[StateSpaceOutput], name: str) -> npt.NDArray[Any]:
+    """Output ``name`` of a group's rounds, one round after the other."""
+    if len(outs) == 1:
+        one: npt.NDArray[Any] = getattr(outs[0], name)
+        return one
+    return np.concatenate([getattr(out, name) for out in outs])
 
 
 def supports_by_reading(bank: TwinBank) -> bool:
