@@ -21,8 +21,9 @@ interleaved so that a drift of the shared machine hits every variant alike. Vari
 
 Each run's estimates are compared with those of the first Kalman variant on a sample of twins
 (every point of those twins; they must agree to 1e-9 relative), and its peak RSS (the process
-tree's VmHWM) and CPU seconds (the process tree's, not Kafka's or InfluxDB's: on a shared
-machine a second process can only be faster where CPU is left over) are recorded. With
+tree's VmHWM, and each process's own: the dataflow, its twin-view writer, ...) and CPU seconds
+(the process tree's, not Kafka's or InfluxDB's: on a shared machine a second process can only
+be faster where CPU is left over) are recorded. With
 ``--latency``, each variant then runs once more while a producer writes readings stamped with
 the wall clock at half of dte-stream's best rate for ``--latency-seconds``, and each writer
 reports, for every point, when InfluxDB acknowledged the write that held it minus its time
@@ -281,6 +282,29 @@ def tree_hwm_kb(pids: list[int]) -> int:
     return sum(_status_kb(pid, "VmHWM:") for pid in _tree(pids))
 
 
+def process_hwm_kb(pids: list[int]) -> dict[int, tuple[str, int]]:
+    """pid -> (what the process is, its VmHWM) for ``pids`` and all their descendants."""
+    return {pid: (process_label(pid), _status_kb(pid, "VmHWM:")) for pid in _tree(pids)}
+
+
+def process_label(pid: int) -> str:
+    """A short name for a variant's process: ``view writer``, ``snapshot reader``, or its
+    program and first argument (``dte-stream run``, ``e2e_pipes.py bare``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    if "dte_stream.view.process" in argv:
+        return "view writer"
+    if argv[1:4] == ["-I", "-S", "-c"]:
+        return "snapshot reader"  # dte_stream/twins/snapshot_log.py's reader at a restore
+    words = [Path(a).name for a in argv if not a.startswith("-")]
+    if words and words[0].startswith("python"):
+        words = words[1:]
+    return " ".join(words[:2]) or "?"
+
+
 def tree_cpu_s(pids: list[int]) -> float:
     """CPU seconds (user + system) used so far by ``pids``, their descendants and reaped children."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -343,6 +367,8 @@ class RunResult:
     #: the machine's busy cores over the run (everything: the variant, Kafka, InfluxDB, the rest):
     #: near the machine's core count, the run was bound by the CPU of all of them together
     machine_cores: float = 0.0
+    #: peak RSS (MiB) of each of the variant's processes, by label (see process_label), in start order
+    rss_by_process: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -363,6 +389,7 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
         for argv, log in zip(launch.argv, logs, strict=True)
     ]
     points, hwm, cpu = 0, 0, 0.0
+    peaks: dict[int, tuple[str, int]] = {}
     try:
         last_report = started
         while True:
@@ -370,6 +397,8 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
             points = influx.count(db)
             elapsed = time.perf_counter() - started
             hwm = max(hwm, tree_hwm_kb([p.pid for p in procs]))
+            for pid, (label, kb) in process_hwm_kb([p.pid for p in procs]).items():
+                peaks[pid] = (label, max(kb, peaks.get(pid, (label, 0))[1]))
             cpu = max(cpu, tree_cpu_s([p.pid for p in procs]))
             if points >= ctx.records:
                 break
@@ -385,7 +414,8 @@ def run_variant(variant: str, ctx: Context, influx: Influx, timeout: float) -> t
         cores = (machine_busy() - busy_at_start) / seconds
     finally:
         stop_all(procs, logs)
-    return RunResult(variant, ctx.twins, seconds, hwm / 1024, points, cpu, cores), db, work
+    by_process = [(label, kb / 1024) for _, (label, kb) in sorted(peaks.items()) if kb]
+    return RunResult(variant, ctx.twins, seconds, hwm / 1024, points, cpu, cores, by_process), db, work
 
 
 def machine_busy() -> float:
@@ -747,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(work, ignore_errors=True)
                     say(
                         f"  {variant}: {result.rate:,.0f} readings/s ({result.seconds:.1f} s), "
-                        f"peak RSS {result.rss_mb:,.0f} MB, CPU {result.cpu_s:.1f} s, "
+                        f"peak RSS {result.rss_mb:,.0f} MB ({per_process(result)}), "
+                        f"CPU {result.cpu_s:.1f} s, "
                         f"machine {result.machine_cores:.2f} of {os.cpu_count()} cores busy {verdict}"
                         + (f" (db {db}, {work})" if args.keep else "")
                     )
@@ -791,6 +822,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(args.plot, variants, results, args.twins)
     return 0
+
+
+def per_process(result: RunResult) -> str:
+    """``dte-stream run 377, view writer 36`` (MB): each process's peak RSS."""
+    return ", ".join(f"{label} {mb:,.0f}" for label, mb in result.rss_by_process)
 
 
 def report(

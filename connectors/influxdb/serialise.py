@@ -66,6 +66,10 @@ Escaping = Literal["portable", "spec"]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AMBIGUOUS_BACKSLASH = re.compile(r"\\(?=[,= \\]|\Z)")
 _CACHE_LIMIT = 200_000
+#: Most distinct plain values remembered per column (about 100 B each). Past it (the twin ids
+#: of more twins than this) the set would cost memory per twin and save no CPU: a column is
+#: searched whole instead, as fast as looking its values up in a set (see ``_column``).
+_PLAIN_LIMIT = 16_384
 # Characters the escape functions change or refuse (polars regex syntax).
 _TAG_SPECIAL = r"[,= \\\x00-\x1f\x7f]"
 _FIELD_SPECIAL = r'["\\\x00-\x1f\x7f]'
@@ -143,8 +147,9 @@ class EstimateSerialiser:
         self._keys = {name: escape_tag(name) for name in TAGS}
         self._fields = {name: escape_field_key(name) for name in FIELDS}
         self._cache: dict[tuple[bool, str], _Tag] = {}
-        # Values known to hold no character that escaping acts on, by the pattern that found it.
-        self._plain: dict[str, set[str]] = {}
+        # Values known to hold no character that escaping acts on, by column (each column has
+        # one pattern); None once a column has had more than _PLAIN_LIMIT of them.
+        self._plain: dict[str, set[str] | None] = {}
 
     def __repr__(self) -> str:
         return (
@@ -206,17 +211,28 @@ class EstimateSerialiser:
         # need a look: the escape functions return every other value unchanged; most batches
         # have none. (an empty unit is no tag at all; any other empty value is refused)
         pattern = _FIELD_SPECIAL if as_field else _TAG_SPECIAL if name == "unit" else f"^$|{_TAG_SPECIAL}"
-        # The distinct values are few (channels, units, the twins of a batch) and recur from
-        # batch to batch: only values not yet known to be plain are searched, once each.
-        plain = self._plain.setdefault(pattern, set())
-        fresh = list(set(raw) - plain)
-        if not fresh:
-            return series
-        hit = pl.Series(name, fresh, dtype=pl.String).str.contains(pattern).to_list()
-        if len(plain) + len(fresh) > _CACHE_LIMIT:
-            plain.clear()
-        plain.update(value for value, found in zip(fresh, hit, strict=True) if not found)
-        specials = [value for value, found in zip(fresh, hit, strict=True) if found]
+        # The distinct values are mostly few (channels, units, the ids of up to some thousands
+        # of twins) and recur from batch to batch: only values not yet known to be plain are
+        # searched, once each. With more distinct values than _PLAIN_LIMIT (the ids of 100,000
+        # twins), the set held about 100 B per twin (10 MB) and cost as much CPU as one
+        # vectorised search of the whole column (measured 2026-12-07, docs/benchmarks.md), so the
+        # column is searched whole and nothing is kept.
+        plain = self._plain.setdefault(name, set())
+        if plain is None:
+            special = series.str.contains(pattern)
+            if not special.any():
+                return series
+            specials = series.filter(special).unique().to_list()
+        else:
+            fresh = list(set(raw) - plain)
+            if not fresh:
+                return series
+            hit = pl.Series(name, fresh, dtype=pl.String).str.contains(pattern).to_list()
+            if len(plain) + len(fresh) > _PLAIN_LIMIT:
+                self._plain[name] = None
+            else:
+                plain.update(value for value, found in zip(fresh, hit, strict=True) if not found)
+            specials = [value for value, found in zip(fresh, hit, strict=True) if found]
         for value in specials:
             tag = self._escape(value, as_field=as_field)
             if tag.problem is not None:

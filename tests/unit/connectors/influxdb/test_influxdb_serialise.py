@@ -252,6 +252,32 @@ def test_same_batch_gives_the_same_lines() -> None:
     assert serialiser.serialise(batch).lines.to_list() == first  # the escape cache changes nothing
 
 
+def test_more_distinct_values_than_the_plain_cache_holds_give_the_same_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``_PLAIN_LIMIT`` distinct ids the id column is searched whole and no id is kept; the
+    lines and dead letters equal a fresh serialiser's, and the channel column keeps its set."""
+    from dte_stream.connectors.influxdb import serialise
+
+    monkeypatch.setattr(serialise, "_PLAIN_LIMIT", 8)
+    batches = [
+        estimates([f"pump-{k}-{i}" for i in range(6)] + ["pump 1", "a,b", "ends\\"], ["temp"] * 9)
+        for k in range(4)
+    ]
+    serialiser = EstimateSerialiser()
+    for k, batch in enumerate(batches):
+        out = serialiser.serialise(batch)
+        fresh = EstimateSerialiser().serialise(batch)
+        assert out.lines.to_list() == fresh.lines.to_list(), k
+        assert [d.reason for d in out.dead_letters] == [d.reason for d in fresh.dead_letters], k
+        assert [parse_line(line)[1]["twin_id"] for line in out.lines.to_list()][-2:] == ["pump 1", "a,b"]
+        assert "twin_id=pump\\ 1," in out.lines[6]
+        (letter,) = out.dead_letters
+        assert "backslash" in letter.reason
+    assert serialiser._plain["twin_id"] is None  # 6 ids a batch: past 8 by the second
+    assert serialiser._plain["channel"] == {"temp"}
+
+
 def test_empty_batch() -> None:
     out = EstimateSerialiser().serialise(estimates([]))
     assert len(out) == 0
