@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -129,18 +130,44 @@ def test_sigterm_to_the_whole_process_group_drains_each_process_once(tmp_path: P
 def test_every_failed_process_is_reported_and_a_killed_one_is_named_the_cause(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Process 1 is killed; process 0 fails a moment later as its peer is gone. When both exits
-    fall between two polls of the launcher, the killed one is still the cause it reports."""
+    """Process 1 is killed; process 0 fails later. When both exits fall between two polls of the
+    launcher (here every pause of its loop lasts until both children have ended), the killed one
+    is still the cause it reports, though process 0 comes first in its loop."""
     from dte_stream.cli import cluster
 
     scripts = [
-        "import time; time.sleep(0.4); raise SystemExit(1)",  # a peer failing after the kill
-        "import os, signal, time; time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)",
+        "import time; time.sleep(2); raise SystemExit(1)",  # a peer failing after the kill
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
     ]
     monkeypatch.setattr(cluster, "child_argv", lambda argv, addresses, i: [sys.executable, "-c", scripts[i]])
-    real_sleep = time.sleep
-    monkeypatch.setattr(cluster.time, "sleep", lambda s: real_sleep(max(s, 0.6)))  # both exit in one poll
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(cluster.subprocess, "Popen", popen)
+    monkeypatch.setattr(cluster.time, "sleep", lambda _s: [p.wait() for p in started])
     code = cluster.run_cluster(["run", "flow.yaml"], 2)
     err = capsys.readouterr().err
     assert code == 128 + signal.SIGKILL
-    assert err.index("process 1 exited with -9") < err.index("process 0 exited with 1\n"), err
+    assert err.index("process 1 exited with -9") < err.index("process 0 exited with"), err
+
+
+def test_failures_found_in_one_poll_put_a_killed_process_first() -> None:
+    from dte_stream.cli.cluster import _new_failures
+
+    class Child:
+        def __init__(self, rc: int | None) -> None:
+            self.rc = rc
+
+        def poll(self) -> int | None:
+            return self.rc
+
+    children: list[Any] = [Child(1), Child(None), Child(-9), Child(0), Child(-15)]
+    reported: set[int] = set()
+    assert _new_failures(children, reported) == [(2, -9), (4, -15), (0, 1)]
+    assert _new_failures(children, reported) == []  # each failure once
+    children[1].rc = 3
+    assert _new_failures(children, reported) == [(1, 3)]
