@@ -166,9 +166,9 @@ class JsonCodec(CodecBase):
         pass: one ``orjson.loads`` of all the payloads joined into an array when that provably
         gives each payload's own document (see :func:`_joined_is_split`), else one per payload;
         each column gathered by one ``map`` and validated at once (types by set, ids once per
-        distinct value, times and values with numpy). Anything else in the batch, good or bad, sends the whole batch through the
-        per-payload decoder, so the readings and dead letters are exactly those of
-        :meth:`decode` on each payload.
+        distinct value, times and values with numpy). Anything else in the batch, good or
+        bad, sends the whole batch through the per-payload decoder, so the readings and dead
+        letters are exactly those of :meth:`decode` on each payload.
         """
         if isinstance(payloads, PayloadBatch) and len(payloads):
             fast = self._decode_columns(payloads)
