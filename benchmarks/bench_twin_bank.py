@@ -293,17 +293,25 @@ class PerReadingTwins:
         self.horizons = bank.horizons
         self.group_of: list[int] = bank.group_of.tolist()
         self.groups = bank.groups
-        self.filters: list[ReferenceFilter] = []
+        # One reference per filter: per group, per noise variant (one for a group without).
+        self.filters: list[list[ReferenceFilter]] = []
+        self.variant_of: list[list[int]] = []
         k = spec.kalman
         for group in bank.groups:
-            ref = ReferenceFilter(
-                group.model,
-                gate=math.inf if k.gate is None else k.gate,
-                reset_after=k.reset_after,
-                lateness_ns=round(k.lateness * NS_PER_S),
-                horizons_s=list(k.horizons),
-            )
-            self.filters.append(ref)
+            models = [f[1] for f in getattr(group, "filters", [(group.name, group.model, None)])]
+            variant = getattr(group, "variant", np.zeros(self.width, dtype=np.intp)).tolist()
+            refs = [
+                ReferenceFilter(
+                    model,
+                    gate=math.inf if k.gate is None else k.gate,
+                    reset_after=k.reset_after,
+                    lateness_ns=round(k.lateness * NS_PER_S),
+                    horizons_s=list(k.horizons),
+                )
+                for model in models
+            ]
+            self.filters.append(refs)
+            self.variant_of.append(variant)
             # the reference's per-twin state, copied from the bank's arrays for the twins we will see
             st = group.state
             for tid in twins_needed:
@@ -317,7 +325,7 @@ class PerReadingTwins:
                     )
                     tw.last_ns = int(st.last_ns[srow])
                     tw.initialised = bool(st.initialised[srow])
-                    ref.twins[self.key(group.per_cell, tid, c)] = tw
+                    refs[variant[c]].twins[self.key(group.per_cell, tid, c)] = tw
         self.seconds = dict.fromkeys(self.COMPONENTS, 0.0)
         self.records: list[tuple[Any, ...]] = []
 
@@ -354,9 +362,9 @@ class PerReadingTwins:
         local = int(group.local[ch])
         key = self.key(group.per_cell, twin, ch)
         if REF_HAS_R_SCALE:
-            f = self.filters[g].update(key, local, t, v, r_scale)
+            f = self.filters[g][self.variant_of[g][ch]].update(key, local, t, v, r_scale)
         else:  # the reference without per-reading trust (older statespace_reference)
-            f = self.filters[g].update(key, local, t, v)
+            f = self.filters[g][self.variant_of[g][ch]].update(key, local, t, v)
         est = f.channel_estimate if hasattr(f, "channel_estimate") else float(f.estimate[0])
         flags |= fl.GATED * f.gated | fl.LATE * f.late | fl.RESET * f.reset
         t2 = clock()

@@ -9,7 +9,8 @@ replayed alone): both ways give the same outputs.
 1. data quality per (twin, channel) cell: stuck, spike, out of range, clock skew, and the
    trust (measurement-variance factor) the filter gives each reading;
 2. the Kalman filters (:mod:`dte_stream.twins.filters`): one kernel step per round per filter
-   group, rounds per twin for shared models, per cell otherwise;
+   group (per-channel filters that differ only in noise settings are one group), rounds per
+   twin for shared models, per cell otherwise;
 3. the anomaly score (:func:`~dte_stream.twins.scorers.build_scorer`: the innovations and, by
    default, a time-of-day context);
 4. the river learners, per reading in time order (only when the twin type declares learners).
@@ -138,7 +139,8 @@ class TwinBank:
         #: How :meth:`update` runs its stages (:mod:`dte_stream.twins.stages`): "auto" by the
         #: readings per round, or always "rounds" or "reading" (tests compare the two).
         self.way: Literal["auto", "rounds", "reading"] = "auto"
-        self.scalar_kernels: dict[int, ScalarKernel] = {}  # per-reading kernels (cached transitions)
+        #: Per-reading kernels by (group, filter) (:mod:`~dte_stream.twins.stages`; cached transitions).
+        self.scalar_kernels: dict[tuple[int, int], ScalarKernel] = {}
         self.counters = {
             "late_readings": 0,
             "rejected_readings": 0,

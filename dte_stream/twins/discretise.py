@@ -12,6 +12,12 @@ from the matrices (never from a preset's name), all exact:
   ``G = [c B] expm1(a dt) / a``.
 - Otherwise Van Loan's method with a batched matrix exponential, per distinct gap and cached;
   discrete-time models compose whole steps by repeated squaring.
+
+The closed forms are linear in ``Q``, element by element: a discretiser of a closed-form model
+given ``noises`` (one ``Q`` per *variant*: models that differ only in their process noise)
+works out each reading's ``Qd`` with its variant's ``Q`` (``variant`` argument), the very
+numbers a discretiser of that variant's model gives. One kernel call then serves channels of
+the same model shape with different noise settings (:mod:`dte_stream.twins.filters`).
 """
 
 # Matrix names (A, Q, B, F, G) follow the usual Kalman-filter notation on purpose.
@@ -32,6 +38,7 @@ __all__ = ["Discretiser", "expm_batched"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+IntP = npt.NDArray[np.intp]
 
 
 def expm_batched(a: F64) -> F64:
@@ -79,7 +86,9 @@ class Discretiser:
     ([[1.0, 2.0], [0.0, 1.0]], [[10.0, 6.0], [6.0, 6.0]])
     """
 
-    def __init__(self, model: StateSpaceModel, cache_size: int = 4096) -> None:
+    def __init__(
+        self, model: StateSpaceModel, cache_size: int = 4096, noises: list[F64] | None = None
+    ) -> None:
         self.model = model
         self.cache_size = cache_size
         self._cache: dict[int, tuple[F64, F64, F64]] = {}
@@ -95,14 +104,28 @@ class Discretiser:
         self._q3 = A @ Q @ A.T / 3.0
         self._g2 = 0.5 * A @ self._cb
         self._any_a = bool(np.any(A))
+        self._noises: tuple[F64, F64, F64, F64] | None = None
+        if noises is not None:
+            if not self.closed_form:
+                raise ValueError("noise variants need a closed-form model (A @ A == 0, or n == 1)")
+            qs = np.stack([np.asarray(q, dtype=np.float64).reshape(A.shape) for q in noises])
+            self._noises = (
+                qs,
+                np.stack([0.5 * (A @ q + q @ A.T) for q in qs]),
+                np.stack([A @ q @ A.T / 3.0 for q in qs]),
+                qs[:, 0, 0].copy(),
+            )
 
-    def __call__(self, dt_ns: I64) -> tuple[F64, F64, F64]:
-        """Stacks ``F (k, n, n)``, ``Qd (k, n, n)``, ``G (k, n, 1 + p)`` for gaps ``dt_ns > 0``."""
+    def __call__(self, dt_ns: I64, variant: IntP | None = None) -> tuple[F64, F64, F64]:
+        """Stacks ``F (k, n, n)``, ``Qd (k, n, n)``, ``G (k, n, 1 + p)`` for gaps ``dt_ns > 0``;
+        ``variant``: each gap's noise variant (a discretiser given ``noises``)."""
         if self._nilpotent:
-            return self._nilpotent_form(dt_ns)
+            return self._nilpotent_form(dt_ns, variant)
         if self._scalar_exp:
-            f, q, g = self._scalar_form(dt_ns)
+            f, q, g = self._scalar_form(dt_ns, variant)
             return f[:, None, None], q[:, None, None], g[:, None, :]
+        if variant is not None:
+            self._variants()  # raises: no variants without a closed form
         uniq, inverse = np.unique(dt_ns, return_inverse=True)
         if uniq.shape[0] > 256:  # irregular sampling: one batch, no cache traffic
             f, q, g = self._compute(uniq)
@@ -121,35 +144,52 @@ class Discretiser:
         g = np.stack([pt[2] for pt in parts])
         return f[inverse], q[inverse], g[inverse]
 
-    def scalar(self, dt_ns: I64) -> tuple[F64, F64, F64]:
+    def scalar(self, dt_ns: I64, variant: IntP | None = None) -> tuple[F64, F64, F64]:
         """For ``n == 1``: ``F (k,)``, ``Qd (k,)``, ``G (k, 1 + p)`` (elementwise for a closed form)."""
         if self._nilpotent:  # n == 1 and A == 0
             dt = dt_ns * (1.0 / NS_PER_S)
-            return np.ones_like(dt), self.model.Q[0, 0] * dt, dt[:, None] * self._cb[0]
+            qd = np.multiply(self._q00(variant), dt)
+            return np.ones_like(dt), qd, dt[:, None] * self._cb[0]
         if self._scalar_exp:
-            return self._scalar_form(dt_ns)
-        f, q, g = self(dt_ns)
+            return self._scalar_form(dt_ns, variant)
+        f, q, g = self(dt_ns, variant)
         return f[:, 0, 0], q[:, 0, 0], g[:, 0, :]
 
-    def _nilpotent_form(self, dt_ns: I64) -> tuple[F64, F64, F64]:
+    def _variants(self) -> tuple[F64, F64, F64, F64]:
+        """Per variant: ``Q``, the ``dt^2`` and ``dt^3`` terms of ``Qd``, and ``Q[0, 0]``."""
+        if self._noises is None:
+            raise ValueError("noise variants given to a discretiser built without noises")
+        return self._noises
+
+    def _q00(self, variant: IntP | None) -> F64 | float:
+        """``Q[0, 0]`` of the model, or of each reading's variant."""
+        if variant is None:
+            return float(self.model.Q[0, 0])
+        q00: F64 = self._variants()[3][variant]
+        return q00
+
+    def _nilpotent_form(self, dt_ns: I64, variant: IntP | None = None) -> tuple[F64, F64, F64]:
         mdl = self.model
         dt = (dt_ns * (1.0 / NS_PER_S))[:, None, None]
         eye = np.eye(mdl.n)
+        q, q2, q3 = mdl.Q, self._q2, self._q3
+        if variant is not None:
+            q, q2, q3 = (stack[variant] for stack in self._variants()[:3])
         if not self._any_a:
             k = dt.shape[0]
-            return np.broadcast_to(eye, (k, mdl.n, mdl.n)), mdl.Q * dt, self._cb * dt
+            return np.broadcast_to(eye, (k, mdl.n, mdl.n)), q * dt, self._cb * dt
         dt2 = dt * dt
         f = eye + mdl.A * dt
-        qd = mdl.Q * dt + self._q2 * dt2 + self._q3 * (dt2 * dt)
+        qd = q * dt + q2 * dt2 + q3 * (dt2 * dt)
         g = self._cb * dt + self._g2 * dt2
         return f, qd, g
 
-    def _scalar_form(self, dt_ns: I64) -> tuple[F64, F64, F64]:
+    def _scalar_form(self, dt_ns: I64, variant: IntP | None = None) -> tuple[F64, F64, F64]:
         a = float(self.model.A[0, 0])
         adt = a * (dt_ns * (1.0 / NS_PER_S))
         em1 = np.expm1(adt)
         f = np.exp(adt)  # not em1 + 1: that is 0 for long gaps of a stable model
-        qd = self.model.Q[0, 0] * np.expm1(2.0 * adt) / (2.0 * a)
+        qd = self._q00(variant) * np.expm1(2.0 * adt) / (2.0 * a)
         g = (em1 / a)[:, None] * self._cb[0]
         return f, qd, g
 

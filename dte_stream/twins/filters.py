@@ -2,27 +2,33 @@
 
 A *shared* model (``models:`` in the spec) is one group whose rows are twins: every channel it
 observes or takes as control input updates the same state vector. The other channels are
-filtered on their own; channels whose ``filter`` settings are equal share one group whose rows
-are (twin, channel) *cells*, so a type with ten identical channels costs one kernel call per
-round, not ten.
+filtered on their own; channels whose ``filter`` settings are equal share one *filter* (a model,
+named after its preset: ``random_walk``, ``random_walk_2``, ...), and filters whose models
+differ only in their noise (``Q`` and ``R``: a random walk per channel with its own process and
+measurement noise) share one group whose rows are (twin, channel) *cells*, run by one kernel
+with the filters as noise variants. A type with ten random-walk channels costs one kernel call
+per round, not ten, whatever their noise settings.
 
 >>> from dte_stream.spec.twins import TwinTypeSpec
->>> spec = TwinTypeSpec(name="pump", channels={"temp": {}, "flow": {},
+>>> spec = TwinTypeSpec(name="pump", channels={"temp": {}, "flow": {"filter": {"process_noise": 0.5}},
 ...     "vib": {"filter": {"model": "damped_oscillator", "period": 2.0}}})
 >>> [(g.name, g.channels, g.per_cell) for g in build_groups(spec, capacity=8)]
 [('random_walk', [0, 1], True), ('damped_oscillator', [2], True)]
+>>> [build_groups(spec, capacity=8)[0].filter_of(c)[0] for c in (0, 1)]
+['random_walk', 'random_walk_2']
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from dte_stream.spec.twins import FilterPreset, TwinTypeSpec
 from dte_stream.times import NS_PER_S
-from dte_stream.twins.kalman import StateSpaceKernel
+from dte_stream.twins.discretise import Discretiser
+from dte_stream.twins.kalman import StateSpaceKernel, same_but_noise
 from dte_stream.twins.statespace import StateSpaceModel, StateSpaceState
 
 __all__ = ["FilterGroup", "build_groups"]
@@ -35,7 +41,9 @@ class FilterGroup:
     """One kernel and its state; ``local[c]`` is type channel ``c``'s index in the kernel, or -1.
 
     Rows of a per-cell group are ``twin_row * len(channels) + slot[c]``: only the group's own
-    channels have state.
+    channels have state. ``filters`` are the group's filters, ``(name, model, kernel)`` each:
+    the group's own alone, or for a per-cell group of channels with different noise settings
+    one per setting, the kernel's noise variants; ``variant[c]`` is channel ``c``'s.
     """
 
     name: str
@@ -46,11 +54,26 @@ class FilterGroup:
     channels: list[int]
     local: IntP
     width: int  # channels of the twin type
+    filters: list[tuple[str, StateSpaceModel, StateSpaceKernel]] = field(default_factory=list)
+    variant: IntP = field(default_factory=lambda: np.empty(0, dtype=np.intp))
 
     def __post_init__(self) -> None:
         self.cells = len(self.channels) if self.per_cell else 1
         self.slot = np.full(self.width, -1, dtype=np.intp)
         self.slot[self.channels] = np.arange(len(self.channels))
+        if not self.filters:
+            self.filters = [(self.name, self.model, self.kernel)]
+        if self.variant.shape != (self.width,):
+            self.variant = np.zeros(self.width, dtype=np.intp)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the kernel runs several filters (noise variants) in one call."""
+        return len(self.filters) > 1
+
+    def filter_of(self, channel: int) -> tuple[str, StateSpaceModel, StateSpaceKernel]:
+        """The filter of type channel ``channel``: its name, model and own kernel."""
+        return self.filters[int(self.variant[channel])]
 
     def state_rows(self, twin_rows: IntP, channel: IntP) -> IntP:
         """Rows of the kernel state for readings of these twin rows and channels."""
@@ -83,7 +106,9 @@ class FilterGroup:
         return cols
 
 
-def _kernel(spec: TwinTypeSpec, model: StateSpaceModel) -> StateSpaceKernel:
+def _kernel(
+    spec: TwinTypeSpec, model: StateSpaceModel, variants: list[StateSpaceModel] | None = None
+) -> StateSpaceKernel:
     k = spec.kalman
     return StateSpaceKernel(
         model,
@@ -92,11 +117,21 @@ def _kernel(spec: TwinTypeSpec, model: StateSpaceModel) -> StateSpaceKernel:
         reset_after=k.reset_after,
         horizons_s=list(k.horizons),
         adaptive_noise=k.adaptive_noise,
+        variants=variants,
     )
 
 
-def build_groups(spec: TwinTypeSpec, capacity: int) -> list[FilterGroup]:
-    """The filter groups of a twin type, with state for ``capacity`` twins."""
+def _fusable(model: StateSpaceModel) -> bool:
+    """Whether per-channel filters of this model can share a kernel as noise variants."""
+    return model.n <= 2 and Discretiser(model).closed_form
+
+
+def build_groups(spec: TwinTypeSpec, capacity: int, *, fuse: bool = True) -> list[FilterGroup]:
+    """The filter groups of a twin type, with state for ``capacity`` twins.
+
+    ``fuse=False``: one group per filter (per distinct ``filter`` setting), as before noise
+    variants; the state of each channel is the same either way.
+    """
     names = spec.channel_names()
     width = len(names)
     groups: list[FilterGroup] = []
@@ -121,12 +156,37 @@ def build_groups(spec: TwinTypeSpec, capacity: int) -> list[FilterGroup]:
             presets.append(preset)
             members_of.append([names.index(channel)])
     used: dict[str, int] = {}
+    filters: list[tuple[str, StateSpaceModel, list[int]]] = []
     for preset, members in zip(presets, members_of, strict=True):
-        model = preset.build(1, 0)
         used[preset.model] = used.get(preset.model, 0) + 1
         name = preset.model if used[preset.model] == 1 else f"{preset.model}_{used[preset.model]}"
+        filters.append((name, preset.build(1, 0), members))
+    # Filters that differ only in noise, in the order of their first: one group each.
+    fused: list[list[int]] = []
+    for i, (_, model, _) in enumerate(filters):
+        home = next(
+            (f for f in fused if fuse and _fusable(model) and same_but_noise(filters[f[0]][1], model)),
+            None,
+        )
+        if home is None:
+            fused.append([i])
+        else:
+            home.append(i)
+    for members_of_group in fused:
+        name, model, _ = filters[members_of_group[0]]
+        channels = sorted(c for i in members_of_group for c in filters[i][2])
         local = np.full(width, -1, dtype=np.intp)
-        local[members] = 0
-        state = StateSpaceState.allocate(model, capacity * len(members))
-        groups.append(FilterGroup(name, model, _kernel(spec, model), state, True, members, local, width))
+        local[channels] = 0
+        variant = np.zeros(width, dtype=np.intp)
+        group_filters = []
+        for v, i in enumerate(members_of_group):
+            f_name, f_model, f_channels = filters[i]
+            variant[f_channels] = v
+            group_filters.append((f_name, f_model, _kernel(spec, f_model)))
+        variants = [f[1] for f in group_filters] if len(group_filters) > 1 else None
+        kernel = group_filters[0][2] if variants is None else _kernel(spec, model, variants)
+        state = StateSpaceState.allocate(model, capacity * len(channels))
+        groups.append(
+            FilterGroup(name, model, kernel, state, True, channels, local, width, group_filters, variant)
+        )
     return groups

@@ -61,7 +61,7 @@ from dte_stream.twins.statespace import (
     StateSpaceState,
 )
 
-__all__ = ["StateSpaceKernel", "StateSpaceOutput", "noise_weight"]
+__all__ = ["StateSpaceKernel", "StateSpaceOutput", "noise_weight", "same_but_noise"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -134,6 +134,7 @@ class StateSpaceKernel:
         adaptive_noise: bool = False,
         noise_halflife: float = 200.0,
         warmup: int = 10,
+        variants: list[StateSpaceModel] | None = None,
     ) -> None:
         if not gate > 0:
             raise ValueError(f"gate must be positive (math.inf disables gating), not {gate!r}")
@@ -156,10 +157,23 @@ class StateSpaceKernel:
         self.horizons_s = [float(h) for h in horizons_s or []]
         if any(not (math.isfinite(h) and h > 0) for h in self.horizons_s):
             raise ValueError(f"horizons must be positive seconds, not {self.horizons_s}")
-        self.discretise = Discretiser(model)
+        #: Models that differ from ``model`` only in ``Q`` and ``R`` (noise variants; see
+        #: :meth:`step_rounds`), the first ``model`` itself; empty without variants.
+        self.variants = list(variants or [])
+        self._variant_r: F64 | None = None
+        self._variant_horizon_qd: F64 | None = None
+        if self.variants:
+            _check_variants(model, self.variants)
+            self._variant_r = np.stack([v.R for v in self.variants])  # (V, m)
+        noises = [v.Q for v in self.variants] if self.variants else None
+        self.discretise = Discretiser(model, noises=noises)
         self._algebra = algebra_for(model.n)
         horizon_ns = np.array([round(h * NS_PER_S) for h in self.horizons_s], dtype=np.int64)
         self._horizon = self.discretise(horizon_ns) if horizon_ns.size else None
+        if self.variants and horizon_ns.size:  # (V, H, n, n): each variant's Qd at the horizons
+            each = np.repeat(np.arange(len(self.variants)), horizon_ns.size)
+            qd = self.discretise(np.tile(horizon_ns, len(self.variants)), each)[1]
+            self._variant_horizon_qd = qd.reshape(len(self.variants), horizon_ns.size, *qd.shape[1:])
 
     def step(
         self,
@@ -186,28 +200,36 @@ class StateSpaceKernel:
         values: F64,
         r_scale: F64 | None,
         spans: list[tuple[int, int]],
+        variant: IntP | None = None,
     ) -> list[StateSpaceOutput]:
         """Apply rounds of readings in turn, as :meth:`step` for each; round ``j`` is the readings
         at positions ``spans[j][0]`` to ``spans[j][1]`` (each row at most once in a round).
 
         What depends only on a reading's channel and trust (observation or control, its
-        measurement variance) is worked out once for every round.
+        measurement variance) is worked out once for every round. ``variant``: each reading's
+        index in :attr:`variants` (a kernel built with them), whose ``Q`` and ``R`` it takes:
+        the same numbers as that variant's own kernel gives.
         """
         obs = channel_idx < self.model.m
         ch = np.where(obs, channel_idx, 0)
-        r_nominal = self.model.R[ch]
+        if variant is None:
+            r_nominal = self.model.R[ch]
+        elif self._variant_r is None:
+            raise ValueError("noise variants given to a kernel built without variants")
+        else:
+            r_nominal = self._variant_r[variant, ch]
         r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
         return [
             self._round(
                 state, rows[a:b], channel_idx[a:b], time_ns[a:b], values[a:b], obs[a:b], ch[a:b],
-                r_nominal[a:b], r[a:b],
+                r_nominal[a:b], r[a:b], None if variant is None else variant[a:b],
             )
             for a, b in spans
         ]  # fmt: skip
 
     def _round(
         self, state: StateSpaceState, rows: IntP, channel_idx: IntP, time_ns: I64, values: F64,
-        obs: Bool, ch: IntP, r_nominal: F64, r: F64,
+        obs: Bool, ch: IntP, r_nominal: F64, r: F64, variant: IntP | None,
     ) -> StateSpaceOutput:  # fmt: skip
         """One round of :meth:`step_rounds`: ``obs``, ``ch`` (observed channel, else 0) and the
         measurement variances ``r_nominal`` and ``r`` (with trust) of each reading given."""
@@ -222,7 +244,7 @@ class StateSpaceKernel:
         measured = live & init
         # Control readings hold the new input from now on; they do not initialise a twin.
         keep = rejected | (~obs & ~init)
-        lin = self._algebra(self, state, rows)
+        lin = self._algebra(self, state, rows, variant)
         predicted, s_u = lin.predict_and_score(moving, gap, obs, ch, r)
         innovation = values - predicted
         nis = innovation * innovation / s_u
@@ -281,7 +303,10 @@ class StateSpaceKernel:
             channel_std=np.where(live, np.sqrt(chan_var), nan),
         )
         if self._horizon is not None:
-            mean, var = lin.forecast(self._horizon, state.u[rows], r_nominal)
+            horizon = self._horizon
+            if variant is not None and self._variant_horizon_qd is not None:
+                horizon = (horizon[0], self._variant_horizon_qd[variant], horizon[2])
+            mean, var = lin.forecast(horizon, state.u[rows], r_nominal)
             out.forecast = np.where(live[:, None], mean, nan)
             var = np.maximum(var, 0.0)
             if column is not None:
@@ -308,6 +333,28 @@ def noise_weight(halflife: float) -> float:
     0.5
     """
     return float(-math.expm1(-math.log(2.0) / halflife))
+
+
+def _check_variants(model: StateSpaceModel, variants: list[StateSpaceModel]) -> None:
+    """Noise variants must be ``model`` but for ``Q`` and ``R``, with one of the algebras written
+    out (``n <= 2``: the per-reading noise is elementwise there)."""
+    if variants[0] is not model:
+        raise ValueError("the first noise variant must be the kernel's own model")
+    if model.n > 2:
+        raise ValueError(f"noise variants need a model of at most 2 states, not {model.n}")
+    for v in variants:
+        if not same_but_noise(model, v):
+            raise ValueError("noise variants must differ from the model only in Q and R")
+
+
+def same_but_noise(a: StateSpaceModel, b: StateSpaceModel) -> bool:
+    """Whether two models differ at most in their noise (``Q`` and ``R``)."""
+    return (
+        a.kind == b.kind
+        and a.step_s == b.step_s
+        and (a.n, a.m, a.p) == (b.n, b.m, b.p)
+        and all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("A", "H", "x0", "P0", "c", "B"))
+    )
 
 
 def _trust(r_scale: npt.ArrayLike, k: int) -> F64:

@@ -80,8 +80,10 @@ def algebra_for(
 class _Rows:
     """The rows of one round: their state as read, and the posterior written back."""
 
-    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
-        self.kernel, self.state, self.rows = kernel, state, rows
+    def __init__(
+        self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP, variant: IntP | None = None
+    ) -> None:
+        self.kernel, self.state, self.rows, self.variant = kernel, state, rows, variant
         self.x = state.x[rows]
         self.P = state.P[rows]
         self.u = state.u[rows]
@@ -159,8 +161,10 @@ class MatrixAlgebra(_Rows):
 class ScalarAlgebra:
     """The same algebra for ``n == 1`` with elementwise ``(k,)`` arrays: the per-channel random walk."""
 
-    def __init__(self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP) -> None:
-        self.kernel, self.state, self.rows = kernel, state, rows
+    def __init__(
+        self, kernel: StateSpaceKernel, state: StateSpaceState, rows: IntP, variant: IntP | None = None
+    ) -> None:
+        self.kernel, self.state, self.rows, self.variant = kernel, state, rows, variant
         # Through 1-d views of the columns: the same elements as ``x[rows, 0]``, a tenth of the cost.
         self.x = state.x[:, 0][rows]
         self.P = state.P[:, 0, 0][rows]
@@ -169,14 +173,15 @@ class ScalarAlgebra:
         mdl = self.kernel.model
         x, P = self.x, self.P
         if moving.all():
-            f, qd, g = self.kernel.discretise.scalar(gap)
+            f, qd, g = self.kernel.discretise.scalar(gap, self.variant)
             self.x_pred = f * x + self._drive(g, self.state.u[self.rows])
             self.P_pred = f * f * P + qd
         else:
             self.x_pred = x.copy()
             self.P_pred = P.copy()
             if moving.any():
-                f, qd, g = self.kernel.discretise.scalar(gap[moving])
+                v = self.variant
+                f, qd, g = self.kernel.discretise.scalar(gap[moving], None if v is None else v[moving])
                 u = self.state.u[self.rows[moving]]
                 self.x_pred[moving] = f * x[moving] + self._drive(g, u)
                 self.P_pred[moving] = f * f * P[moving] + qd
@@ -211,7 +216,8 @@ class ScalarAlgebra:
         return self.x_new[:, None], self.P_new[:, None], h * self.x_new, h * h * self.P_new
 
     def forecast(self, horizon: tuple[F64, F64, F64], u: F64, r: F64) -> tuple[F64, F64]:
-        f, qd, g = horizon[0][:, 0, 0], horizon[1][:, 0, 0], horizon[2][:, 0, :]  # (H,), (H,), (H, 1 + p)
+        # (H,), (H,) or per reading (k, H) with noise variants, (H, 1 + p)
+        f, qd, g = horizon[0][:, 0, 0], horizon[1][..., 0, 0], horizon[2][:, 0, :]
         h = self.h[:, None]
         drive = g[:, 0] + u @ g[:, 1:].T  # (k, H)
         mean = h * (f * self.x_new[:, None] + drive)
@@ -231,13 +237,14 @@ class PairAlgebra(_Rows):
         x0, x1 = x[:, 0], x[:, 1]
         p00, p01, p10, p11 = P[:, 0, 0], P[:, 0, 1], P[:, 1, 0], P[:, 1, 1]
         if moving.all():  # the usual round: no masks
-            self.x_pred, self.P_pred = self._predict(gap, x0, x1, p00, p01, p10, p11, self.u)
+            self.x_pred, self.P_pred = self._predict(gap, x0, x1, p00, p01, p10, p11, self.u, self.variant)
         else:
             xp = [x0.copy(), x1.copy()]
             pp = [p00.copy(), p01.copy(), p10.copy(), p11.copy()]
             if moving.any():
                 m = moving
-                xm, pm = self._predict(gap[m], x0[m], x1[m], p00[m], p01[m], p10[m], p11[m], self.u[m])
+                v = None if self.variant is None else self.variant[m]
+                xm, pm = self._predict(gap[m], x0[m], x1[m], p00[m], p01[m], p10[m], p11[m], self.u[m], v)
                 for whole, part in zip([*xp, *pp], [*xm, *pm], strict=True):
                     whole[moving] = part
             self.x_pred, self.P_pred = (xp[0], xp[1]), (pp[0], pp[1], pp[2], pp[3])
@@ -250,9 +257,10 @@ class PairAlgebra(_Rows):
         return h0 * xp0 + h1 * xp1, h0 * ph0 + h1 * ph1 + r
 
     def _predict(
-        self, gap: I64, x0: F64, x1: F64, p00: F64, p01: F64, p10: F64, p11: F64, u: F64
-    ) -> tuple[tuple[F64, F64], tuple[F64, F64, F64, F64]]:
-        f, qd, g = self.kernel.discretise(gap)
+        self, gap: I64, x0: F64, x1: F64, p00: F64, p01: F64, p10: F64, p11: F64, u: F64,
+        variant: IntP | None,
+    ) -> tuple[tuple[F64, F64], tuple[F64, F64, F64, F64]]:  # fmt: skip
+        f, qd, g = self.kernel.discretise(gap, variant)
         f00, f01, f10, f11 = f[:, 0, 0], f[:, 0, 1], f[:, 1, 0], f[:, 1, 1]
         drive0, drive1 = g[:, 0, 0], g[:, 1, 0]
         for j in range(u.shape[1]):  # zero-order-held controls
@@ -318,7 +326,7 @@ class PairAlgebra(_Rows):
 
     def forecast(self, horizon: tuple[F64, F64, F64], u: F64, r: F64) -> tuple[F64, F64]:
         """Mean and variance (unit scale) of each reading's channel at every horizon: ``(k, H)``."""
-        f, qd, g = horizon  # (H, 2, 2), (H, 2, 2), (H, 2, 1 + p)
+        f, qd, g = horizon  # (H, 2, 2), (H, 2, 2) or (k, H, 2, 2), (H, 2, 1 + p)
         x, P = self.x_new, self.P_new
         h0, h1 = self.h0[:, None], self.h1[:, None]
         x0, x1 = x[:, 0:1], x[:, 1:2]
@@ -333,6 +341,7 @@ class PairAlgebra(_Rows):
         fh1 = f01 * h0 + f11 * h1
         p00, p01, p10, p11 = P[:, 0:1, 0], P[:, 0:1, 1], P[:, 1:2, 0], P[:, 1:2, 1]
         var = fh0 * (p00 * fh0 + p01 * fh1) + fh1 * (p10 * fh0 + p11 * fh1)
-        q00, q01, q10, q11 = qd[None, :, 0, 0], qd[None, :, 0, 1], qd[None, :, 1, 0], qd[None, :, 1, 1]
+        q = qd if qd.ndim == 4 else qd[None]  # per reading (k, H, 2, 2) with noise variants
+        q00, q01, q10, q11 = q[:, :, 0, 0], q[:, :, 0, 1], q[:, :, 1, 0], q[:, :, 1, 1]
         var = var + (h0 * (q00 * h0 + q01 * h1) + h1 * (q10 * h0 + q11 * h1)) + r[:, None]
         return mean, var

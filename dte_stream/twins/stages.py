@@ -216,8 +216,9 @@ def by_rounds(
         pos = g_rounds.order if sel is None else sel[g_rounds.order]
         k_rows, k_local = srows[g_rounds.order], group.local[ch[pos]]
         k_time, k_value, k_r_scale = time_ns[pos], value[pos], r_scale[pos]
+        k_variant = group.variant[ch[pos]] if group.fused else None
         outs = group.kernel.step_rounds(
-            group.state, k_rows, k_local, k_time, k_value, k_r_scale, g_rounds.spans()
+            group.state, k_rows, k_local, k_time, k_value, k_r_scale, g_rounds.spans(), k_variant
         )
         estimate[pos] = _joined(outs, "channel_estimate")
         std[pos] = _joined(outs, "channel_std")
@@ -317,7 +318,10 @@ def by_reading(bank: TwinBank, rows: IntP, ch: IntP, time_ns: I64, value: F64, n
     extra = {name: [nan] * n for name in bank.extra_columns}
     group_of = bank.group_of.tolist()
     observed = bank.observed.tolist()
-    kernels = [_scalar_kernel(bank, g) for g in range(len(bank.groups))]
+    kernels = [
+        [_scalar_kernel(bank, g, v) for v in range(len(group.filters))] for g, group in enumerate(bank.groups)
+    ]
+    variant_of = [group.variant.tolist() for group in bank.groups]
     slots = [group.slot.tolist() for group in bank.groups]
     locals_ = [group.local.tolist() for group in bank.groups]
     columns = [
@@ -353,7 +357,7 @@ def by_reading(bank: TwinBank, rows: IntP, ch: IntP, time_ns: I64, value: F64, n
             krow = kernel_rows[g].get(srow)
             if krow is None:
                 krow = kernel_rows[g][srow] = KernelRow(bank.groups[g].state, srow)
-            out = kernels[g].step(krow, locals_[g][c], t, v, r_scale)
+            out = kernels[g][variant_of[g][c]].step(krow, locals_[g][c], t, v, r_scale)
             estimate[i], std[i], innovation[i], nis[i] = out[0], out[1], out[2], out[3]
             rejected[i] = out[8]
             flag |= (fl.GATED if out[5] else 0) | (fl.LATE if out[7] else 0) | (fl.RESET if out[6] else 0)
@@ -393,9 +397,11 @@ def by_reading(bank: TwinBank, rows: IntP, ch: IntP, time_ns: I64, value: F64, n
     )
 
 
-def _scalar_kernel(bank: TwinBank, g: int) -> ScalarKernel:
-    """The per-reading form of group ``g``'s kernel, kept on the bank (it caches transitions)."""
-    kernel = bank.scalar_kernels.get(g)
-    if kernel is None or kernel.kernel is not bank.groups[g].kernel:
-        kernel = bank.scalar_kernels[g] = ScalarKernel(bank.groups[g].kernel)
+def _scalar_kernel(bank: TwinBank, g: int, v: int) -> ScalarKernel:
+    """The per-reading form of the kernel of group ``g``'s filter ``v`` (its own, not the group's
+    noise variants), kept on the bank (it caches transitions)."""
+    own = bank.groups[g].filters[v][2]
+    kernel = bank.scalar_kernels.get((g, v))
+    if kernel is None or kernel.kernel is not own:
+        kernel = bank.scalar_kernels[(g, v)] = ScalarKernel(own)
     return kernel

@@ -185,13 +185,14 @@ def gather(
     cells = rows[:, None] * width + np.arange(width)[None, :]
     models: list[ModelColumns] = []
     for group in bank.groups:
-        mdl, st = group.model, group.state
+        st = group.state
         for slot in range(len(group.channels)) if group.per_cell else [None]:
             srows = rows * group.cells + slot if slot is not None else rows
             members = [group.channels[slot]] if slot is not None else list(group.channels)
+            name, mdl, _ = group.filter_of(members[0])  # per cell: the channel's own filter
             models.append(
                 ModelColumns(
-                    group.name,
+                    name,
                     [bank.channels[c] for c in members if group.local[c] < mdl.m],
                     [bank.channels[c] for c in members if group.local[c] >= mdl.m],
                     list(mdl.state_names),

@@ -123,16 +123,15 @@ class _Filter:
 
 
 def _filters(spec: TwinTypeSpec, record: dict[str, Any]) -> list[_Filter]:
-    groups = {g.name: g for g in build_groups(spec, capacity=1)}
+    models = {name: mdl for g in build_groups(spec, capacity=1) for name, mdl, _ in g.filters}
     out = []
     for entry in record.get("models", []):
-        group = groups.get(entry["group"])
-        if group is None:
+        mdl = models.get(entry["group"])
+        if mdl is None:
             raise ConfigError(
                 f"twin {record['twin_id']!r}: its state has a filter {entry['group']!r} that twin type "
                 f"{spec.name!r} does not declare (the view is from another spec version)"
             )
-        mdl = group.model
         mean = np.asarray(entry["mean"], dtype=np.float64)
         cov = np.asarray(entry["cov"], dtype=np.float64)
         if mean.shape != (mdl.n,) or cov.shape != (mdl.n, mdl.n):

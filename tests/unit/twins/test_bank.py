@@ -15,6 +15,7 @@ from dte_stream.spec.twins import TwinTypeSpec
 from dte_stream.twins import flags as fl
 from dte_stream.twins.bank import TwinBank, rounds_of
 from dte_stream.twins.checkpoint import SnapshotMismatchError
+from dte_stream.twins.filters import build_groups
 from dte_stream.twins.presets import local_linear_trend, random_walk
 from dte_stream.twins.routing import TypedBatch
 from dte_stream.twins.statespace_reference import ReferenceFilter
@@ -159,11 +160,31 @@ def test_rounds_apply_each_cell_once_per_round_in_time_order() -> None:
 def test_identical_channel_filters_share_one_group_and_shared_models_have_their_own() -> None:
     spec = TwinTypeSpec.model_validate({"name": "p", "channels": {"a": {}, "b": {}, "c": {}}})
     assert [(g.name, g.channels) for g in TwinBank(spec).groups] == [("random_walk", [0, 1, 2])]
-    assert [(g.name, g.channels, g.per_cell) for g in TwinBank(SPEC).groups] == [
+    assert [(g.name, g.channels, g.per_cell) for g in build_groups(SPEC, 4, fuse=False)] == [
         ("flow", [2, 3], False),
         ("random_walk", [0], True),
         ("random_walk_2", [1], True),
     ]
+
+
+def test_channel_filters_that_differ_only_in_noise_share_one_kernel_as_variants() -> None:
+    groups = TwinBank(SPEC).groups
+    assert [(g.name, g.channels, g.per_cell, g.fused) for g in groups] == [
+        ("flow", [2, 3], False, False),
+        ("random_walk", [0, 1], True, True),
+    ]
+    walks = groups[1]
+    assert [walks.filter_of(c)[0] for c in (0, 1)] == ["random_walk", "random_walk_2"]
+    assert [float(walks.filter_of(c)[1].Q[0, 0]) for c in (0, 1)] == [0.01, 0.0001]
+    assert walks.kernel.variants == [walks.filter_of(0)[1], walks.filter_of(1)[1]]
+    # a model that is not written out in closed form keeps one group per setting
+    oscillators = TwinTypeSpec.model_validate(
+        {"name": "p", "channels": {
+            "a": {"filter": {"model": "damped_oscillator", "period": 2.0}},
+            "b": {"filter": {"model": "damped_oscillator", "period": 2.0, "accel_noise": 0.5}},
+        }}
+    )  # fmt: skip
+    assert [(g.channels, g.fused) for g in TwinBank(oscillators).groups] == [([0], False), ([1], False)]
 
 
 def test_unknown_twins_are_added_and_rows_are_stable() -> None:
