@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 _CACHE_LIMIT = 1_000_000
+#: Up to this many channel names (aliases included) a type's channels are found by comparing.
+_COMPARED_NAMES = 32
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -152,6 +154,8 @@ class Router:
                     names[alias] = i
             self._channel_index.append(names)
             self._channel_list.append(", ".join(t.channels))
+        self._groups = len(self.types) * self.shards  # (type, shard) pairs
+        self._group_dtype = np.int16 if self._groups <= np.iinfo(np.int16).max else np.intp
         # Per twin id: type index * shards + shard, or -1 - shard when no type matches.
         # One router serves every worker thread of the process: the cache is locked.
         self._placement = IdIndex()
@@ -163,6 +167,22 @@ class Router:
             if pattern.fullmatch(twin_id):
                 return self.types.index(name) * self.shards + shard
         return -1 - shard
+
+    def _channels_of(self, type_index: int, channels: npt.NDArray[np.str_]) -> npt.NDArray[np.intp]:
+        """The index of each channel in twin type ``type_index``'s channels (-1: not one of them).
+
+        A type has a few channel names (aliases included): one vectorised comparison per name
+        costs less than finding the distinct channels of the batch (a sort of its strings).
+        """
+        names = self._channel_index[type_index]
+        if len(names) > _COMPARED_NAMES:
+            unique_ch, inverse = np.unique(channels, return_inverse=True)
+            lookup = np.array([names.get(c, -1) for c in unique_ch.tolist()], dtype=np.intp)
+            return lookup[inverse.reshape(-1)]
+        index = np.full(channels.shape[0], -1, dtype=np.intp)
+        for name, i in names.items():
+            index[channels == name] = i
+        return index
 
     def placement(self, twin_id: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """Twin type index (-1 when no pattern matches) and shard of each twin id."""
@@ -199,14 +219,19 @@ class Router:
                 )
 
         channel_idx = np.full(n, -1, dtype=np.intp)
-        unique_ch, ch_inverse = np.unique(batch.channel, return_inverse=True)
-        ch_inverse = ch_inverse.reshape(-1)
-        for t in np.unique(type_idx[type_idx >= 0]).tolist():
-            names = self._channel_index[t]
-            lookup = np.array([names.get(c, -1) for c in unique_ch.tolist()], dtype=np.intp)
-            of_type = type_idx == t
-            channel_idx[of_type] = lookup[ch_inverse[of_type]]
-            bad = np.flatnonzero(of_type & (channel_idx < 0))
+        lowest, highest = int(type_idx.min()), int(type_idx.max())
+        if lowest == highest:  # one twin type (the usual), or none
+            present = [lowest] if lowest >= 0 else []
+        else:
+            present = np.unique(type_idx[type_idx >= 0]).tolist()
+        for t in present:
+            of_type = None if lowest == highest else type_idx == t
+            if of_type is None:
+                channel_idx = self._channels_of(t, batch.channel)
+                bad = np.flatnonzero(channel_idx < 0)
+            else:
+                channel_idx[of_type] = self._channels_of(t, batch.channel[of_type])
+                bad = np.flatnonzero(of_type & (channel_idx < 0))
             if bad.size:
                 for c in np.unique(batch.channel[bad]).tolist():
                     positions = bad[batch.channel[bad] == c]
@@ -217,14 +242,18 @@ class Router:
                     errors += _dead(batch, positions, source, reason)
 
         ok = (type_idx >= 0) & (channel_idx >= 0)
-        group = np.where(ok, type_idx * self.shards + shard, -1)
         routed: list[tuple[str, TypedBatch]] = []
         origin = os.getpid()
         good = np.flatnonzero(ok)
         if good.size:
-            order = good[np.argsort(group[good], kind="stable")]
-            keys, starts = np.unique(group[order], return_index=True)
-            for key, idx in zip(keys.tolist(), np.split(order, starts[1:]), strict=True):
+            # Groups (type and shard) are few: a stable radix sort of 16-bit keys and a count
+            # per group, where a comparison sort and np.unique sorted twice.
+            group = (type_idx[good] * self.shards + shard[good]).astype(self._group_dtype)
+            order = good[np.argsort(group, kind="stable")]
+            counts = np.bincount(group, minlength=self._groups)
+            ends = np.cumsum(counts)
+            for key in np.flatnonzero(counts).tolist():
+                idx = order[ends[key] - counts[key] : ends[key]]
                 t, s = divmod(key, self.shards)
                 routed.append(
                     (

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dte_stream.codecs import CODEC_NAMES, get_codec
+from dte_stream.codecs.base import ContextPayloads
 from dte_stream.readings import ReadingBatch
 
 GARBAGE = st.sampled_from([b"", b"   ", b"\xff\xfe", b"{", b"[1,2", b"x y=z", b"a,b\n1,2,3", b"null"])
@@ -107,3 +108,93 @@ def test_plain_records_are_decoded_without_a_context_per_payload() -> None:
     assert result.errors == []
     assert result.readings.twin_id.tolist() == [f"p-{i}" for i in range(5)]
     assert result.readings.value.tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
+
+
+# -- the json codec's one orjson call per batch ------------------------------------------------
+
+_A = b'{"twin_id":"p-1","channel":"temp","time_ns":1000000000000000000,"value":1.5}'
+_B = b'{"twin_id":"p-2","channel":"temp","time_ns":1000000000000000001,"value":2.5}'
+_C_OPEN = b'{"twin_id":"p-3","channel":"temp","time_ns":1000000000000000002,"value":3.5,"pad":'
+
+#: Batches whose payloads, joined as ``[p1,p2,...]``, are valid JSON with one element per
+#: payload, while no payload (or not every one) is JSON on its own.
+JOINED_ONLY = [
+    [b"[" + _A + b"],[" + _B + b"]", b"[" + _C_OPEN + b"[1", b"2]}]"],
+    [_A + b"," + _B, _C_OPEN + b'{"x":1', b'"y":2}}'],
+    [b"[" + _A + b"]", b"1,2"],
+    [b"[" + _A + b'],["', b'"]'],
+    [b"[" + _A + b"],[" + _B + b"]", b"[" + _C_OPEN + b'"]', b'[x"}]'],
+]
+
+
+def _assert_decode_many_is_each_decode(values: list[bytes]) -> None:
+    codec = get_codec("json")
+    pairs = [(v, context(source=f"test:{i}", twin_id=f"key-{i}")) for i, v in enumerate(values)]
+    together = codec.decode_many(ContextPayloads(pairs))
+    each = [codec.decode(p, c) for p, c in pairs]
+    expected = ReadingBatch.concat([r.readings for r in each])
+    assert [reading_key(r) for r in together.readings] == [reading_key(r) for r in expected]
+    assert [(e.source, e.reason, e.raw) for e in together.errors] == [
+        (e.source, e.reason, e.raw) for r in each for e in r.errors
+    ]
+
+
+@pytest.mark.parametrize("values", JOINED_ONLY)
+def test_payloads_that_are_json_only_when_joined_are_refused_one_by_one(values: list[bytes]) -> None:
+    import orjson
+
+    from dte_stream.codecs.json import _joined_is_split
+
+    joined = b"[" + b",".join(values) + b"]"
+    if values[1] != b"1,2":  # the trap: valid together, one element a payload
+        assert len(orjson.loads(joined)) == len(values)
+    assert not _joined_is_split(values, joined)
+    _assert_decode_many_is_each_decode(values)
+    errors = get_codec("json").decode_many(_payload_batch(values)).errors
+    assert any("invalid JSON" in e.reason for e in errors)
+
+
+def _payload_batch(values: list[bytes]) -> ContextPayloads:
+    return ContextPayloads([(v, context(source=f"test:{i}")) for i, v in enumerate(values)])
+
+
+def test_plain_payloads_take_the_joined_parse() -> None:
+    from dte_stream.codecs.json import _joined_is_split
+
+    for values in ([b"[" + _A + b"]", b"[" + _B + b"]"], [_A, _B], [b"[" + _A + b"," + _B + b"]"]):
+        assert _joined_is_split(values, b"[" + b",".join(values) + b"]")
+    for values in ([b" [" + _A + b"]"], [b"[" + _A + b"]", _B], [b"[" + _A + b"]", b""], [b"1"]):
+        assert not _joined_is_split(values, b"[" + b",".join(values) + b"]")
+
+
+def test_a_batch_mixing_good_and_bad_payloads_gives_the_readings_and_letters_of_each() -> None:
+    values = [
+        b"[" + _A + b"]",
+        b"1,2",
+        b"[" + _B + b"]",
+        b'[{"twin_id":"p-9","channel":"temp","time_ns":1,"value":"warm"}]',
+        b'[{"twin_id":"p-9","channel":"t[1]","time_ns":1,"value":1}]',
+        b"",
+    ]
+    _assert_decode_many_is_each_decode(values)
+    result = get_codec("json").decode_many(_payload_batch(values))
+    assert result.readings.twin_id.tolist() == ["p-1", "p-2", "p-9"]
+    assert [e.source for e in result.errors] == ["test:1", "test:3", "test:5"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_payloads_cut_anywhere_decode_as_each_payload(data: st.DataObject) -> None:
+    """Valid records joined, then cut at arbitrary bytes into payloads: whatever the cuts, the
+    batch decodes exactly as each payload on its own (mostly dead letters)."""
+    from codec_helpers import readings
+
+    records = [
+        _plain_record(r, with_twin=True) for r in data.draw(st.lists(readings(), min_size=1, max_size=5))
+    ]
+    if data.draw(st.booleans()):
+        records = [r[1:-1] for r in records]  # objects rather than one-element arrays
+    text = b",".join(records)
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=len(text) - 1), max_size=4)))
+    values = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    _assert_decode_many_is_each_decode(values)
