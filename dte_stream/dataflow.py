@@ -27,7 +27,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from dte_stream.alerts.store import AckInbox
+from dte_stream.alerts.store import AckInbox, ack_record, acknowledge
 from dte_stream.batches import AlertEvent, DeadLetter, EstimateBatch, SourceBatch
 from dte_stream.connectors.alerting.sink import NotifierSink
 from dte_stream.connectors.influxdb import InfluxDBSink
@@ -134,7 +134,7 @@ def build_flow(
     if isinstance(spec.view, KafkaViewSpec) and outputs is None:  # acknowledgements from other hosts
         from dte_stream.connectors.kafka.view_acks import KafkaAckInbox, MergedAcks
 
-        acks = MergedAcks(acks, KafkaAckInbox.open(spec.view, data_dir))
+        acks = MergedAcks(acks, KafkaAckInbox.open(spec.view, ack_record, acknowledge, data_dir))
     view = ViewHub(spec, live) if outputs is None else None  # tests and replays leave the view alone
     if view is not None:
         _VIEW_HUBS[id(flow)] = view  # run_flow closes it when the dataflow ends

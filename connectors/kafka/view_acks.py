@@ -4,9 +4,10 @@ An API that reads the view from Kafka (``serve --view kafka://...``) has no aler
 acknowledgement to. It produces it instead to ``<view topic>.acks`` (:class:`KafkaAckWriter`:
 key = the alert id, value = ``{"alert_id", "by", "time_ns"}``, ``by`` the token's name), and
 every process of a dataflow whose view is on Kafka follows that topic (:class:`KafkaAckInbox`).
-With a data directory (a ``local_store`` sink), it records each one there through
-:func:`~dte_stream.alerts.store.acknowledge`, exactly as ``dte-stream alerts ack`` on that host
-would (the ``acknowledged`` event in the alert log, the line its shards read; an alert this
+With a data directory (a ``local_store`` sink), it records each one there through the
+``record`` function it is given (the dataflow gives :func:`~dte_stream.alerts.store.acknowledge`,
+so that this connector imports nothing of the alert kernel), exactly as ``dte-stream alerts ack``
+on that host would (the ``acknowledged`` event in the alert log, the line its shards read; an alert this
 host's log does not hold belongs to another host, and is left to it); without one, it hands them
 to its shards directly. Either way the shard that holds the alert acknowledges it, and the
 alert's row, with ``acked_by``, goes back to the view topic.
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from dte_stream.alerts.store import ack_record, acknowledge
 from dte_stream.connectors.kafka.client import (
     LOG,
     ErrorLog,
@@ -47,6 +48,17 @@ __all__ = ["MAX_AGE_S", "KafkaAckInbox", "KafkaAckWriter", "MergedAcks", "acks_t
 MAX_AGE_S = 600.0
 #: How long an acknowledgement of an alert this host's alert log does not hold is tried again.
 RETRY_S = 30.0
+
+
+class RecordAck(Protocol):
+    """Records an acknowledgement in a data directory's alert log; raises ConfigError or
+    StoreError when it cannot (an unknown alert id starts its message with "unknown alert")."""
+
+    def __call__(self, data_dir: Path, alert_id: str, by: str, now_ns: int) -> object: ...
+
+
+#: Parses one acks-topic value into ``{"alert_id", "by", "time_ns"}``, or None when it is not one.
+ParseAck = Callable[[bytes | None], dict[str, Any] | None]
 
 
 def acks_topic(spec: KafkaViewSpec) -> str:
@@ -87,10 +99,24 @@ class KafkaAckWriter:
 
 
 class KafkaAckInbox:
-    """A dataflow process's end: follows the acks topic; :meth:`new_for` like the file inbox."""
+    """A dataflow process's end: follows the acks topic; :meth:`new_for` like the file inbox.
 
-    def __init__(self, spec: KafkaViewSpec, data_dir: Path | None = None, *, poll_s: float = 0.2) -> None:
+    ``parse`` checks each value of the topic; ``record`` writes an acknowledgement to the alert
+    log of ``data_dir`` (used only with a data directory).
+    """
+
+    def __init__(
+        self,
+        spec: KafkaViewSpec,
+        parse: ParseAck,
+        record: RecordAck,
+        data_dir: Path | None = None,
+        *,
+        poll_s: float = 0.2,
+    ) -> None:
         self.spec = spec
+        self._parse = parse
+        self._record = record
         self.data_dir = data_dir
         self.topic = acks_topic(spec)
         self.poll_s = poll_s
@@ -104,10 +130,12 @@ class KafkaAckInbox:
         self._thread = threading.Thread(target=self._run, name="dte-view-acks", daemon=True)
 
     @classmethod
-    def open(cls, spec: KafkaViewSpec, data_dir: Path | None = None) -> KafkaAckInbox:
+    def open(
+        cls, spec: KafkaViewSpec, parse: ParseAck, record: RecordAck, data_dir: Path | None = None
+    ) -> KafkaAckInbox:
         """The inbox, once the brokers answer and the topic exists (created when the spec says how)."""
         check_cluster(spec, "alert acknowledgements", [acks_topic(spec)], {})
-        inbox = cls(spec, data_dir)
+        inbox = cls(spec, parse, record, data_dir)
         inbox._thread.start()
         return inbox
 
@@ -137,7 +165,7 @@ class KafkaAckInbox:
                         if error.code() != KafkaError._PARTITION_EOF:
                             self._errors(error)
                         continue
-                    ack = ack_record(message.value())
+                    ack = self._parse(message.value())
                     if ack is None:
                         self.skipped += 1
                         LOG.warning(
@@ -164,7 +192,7 @@ class KafkaAckInbox:
                 self._pending.append(ack)
             return True
         try:  # recorded as on this host: the shards read it from the data directory
-            acknowledge(self.data_dir, ack["alert_id"], ack["by"], ack["time_ns"])
+            self._record(self.data_dir, ack["alert_id"], ack["by"], ack["time_ns"])
         except (ConfigError, StoreError) as exc:
             if str(exc).startswith(("unknown alert", "no data directory")):
                 return False  # not in this host's log: not yet written, or another host's alert
