@@ -185,10 +185,9 @@ class JsonCodec(CodecBase):
         kinds = set(map(type, documents))
         owner: list[int] | None = None  # payload of each record; None: record i is payload i
         if kinds == {list}:
-            sizes = list(map(len, documents))
-            if min(sizes) == 1 and max(sizes) == 1:
+            if set(map(len, documents)) == {1}:
                 records = list(map(_first, documents))
-            elif min(sizes) == 0:
+            elif min(sizes := list(map(len, documents))) == 0:
                 return None
             else:
                 records = list(chain.from_iterable(documents))

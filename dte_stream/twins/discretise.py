@@ -104,6 +104,9 @@ class Discretiser:
         self._q3 = A @ Q @ A.T / 3.0
         self._g2 = 0.5 * A @ self._cb
         self._any_a = bool(np.any(A))
+        #: ``n == 1``, ``A == 0`` and no drive (``c == 0``, no controls): ``F = 1`` and ``G = 0``
+        #: for every gap, only ``Qd = Q dt`` (:meth:`walk_noise`) changes: a random walk.
+        self.still = model.n == 1 and continuous and not self._any_a and model.p == 0 and not np.any(model.c)
         self._noises: tuple[F64, F64, F64, F64] | None = None
         if noises is not None:
             if not self.closed_form:
@@ -154,6 +157,11 @@ class Discretiser:
             return self._scalar_form(dt_ns, variant)
         f, q, g = self(dt_ns, variant)
         return f[:, 0, 0], q[:, 0, 0], g[:, 0, :]
+
+    def walk_noise(self, dt_ns: I64, variant: IntP | None = None) -> F64:
+        """``Qd (k,)`` of a random walk (:attr:`still`): what :meth:`scalar` gives as ``Qd``."""
+        qd: F64 = np.multiply(self._q00(variant), dt_ns * (1.0 / NS_PER_S))
+        return qd
 
     def _variants(self) -> tuple[F64, F64, F64, F64]:
         """Per variant: ``Q``, the ``dt^2`` and ``dt^3`` terms of ``Qd``, and ``Q[0, 0]``."""

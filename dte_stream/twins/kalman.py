@@ -219,20 +219,22 @@ class StateSpaceKernel:
         else:
             r_nominal = self._variant_r[variant, ch]
         r = r_nominal if r_scale is None else r_nominal * _trust(r_scale, rows.shape[0])
+        every_obs = bool(obs.all())  # no control readings: the masks for them are left out
         return [
             self._round(
                 state, rows[a:b], channel_idx[a:b], time_ns[a:b], values[a:b], obs[a:b], ch[a:b],
-                r_nominal[a:b], r[a:b], None if variant is None else variant[a:b],
+                r_nominal[a:b], r[a:b], None if variant is None else variant[a:b], every_obs,
             )
             for a, b in spans
         ]  # fmt: skip
 
     def _round(
         self, state: StateSpaceState, rows: IntP, channel_idx: IntP, time_ns: I64, values: F64,
-        obs: Bool, ch: IntP, r_nominal: F64, r: F64, variant: IntP | None,
+        obs: Bool, ch: IntP, r_nominal: F64, r: F64, variant: IntP | None, every_obs: bool,
     ) -> StateSpaceOutput:  # fmt: skip
-        """One round of :meth:`step_rounds`: ``obs``, ``ch`` (observed channel, else 0) and the
-        measurement variances ``r_nominal`` and ``r`` (with trust) of each reading given."""
+        """One round of :meth:`step_rounds`: ``obs``, ``ch`` (observed channel, else 0), the
+        measurement variances ``r_nominal`` and ``r`` (with trust) of each reading, its noise
+        variant, and whether every reading observes (``obs`` all true) given."""
         m = self.model.m
         last = state.last_ns[rows]
         init = state.initialised[rows]
@@ -240,10 +242,10 @@ class StateSpaceKernel:
         late = init & (gap < 0)
         rejected = late & (-gap > self.lateness_ns)
         moving = init & (gap > 0)
-        live = obs & ~rejected
+        live = ~rejected if every_obs else obs & ~rejected
         measured = live & init
         # Control readings hold the new input from now on; they do not initialise a twin.
-        keep = rejected | (~obs & ~init)
+        keep = rejected if every_obs else rejected | (~obs & ~init)
         lin = self._algebra(self, state, rows, variant)
         predicted, s_u = lin.predict_and_score(moving, gap, obs, ch, r)
         innovation = values - predicted
@@ -261,11 +263,13 @@ class StateSpaceKernel:
         reset = over & (run >= self.reset_after)
         gated = over & ~reset
         s_upd = lin.update(innovation, r, live & ~gated, reset, keep)
-        state.last_ns[rows] = np.where(live | (~obs & ~rejected & init), np.maximum(last, time_ns), last)
+        applied = live if every_obs else live | (~obs & ~rejected & init)
+        state.last_ns[rows] = np.where(applied, np.maximum(last, time_ns), last)
         state.initialised[rows] = init | live
-        ctrl = ~obs & ~rejected
-        if ctrl.any():
-            state.u[rows[ctrl], channel_idx[ctrl] - m] = values[ctrl]
+        if not every_obs:
+            ctrl = ~obs & ~rejected
+            if ctrl.any():
+                state.u[rows[ctrl], channel_idx[ctrl] - m] = values[ctrl]
         if run_cells is None:
             state.gated_run[rows[live], ch[live]] = np.where(gated, run, 0)[live]
         else:

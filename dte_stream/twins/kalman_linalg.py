@@ -172,8 +172,20 @@ class ScalarAlgebra:
     def predict_and_score(self, moving: Bool, gap: I64, obs: Bool, ch: IntP, r: F64) -> tuple[F64, F64]:
         mdl = self.kernel.model
         x, P = self.x, self.P
-        if moving.all():
-            f, qd, g = self.kernel.discretise.scalar(gap, self.variant)
+        disc = self.kernel.discretise
+        if disc.still:  # a random walk (F = 1, G = 0): the same numbers, without the products by 1
+            self.x_pred = x
+            if moving.all():
+                self.P_pred = P + disc.walk_noise(gap, self.variant)
+            else:
+                self.P_pred = P.copy()
+                if moving.any():
+                    v = self.variant
+                    self.P_pred[moving] = P[moving] + disc.walk_noise(
+                        gap[moving], None if v is None else v[moving]
+                    )
+        elif moving.all():
+            f, qd, g = disc.scalar(gap, self.variant)
             self.x_pred = f * x + self._drive(g, self.state.u[self.rows])
             self.P_pred = f * f * P + qd
         else:
@@ -185,7 +197,8 @@ class ScalarAlgebra:
                 u = self.state.u[self.rows[moving]]
                 self.x_pred[moving] = f * x[moving] + self._drive(g, u)
                 self.P_pred[moving] = f * f * P[moving] + qd
-        self.h = h = np.where(obs, mdl.H[ch, 0], 0.0)
+        # One observed channel: its H entry for all (a scalar: the same numbers as a gather).
+        self.h = h = np.where(obs, mdl.H[ch, 0] if mdl.m > 1 else mdl.H[0, 0], 0.0)
         self.ph = self.P_pred * h
         return h * self.x_pred, h * self.ph + r
 

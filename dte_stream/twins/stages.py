@@ -210,13 +210,21 @@ def by_rounds(
         sel = np.flatnonzero(group_of == g) if len(bank.groups) > 1 else None
         if sel is not None and sel.size == 0:
             continue
-        g_rows, g_ch, g_time = (rows, ch, time_ns) if sel is None else (rows[sel], ch[sel], time_ns[sel])
-        srows = group.state_rows(g_rows, g_ch)
-        g_rounds = rounds_in(srows, g_time)
-        pos = g_rounds.order if sel is None else sel[g_rounds.order]
-        k_rows, k_local = srows[g_rounds.order], group.local[ch[pos]]
-        k_time, k_value, k_r_scale = time_ns[pos], value[pos], r_scale[pos]
-        k_variant = group.variant[ch[pos]] if group.fused else None
+        if sel is None and group.per_cell and group.cells == bank.width:
+            # One group of every channel, one row per cell (the channels in order): its rows are
+            # the bank's cells and its rounds the bank's, so the quality stage's inputs serve.
+            g_rounds, pos = rounds, perm
+            k_rows, k_ch, k_time, k_value = p_rows * bank.width + p_ch, p_ch, p_time, p_value
+            k_r_scale = q.r_scale
+        else:
+            g_rows, g_ch, g_time = (rows, ch, time_ns) if sel is None else (rows[sel], ch[sel], time_ns[sel])
+            srows = group.state_rows(g_rows, g_ch)
+            g_rounds = rounds_in(srows, g_time)
+            pos = g_rounds.order if sel is None else sel[g_rounds.order]
+            k_rows, k_ch = srows[g_rounds.order], ch[pos]
+            k_time, k_value, k_r_scale = time_ns[pos], value[pos], r_scale[pos]
+        k_local = group.local[k_ch]
+        k_variant = group.variant[k_ch] if group.fused else None
         outs = group.kernel.step_rounds(
             group.state, k_rows, k_local, k_time, k_value, k_r_scale, g_rounds.spans(), k_variant
         )

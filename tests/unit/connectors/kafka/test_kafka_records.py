@@ -178,3 +178,32 @@ def test_clean_records_map_in_bulk_with_the_same_contexts_as_one_by_one() -> Non
         else:
             assert ctx.received_ns == ctx2.received_ns
     assert mapper.map(records, end_offset=12).next_offset == 12  # the end cuts: per record
+
+
+def test_consumed_messages_map_in_bulk_and_so_do_mixed_records() -> None:
+    """confluent_kafka's own Message objects take the bulk path through Message's methods; a
+    list that mixes them with other record objects maps to the same payloads."""
+    from confluent_kafka import Message
+
+    from dte_stream.connectors.kafka.records import KafkaPayloads
+
+    def message(offset: int, value: bytes | None) -> Message:
+        return Message(topic="sensors", partition=3, offset=offset, key=b"pump-%d" % offset, value=value,
+                       timestamp=(TIMESTAMP_CREATE_TIME, 1_700_000_000_000 + offset))  # fmt: skip
+
+    mapper = _mapper()
+    out = mapper.map([message(10, b"[1]"), message(11, b"[2]")])
+    assert isinstance(out.payloads, KafkaPayloads)
+    assert [(p, c.twin_id, c.received_ns) for p, c in out.payloads] == [
+        (b"[1]", "pump-10", 1_700_000_000_010_000_000),
+        (b"[2]", "pump-11", 1_700_000_000_011_000_000),
+    ]
+    mixed = mapper.map([message(10, b"[1]"), Record(11, b"[2]", b"pump-11")])
+    assert isinstance(mixed.payloads, KafkaPayloads)
+    assert [(p, c.source[-3:]) for p, c in mixed.payloads] == [(b"[1]", "@10"), (b"[2]", "@11")]
+    refused = mapper.map([message(10, None), message(11, b"x" * 101), message(12, b"[3]")])
+    assert [d.reason[:25] for d in refused.errors] == [
+        "Kafka record has no value",
+        "Kafka record of 101 bytes",
+    ]
+    assert [p for p, _ in refused.payloads] == [b"[3]"]
