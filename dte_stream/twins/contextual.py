@@ -315,7 +315,7 @@ class ContextualScorer(ContextualCells):
         log_p = np.minimum(log_p, 0.0)
         ready = valid & (count >= self.warmup)
         if self.likelihood:
-            log_p, l_new = self._likelihood(cell, tails[4 * k :], log_p)
+            log_p, l_new, l_old = self._likelihood(cell, tails[4 * k :], log_p)
         raw = np.where(ready, np.clip(-log_p / (_LN10 * self.decades), 0.0, 1.0), 0.0) + 0.0
         # -- one flag per episode: damp scores for `quiet` readings after a flag, unless larger.
         quiet_left = a["quiet_left"].take(cell)
@@ -351,11 +351,13 @@ class ContextualScorer(ContextualCells):
         put("quiet_left", new_quiet_left)
         put("quiet_score", new_quiet_score)
         if self.likelihood:
-            for name, l_value in zip(self._LIKELIHOOD, l_new, strict=True):
-                put(name, np.where(ready, l_value, a[name].take(cell)))
+            for name, l_value, l_was in zip(self._LIKELIHOOD, l_new, l_old, strict=True):
+                put(name, np.where(ready, l_value, l_was))
         return scores
 
-    def _likelihood(self, cell: IntP, log_sf: F64, log_p: F64) -> tuple[F64, tuple[F64, F64, F64, I64]]:
+    def _likelihood(
+        self, cell: IntP, log_sf: F64, log_p: F64
+    ) -> tuple[F64, tuple[F64, F64, F64, I64], tuple[F64, F64, F64, I64]]:
         """The anomaly likelihood: log p of the recent mean of surprises under their long run.
 
         A reading's surprise is ``-log10`` of the two-sided tail of its larger residual z
@@ -366,8 +368,8 @@ class ContextualScorer(ContextualCells):
         deviation of surprises (scaled to the short mean's spread), after ``likelihood_after``
         surprises. A rate change (spikes that become denser, noise
         that grows) raises the short mean well above the cell's own long run, though no single
-        reading is surprising. Returns the combined log p (the smaller, Bonferroni times 2) and
-        the learned state, to be kept where the reading is ready. ``log_sf`` is
+        reading is surprising. Returns the combined log p (the smaller, Bonferroni times 2),
+        the learned state, to be kept where the reading is ready, and the state before. ``log_sf`` is
         :func:`~dte_stream.twins.anomaly.gaussian_log_sf` of each reading's larger residual z.
         """
         a = self._arrays
@@ -388,7 +390,7 @@ class ContextualScorer(ContextualCells):
         dev = surprise - mean
         new_mean = mean + alpha * dev
         new_var = (1.0 - alpha) * (var + alpha * dev * dev)
-        return np.minimum(log_p, lp_l + _LN2), (new_short, new_mean, new_var, n + 1)
+        return np.minimum(log_p, lp_l + _LN2), (new_short, new_mean, new_var, n + 1), (short, mean, var, n)
 
     def _view(
         self, u: F64, count: I64, peak_decay: F64, centre: F64, spread: F64, window: F64, peak: F64

@@ -282,6 +282,16 @@ class QualityBank:
             )
             for a, b in spans or [(0, k)]:
                 flags[a:b], r_scale[a:b] = self._round(readings.part(a, b))
+            # Each touched cell's deadline follows from its final time statistics: once, after
+            # the rounds (the same numbers as after each round; nothing reads it in between).
+            cell, st = readings.cell, self.state
+            last = st.last_ns.reshape(-1).take(cell)
+            interval = st.interval_ns.reshape(-1).take(cell)
+            gaps = st.gaps.reshape(-1).take(cell)
+            st.deadline_ns.reshape(-1)[cell] = _deadline(
+                readings.stale_after, readings.stale_min_ns, last, interval, gaps
+            )
+            st.stale.reshape(-1)[cell] = False
         return QualityOutput(flags, r_scale)
 
     def _round(self, r: _Readings) -> tuple[Flags, F64]:
@@ -352,9 +362,7 @@ class QualityBank:
         put(s.interval_ns, interval)
         put(s.gaps, gaps)
         put(s.last_ns, last)
-        put(s.deadline_ns, _deadline(r.stale_after, r.stale_min_ns, last, interval, gaps))
-        put(s.stale, False)
-        return flags, r_scale
+        return flags, r_scale  # the deadlines and stale marks: once after the rounds
 
     def due(self, now_ns: int) -> StaleCells:
         """Cells that went stale since the last call (each stale episode reported once)."""
