@@ -83,7 +83,9 @@ def _batch_documents(values: list[bytes], max_payload_bytes: int) -> list[Any] |
     ``orjson.loads`` per payload.
     """
     n = len(values)
-    joined = b"".join((b"[", b",".join(values), b"]"))
+    # One copy of the payloads, not two: the brackets go onto the first and last payloads.
+    ends = [b"[" + values[0] + b"]"] if n == 1 else [b"[" + values[0], values[-1] + b"]"]
+    joined = b",".join([ends[0], *values[1:-1], ends[-1]] if n > 1 else ends)
     if len(joined) - n - 1 > max_payload_bytes and max(map(len, values)) > max_payload_bytes:
         return None  # (the sum of the sizes is within the limit: then so is each size)
     if _joined_is_split(values, joined):
