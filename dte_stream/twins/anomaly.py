@@ -200,10 +200,11 @@ class AnomalyScorer:
             getattr(self, name)[index] = 1.0 if name == "window" else 0
 
     def snapshot(
-        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None, *, copy: bool = True
+        self, n_rows: int, rows: npt.NDArray[np.intp] | slice | None = None, *, copy: bool = True
     ) -> dict[str, npt.NDArray[np.generic]]:
         """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name
-        (``copy=False``: views of the rows, for a caller that pickles them at once)."""
+        (``copy=False``, or ``rows`` a slice: views of the rows, for a caller that pickles them
+        at once)."""
         if rows is not None:
             return {name: getattr(self, name)[rows] for name in self._FIELDS}
         return {

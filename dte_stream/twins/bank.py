@@ -420,7 +420,8 @@ class TwinBank:
 
 def _pad(array: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:
     """``array`` extended (or cut) to ``size`` elements, new ones set to ``fill``."""
-    out = np.full(size, fill, dtype=array.dtype)
+    out = np.empty(size, dtype=array.dtype)  # each byte written once: no fill under the copy
     k = min(size, array.shape[0])
     out[:k] = array[:k]
+    out[k:] = fill
     return out

@@ -52,6 +52,11 @@ class SnapshotMismatchError(ValueError):
     """A snapshot that this twin type cannot load (other layout, other spec)."""
 
 
+def _is_run(rows: npt.NDArray[np.intp]) -> bool:
+    """Whether ``rows`` are ``k, k + 1, ..., k + m`` (then a slice picks them, with no copy)."""
+    return rows.shape[0] > 0 and bool(np.all(np.diff(rows) == 1))
+
+
 def bank_snapshot(
     bank: TwinBank, rows: npt.NDArray[np.intp] | None = None, *, copy: bool = True
 ) -> dict[str, Any]:
@@ -60,16 +65,21 @@ def bank_snapshot(
     With ``rows``, only those twins' state (in that order): a *part* that
     :func:`merge_bank_snapshots` lays over an earlier snapshot (incremental snapshots,
     :mod:`dte_stream.twins.snapshot_log`); everything that is not per twin is copied whole.
-    ``copy=False`` (all twins only): views of the bank's arrays where they can be, for a caller
-    that pickles the snapshot at once, before the bank changes: no second copy of the state.
+    ``copy=False``: views of the bank's arrays where they can be (all twins, or ``rows`` that are
+    one ascending run, as in a part of every twin), for a caller that pickles the snapshot at
+    once, before the bank changes: no second copy of the state.
     """
     from dte_stream.twins.bank import CELL_ARRAYS
 
     n = len(bank)
-    pick = slice(None) if rows is None else rows
-    copy = copy or rows is not None
+    pick: slice | npt.NDArray[np.intp] = slice(None) if rows is None else rows
+    if rows is not None and not copy and _is_run(rows):
+        pick = slice(int(rows[0]), int(rows[0]) + rows.shape[0])
+    copy = copy or isinstance(pick, np.ndarray)
 
     def out(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        if isinstance(pick, np.ndarray):  # a fancy index: a new array already, no second copy
+            return a[pick]
         return a[pick].copy() if copy else a[pick]
 
     groups: dict[str, dict[str, npt.NDArray[Any]]] = {}
@@ -90,12 +100,16 @@ def bank_snapshot(
         ids = bank.twin_ids
         quality = bank.quality.snapshot(n, copy=copy)
     else:
-        ids = bank.index.ids[rows].tolist()
+        ids = bank.index.ids[pick].tolist()
         quality = bank.quality.snapshot(0)
         state = bank.quality.state.arrays()
-        quality.update({k: state[k][rows] for k, v in quality.items() if isinstance(v, np.ndarray)})
+        quality.update({k: state[k][pick] for k, v in quality.items() if isinstance(v, np.ndarray)})
         quality["rows"] = len(ids)
-    anomaly = bank.scorer.snapshot(n, rows, copy=copy) if bank.scorer is not None else None
+    anomaly = (
+        bank.scorer.snapshot(n, None if rows is None else pick, copy=copy)
+        if bank.scorer is not None
+        else None
+    )
     return {
         "format": SNAPSHOT_FORMAT,
         "twin_type": bank.spec.name,

@@ -81,17 +81,22 @@ class ContextualCells:
     bins: int
     _arrays: dict[str, npt.NDArray[Any]]
 
-    def _blank(self, name: str, rows: int) -> npt.NDArray[Any]:
+    def _kind(self, name: str, rows: int) -> tuple[tuple[int, ...], Any, Any]:
+        """Shape, dtype and blank value of field ``name`` with ``rows`` rows."""
         shape: tuple[int, ...] = (
             (rows, self.channels, self.bins) if name in self._PROFILES else (rows, self.channels)
         )
         if name in ("count", "c_count", "quiet_left", "l_count"):  # int32: 2**31 readings per cell
-            return np.zeros(shape, dtype=np.int32)
+            return shape, np.int32, 0
         if name == "last_time":
-            return np.full(shape, NEVER, dtype=np.int64)
+            return shape, np.int64, NEVER
         if name in self._PROFILES:  # float32: see the module docstring
-            return np.full(shape, np.nan, dtype=np.float32)
-        return np.full(shape, 1.0 if name in self._ONES else np.nan if name in self._NANS else 0.0)
+            return shape, np.float32, np.nan
+        return shape, np.float64, 1.0 if name in self._ONES else np.nan if name in self._NANS else 0.0
+
+    def _blank(self, name: str, rows: int) -> npt.NDArray[Any]:
+        shape, dtype, fill = self._kind(name, rows)
+        return np.full(shape, fill, dtype=dtype)
 
     @property
     def capacity(self) -> int:
@@ -102,8 +107,17 @@ class ContextualCells:
         extra = int(capacity) - self.capacity
         if extra <= 0:
             return
+        n = self.capacity
         for name in self._FIELDS:
-            self._arrays[name] = np.concatenate([self._arrays[name], self._blank(name, extra)])
+            shape, dtype, fill = self._kind(name, int(capacity))
+            try:  # in place (realloc, mremap for large blocks): the rows kept are neither copied
+                # nor faulted into new pages; numpy refuses while a view or another name holds it
+                self._arrays[name].resize(shape)
+            except ValueError:  # then a new array, each byte written once
+                new = np.empty(shape, dtype=dtype)
+                new[:n] = self._arrays[name]
+                self._arrays[name] = new
+            self._arrays[name][n:] = fill
 
     def take(self, index: IntP) -> None:
         """Keep only rows ``index``, in that order (compaction after eviction); capacity is kept."""
@@ -121,10 +135,11 @@ class ContextualCells:
             self._arrays[name][index] = self._blank(name, index.shape[0])
 
     def snapshot(
-        self, n_rows: int, rows: npt.NDArray[np.intp] | None = None, *, copy: bool = True
+        self, n_rows: int, rows: npt.NDArray[np.intp] | slice | None = None, *, copy: bool = True
     ) -> dict[str, npt.NDArray[np.generic]]:
         """Copies of the first ``n_rows`` rows of every array (or of ``rows`` only), by name
-        (``copy=False``: views of the rows, for a caller that pickles them at once)."""
+        (``copy=False``, or ``rows`` a slice: views of the rows, for a caller that pickles them
+        at once)."""
         if rows is not None:
             return {name: self._arrays[name][rows] for name in self._FIELDS}
         return {

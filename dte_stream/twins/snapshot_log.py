@@ -247,7 +247,7 @@ class SnapshotLog:
                     continue
                 moved = self.counts.get(t) != _count(bank) or t not in self.banks
                 part[t] = {
-                    "bank": bank_snapshot(bank, mine),
+                    "bank": bank_snapshot(bank, mine, copy=False),  # views: pickled at once
                     "order": bank.twin_ids if moved and not c else None,
                 }
             yield part
