@@ -6,7 +6,9 @@ JSON records in the format of ``dte-stream simulate`` are produced once into a f
 of ``--partitions`` partitions (see ``e2e_common.py``), then every variant reads the whole topic
 and writes one point per reading into a database of its own. A variant is timed from the start
 of its process until InfluxDB holds every point (``SELECT count(value)``, polled); rounds are
-interleaved so that a drift of the shared machine hits every variant alike. Variants:
+interleaved so that a drift of the shared machine hits every variant alike, and their order
+turns by one each round, so that no variant always runs while InfluxDB still settles the points
+of the same predecessor. Variants:
 
 * ``bare``, ``bare2``: the bare pipe (``e2e_pipes.py bare``) in 1 process, and in 2 processes
   with half the partitions each;
@@ -756,7 +758,10 @@ def main(argv: list[str] | None = None) -> int:
             sample = [twin_id(i * (twins // max(1, args.sample_twins))) for i in range(args.sample_twins)]
             reference: dict[Any, tuple[float, float]] | None = None
             for round_ in range(args.rounds):
-                for variant in variants:
+                # the order turns by one each round: no variant always follows the same one
+                # (InfluxDB still works on the points of the variant before for a while)
+                turn = round_ % len(variants)
+                for variant in variants[turn:] + variants[:turn]:
                     say(f"twins {twins:,}, round {round_ + 1}/{args.rounds}: {variant} ...")
                     result, db, work = run_variant(variant, ctx, influx, args.timeout)
                     results.append(result)
