@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from twin_bank_checks import output_columns
 
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
@@ -85,18 +86,6 @@ def _batches(spec: TwinTypeSpec, seed: int = 3) -> list[TypedBatch]:
     return out
 
 
-def _columns(updates: list[Any]) -> dict[str, np.ndarray]:
-    cols: dict[str, list[np.ndarray]] = {}
-    for e in updates:
-        for name in ("twin_id", "channel", "time_ns", "value", "estimate", "std", "innovation", "nis"):
-            cols.setdefault(name, []).append(np.asarray(getattr(e, name)))
-        cols.setdefault("flags", []).append(e.flag_column())
-        cols.setdefault("score", []).append(e.score_column())
-        for name, col in e.extra.items():
-            cols.setdefault(name, []).append(col)
-    return {name: np.concatenate(parts) for name, parts in cols.items()}
-
-
 def _assert_same(a: dict[str, Any], b: dict[str, Any], where: str = "") -> None:
     assert a.keys() == b.keys(), where
     for key, x in a.items():
@@ -115,7 +104,7 @@ def _run(spec: TwinTypeSpec, way: str) -> tuple[dict[str, np.ndarray], dict[str,
     outs = []
     for batch in _batches(spec):
         outs.append(bank.update(batch, int(batch.readings.time_ns.max())).estimates)
-    return _columns(outs), bank_snapshot(bank)
+    return output_columns(outs), bank_snapshot(bank)
 
 
 def test_the_spec_fuses_what_differs_only_in_noise() -> None:
@@ -162,7 +151,7 @@ def test_a_snapshot_of_the_old_grouping_restores_into_fused_kernels(monkeypatch:
     assert len(fused.groups) == 4
     _assert_same(bank_snapshot(fused), snap)
     fused_next = fused.update(second, int(second.readings.time_ns.max()))
-    _assert_same(_columns([fused_next.estimates]), _columns([old_next.estimates]))
+    _assert_same(output_columns([fused_next.estimates]), output_columns([old_next.estimates]))
     _assert_same(bank_snapshot(fused), old_after)
 
 

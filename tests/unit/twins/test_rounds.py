@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from twin_bank_checks import bank_state, output_columns
 
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
@@ -74,27 +75,13 @@ def _readings(spec: TwinTypeSpec, start_s: int, stop_s: int, rng: np.random.Gene
 
 def _by_key(bank_outputs: list[Any]) -> dict[str, np.ndarray]:
     """Every output column, rows sorted by (twin, channel, time): one row per applied reading."""
-    cols: dict[str, list[np.ndarray]] = {}
-    for e in bank_outputs:
-        for name in ("twin_id", "channel", "time_ns", "value", "estimate", "std", "innovation", "nis"):
-            cols.setdefault(name, []).append(np.asarray(getattr(e, name)))
-        cols.setdefault("flags", []).append(e.flag_column())
-        cols.setdefault("score", []).append(e.score_column())
-        for name, col in e.extra.items():
-            cols.setdefault(name, []).append(col)
-    out = {name: np.concatenate(parts) for name, parts in cols.items()}
+    out = output_columns(bank_outputs)
     order = np.lexsort((out["time_ns"], out["channel"], out["twin_id"]))
     return {name: col[order] for name, col in out.items()}
 
 
 def _state(bank: TwinBank) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for g, group in enumerate(bank.groups):
-        out |= {f"kernel{g}.{k}": v for k, v in group.state.arrays().items()}
-    out |= {f"quality.{k}": v for k, v in bank.quality.state.arrays().items()}
-    if bank.scorer is not None:
-        out |= {f"scorer.{k}": v for k, v in bank.scorer.snapshot(len(bank)).items()}
-    return out | {k: getattr(bank, k) for k in ("last_value", "last_time", "last_estimate", "last_flags")}
+    return bank_state(bank, len(bank), ("last_value", "last_time", "last_estimate", "last_flags"))
 
 
 @pytest.mark.parametrize("name", list(SPECS))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twin_bank_checks import bank_state
 
 from dte_stream.readings import ReadingBatch
 from dte_stream.spec.twins import TwinTypeSpec
@@ -137,16 +138,8 @@ def _same(a: np.ndarray, b: np.ndarray, what: str) -> None:
 
 
 def _state(bank: TwinBank) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for g, group in enumerate(bank.groups):
-        out |= {f"kernel{g}.{k}": v for k, v in group.state.arrays().items()}
-    out |= {f"quality.{k}": v for k, v in bank.quality.state.arrays().items()}
-    if bank.scorer is not None:
-        out |= {f"scorer.{k}": v for k, v in bank.scorer.snapshot(bank.scorer.capacity).items()}
-    out |= {
-        k: getattr(bank, k) for k in ("last_value", "last_time", "last_estimate", "last_std", "last_flags")
-    }
-    return out
+    cells = ("last_value", "last_time", "last_estimate", "last_std", "last_flags")
+    return bank_state(bank, bank.scorer.capacity if bank.scorer is not None else 0, cells)
 
 
 @settings(max_examples=120, deadline=None)
