@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from codec_helpers import batches, context, reading_key
 from hypothesis import given, settings
@@ -71,8 +73,6 @@ def test_decode_many_of_a_payload_batch_equals_each_decode(name: str, data: st.D
     does the per-payload fallback when any payload in the batch is not plain or is bad."""
     from codec_helpers import readings
 
-    from dte_stream.codecs.base import ContextPayloads
-
     codec = get_codec(name)
     pairs = []
     for i in range(data.draw(st.integers(min_value=1, max_value=8))):
@@ -83,13 +83,7 @@ def test_decode_many_of_a_payload_batch_equals_each_decode(name: str, data: st.D
             payload = _plain_record(data.draw(readings()), with_twin=kind == "plain")
         pairs.append((payload, context(source=f"test:{i}", twin_id=f"key-{i % 3}")))
 
-    together = codec.decode_many(ContextPayloads(pairs))
-    each = [codec.decode(p, c) for p, c in pairs]
-    expected = ReadingBatch.concat([r.readings for r in each])
-    assert [reading_key(r) for r in together.readings] == [reading_key(r) for r in expected]
-    assert [(e.source, e.reason, e.raw) for e in together.errors] == [
-        (e.source, e.reason, e.raw) for r in each for e in r.errors
-    ]
+    _assert_together_is_each(codec, pairs)
 
 
 def test_plain_records_are_decoded_without_a_context_per_payload() -> None:
@@ -128,8 +122,12 @@ JOINED_ONLY = [
 
 
 def _assert_decode_many_is_each_decode(values: list[bytes]) -> None:
-    codec = get_codec("json")
     pairs = [(v, context(source=f"test:{i}", twin_id=f"key-{i}")) for i, v in enumerate(values)]
+    _assert_together_is_each(get_codec("json"), pairs)
+
+
+def _assert_together_is_each(codec: Any, pairs: list[tuple[bytes, Any]]) -> None:
+    """``decode_many`` of the pairs gives exactly the readings and dead letters of ``decode`` on each."""
     together = codec.decode_many(ContextPayloads(pairs))
     each = [codec.decode(p, c) for p, c in pairs]
     expected = ReadingBatch.concat([r.readings for r in each])
